@@ -1,0 +1,10 @@
+"""The one exception type that means "the user asked for something we cannot do"."""
+
+
+class UserError(ValueError):
+    """A mistake in the user's input (bad flag, missing file, mismatched checkpoint).
+
+    The CLI prints its message as one line on stderr and exits with code 2; any other exception
+    is an internal error (exit code 1). It subclasses ValueError so library users can catch it
+    the usual way.
+    """

@@ -1,0 +1,163 @@
+"""The GPT-2 model: token + position embeddings, pre-LayerNorm blocks, tied LM head, KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GPTConfig
+
+
+class KVCache:
+    """Pre-allocated keys and values of every layer, for incremental decoding.
+
+    Buffers are allocated once at (batch, n_heads, context_length, head_dim) per layer, so decoding
+    writes into place instead of concatenating a growing tensor at every step.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
+        shape = (batch_size, config.n_heads, config.context_length, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.pos = 0  # number of positions already filled
+        self.capacity = config.context_length
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = nn.Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(config.emb_dim, config.emb_dim)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, T, C) -> (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+
+        mask, is_causal = None, True
+        if cache is not None:
+            start, end = cache.pos, cache.pos + T
+            cache.keys[layer][:, :, start:end] = k
+            cache.values[layer][:, :, start:end] = v
+            k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]  # (B, nh, end, hs)
+            if T == 1:
+                is_causal = False  # one new query may look at every cached key
+            elif start > 0:
+                # SDPA's is_causal aligns the mask to the top-left corner, which is wrong when the
+                # queries are the last T of `end` keys; spell the mask out instead.
+                is_causal = False
+                mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.out_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.emb_dim, 4 * config.emb_dim)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU is the tanh approximation
+        self.out_proj = nn.Linear(4 * config.emb_dim, config.emb_dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.out_proj(self.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.emb_dim)
+        self.attn = CausalSelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.emb_dim)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only GPT-2. forward: (B, T) int64 ids -> (B, T, vocab_size) logits."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.emb_dim)
+        self.lm_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, and residual projections scaled
+        by 1/sqrt(2 * n_layers) so the residual stream's variance does not grow with depth."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp.out_proj.weight, mean=0.0, std=residual_std)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        if idx.dim() != 2:
+            raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(idx.shape)}")
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.context_length:
+            raise ValueError(
+                f"sequence of length {start + T} is longer than the model's context length "
+                f"({self.config.context_length}); crop the input to the last "
+                f"{self.config.context_length} tokens"
+            )
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.pos += T
+        return self.lm_head(self.final_norm(x))  # (B, T, vocab_size)
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        """Parameter count, tied weights counted once. Without embeddings it leaves out the token
+        and position tables (the count scaling laws use)."""
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
+        if not include_embeddings:
+            n -= self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6 * N for the matmuls with the weights,
+        N counting the LM head but not the embedding lookups, plus 12 * n_layers * seq_len * emb_dim
+        for the attention scores and their weighted sum (the PaLM paper's appendix B formula)."""
+        c = self.config
+        t = seq_len or c.context_length
+        n = self.num_params(include_embeddings=False) + self.lm_head.weight.numel()
+        return 6 * n + 12 * c.n_layers * t * c.emb_dim
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        weight = self.tok_emb.weight
+        return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype)

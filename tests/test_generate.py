@@ -1,0 +1,129 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from gptforge import GPT, GPTConfig, UserError, generate
+from gptforge.generate import sample_next, stream, top_k_filter, top_p_filter
+
+NEG_INF = float("-inf")
+
+
+def test_top_k_keeps_exactly_the_k_largest():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, 2.0], [0.0, -1.0, 7.0, 7.0, 7.0]])
+    out = top_k_filter(logits, 2)
+    assert out[0].tolist() == [NEG_INF, 5.0, NEG_INF, 4.0, NEG_INF]
+    assert torch.isfinite(out[1]).sum().item() == 2  # a three-way tie still keeps exactly k
+    assert top_k_filter(logits, 5).tolist() == logits.tolist()
+    assert top_k_filter(logits, 50).tolist() == logits.tolist()
+
+
+@pytest.mark.parametrize("p, kept", [(0.4, [0]), (0.75, [0, 1]), (0.85, [0, 1, 2]), (0.99, [0, 1, 2, 3]),
+                                     (1.0, [0, 1, 2, 3])])
+def test_top_p_keeps_the_smallest_nucleus(p, kept):
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    order = torch.tensor([2, 0, 3, 1])  # shuffle so the filter cannot rely on sorted input
+    logits = probs.log()[order].unsqueeze(0)
+    out = top_p_filter(logits, p)[0]
+    kept_original = sorted(order[torch.isfinite(out)].tolist())
+    assert kept_original == kept
+    torch.testing.assert_close(out[torch.isfinite(out)], logits[0][torch.isfinite(out)])
+
+
+def test_temperature_zero_is_argmax_and_top_k_1_is_argmax():
+    torch.manual_seed(0)
+    logits = torch.randn(16, 50)
+    assert sample_next(logits, temperature=0.0).tolist() == logits.argmax(-1).tolist()
+    assert sample_next(logits, temperature=1.5, top_k=1).tolist() == logits.argmax(-1).tolist()
+
+
+def test_sampling_follows_the_distribution_and_the_seed():
+    logits = torch.log(torch.tensor([[0.7, 0.2, 0.1, 1e-9]])).repeat(20000, 1)
+    draws = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    assert freq[0] == pytest.approx(0.7, abs=0.02) and freq[1] == pytest.approx(0.2, abs=0.02)
+    again = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(0))
+    other = sample_next(logits, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(draws, again) and not torch.equal(draws, other)
+    hot = sample_next(logits, temperature=100.0, generator=torch.Generator().manual_seed(0))
+    assert (torch.bincount(hot, minlength=4).float() / len(hot))[3] > 0.15  # flattened
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=-0.1), dict(temperature=math.nan), dict(top_p=0.0),
+                                    dict(top_p=1.01), dict(top_k=0), dict(max_new_tokens=-1)])
+def test_bad_sampling_arguments(tiny_model, kwargs):
+    args = {"max_new_tokens": 3, **kwargs}
+    with pytest.raises(UserError):
+        generate(tiny_model, torch.zeros(1, 2, dtype=torch.long), **args)
+
+
+class Scripted(nn.Module):
+    """A stand-in model whose next token after position t of row b is script[b][t]."""
+
+    def __init__(self, script: list[list[int]], vocab: int = 10):
+        super().__init__()
+        self.script, self.vocab = script, vocab
+        self.config = GPTConfig(vocab_size=vocab, context_length=64, emb_dim=4, n_heads=1, n_layers=1)
+
+    def forward(self, idx, cache=None):
+        B, T = idx.shape
+        logits = torch.zeros(B, T, self.vocab)
+        for b in range(B):
+            logits[b, -1, self.script[b][T - 1]] = 10.0
+        return logits
+
+
+def test_eos_stops_each_row_on_its_own():
+    eos = 9
+    model = Scripted([[1, 2, eos, 3, 3, 3], [4, 5, 6, 7, eos, 3]])
+    idx = torch.zeros(2, 1, dtype=torch.long)
+    steps = list(stream(model, idx, max_new_tokens=6, temperature=0, eos_id=eos, use_cache=False))
+    assert len(steps) == 5  # stops once the last row has produced eos
+    alive = torch.stack([a for _, a in steps]).T.tolist()
+    assert alive == [[True, True, True, False, False], [True, True, True, True, True]]
+    out = generate(model, idx, max_new_tokens=6, temperature=0, eos_id=eos, use_cache=False)
+    assert out.tolist() == [[0, 1, 2, eos, eos, eos], [0, 4, 5, 6, 7, eos]]
+    full = generate(model, idx, max_new_tokens=6, temperature=0, use_cache=False)
+    assert full.tolist()[0] == [0, 1, 2, eos, 3, 3, 3]  # without eos_id nothing stops
+
+
+def _random_gpt(seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = GPTConfig.from_preset("gpt2-tiny", **{"vocab_size": 257, "context_length": 16, **overrides})
+    return GPT(config)
+
+
+def test_greedy_with_and_without_cache_is_identical():
+    model = _random_gpt()
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        prompt = torch.randint(0, 257, (3, 5), generator=g)
+        # 30 new tokens run far past the 16-token window: the cropped path is covered too
+        cached = generate(model, prompt, max_new_tokens=30, temperature=0, use_cache=True)
+        plain = generate(model, prompt, max_new_tokens=30, temperature=0, use_cache=False)
+        assert cached.shape == (3, 35)
+        assert torch.equal(cached, plain)
+
+
+def test_seeded_sampling_with_and_without_cache_is_identical():
+    model = _random_gpt(1)
+    prompt = torch.randint(0, 257, (2, 4), generator=torch.Generator().manual_seed(0))
+    runs = [generate(model, prompt, 12, temperature=1.0, top_k=50, top_p=0.9, use_cache=c,
+                     generator=torch.Generator().manual_seed(7)) for c in (True, False, True)]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+
+
+def test_prompt_longer_than_context_is_cropped_not_refused():
+    model = _random_gpt(2)
+    prompt = torch.randint(0, 257, (1, 40), generator=torch.Generator().manual_seed(0))
+    out = generate(model, prompt, max_new_tokens=3, temperature=0)
+    assert out.shape == (1, 43) and torch.equal(out[:, :40], prompt)
+    cropped = generate(model, prompt[:, -16:], max_new_tokens=3, temperature=0)
+    assert torch.equal(out[:, 40:], cropped[:, 16:])
+
+
+def test_generate_restores_training_mode():
+    model = _random_gpt(3, dropout=0.2).train()
+    generate(model, torch.zeros(1, 1, dtype=torch.long), 2)
+    assert model.training
