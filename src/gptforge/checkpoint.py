@@ -1,7 +1,7 @@
 """Checkpoints: a folder written under a temporary name and renamed into place only when complete.
 
     step-00000100/
-      model.safetensors   weights (the tied LM head stored once, as tok_emb.weight)
+      model.safetensors   weights (a tied LM head is stored once, as tok_emb.weight)
       train_state.pt      optimizer, schedule, step, RNG states (optional; torch.load weights_only)
       config.json         model + train config, and the sha256 of every other file; written last
 """
@@ -56,7 +56,7 @@ def save_checkpoint(path: str | Path, model: GPT, train_config: dict | None = No
     tmp.mkdir()
     try:
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-                   if k != TIED_KEY}
+                   if not (k == TIED_KEY and model.config.tie_embeddings)}
         save_file(weights, tmp / WEIGHTS)
         files = [WEIGHTS]
         if train_state is not None:
@@ -143,9 +143,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
     return model.eval()
 
 
+def load_train_state(path: Path, device: str | torch.device = "cpu") -> dict:
+    """The optimizer/step/RNG state of a checkpoint; tensors are mapped to `device`."""
+    meta = read_checkpoint_config(path)
+    if not (path / TRAIN_STATE).is_file():
+        raise UserError(f"{path} has no {TRAIN_STATE}; it holds weights only and cannot be resumed")
+    verify_file(path, meta, TRAIN_STATE)
+    try:
+        return torch.load(path / TRAIN_STATE, map_location=device, weights_only=True)
+    except Exception as e:  # a truncated zip, or a pickle that weights_only refuses
+        raise UserError(f"cannot load {path / TRAIN_STATE}: {str(e).splitlines()[0]}") from None
+
+
 def load_weights(model: GPT, weights: dict[str, torch.Tensor], source: str) -> None:
     """Copy a checkpoint's tensors into a model (possibly on the meta device), naming any mismatch."""
-    expected = {k: v for k, v in model.state_dict().items() if k != TIED_KEY}
+    expected = {k: v for k, v in model.state_dict().items()
+                if not (k == TIED_KEY and model.config.tie_embeddings)}
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:
@@ -159,4 +172,5 @@ def load_weights(model: GPT, weights: dict[str, torch.Tensor], source: str) -> N
                 f"{tuple(expected[name].shape)}"
             )
     model.load_state_dict(weights, strict=False, assign=True)
-    model.lm_head.weight = model.tok_emb.weight  # re-tie after assign replaced the parameter
+    if model.config.tie_embeddings:
+        model.lm_head.weight = model.tok_emb.weight  # re-tie after assign replaced the parameter

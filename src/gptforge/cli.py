@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import dataclasses
 import os
 import sys
 
@@ -116,6 +117,144 @@ def _run_generate(args) -> int:
     return 0
 
 
+def _add_prepare(sub) -> None:
+    p = sub.add_parser(
+        "prepare", help="tokenize text into a corpus folder (train.bin, val.bin, meta.json)",
+        description="Tokenize text files into uint16 train.bin/val.bin and meta.json. Each file (or "
+                    "builtin work) is one document; documents are joined with <|endoftext|>.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="a text file, a folder (all *.txt below it), a glob, or builtin:shakespeare")
+    p.add_argument("--out", required=True, metavar="DIR", help="corpus folder to create")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="share held out for validation (default: 0.1)")
+    p.add_argument("--split", choices=("chars", "documents"), default="chars",
+                   help="split the joined text by characters (default, like the reference recipe) "
+                        "or put whole documents in validation")
+    p.add_argument("--seed", type=int, default=0, help="seed for --split documents (default: 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing corpus folder")
+    p.set_defaults(run=_run_prepare)
+
+
+def _run_prepare(args) -> int:
+    from .data import prepare_corpus
+
+    meta = prepare_corpus(args.inputs, args.out, val_fraction=args.val_fraction, split=args.split,
+                          seed=args.seed, overwrite=args.overwrite,
+                          progress=sys.stderr.isatty())
+    tokens, docs = meta["tokens"], meta["documents"]
+    print(f"wrote {args.out}: {tokens['train']:,} train and {tokens['val']:,} val tokens from "
+          f"{docs['total']} document(s), {meta['characters']:,} characters")
+    if meta["replaced_invalid_utf8"]:
+        print(f"note: {meta['replaced_invalid_utf8']} invalid UTF-8 sequence(s) were replaced by U+FFFD")
+    return 0
+
+
+def _add_train(sub) -> None:
+    import typing
+
+    from .config import TrainConfig, field_docs
+
+    p = sub.add_parser(
+        "train", help="pretrain a model (no arguments: a quick CPU run on builtin:shakespeare)",
+        description="Train a GPT. Settings come from the defaults, then --config, then the flags. "
+                    "With no --data and no --config it runs the quickstart config "
+                    "(gpt2-mini on builtin:shakespeare, about 8 minutes on 2 CPU cores).",
+    )
+    p.add_argument("--config", metavar="FILE",
+                   help="TOML file of settings, or a bundled one: the-verdict, gutenberg-345m, "
+                        "shakespeare-cpu")
+    p.add_argument("--resume", metavar="RUN",
+                   help="continue RUN from its newest complete checkpoint, with its own config")
+    hints = typing.get_type_hints(TrainConfig)
+    docs = field_docs(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        kind = hints[field.name]
+        base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        default = "" if field.default is None else f" (default: {field.default})"
+        kwargs = dict(dest=field.name, default=argparse.SUPPRESS, help=docs.get(field.name, "") + default)
+        if base is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif field.name == "lr_schedule":
+            p.add_argument(flag, choices=("constant", "cosine"), **kwargs)
+        else:
+            p.add_argument(flag, type=base, metavar=field.name.split("_")[-1].upper(), **kwargs)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from .config import TrainConfig, load_config_file
+    from .train import train
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    if args.resume:
+        if args.config:
+            raise UserError("--resume takes the run's own config; drop --config")
+        train(resume=args.resume, progress=False if args.no_progress else None, **flags)
+        return 0
+    if args.config:
+        settings = load_config_file(args.config)
+    elif "data" not in flags:
+        print("no --data or --config given: running the quickstart config shakespeare-cpu")
+        settings = load_config_file("shakespeare-cpu")
+    else:
+        settings = {}
+    train(TrainConfig.from_dict({**settings, **flags}),
+          progress=False if args.no_progress else None)
+    return 0
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="loss, perplexity and bits per byte of a checkpoint on some text",
+        description="Evaluate a checkpoint over non-overlapping windows of its context length: every "
+                    "token after the first is predicted once.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint or run folder")
+    p.add_argument("--data", required=True, metavar="TEXT_OR_DIR",
+                   help="prepared corpus folder (its val split) or text file / folder / glob")
+    p.add_argument("--split", choices=("val", "train"), default="val",
+                   help="split of a prepared corpus to evaluate (default: val)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: 8)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args) -> int:
+    import json
+    import math
+
+    from .device import pick_device
+    from .evaluate import evaluate_path, format_report
+
+    result = evaluate_path(args.checkpoint, args.data, batch_size=args.batch_size,
+                           device=pick_device(args.device), split=args.split,
+                           progress=not args.json and sys.stderr.isatty())
+    if args.json:  # strict JSON: an overflowing perplexity is null, not Infinity
+        result = {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                  for k, v in result.items()}
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
+def _add_plot(sub) -> None:
+    p = sub.add_parser("plot", help="draw RUN/loss.png from RUN/metrics.jsonl",
+                       description="Plot train and val loss against epochs (tokens seen on the top axis).")
+    p.add_argument("run_dir", metavar="RUN", help="run folder")
+    p.set_defaults(run=_run_plot)
+
+
+def _run_plot(args) -> int:
+    from .plot import plot_run
+
+    print(f"wrote {plot_run(args.run_dir)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gptforge",
@@ -124,7 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gptforge {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
+    _add_prepare(sub)
+    _add_train(sub)
+    _add_eval(sub)
     _add_generate(sub)
+    _add_plot(sub)
     return parser
 
 

@@ -28,6 +28,10 @@ class GPTConfig:
     """Dropout probability on embeddings, attention weights and residual branches (training only)."""
     qkv_bias: bool = False
     """Whether the query/key/value projection has a bias (True in OpenAI's GPT-2 weights)."""
+    tie_embeddings: bool = True
+    """Share one matrix between the token embedding and the LM head (GPT-2 does; saves vocab*emb_dim)."""
+    embedding_std: float = 0.02
+    """Init std of the token and position embeddings (0.02 as GPT-2; 1.0 as PyTorch's nn.Embedding)."""
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -40,6 +44,8 @@ class GPTConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not self.embedding_std > 0:
+            raise UserError(f"embedding_std must be positive, got {self.embedding_std}")
 
     @property
     def head_dim(self) -> int:
@@ -85,3 +91,173 @@ PRESET_ALIASES = {
     "gpt2-774m": "gpt2-large",
     "gpt2-1558m": "gpt2-xl",
 }
+
+
+# Model-shape fields a training config may override on top of its preset.
+MODEL_OVERRIDES = ("context_length", "emb_dim", "n_heads", "n_layers", "dropout", "qkv_bias",
+                   "tie_embeddings", "embedding_std")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; the CLI flags, config files and run folders map onto it."""
+
+    data: str = "builtin:shakespeare"
+    """Prepared corpus folder, or text to split 90/10 by characters (file, folder, glob, builtin:NAME)."""
+    val_data: str | None = None
+    """Separate validation text or prepared corpus (default: the val split of --data)."""
+    out: str | None = None
+    """Run folder for checkpoints, metrics.jsonl and loss.png (default: runs/<timestamp>)."""
+    preset: str = "gpt2-mini"
+    """Model preset the shape overrides below apply to."""
+    context_length: int | None = None
+    """Tokens per training window and the model's context (default: the preset's)."""
+    emb_dim: int | None = None
+    """Override the preset's embedding width."""
+    n_heads: int | None = None
+    """Override the preset's number of attention heads."""
+    n_layers: int | None = None
+    """Override the preset's number of transformer blocks."""
+    dropout: float | None = None
+    """Dropout probability while training (default: the preset's, 0)."""
+    qkv_bias: bool | None = None
+    """Give the query/key/value projection a bias (default: the preset's)."""
+    tie_embeddings: bool | None = None
+    """Share the token embedding with the LM head (default: the preset's, tied as in GPT-2)."""
+    embedding_std: float | None = None
+    """Init std of the embeddings (default 0.02; the reference recipes' untied model uses 1.0)."""
+    batch_size: int = 8
+    """Windows per optimizer step."""
+    stride: int | None = None
+    """Distance between the starts of consecutive training windows (default: context length)."""
+    shuffle: bool = True
+    """Shuffle the training windows each epoch (reproducibly, from the seed and the epoch)."""
+    epochs: int = 1
+    """Passes over the training windows."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps in total, even mid-epoch."""
+    lr: float = 4e-4
+    """Peak AdamW learning rate."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, applied to weight matrices and embeddings only (not biases or norms)."""
+    lr_schedule: str = "constant"
+    """'constant' or 'cosine' (decay from lr to min_lr over the run, after the warmup)."""
+    warmup_steps: int = 0
+    """Steps of linear learning-rate warmup from 0."""
+    min_lr: float = 0.0
+    """Final learning rate of the cosine schedule."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value; 0 turns clipping off."""
+    eval_every: int = 50
+    """Evaluate train and val loss every this many steps (0: only at the end)."""
+    eval_batches: int = 5
+    """Batches of each split per evaluation."""
+    save_every: int = 500
+    """Write a checkpoint every this many steps (0: only at the end)."""
+    sample_every: int = 0
+    """Print a sample every this many steps (0: only after each epoch)."""
+    sample_prompt: str = "Every effort moves you"
+    """Prompt for the printed samples."""
+    sample_tokens: int = 50
+    """Tokens per printed sample."""
+    sample_temperature: float = 0.0
+    """Temperature of the printed samples (0: greedy, as in the reference recipes)."""
+    sample_top_k: int = 50
+    """Top-k of the printed samples when the temperature is above 0."""
+    val_fraction: float = 0.1
+    """Share of the characters held out for validation when --data is text."""
+    seed: int = 123
+    """Seed for the model's initialisation, dropout, data order and samples."""
+    device: str = "auto"
+    """auto, cpu, cuda, cuda:N or mps."""
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "epochs", "eval_batches", "sample_tokens")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        non_negative = ("eval_every", "save_every", "sample_every", "warmup_steps", "seed",
+                        "weight_decay", "grad_clip", "min_lr", "sample_top_k")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise UserError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        for name in ("max_steps", "stride", "context_length"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"{name.replace('_', '-')} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise UserError(f"lr-schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UserError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not self.sample_temperature >= 0:
+            raise UserError(f"sample-temperature must be >= 0, got {self.sample_temperature}")
+
+    def model_config(self) -> GPTConfig:
+        overrides = {k: getattr(self, k) for k in MODEL_OVERRIDES if getattr(self, k) is not None}
+        return GPTConfig.from_preset(self.preset, **overrides)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown training config key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The one-line docstring under each dataclass field, for --help and the docs."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)):
+            docs[node.target.id] = following.value.value.strip()
+    return docs
+
+
+def load_config_file(path: str) -> dict:
+    """Read a TOML training config: flat keys named like TrainConfig's fields.
+
+    A bare name (e.g. `the-verdict`) means one of the configs shipped in gptforge/configs/.
+    """
+    import sys
+    from importlib import resources
+    from pathlib import Path
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+
+    file = Path(path)
+    if not file.exists() and "/" not in path and not path.endswith(".toml"):
+        bundled = resources.files("gptforge") / "configs" / f"{path}.toml"
+        if bundled.is_file():
+            return tomllib.loads(bundled.read_text())
+        names = sorted(p.name.removesuffix(".toml") for p in (resources.files("gptforge") / "configs").iterdir()
+                       if p.name.endswith(".toml"))
+        raise UserError(f"config {path!r} not found; bundled configs: {', '.join(names)}")
+    try:
+        data = tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"config file {path} is not valid TOML: {e}") from None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
+    return data

@@ -233,6 +233,13 @@ def _split_documents(docs: Documents, val_fraction: float, split: str, seed: int
     raise UserError(f"unknown split mode {split!r}; use one of {', '.join(SPLIT_MODES)}")
 
 
+def encode_pieces(pieces: list[str], bar: tqdm | None = None) -> np.ndarray:
+    """Tokens of text pieces separated by <|endoftext|>, in memory, as prepare writes them."""
+    eot = np.array([EOT_ID], dtype=TOKEN_DTYPE)
+    parts = [part for i, piece in enumerate(pieces) for part in ([eot] if i else []) + [encode_text(piece, bar)]]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=TOKEN_DTYPE)
+
+
 def _write_split(pieces: list[str], path: Path, bar: tqdm) -> int:
     """Tokenize pieces into `path`, separated by <|endoftext|>; return the number of tokens."""
     n = 0
@@ -406,6 +413,23 @@ def text_file_splits(path: str | os.PathLike, val_fraction: float = 0.1) -> tupl
         raise UserError(f"{path} is empty")
     split_idx = int((1.0 - val_fraction) * len(text))
     return encode_text(text[:split_idx]), encode_text(text[split_idx:])
+
+
+def load_splits(spec: str, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Train and val tokens of anything training accepts as --data.
+
+    A prepared corpus folder (with meta.json) is memory-mapped; a single text file is split by
+    characters exactly like the reference recipe; other text (a folder, a glob, builtin:NAME) is
+    read as documents, split by characters and tokenized in memory like `prepare` would.
+    """
+    path = Path(spec).expanduser()
+    if (path / "meta.json").is_file():
+        corpus = load_corpus(path)
+        return corpus.train, corpus.val
+    if path.is_file():
+        return text_file_splits(path, val_fraction)
+    train, val = _split_documents(read_documents([spec]), val_fraction, "chars", seed=0)
+    return encode_pieces(train), encode_pieces(val)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -103,15 +103,19 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(config.emb_dim)
         self.lm_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
-        self.lm_head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """GPT-2 initialisation: N(0, 0.02) weights, zero biases, and residual projections scaled
-        by 1/sqrt(2 * n_layers) so the residual stream's variance does not grow with depth."""
+        by 1/sqrt(2 * n_layers) so the residual stream's variance does not grow with depth.
+        Embeddings use config.embedding_std (an untied LM head keeps 0.02)."""
         for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
+            if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=self.config.embedding_std)
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
             if isinstance(module, nn.LayerNorm):
@@ -121,6 +125,8 @@ class GPT(nn.Module):
         for block in self.blocks:
             nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
             nn.init.normal_(block.mlp.out_proj.weight, mean=0.0, std=residual_std)
+        if self.config.tie_embeddings:  # the Linear loop above re-drew the shared matrix
+            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.config.embedding_std)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         if idx.dim() != 2:
@@ -155,7 +161,9 @@ class GPT(nn.Module):
         for the attention scores and their weighted sum (the PaLM paper's appendix B formula)."""
         c = self.config
         t = seq_len or c.context_length
-        n = self.num_params(include_embeddings=False) + self.lm_head.weight.numel()
+        n = self.num_params(include_embeddings=False)
+        if self.config.tie_embeddings:  # the shared matrix is still a matmul in the LM head
+            n += self.lm_head.weight.numel()
         return 6 * n + 12 * c.n_layers * t * c.emb_dim
 
     def new_cache(self, batch_size: int) -> KVCache:

@@ -1,0 +1,317 @@
+"""The training loop: AdamW, periodic evaluation and samples, checkpoints, exact resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from .checkpoint import (latest_checkpoint, load_train_state, load_weights, read_checkpoint_config,
+                         save_checkpoint)
+from .config import TrainConfig
+from .data import BatchLoader, load_splits
+from .device import pick_device
+from .errors import UserError
+from .evaluate import batch_loss, mean_loss
+from .generate import generate
+from .model import GPT
+from .tokenizer import get_tokenizer
+
+# What a resumed run may change; everything else must match the run's own config.
+RESUMABLE_CHANGES = {"epochs", "max_steps", "eval_every", "eval_batches", "save_every", "sample_every",
+                     "sample_prompt", "sample_tokens", "sample_temperature", "sample_top_k", "device"}
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run leaves behind."""
+
+    run_dir: Path
+    checkpoint: Path
+    step: int
+    tokens_seen: int
+    train_loss: float
+    val_loss: float
+
+
+@dataclass
+class Position:
+    """Where the run is: restored exactly on resume."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch (0-based)
+    batch: int = 0  # next batch index within the epoch
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0  # training wall time, summed over resumed sessions
+
+
+def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Learning rate for the update with 0-based index `step`: linear warmup, then constant or cosine."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    # Decay only matrices (linear weights, embeddings): decaying biases and LayerNorm gains just
+    # pulls them toward 0 for no regularising benefit.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),  # plain types: weights_only
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    name, key, *rest = state["numpy"]
+    np.random.set_state((name, np.array(key, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _window_loader(tokens, cfg: TrainConfig, ctx: int, what: str, **kwargs) -> BatchLoader:
+    try:
+        return BatchLoader(tokens, max_length=ctx, batch_size=cfg.batch_size, **kwargs)
+    except UserError as e:
+        raise UserError(f"{what}: {e}") from None
+
+
+def _resolve_config(config: TrainConfig | None, resume: str | None, fields: dict
+                    ) -> tuple[TrainConfig, Path, Path | None]:
+    """The run's config, its folder, and the checkpoint to resume from (None for a new run)."""
+    if resume is None:
+        cfg = dataclasses.replace(config, **fields) if config else TrainConfig(**fields)
+        run_dir = Path(cfg.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+        if (run_dir / "checkpoints").exists() or (run_dir / "metrics.jsonl").exists():
+            raise UserError(f"run folder {run_dir} already holds a run; continue it with "
+                            f"--resume {run_dir} or choose another --out")
+        return dataclasses.replace(cfg, out=str(run_dir)), run_dir, None
+
+    run_dir = Path(resume)
+    if not run_dir.is_dir():
+        raise UserError(f"--resume: no such run folder: {run_dir}")
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is None:
+        raise UserError(f"--resume: {run_dir} has no complete checkpoint to resume from")
+    saved = TrainConfig.from_dict(read_checkpoint_config(checkpoint)["train"])
+    given = dataclasses.asdict(config) if config else {}
+    given.update(fields)
+    for name, value in given.items():
+        if name not in RESUMABLE_CHANGES and name != "out" and value != getattr(saved, name):
+            raise UserError(f"{name.replace('_', '-')}={value!r} does not match the run's "
+                            f"{getattr(saved, name)!r}; a resumed run keeps its config (only "
+                            f"{', '.join(sorted(RESUMABLE_CHANGES))} may change)")
+    changes = {k: v for k, v in given.items() if k in RESUMABLE_CHANGES}
+    return dataclasses.replace(saved, **changes, out=str(run_dir)), run_dir, checkpoint
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows a crashed session wrote after the checkpoint we resume from."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            break  # a half-written last line
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _sample(model: GPT, cfg: TrainConfig, device: torch.device) -> str:
+    enc = get_tokenizer()
+    prompt = enc.encode(cfg.sample_prompt, allowed_special={"<|endoftext|>"}) or [enc.eot_token]
+    idx = torch.tensor([prompt], dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)  # never touches the global RNG
+    out = generate(model, idx, cfg.sample_tokens, temperature=cfg.sample_temperature,
+                   top_k=cfg.sample_top_k or None, generator=generator)
+    return enc.decode(out[0].tolist())
+
+
+def train(config: TrainConfig | None = None, *, resume: str | Path | None = None,
+          progress: bool | None = None, **fields) -> TrainResult:
+    """Train a GPT; mirrors `gptforge train`.
+
+    `train(data="notes.txt", max_steps=100)` starts a run; `train(resume="runs/x", max_steps=200)`
+    continues one from its newest complete checkpoint with its own config (training-length and
+    logging fields may change). `progress=None` shows the progress bar only on a terminal.
+    """
+    cfg, run_dir, resume_from = _resolve_config(config, str(resume) if resume else None, fields)
+    model_cfg = cfg.model_config()
+    device = pick_device(cfg.device)
+    ctx = model_cfg.context_length
+    say = tqdm.write
+
+    # Data first: a bad corpus should fail before the run folder exists.
+    train_tokens, val_tokens = load_splits(cfg.data, cfg.val_fraction)
+    if cfg.val_data:
+        val_tokens = load_splits(cfg.val_data, 0.0)[0]
+    train_loader = _window_loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
+                                  shuffle=cfg.shuffle, seed=cfg.seed, drop_last=True)
+    if train_loader.num_batches == 0:
+        raise UserError(f"training split: {train_loader.windows.num_windows} window(s) of "
+                        f"{ctx} tokens cannot fill one batch of {cfg.batch_size}")
+    # A fixed set of training batches to evaluate on, so successive evaluations are comparable.
+    train_eval = _window_loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
+                                shuffle=True, seed=cfg.seed + 1, drop_last=True)
+    val_loader = None
+    if len(val_tokens) > 0:
+        val_loader = _window_loader(val_tokens, cfg, ctx, "validation split", stride=ctx,
+                                    shuffle=False, drop_last=False)
+    steps_per_epoch = train_loader.num_batches
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    torch.manual_seed(cfg.seed)
+    model = GPT(model_cfg).to(device)
+    if resume_from is not None:  # before the optimizer: loading replaces the parameter tensors
+        load_weights(model, load_file(resume_from / "model.safetensors", device=str(device)),
+                     source=str(resume_from))
+    optimizer = make_optimizer(model, cfg, device)
+    pos = Position()
+    if resume_from is not None:
+        state = load_train_state(resume_from, device)
+        optimizer.load_state_dict(state["optimizer"])
+        pos = Position(**state["position"])
+        set_rng_state(state["rng"])
+        _truncate_metrics(run_dir / "metrics.jsonl", pos.step)
+        say(f"resuming {run_dir} from {resume_from.name} (step {pos.step}, epoch {pos.epoch + 1})")
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {"model": model_cfg.to_dict(), "train": cfg.to_dict()}
+    (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+
+    say(f"run folder: {run_dir}")
+    say(f"model: {model.num_params():,} parameters ({cfg.preset}, context {ctx}) on {device}")
+    say(f"data: {len(train_tokens):,} train / {len(val_tokens):,} val tokens; {steps_per_epoch} "
+        f"steps per epoch, {total_steps} steps in total")
+
+    metrics_path = run_dir / "metrics.jsonl"
+    last = {"train_loss": math.nan, "val_loss": math.nan, "checkpoint": resume_from}
+
+    def evaluate_now() -> None:
+        last["train_loss"] = mean_loss(model, train_eval.batches(0), cfg.eval_batches, device)
+        last["val_loss"] = (mean_loss(model, val_loader.batches(0), cfg.eval_batches, device)
+                            if val_loader else math.nan)
+        row = {"step": pos.step, "epoch": pos.epoch + pos.batch / steps_per_epoch,
+               "tokens_seen": pos.tokens_seen, "train_loss": last["train_loss"],
+               "val_loss": None if math.isnan(last["val_loss"]) else last["val_loss"],
+               "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(pos.elapsed_s, 3)}
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        say(f"epoch {row['epoch']:.2f} step {pos.step:>6}: train loss {last['train_loss']:.3f}, "
+            f"val loss {last['val_loss']:.3f}")
+        _redraw_plot(run_dir)
+
+    def save_now() -> None:
+        state = {"optimizer": optimizer.state_dict(), "position": dataclasses.asdict(pos),
+                 "rng": rng_state()}
+        path = run_dir / "checkpoints" / f"step-{pos.step:08d}"
+        last["checkpoint"] = save_checkpoint(path, model, cfg.to_dict(), state)
+
+    bar = tqdm(total=total_steps, initial=pos.step, unit="step", dynamic_ncols=True,
+               disable=(not progress) if progress is not None else None, file=sys.stderr)
+    model.train()
+    session_start, session_tokens = time.perf_counter(), 0
+    while pos.step < total_steps:
+        step_start = time.perf_counter()
+        for inputs, targets in train_loader.batches(pos.epoch, start=pos.batch):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(pos.step, cfg, total_steps)
+            inputs = inputs.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            loss = batch_loss(model, inputs, targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+
+            pos.step += 1
+            pos.batch += 1
+            pos.tokens_seen += inputs.numel()
+            session_tokens += inputs.numel()
+            now = time.perf_counter()
+            pos.elapsed_s += now - step_start
+            step_start = now
+            bar.update(1)
+            if pos.step % 10 == 0 or pos.step == total_steps:  # .item() syncs: not every step
+                bar.set_postfix(loss=f"{loss.item():.3f}",
+                                tok_s=f"{session_tokens / (now - session_start):,.0f}")
+            if pos.step == 1 or (cfg.eval_every and pos.step % cfg.eval_every == 0):
+                evaluate_now()
+            if cfg.sample_every and pos.step % cfg.sample_every == 0:
+                say(f"sample at step {pos.step}: {_sample(model, cfg, device)!r}")
+            if cfg.save_every and pos.step % cfg.save_every == 0:
+                save_now()
+            if pos.step >= total_steps:
+                break
+            step_start = time.perf_counter()  # evaluation and saving do not count as training
+        if pos.batch >= steps_per_epoch:
+            say(f"sample after epoch {pos.epoch + 1}: {_sample(model, cfg, device)!r}")
+            pos.epoch += 1
+            pos.batch = 0
+    bar.close()
+
+    if not _last_row_is(metrics_path, pos.step):
+        evaluate_now()
+    if last["checkpoint"] is None or last["checkpoint"].name != f"step-{pos.step:08d}":
+        save_now()
+    say(f"done: step {pos.step}, {pos.tokens_seen:,} tokens, train loss {last['train_loss']:.3f}, "
+        f"val loss {last['val_loss']:.3f}; checkpoint {last['checkpoint']}")
+    return TrainResult(run_dir, last["checkpoint"], pos.step, pos.tokens_seen,
+                       last["train_loss"], last["val_loss"])
+
+
+def _last_row_is(metrics_path: Path, step: int) -> bool:
+    if not metrics_path.exists():
+        return False
+    lines = metrics_path.read_text().splitlines()
+    return bool(lines) and json.loads(lines[-1])["step"] == step
+
+
+_plot_warned = False
+
+
+def _redraw_plot(run_dir: Path) -> None:
+    global _plot_warned
+    try:
+        from .plot import plot_run
+
+        plot_run(run_dir)
+    except (UserError, OSError) as e:  # no matplotlib, or a full disk: training goes on without it
+        if not _plot_warned:
+            tqdm.write(f"note: loss.png not drawn: {e}")
+            _plot_warned = True
+
+
+
