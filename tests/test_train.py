@@ -185,3 +185,23 @@ def test_bundled_configs_resolve():
     assert quick.data == "builtin:shakespeare" and quick.preset == "gpt2-mini"
     with pytest.raises(UserError, match="bundled configs"):
         load_config_file("no-such-recipe")
+
+
+def test_init_from_continues_pretraining_with_a_new_optimizer(story, tmp_path):
+    first = train(TrainConfig(**tiny(data=str(story), context_length=64, lr=3e-3, max_steps=30,
+                                     eval_every=0, out=str(tmp_path / "a"))), progress=False)
+    cont = train(TrainConfig(**tiny(data=str(story), init_from=str(tmp_path / "a"), context_length=32,
+                                    max_steps=2, eval_every=1, out=str(tmp_path / "b"))), progress=False)
+    history = rows(cont.run_dir)
+    # starts from the trained weights (far below the untrained ~10.8), not from scratch
+    assert history[0]["train_loss"] < first.train_loss + 0.5 < 9.0
+    saved = load_file(cont.checkpoint / "model.safetensors")
+    assert saved["pos_emb.weight"].shape == (32, 64)
+    source = load_file(first.checkpoint / "model.safetensors")
+    assert not torch.equal(saved["pos_emb.weight"], source["pos_emb.weight"][:32])  # trained on
+    with pytest.raises(UserError, match="does not match the --init-from model"):
+        train(TrainConfig(**tiny(data=str(story), init_from=str(tmp_path / "a"), n_layers=3,
+                                 max_steps=1, out=str(tmp_path / "c"))), progress=False)
+    with pytest.raises(UserError, match="longer than the --init-from model"):
+        train(TrainConfig(**tiny(data=str(story), init_from=str(tmp_path / "a"), context_length=128,
+                                 max_steps=1, out=str(tmp_path / "d"))), progress=False)

@@ -126,6 +126,8 @@ class TrainConfig:
     """Share the token embedding with the LM head (default: the preset's, tied as in GPT-2)."""
     embedding_std: float | None = None
     """Init std of the embeddings (default 0.02; the reference recipes' untied model uses 1.0)."""
+    init_from: str | None = None
+    """Start from these weights (checkpoint, run folder or Hugging Face GPT-2 folder), new optimizer."""
     batch_size: int = 8
     """Windows per optimizer step."""
     stride: int | None = None

@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from .checkpoint import (latest_checkpoint, load_train_state, load_weights, read_checkpoint_config,
-                         save_checkpoint)
-from .config import TrainConfig
+from .checkpoint import (TIED_KEY, latest_checkpoint, load_model, load_train_state, load_weights,
+                         read_checkpoint_config, save_checkpoint)
+from .config import GPTConfig, TrainConfig
 from .data import BatchLoader, load_splits
 from .device import pick_device
 from .errors import UserError
@@ -132,6 +132,31 @@ def _resolve_config(config: TrainConfig | None, resume: str | None, fields: dict
     return dataclasses.replace(saved, **changes, out=str(run_dir)), run_dir, checkpoint
 
 
+def _initial_model(cfg: TrainConfig, device: torch.device) -> GPT:
+    """The --init-from weights with the run's dropout, and its context cropped if asked: the
+    first positions' embeddings are kept, which is how a shorter-context run reuses GPT-2."""
+    source = load_model(cfg.init_from, device)
+    src = source.config
+    for name in ("emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_embeddings"):
+        wanted = getattr(cfg, name)
+        if wanted is not None and wanted != getattr(src, name):
+            raise UserError(f"--{name.replace('_', '-')} {wanted} does not match the --init-from model's "
+                            f"{getattr(src, name)}; drop it to use the model's shape")
+    ctx = cfg.context_length or src.context_length
+    if ctx > src.context_length:
+        raise UserError(f"--context-length {ctx} is longer than the --init-from model's "
+                        f"{src.context_length} (it has no position embeddings beyond that)")
+    model_cfg = dataclasses.replace(src, context_length=ctx,
+                                    dropout=src.dropout if cfg.dropout is None else cfg.dropout)
+    weights = {k: v for k, v in source.state_dict().items()
+               if not (k == TIED_KEY and src.tie_embeddings)}
+    weights["pos_emb.weight"] = weights["pos_emb.weight"][:ctx]
+    with torch.device("meta"):
+        model = GPT(model_cfg)
+    load_weights(model, weights, source=str(cfg.init_from))
+    return model
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop rows a crashed session wrote after the checkpoint we resume from."""
     if not path.exists():
@@ -165,8 +190,15 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     logging fields may change). `progress=None` shows the progress bar only on a terminal.
     """
     cfg, run_dir, resume_from = _resolve_config(config, str(resume) if resume else None, fields)
-    model_cfg = cfg.model_config()
     device = pick_device(cfg.device)
+    initial = None
+    if resume_from is not None:  # the run's model, whatever preset or weights it started from
+        model_cfg = GPTConfig.from_dict(read_checkpoint_config(resume_from)["model"])
+    elif cfg.init_from:
+        initial = _initial_model(cfg, device)
+        model_cfg = initial.config
+    else:
+        model_cfg = cfg.model_config()
     ctx = model_cfg.context_length
     say = tqdm.write
 
@@ -192,7 +224,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         total_steps = min(total_steps, cfg.max_steps)
 
     torch.manual_seed(cfg.seed)
-    model = GPT(model_cfg).to(device)
+    model = initial if initial is not None else GPT(model_cfg).to(device)
     if resume_from is not None:  # before the optimizer: loading replaces the parameter tensors
         load_weights(model, load_file(resume_from / "model.safetensors", device=str(device)),
                      source=str(resume_from))
@@ -211,7 +243,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
     say(f"run folder: {run_dir}")
-    say(f"model: {model.num_params():,} parameters ({cfg.preset}, context {ctx}) on {device}")
+    origin = cfg.init_from if cfg.init_from else cfg.preset
+    say(f"model: {model.num_params():,} parameters ({origin}, context {ctx}) on {device}")
     say(f"data: {len(train_tokens):,} train / {len(val_tokens):,} val tokens; {steps_per_epoch} "
         f"steps per epoch, {total_steps} steps in total")
 
