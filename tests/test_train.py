@@ -112,6 +112,16 @@ def test_weight_decay_only_on_matrices():
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
 
 
+def test_random_offset_sampling_trains_and_resumes(story, tmp_path):
+    fields = tiny(data=str(story), context_length=64, sampling="random", eval_every=2, eval_batches=1,
+                  save_every=3)
+    straight = train(TrainConfig(**fields, max_steps=6, out=str(tmp_path / "a")), progress=False)
+    train(TrainConfig(**fields, max_steps=3, out=str(tmp_path / "b")), progress=False)
+    resumed = train(resume=tmp_path / "b", max_steps=6, progress=False)
+    assert rows(resumed.run_dir)[-1]["train_loss"] == rows(straight.run_dir)[-1]["train_loss"]
+    assert straight.step == 6
+
+
 def test_python_api_for_a_notebook(story, tmp_path):
     import gptforge
 
@@ -139,6 +149,7 @@ def test_bad_input_is_one_clear_line_and_touches_nothing(story, tmp_path):
         (["--data", str(story), "--val-fraction", "0.004"], "validation split"),
         (["--data", str(story), "--batch-size", "0"], "batch-size must be at least 1"),
         (["--data", str(story), "--lr-schedule", "linear"], "invalid choice"),
+        (["--data", str(story), "--n-heads", "5"], "n_heads (5) must divide emb_dim (64)"),
         (["--resume", str(tmp_path)], "no complete checkpoint"),
         (["--config", str(tmp_path / "nope.toml")], "config file not found"),
     ]

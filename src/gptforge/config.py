@@ -134,6 +134,8 @@ class TrainConfig:
     """Distance between the starts of consecutive training windows (default: context length)."""
     shuffle: bool = True
     """Shuffle the training windows each epoch (reproducibly, from the seed and the epoch)."""
+    sampling: str = "windows"
+    """'windows' (stride windows, each once per epoch) or 'random' (random offsets, for big corpora)."""
     epochs: int = 1
     """Passes over the training windows."""
     max_steps: int | None = None
@@ -189,6 +191,8 @@ class TrainConfig:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {value}")
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+        if self.sampling not in ("windows", "random"):
+            raise UserError(f"sampling must be 'windows' or 'random', got {self.sampling!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise UserError(f"lr-schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -207,7 +207,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     if cfg.val_data:
         val_tokens = load_splits(cfg.val_data, 0.0)[0]
     train_loader = _window_loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
-                                  shuffle=cfg.shuffle, seed=cfg.seed, drop_last=True)
+                                  shuffle=cfg.shuffle, seed=cfg.seed, drop_last=True,
+                                  mode=cfg.sampling)
     if train_loader.num_batches == 0:
         raise UserError(f"training split: {train_loader.windows.num_windows} window(s) of "
                         f"{ctx} tokens cannot fill one batch of {cfg.batch_size}")
