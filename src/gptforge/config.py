@@ -158,6 +158,10 @@ class TrainConfig:
     """Batches of each split per evaluation."""
     save_every: int = 500
     """Write a checkpoint every this many steps (0: only at the end)."""
+    keep_last: int = 0
+    """Keep only the newest K checkpoints (0: keep all); the newest complete one is never deleted."""
+    skip_nonfinite: bool = False
+    """Skip (and count) an update whose loss or gradient is NaN/inf instead of stopping the run."""
     sample_every: int = 0
     """Print a sample every this many steps (0: only after each epoch)."""
     sample_prompt: str = "Every effort moves you"
@@ -180,7 +184,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        non_negative = ("eval_every", "save_every", "sample_every", "warmup_steps", "seed",
+        non_negative = ("eval_every", "save_every", "keep_last", "sample_every", "warmup_steps", "seed",
                         "weight_decay", "grad_clip", "min_lr", "sample_top_k")
         for name in non_negative:
             if getattr(self, name) < 0:

@@ -6,7 +6,10 @@ import dataclasses
 import json
 import math
 import random
+import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,8 +20,8 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from .checkpoint import (TIED_KEY, latest_checkpoint, load_model, load_train_state, load_weights,
-                         read_checkpoint_config, save_checkpoint)
+from .checkpoint import (TIED_KEY, is_complete, latest_checkpoint, load_model, load_train_state,
+                         load_weights, read_checkpoint_config, save_checkpoint)
 from .config import GPTConfig, TrainConfig
 from .data import BatchLoader, load_splits
 from .device import pick_device
@@ -30,7 +33,8 @@ from .tokenizer import get_tokenizer
 
 # What a resumed run may change; everything else must match the run's own config.
 RESUMABLE_CHANGES = {"epochs", "max_steps", "eval_every", "eval_batches", "save_every", "sample_every",
-                     "sample_prompt", "sample_tokens", "sample_temperature", "sample_top_k", "device"}
+                     "sample_prompt", "sample_tokens", "sample_temperature", "sample_top_k", "device",
+                     "keep_last", "skip_nonfinite"}
 
 
 @dataclass
@@ -43,6 +47,7 @@ class TrainResult:
     tokens_seen: int
     train_loss: float
     val_loss: float
+    interrupted: bool = False  # stopped by Ctrl-C / SIGTERM, after saving a checkpoint
 
 
 @dataclass
@@ -54,6 +59,7 @@ class Position:
     batch: int = 0  # next batch index within the epoch
     tokens_seen: int = 0
     elapsed_s: float = 0.0  # training wall time, summed over resumed sessions
+    skipped: int = 0  # updates skipped for a non-finite loss or gradient (--skip-nonfinite)
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
@@ -270,60 +276,125 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         state = {"optimizer": optimizer.state_dict(), "position": dataclasses.asdict(pos),
                  "rng": rng_state()}
         path = run_dir / "checkpoints" / f"step-{pos.step:08d}"
-        last["checkpoint"] = save_checkpoint(path, model, cfg.to_dict(), state)
+        try:
+            last["checkpoint"] = save_checkpoint(path, model, cfg.to_dict(), state)
+        except OSError as e:  # a full disk, a read-only folder: the previous checkpoint is untouched
+            previous = last["checkpoint"].name if last["checkpoint"] else "none"
+            raise UserError(f"could not write checkpoint {path}: {e.strerror or e}; the previous "
+                            f"checkpoint ({previous}) is intact") from None
+        if cfg.keep_last:
+            prune_checkpoints(run_dir, cfg.keep_last)
 
     bar = tqdm(total=total_steps, initial=pos.step, unit="step", dynamic_ncols=True,
                disable=(not progress) if progress is not None else None, file=sys.stderr)
     model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: measure the norm, never clip
     session_start, session_tokens = time.perf_counter(), 0
-    while pos.step < total_steps:
-        step_start = time.perf_counter()
-        for inputs, targets in train_loader.batches(pos.epoch, start=pos.batch):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(pos.step, cfg, total_steps)
-            inputs = inputs.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
-            loss = batch_loss(model, inputs, targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+    with GracefulStop() as stop:
+        while pos.step < total_steps and not stop.requested:
+            step_start = time.perf_counter()
+            for inputs, targets in train_loader.batches(pos.epoch, start=pos.batch):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(pos.step, cfg, total_steps)
+                inputs = inputs.to(device, non_blocking=True)
+                targets = targets.to(device, non_blocking=True)
+                loss = batch_loss(model, inputs, targets)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                # One host sync per step, and the only one: a non-finite update must never land.
+                if not torch.isfinite(loss.detach() + grad_norm).item():
+                    if not cfg.skip_nonfinite:
+                        raise Diverged(
+                            f"step {pos.step + 1}: loss {loss.item()} / gradient norm {grad_norm.item()} "
+                            f"is not finite; stopped before the update (newest checkpoint: "
+                            f"{last['checkpoint'] or 'none'}). Lower --lr, or pass --skip-nonfinite")
+                    pos.skipped += 1
+                    say(f"step {pos.step + 1}: non-finite loss or gradient, update skipped "
+                        f"({pos.skipped} so far)")
+                else:
+                    optimizer.step()
 
-            pos.step += 1
-            pos.batch += 1
-            pos.tokens_seen += inputs.numel()
-            session_tokens += inputs.numel()
-            now = time.perf_counter()
-            pos.elapsed_s += now - step_start
-            step_start = now
-            bar.update(1)
-            if pos.step % 10 == 0 or pos.step == total_steps:  # .item() syncs: not every step
-                bar.set_postfix(loss=f"{loss.item():.3f}",
-                                tok_s=f"{session_tokens / (now - session_start):,.0f}")
-            if pos.step == 1 or (cfg.eval_every and pos.step % cfg.eval_every == 0):
-                evaluate_now()
-            if cfg.sample_every and pos.step % cfg.sample_every == 0:
-                say(f"sample at step {pos.step}: {_sample(model, cfg, device)!r}")
-            if cfg.save_every and pos.step % cfg.save_every == 0:
+                pos.step += 1
+                pos.batch += 1
+                pos.tokens_seen += inputs.numel()
+                session_tokens += inputs.numel()
+                now = time.perf_counter()
+                pos.elapsed_s += now - step_start
+                bar.update(1)
+                if pos.step % 10 == 0 or pos.step == total_steps:
+                    bar.set_postfix(loss=f"{loss.item():.3f}",
+                                    tok_s=f"{session_tokens / (now - session_start):,.0f}")
+                if pos.step == 1 or (cfg.eval_every and pos.step % cfg.eval_every == 0):
+                    evaluate_now()
+                if cfg.sample_every and pos.step % cfg.sample_every == 0:
+                    say(f"sample at step {pos.step}: {_sample(model, cfg, device)!r}")
+                if cfg.save_every and pos.step % cfg.save_every == 0:
+                    save_now()
+                if pos.step >= total_steps or stop.requested:
+                    break
+                step_start = time.perf_counter()  # evaluation and saving do not count as training
+            if pos.batch >= steps_per_epoch:
+                say(f"sample after epoch {pos.epoch + 1}: {_sample(model, cfg, device)!r}")
+                pos.epoch += 1
+                pos.batch = 0
+        bar.close()
+        if stop.requested:  # finish cleanly: checkpoint this step and say how to go on
+            if last["checkpoint"] is None or last["checkpoint"].name != f"step-{pos.step:08d}":
                 save_now()
-            if pos.step >= total_steps:
-                break
-            step_start = time.perf_counter()  # evaluation and saving do not count as training
-        if pos.batch >= steps_per_epoch:
-            say(f"sample after epoch {pos.epoch + 1}: {_sample(model, cfg, device)!r}")
-            pos.epoch += 1
-            pos.batch = 0
-    bar.close()
+            say(f"stopped by {stop.requested} at step {pos.step}; checkpoint {last['checkpoint']}. "
+                f"Resume with: gptforge train --resume {run_dir}")
+            return TrainResult(run_dir, last["checkpoint"], pos.step, pos.tokens_seen,
+                               last["train_loss"], last["val_loss"], interrupted=True)
 
     if not _last_row_is(metrics_path, pos.step):
         evaluate_now()
     if last["checkpoint"] is None or last["checkpoint"].name != f"step-{pos.step:08d}":
         save_now()
+    skipped = f", {pos.skipped} update(s) skipped as non-finite" if pos.skipped else ""
     say(f"done: step {pos.step}, {pos.tokens_seen:,} tokens, train loss {last['train_loss']:.3f}, "
-        f"val loss {last['val_loss']:.3f}; checkpoint {last['checkpoint']}")
+        f"val loss {last['val_loss']:.3f}{skipped}; checkpoint {last['checkpoint']}")
     return TrainResult(run_dir, last["checkpoint"], pos.step, pos.tokens_seen,
                        last["train_loss"], last["val_loss"])
+
+
+class Diverged(UserError):
+    """The loss or gradient became NaN/inf; the run stopped before applying that update."""
+
+
+class GracefulStop:
+    """First Ctrl-C or SIGTERM: ask the loop to stop after the current step and checkpoint.
+    A second one aborts at once (checkpoints are atomic, so nothing is corrupted)."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        tqdm.write(f"{self.requested}: finishing this step and saving a checkpoint "
+                   "(press Ctrl-C again to abort at once)")
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():  # signals reach only that one
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints; incomplete folders are left for
+    inspection, and the newest complete one is never deleted."""
+    complete = sorted(p for p in (run_dir / "checkpoints").glob("step-*") if is_complete(p))
+    for old in complete[:-max(keep, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _last_row_is(metrics_path: Path, step: int) -> bool:
