@@ -129,7 +129,9 @@ class TrainConfig:
     init_from: str | None = None
     """Start from these weights (checkpoint, run folder or Hugging Face GPT-2 folder), new optimizer."""
     batch_size: int = 8
-    """Windows per optimizer step."""
+    """Windows per micro-batch (per process); an optimizer step sees batch_size * grad_accum."""
+    grad_accum: int = 1
+    """Micro-batches whose gradients are summed before each optimizer step (same result as one bigger batch)."""
     stride: int | None = None
     """Distance between the starts of consecutive training windows (default: context length)."""
     shuffle: bool = True
@@ -155,7 +157,7 @@ class TrainConfig:
     eval_every: int = 50
     """Evaluate train and val loss every this many steps (0: only at the end)."""
     eval_batches: int = 5
-    """Batches of each split per evaluation."""
+    """Batches (of batch_size * grad_accum windows) of each split per evaluation."""
     save_every: int = 500
     """Write a checkpoint every this many steps (0: only at the end)."""
     keep_last: int = 0
@@ -178,9 +180,13 @@ class TrainConfig:
     """Seed for the model's initialisation, dropout, data order and samples."""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps."""
+    dtype: str = "float32"
+    """Compute precision: float32, bfloat16 (autocast) or float16 (autocast with a gradient scaler)."""
+    compile: bool = False
+    """Compile the model with torch.compile (slow start, faster steps on GPUs)."""
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "epochs", "eval_batches", "sample_tokens")
+        positive = ("batch_size", "grad_accum", "epochs", "eval_batches", "sample_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
@@ -195,6 +201,8 @@ class TrainConfig:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {value}")
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise UserError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.sampling not in ("windows", "random"):
             raise UserError(f"sampling must be 'windows' or 'random', got {self.sampling!r}")
         if self.lr_schedule not in ("constant", "cosine"):

@@ -34,7 +34,7 @@ from .tokenizer import get_tokenizer
 # What a resumed run may change; everything else must match the run's own config.
 RESUMABLE_CHANGES = {"epochs", "max_steps", "eval_every", "eval_batches", "save_every", "sample_every",
                      "sample_prompt", "sample_tokens", "sample_temperature", "sample_top_k", "device",
-                     "keep_last", "skip_nonfinite"}
+                     "keep_last", "skip_nonfinite", "dtype", "compile"}
 
 
 @dataclass
@@ -215,9 +215,9 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     train_loader = _window_loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
                                   shuffle=cfg.shuffle, seed=cfg.seed, drop_last=True,
                                   mode=cfg.sampling)
-    if train_loader.num_batches == 0:
+    if train_loader.num_batches < cfg.grad_accum:
         raise UserError(f"training split: {train_loader.windows.num_windows} window(s) of "
-                        f"{ctx} tokens cannot fill one batch of {cfg.batch_size}")
+                        f"{ctx} tokens cannot fill one step of {cfg.grad_accum} x {cfg.batch_size}")
     # A fixed set of training batches to evaluate on, so successive evaluations are comparable.
     train_eval = _window_loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
                                 shuffle=True, seed=cfg.seed + 1, drop_last=True)
@@ -225,7 +225,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     if len(val_tokens) > 0:
         val_loader = _window_loader(val_tokens, cfg, ctx, "validation split", stride=ctx,
                                     shuffle=False, drop_last=False)
-    steps_per_epoch = train_loader.num_batches
+    steps_per_epoch = train_loader.num_batches // cfg.grad_accum
+    batches_per_epoch = steps_per_epoch * cfg.grad_accum  # a last partial step's batches are dropped
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -236,10 +237,14 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         load_weights(model, load_file(resume_from / "model.safetensors", device=str(device)),
                      source=str(resume_from))
     optimizer = make_optimizer(model, cfg, device)
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
     pos = Position()
     if resume_from is not None:
         state = load_train_state(resume_from, device)
         optimizer.load_state_dict(state["optimizer"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         pos = Position(**state["position"])
         set_rng_state(state["rng"])
         _truncate_metrics(run_dir / "metrics.jsonl", pos.step)
@@ -255,14 +260,19 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     say(f"data: {len(train_tokens):,} train / {len(val_tokens):,} val tokens; {steps_per_epoch} "
         f"steps per epoch, {total_steps} steps in total")
 
+    autocast = torch.autocast(device.type, dtype=getattr(torch, cfg.dtype),
+                              enabled=cfg.dtype != "float32")
     metrics_path = run_dir / "metrics.jsonl"
     last = {"train_loss": math.nan, "val_loss": math.nan, "checkpoint": resume_from}
 
     def evaluate_now() -> None:
-        last["train_loss"] = mean_loss(model, train_eval.batches(0), cfg.eval_batches, device)
-        last["val_loss"] = (mean_loss(model, val_loader.batches(0), cfg.eval_batches, device)
-                            if val_loader else math.nan)
-        row = {"step": pos.step, "epoch": pos.epoch + pos.batch / steps_per_epoch,
+        # An evaluation batch holds as many windows as an optimizer step, read as micro-batches,
+        # so --grad-accum 4 --batch-size 2 reports the same losses as --batch-size 8.
+        n = cfg.eval_batches * cfg.grad_accum
+        with autocast:  # evaluate in the precision the run trains in
+            last["train_loss"] = mean_loss(model, train_eval.batches(0), n, device)
+            last["val_loss"] = mean_loss(model, val_loader.batches(0), n, device) if val_loader else math.nan
+        row = {"step": pos.step, "epoch": pos.epoch + pos.batch / batches_per_epoch,
                "tokens_seen": pos.tokens_seen, "train_loss": last["train_loss"],
                "val_loss": None if math.isnan(last["val_loss"]) else last["val_loss"],
                "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(pos.elapsed_s, 3)}
@@ -274,7 +284,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
 
     def save_now() -> None:
         state = {"optimizer": optimizer.state_dict(), "position": dataclasses.asdict(pos),
-                 "rng": rng_state()}
+                 "rng": rng_state(), "scaler": scaler.state_dict()}
         path = run_dir / "checkpoints" / f"step-{pos.step:08d}"
         try:
             last["checkpoint"] = save_checkpoint(path, model, cfg.to_dict(), state)
@@ -290,21 +300,37 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: measure the norm, never clip
+    step_model = torch.compile(model) if cfg.compile else model  # shares the parameters
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: fp32 range, ~8x the speed
+        torch.backends.cudnn.allow_tf32 = True
     session_start, session_tokens = time.perf_counter(), 0
     with GracefulStop() as stop:
         while pos.step < total_steps and not stop.requested:
             step_start = time.perf_counter()
-            for inputs, targets in train_loader.batches(pos.epoch, start=pos.batch):
+            batches = train_loader.batches(pos.epoch, start=pos.batch)
+            while pos.batch + cfg.grad_accum <= batches_per_epoch:
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(pos.step, cfg, total_steps)
-                inputs = inputs.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
-                loss = batch_loss(model, inputs, targets)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss = torch.zeros((), device=device)
+                for _ in range(cfg.grad_accum):
+                    inputs, targets = next(batches)
+                    inputs = inputs.to(device, non_blocking=True)
+                    targets = targets.to(device, non_blocking=True)
+                    with autocast:
+                        # Mean of equal-sized micro-batch means = the mean over the whole batch.
+                        micro_loss = batch_loss(step_model, inputs, targets) / cfg.grad_accum
+                    scaler.scale(micro_loss).backward()
+                    loss += micro_loss.detach()
+                    pos.tokens_seen += inputs.numel()
+                    session_tokens += inputs.numel()
+                scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
                 # One host sync per step, and the only one: a non-finite update must never land.
-                if not torch.isfinite(loss.detach() + grad_norm).item():
+                # (With fp16 an overflowing gradient is the scaler's to skip, not a divergence.)
+                watched = loss if scaler.is_enabled() else loss + grad_norm
+                if not torch.isfinite(watched).item():
                     if not cfg.skip_nonfinite:
                         raise Diverged(
                             f"step {pos.step + 1}: loss {loss.item()} / gradient norm {grad_norm.item()} "
@@ -314,12 +340,11 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                     say(f"step {pos.step + 1}: non-finite loss or gradient, update skipped "
                         f"({pos.skipped} so far)")
                 else:
-                    optimizer.step()
+                    scaler.step(optimizer)
+                scaler.update()
 
                 pos.step += 1
-                pos.batch += 1
-                pos.tokens_seen += inputs.numel()
-                session_tokens += inputs.numel()
+                pos.batch += cfg.grad_accum
                 now = time.perf_counter()
                 pos.elapsed_s += now - step_start
                 bar.update(1)
@@ -335,7 +360,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                 if pos.step >= total_steps or stop.requested:
                     break
                 step_start = time.perf_counter()  # evaluation and saving do not count as training
-            if pos.batch >= steps_per_epoch:
+            if pos.batch >= batches_per_epoch:
                 say(f"sample after epoch {pos.epoch + 1}: {_sample(model, cfg, device)!r}")
                 pos.epoch += 1
                 pos.batch = 0
