@@ -134,3 +134,65 @@ def test_sigint_checkpoints_exits_0_and_resume_matches_an_uninterrupted_run(text
     assert resumed.returncode == 0, resumed.stderr
     strip = lambda rs: [(r["step"], r["train_loss"], r["val_loss"]) for r in rs]
     assert strip(rows(run)) == strip(rows(straight))
+
+
+@pytest.mark.slow
+def test_kill_9_anywhere_then_resume_reaches_the_uninterrupted_losses(text, tmp_path):
+    """SIGKILL at random moments (start-up, mid-step, mid-checkpoint-save), 20 times: each
+    restart with --resume picks up from the newest complete checkpoint and the finished run's
+    losses equal those of a run that was never interrupted."""
+    import random
+
+    args = ["--data", str(text), "--preset", "gpt2-tiny", "--context-length", "32", "--batch-size", "2",
+            "--dropout", "0.1", "--lr", "1e-3", "--eval-every", "1", "--eval-batches", "1",
+            "--save-every", "2", "--max-steps", "300", "--device", "cpu", "--no-progress"]
+    cli = [sys.executable, "-m", "gptforge", "train"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    assert subprocess.run(cli + args + ["--out", str(straight)], capture_output=True, env=env).returncode == 0
+
+    run, rng, kills = tmp_path / "run", random.Random(0), 0
+    command = cli + args + ["--out", str(run)]
+    while True:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        command = cli + ["--resume", str(run), "--no-progress"]
+        if kills < 20:
+            try:
+                proc.wait(timeout=rng.uniform(1.0, 4.0))  # python + torch start-up is ~1.5 s
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+                kills += 1
+                continue
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+        if kills >= 20:
+            break
+    assert kills == 20
+    strip = lambda rs: [(r["step"], r["train_loss"], r["val_loss"]) for r in rs]
+    assert strip(rows(run)) == strip(rows(straight))
+    leftovers = [p.name for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_a_hostile_pickle_is_refused_and_never_run(text, tmp_path):
+    run = tmp_path / "run"
+    train(config(text, run, max_steps=2), progress=False)
+    checkpoint = run / "checkpoints" / "step-00000002"
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    import pickle
+    import hashlib
+    with open(checkpoint / "train_state.pt", "wb") as f:
+        pickle.dump(Evil(), f)
+    meta = json.loads((checkpoint / "config.json").read_text())  # even with a matching hash
+    meta["files"]["train_state.pt"] = hashlib.sha256((checkpoint / "train_state.pt").read_bytes()).hexdigest()
+    (checkpoint / "config.json").write_text(json.dumps(meta))
+    r = subprocess.run([sys.executable, "-m", "gptforge", "train", "--resume", str(run), "--max-steps", "3"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "cannot load" in r.stderr and "Traceback" not in r.stderr
+    assert not marker.exists()

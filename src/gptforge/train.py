@@ -123,10 +123,17 @@ def _resolve_config(config: TrainConfig | None, resume: str | None, fields: dict
     run_dir = Path(resume)
     if not run_dir.is_dir():
         raise UserError(f"--resume: no such run folder: {run_dir}")
+    _remove_stale_temporaries(run_dir)
     checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
+    if checkpoint is not None:
+        saved = TrainConfig.from_dict(read_checkpoint_config(checkpoint)["train"])
+    elif (run_dir / "config.json").is_file():
+        # Stopped before its first checkpoint: nothing to lose, so start it over with its config.
+        saved = TrainConfig.from_dict(read_checkpoint_config(run_dir)["train"])
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        tqdm.write(f"{run_dir} has no checkpoint yet: starting it over from step 0")
+    else:
         raise UserError(f"--resume: {run_dir} has no complete checkpoint to resume from")
-    saved = TrainConfig.from_dict(read_checkpoint_config(checkpoint)["train"])
     given = dataclasses.asdict(config) if config else {}
     given.update(fields)
     for name, value in given.items():
@@ -136,6 +143,12 @@ def _resolve_config(config: TrainConfig | None, resume: str | None, fields: dict
                             f"{', '.join(sorted(RESUMABLE_CHANGES))} may change)")
     changes = {k: v for k, v in given.items() if k in RESUMABLE_CHANGES}
     return dataclasses.replace(saved, **changes, out=str(run_dir)), run_dir, checkpoint
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Half-written checkpoint folders left by a killed process are never read; tidy them."""
+    for stale in (run_dir / "checkpoints").glob(".step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _initial_model(cfg: TrainConfig, device: torch.device) -> GPT:
@@ -250,7 +263,10 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         _truncate_metrics(run_dir / "metrics.jsonl", pos.step)
         say(f"resuming {run_dir} from {resume_from.name} (step {pos.step}, epoch {pos.epoch + 1})")
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
     resolved = {"model": model_cfg.to_dict(), "train": cfg.to_dict()}
     (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
