@@ -45,9 +45,10 @@ def _fsync(path: Path) -> None:
 
 
 def save_checkpoint(path: str | Path, model: GPT, train_config: dict | None = None,
-                    train_state: dict | None = None) -> Path:
+                    train_state: dict | None = None, weights: dict | None = None) -> Path:
     """Write a complete checkpoint folder at `path`, replacing one that is there only once the new
-    one is complete, so a crash at any moment leaves either the old or the new checkpoint."""
+    one is complete, so a crash at any moment leaves either the old or the new checkpoint.
+    `weights` replaces model.state_dict() (a sharded model's gathered full state)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
@@ -55,7 +56,8 @@ def save_checkpoint(path: str | Path, model: GPT, train_config: dict | None = No
         shutil.rmtree(tmp)
     tmp.mkdir()
     try:
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+        weights = {k: v.detach().contiguous().cpu()
+                   for k, v in (model.state_dict() if weights is None else weights).items()
                    if not (k == TIED_KEY and model.config.tie_embeddings)}
         save_file(weights, tmp / WEIGHTS)
         files = [WEIGHTS]

@@ -184,6 +184,8 @@ class TrainConfig:
     """Compute precision: float32, bfloat16 (autocast) or float16 (autocast with a gradient scaler)."""
     compile: bool = False
     """Compile the model with torch.compile (slow start, faster steps on GPUs)."""
+    distributed: str = "ddp"
+    """Under torchrun: 'ddp' (replicated weights) or 'fsdp' (FSDP2, sharded weights and optimizer)."""
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "grad_accum", "epochs", "eval_batches", "sample_tokens")
@@ -203,6 +205,8 @@ class TrainConfig:
             raise UserError(f"lr must be positive, got {self.lr}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise UserError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.distributed not in ("ddp", "fsdp"):
+            raise UserError(f"distributed must be 'ddp' or 'fsdp', got {self.distributed!r}")
         if self.sampling not in ("windows", "random"):
             raise UserError(f"sampling must be 'windows' or 'random', got {self.sampling!r}")
         if self.lr_schedule not in ("constant", "cosine"):

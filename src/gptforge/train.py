@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm import tqdm
 
+from . import distributed
 from .checkpoint import (TIED_KEY, is_complete, latest_checkpoint, load_model, load_train_state,
                          load_weights, read_checkpoint_config, save_checkpoint)
 from .config import GPTConfig, TrainConfig
@@ -34,7 +35,7 @@ from .tokenizer import get_tokenizer
 # What a resumed run may change; everything else must match the run's own config.
 RESUMABLE_CHANGES = {"epochs", "max_steps", "eval_every", "eval_batches", "save_every", "sample_every",
                      "sample_prompt", "sample_tokens", "sample_temperature", "sample_top_k", "device",
-                     "keep_last", "skip_nonfinite", "dtype", "compile"}
+                     "keep_last", "skip_nonfinite", "dtype", "compile", "distributed"}
 
 
 @dataclass
@@ -209,7 +210,15 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     logging fields may change). `progress=None` shows the progress bar only on a terminal.
     """
     cfg, run_dir, resume_from = _resolve_config(config, str(resume) if resume else None, fields)
-    device = pick_device(cfg.device)
+    d, device = distributed.setup(pick_device(cfg.device))
+    try:
+        return _train(cfg, run_dir, resume_from, d, device, progress)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, d: distributed.Dist,
+           device: torch.device, progress: bool | None) -> TrainResult:
     initial = None
     if resume_from is not None:  # the run's model, whatever preset or weights it started from
         model_cfg = GPTConfig.from_dict(read_checkpoint_config(resume_from)["model"])
@@ -219,15 +228,17 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     else:
         model_cfg = cfg.model_config()
     ctx = model_cfg.context_length
-    say = tqdm.write
+    say = tqdm.write if d.is_main else (lambda *args, **kwargs: None)  # rank 0 speaks for the job
 
     # Data first: a bad corpus should fail before the run folder exists.
     train_tokens, val_tokens = load_splits(cfg.data, cfg.val_fraction)
     if cfg.val_data:
         val_tokens = load_splits(cfg.val_data, 0.0)[0]
+    # Each rank reads its own slice of every global batch; evaluation below reads whole batches
+    # on every rank (it is a small share of the work, and the result then needs no reduction).
     train_loader = _window_loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
                                   shuffle=cfg.shuffle, seed=cfg.seed, drop_last=True,
-                                  mode=cfg.sampling)
+                                  mode=cfg.sampling, rank=d.rank, world_size=d.world_size)
     if train_loader.num_batches < cfg.grad_accum:
         raise UserError(f"training split: {train_loader.windows.num_windows} window(s) of "
                         f"{ctx} tokens cannot fill one step of {cfg.grad_accum} x {cfg.batch_size}")
@@ -244,35 +255,42 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = initial if initial is not None else GPT(model_cfg).to(device)
-    if resume_from is not None:  # before the optimizer: loading replaces the parameter tensors
+    if resume_from is not None:  # before sharding and the optimizer: loading replaces parameters
         load_weights(model, load_file(resume_from / "model.safetensors", device=str(device)),
                      source=str(resume_from))
+    wrapped = distributed.wrap(model, d, cfg.distributed, device)
     optimizer = make_optimizer(model, cfg, device)
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
     pos = Position()
+    if d.enabled:
+        torch.manual_seed(cfg.seed + d.rank)  # independent dropout masks on each rank
     if resume_from is not None:
         state = load_train_state(resume_from, device)
-        optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer(model, optimizer, state["optimizer"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
         pos = Position(**state["position"])
-        set_rng_state(state["rng"])
-        _truncate_metrics(run_dir / "metrics.jsonl", pos.step)
+        per_rank = state.get("rng_per_rank", [])
+        set_rng_state(per_rank[d.rank] if len(per_rank) == d.world_size else state["rng"])
+        if d.is_main:
+            _truncate_metrics(run_dir / "metrics.jsonl", pos.step)
         say(f"resuming {run_dir} from {resume_from.name} (step {pos.step}, epoch {pos.epoch + 1})")
-    else:
+    elif d.is_main:
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create run folder {run_dir}: {e.strerror or e}") from None
-    resolved = {"model": model_cfg.to_dict(), "train": cfg.to_dict()}
-    (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+    if d.is_main:
+        resolved = {"model": model_cfg.to_dict(), "train": cfg.to_dict()}
+        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
 
     say(f"run folder: {run_dir}")
     origin = cfg.init_from if cfg.init_from else cfg.preset
-    say(f"model: {model.num_params():,} parameters ({origin}, context {ctx}) on {device}")
+    ranks = f" x {d.world_size} processes ({cfg.distributed})" if d.enabled else ""
+    say(f"model: {model.num_params():,} parameters ({origin}, context {ctx}) on {device}{ranks}")
     say(f"data: {len(train_tokens):,} train / {len(val_tokens):,} val tokens; {steps_per_epoch} "
         f"steps per epoch, {total_steps} steps in total")
 
@@ -282,9 +300,11 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     last = {"train_loss": math.nan, "val_loss": math.nan, "checkpoint": resume_from}
 
     def evaluate_now() -> None:
-        # An evaluation batch holds as many windows as an optimizer step, read as micro-batches,
-        # so --grad-accum 4 --batch-size 2 reports the same losses as --batch-size 8.
-        n = cfg.eval_batches * cfg.grad_accum
+        last["evaluated_step"] = pos.step
+        # An evaluation batch holds as many windows as an optimizer step of the whole job, read
+        # as micro-batches, so --grad-accum 4 --batch-size 2 reports the same losses as
+        # --batch-size 8, and 2 processes the same as --grad-accum 2.
+        n = cfg.eval_batches * cfg.grad_accum * d.world_size
         with autocast:  # evaluate in the precision the run trains in
             last["train_loss"] = mean_loss(model, train_eval.batches(0), n, device)
             last["val_loss"] = mean_loss(model, val_loader.batches(0), n, device) if val_loader else math.nan
@@ -292,6 +312,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                "tokens_seen": pos.tokens_seen, "train_loss": last["train_loss"],
                "val_loss": None if math.isnan(last["val_loss"]) else last["val_loss"],
                "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(pos.elapsed_s, 3)}
+        if not d.is_main:
+            return
         with open(metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         say(f"epoch {row['epoch']:.2f} step {pos.step:>6}: train loss {last['train_loss']:.3f}, "
@@ -299,11 +321,17 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         _redraw_plot(run_dir)
 
     def save_now() -> None:
-        state = {"optimizer": optimizer.state_dict(), "position": dataclasses.asdict(pos),
-                 "rng": rng_state(), "scaler": scaler.state_dict()}
+        # Every rank takes part in gathering the full state; rank 0 writes it.
+        weights, optimizer_state = distributed.full_state(model, optimizer)
+        rngs = distributed.gather_objects(rng_state(), d)
         path = run_dir / "checkpoints" / f"step-{pos.step:08d}"
+        if not d.is_main:
+            last["checkpoint"] = path
+            return
+        state = {"optimizer": optimizer_state, "position": dataclasses.asdict(pos), "rng": rngs[0],
+                 "rng_per_rank": rngs if d.enabled else [], "scaler": scaler.state_dict()}
         try:
-            last["checkpoint"] = save_checkpoint(path, model, cfg.to_dict(), state)
+            last["checkpoint"] = save_checkpoint(path, model, cfg.to_dict(), state, weights=weights)
         except OSError as e:  # a full disk, a read-only folder: the previous checkpoint is untouched
             previous = last["checkpoint"].name if last["checkpoint"] else "none"
             raise UserError(f"could not write checkpoint {path}: {e.strerror or e}; the previous "
@@ -311,12 +339,13 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         if cfg.keep_last:
             prune_checkpoints(run_dir, cfg.keep_last)
 
+    show_bar = (progress if progress is not None else None) if d.is_main else False
     bar = tqdm(total=total_steps, initial=pos.step, unit="step", dynamic_ncols=True,
-               disable=(not progress) if progress is not None else None, file=sys.stderr)
+               disable=None if show_bar is None else not show_bar, file=sys.stderr)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: measure the norm, never clip
-    step_model = torch.compile(model) if cfg.compile else model  # shares the parameters
+    step_model = torch.compile(wrapped) if cfg.compile else wrapped  # shares the parameters
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: fp32 range, ~8x the speed
         torch.backends.cudnn.allow_tf32 = True
@@ -330,23 +359,31 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                     group["lr"] = lr_at(pos.step, cfg, total_steps)
                 optimizer.zero_grad(set_to_none=True)
                 loss = torch.zeros((), device=device)
-                for _ in range(cfg.grad_accum):
+                for micro in range(cfg.grad_accum):
                     inputs, targets = next(batches)
                     inputs = inputs.to(device, non_blocking=True)
                     targets = targets.to(device, non_blocking=True)
-                    with autocast:
+                    # Gradients are averaged across ranks only after the last micro-batch.
+                    with distributed.gradient_sync(wrapped, micro == cfg.grad_accum - 1), autocast:
                         # Mean of equal-sized micro-batch means = the mean over the whole batch.
                         micro_loss = batch_loss(step_model, inputs, targets) / cfg.grad_accum
                     scaler.scale(micro_loss).backward()
                     loss += micro_loss.detach()
-                    pos.tokens_seen += inputs.numel()
-                    session_tokens += inputs.numel()
+                    pos.tokens_seen += inputs.numel() * d.world_size
+                    session_tokens += inputs.numel() * d.world_size
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                # One host sync per step, and the only one: a non-finite update must never land.
-                # (With fp16 an overflowing gradient is the scaler's to skip, not a divergence.)
-                watched = loss if scaler.is_enabled() else loss + grad_norm
-                if not torch.isfinite(watched).item():
+                if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
+                    grad_norm = grad_norm.full_tensor()
+                # One host sync per step: a non-finite update must never land, and every rank
+                # must agree to stop (on a signal or a divergence) at the same step.
+                loss, nonfinite, stopping = distributed.all_sum(
+                    [loss.item(), float(not torch.isfinite(grad_norm).item() and not scaler.is_enabled()),
+                     float(stop.requested is not None)], d, device)
+                loss = torch.tensor(loss / d.world_size)
+                if stopping and not stop.requested:
+                    stop.requested = "a signal to another rank"
+                if nonfinite or not math.isfinite(loss.item()):
                     if not cfg.skip_nonfinite:
                         raise Diverged(
                             f"step {pos.step + 1}: loss {loss.item()} / gradient norm {grad_norm.item()} "
@@ -370,14 +407,16 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
                 if pos.step == 1 or (cfg.eval_every and pos.step % cfg.eval_every == 0):
                     evaluate_now()
                 if cfg.sample_every and pos.step % cfg.sample_every == 0:
-                    say(f"sample at step {pos.step}: {_sample(model, cfg, device)!r}")
+                    sample = _sample(model, cfg, device)  # every rank: FSDP needs them all
+                    say(f"sample at step {pos.step}: {sample!r}")
                 if cfg.save_every and pos.step % cfg.save_every == 0:
                     save_now()
                 if pos.step >= total_steps or stop.requested:
                     break
                 step_start = time.perf_counter()  # evaluation and saving do not count as training
             if pos.batch >= batches_per_epoch:
-                say(f"sample after epoch {pos.epoch + 1}: {_sample(model, cfg, device)!r}")
+                sample = _sample(model, cfg, device)
+                say(f"sample after epoch {pos.epoch + 1}: {sample!r}")
                 pos.epoch += 1
                 pos.batch = 0
         bar.close()
@@ -389,7 +428,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
             return TrainResult(run_dir, last["checkpoint"], pos.step, pos.tokens_seen,
                                last["train_loss"], last["val_loss"], interrupted=True)
 
-    if not _last_row_is(metrics_path, pos.step):
+    if not _last_row_is(metrics_path, pos.step, last):
         evaluate_now()
     if last["checkpoint"] is None or last["checkpoint"].name != f"step-{pos.step:08d}":
         save_now()
@@ -438,7 +477,10 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _last_row_is(metrics_path: Path, step: int) -> bool:
+def _last_row_is(metrics_path: Path, step: int, last: dict) -> bool:
+    """Whether the newest evaluation is of this step (every rank decides alike: it tracks it)."""
+    if "evaluated_step" in last:
+        return last["evaluated_step"] == step
     if not metrics_path.exists():
         return False
     lines = metrics_path.read_text().splitlines()
