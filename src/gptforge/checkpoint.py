@@ -130,7 +130,11 @@ def verify_file(path: Path, meta: dict, name: str) -> None:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> GPT:
-    """Load a GPT from a checkpoint folder or a run folder, in eval mode."""
+    """Load a GPT from a checkpoint folder, a run folder or a Hugging Face GPT-2 folder, in eval mode."""
+    from .hf import is_hf_folder, load_hf_model  # hf imports this module
+
+    if is_hf_folder(path):
+        return load_hf_model(path, device)
     path = resolve_checkpoint(path)
     meta = read_checkpoint_config(path)
     config = GPTConfig.from_dict(meta["model"])

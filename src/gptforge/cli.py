@@ -23,11 +23,13 @@ def _add_generate(sub) -> None:
     p = sub.add_parser(
         "generate", help="continue a prompt with a trained or randomly initialised model",
         description="Continue a prompt. The model is a checkpoint (or a run folder, whose newest "
-                    "checkpoint is used) or a preset with random weights for trying the pipeline.",
+                    "checkpoint is used), a Hugging Face GPT-2 folder, or a preset with random "
+                    "weights for trying the pipeline.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", metavar="PATH", help="checkpoint folder or run folder")
     src.add_argument("--preset", metavar="NAME", help="model preset (with --random-init)")
+    src.add_argument("--hf", metavar="DIR", help="Hugging Face GPT-2 folder (or a hub id when online)")
     p.add_argument("--random-init", action="store_true",
                    help="use randomly initialised weights for --preset (seeded by --seed)")
     p.add_argument("--prompt", required=True, help="text to continue ('' starts from <|endoftext|>)")
@@ -74,6 +76,10 @@ def _run_generate(args) -> int:
         torch.manual_seed(args.seed)
     if args.checkpoint:
         model = load_model(args.checkpoint, device=device)
+    elif args.hf:
+        from .hf import load_hf_model
+
+        model = load_hf_model(args.hf, device=device)
     else:
         config = GPTConfig.from_preset(args.preset)
         with torch.device(device):
@@ -82,6 +88,9 @@ def _run_generate(args) -> int:
 
     enc = get_tokenizer()
     prompt_ids = enc.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [EOT_ID]
+    if max(prompt_ids) >= model.config.vocab_size:  # e.g. a tiny test model from another tool
+        raise UserError(f"the prompt has GPT-2 token ids the model does not know: its vocabulary "
+                        f"has {model.config.vocab_size} ids, the GPT-2 tokenizer's has 50257")
     ctx = model.config.context_length
     if len(prompt_ids) > ctx:
         print(f"note: the prompt has {len(prompt_ids)} tokens, more than the model's context of "
@@ -176,8 +185,9 @@ def _add_train(sub) -> None:
         kwargs = dict(dest=field.name, default=argparse.SUPPRESS, help=docs.get(field.name, "") + default)
         if base is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif field.name == "lr_schedule":
-            p.add_argument(flag, choices=("constant", "cosine"), **kwargs)
+        elif field.name in ("lr_schedule", "sampling"):
+            choices = ("constant", "cosine") if field.name == "lr_schedule" else ("windows", "random")
+            p.add_argument(flag, choices=choices, **kwargs)
         else:
             p.add_argument(flag, type=base, metavar=field.name.split("_")[-1].upper(), **kwargs)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -241,6 +251,41 @@ def _run_eval(args) -> int:
     return 0
 
 
+def _add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert", help="GPT-2 weights from or to the Hugging Face format",
+        description="Convert a Hugging Face GPT-2 folder (e.g. OpenAI's released weights) to a "
+                    "gptforge checkpoint, or a checkpoint to a folder that transformers' "
+                    "GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained read.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-hf", metavar="DIR",
+                     help="Hugging Face GPT-2 folder (config.json + model.safetensors or "
+                          "pytorch_model.bin), or a hub id such as gpt2 when online")
+    src.add_argument("--to-hf", metavar="CHECKPOINT", help="checkpoint or run folder to export")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="checkpoint folder (--from-hf) or Hugging Face folder (--to-hf) to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(run=_run_convert)
+
+
+def _run_convert(args) -> int:
+    from .checkpoint import load_model, save_checkpoint
+    from .hf import check_output_folder, export_hf, load_hf_model
+
+    check_output_folder(args.out, args.overwrite)  # before a load that may take minutes
+    if args.from_hf:
+        model = load_hf_model(args.from_hf)
+        save_checkpoint(args.out, model)
+    else:
+        model = load_model(args.to_hf)
+        export_hf(model, args.out, overwrite=args.overwrite)
+    c = model.config
+    print(f"wrote {args.out}: {model.num_params():,} parameters ({c.n_layers} layers, {c.emb_dim} d, "
+          f"{c.n_heads} heads, context {c.context_length})")
+    return 0
+
+
 def _add_plot(sub) -> None:
     p = sub.add_parser("plot", help="draw RUN/loss.png from RUN/metrics.jsonl",
                        description="Plot train and val loss against epochs (tokens seen on the top axis).")
@@ -252,6 +297,47 @@ def _run_plot(args) -> int:
     from .plot import plot_run
 
     print(f"wrote {plot_run(args.run_dir)}")
+    return 0
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser(
+        "bench", help="measure training or generation speed, memory and MFU",
+        description="Time a training step (forward, loss, backward, AdamW on random tokens) or greedy "
+                    "generation, and report tokens/s, memory and model FLOPs utilisation against a "
+                    "matmul peak measured on the spot (see gptforge/bench.py for the formula).",
+    )
+    p.add_argument("what", choices=("train", "generate"))
+    p.add_argument("--preset", default="gpt2-124m", help="model preset (default: gpt2-124m)")
+    p.add_argument("--context-length", type=int, default=256,
+                   help="training sequence length (train; default: 256)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sequences per step (default: 2 for train, 1 for generate)")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps (default: 10)")
+    p.add_argument("--prompt-tokens", type=int, default=8, help="prompt length (generate; default: 8)")
+    p.add_argument("--new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
+    p.add_argument("--no-kv-cache", action="store_true", help="generate by full recompute")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (train)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args) -> int:
+    import json
+
+    from .bench import bench_generate, bench_train, check_positive, format_result
+
+    check_positive(batch_size=args.batch_size, steps=args.steps, context_length=args.context_length,
+                   prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens)
+    if args.what == "train":
+        result = bench_train(args.preset, args.context_length, args.batch_size or 2, args.steps,
+                             dtype=args.dtype, device=args.device, compile=args.compile)
+    else:
+        result = bench_generate(args.preset, args.prompt_tokens, args.new_tokens, args.batch_size or 1,
+                                dtype=args.dtype, device=args.device, use_cache=not args.no_kv_cache)
+    print(json.dumps(result) if args.json else format_result(result))
     return 0
 
 
@@ -267,7 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_generate(sub)
+    _add_convert(sub)
     _add_plot(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -277,10 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    # Under torchrun every rank meets the same mistake; one message is enough.
+    speak = os.environ.get("RANK", "0") == "0"
     try:
         return args.run(args)
     except UserError as e:
-        print(f"gptforge: error: {e}", file=sys.stderr)
+        if speak:
+            print(f"gptforge: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gptforge: interrupted", file=sys.stderr)

@@ -21,14 +21,15 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from . import distributed
-from .checkpoint import (TIED_KEY, is_complete, latest_checkpoint, load_model, load_train_state,
-                         load_weights, read_checkpoint_config, save_checkpoint)
+from .checkpoint import (TIED_KEY, is_complete, latest_checkpoint, load_train_state, load_weights,
+                         read_checkpoint_config, save_checkpoint)
 from .config import GPTConfig, TrainConfig
 from .data import BatchLoader, load_splits
 from .device import pick_device
 from .errors import UserError
 from .evaluate import batch_loss, mean_loss
 from .generate import generate
+from .hf import load_initial_weights
 from .model import GPT
 from .tokenizer import get_tokenizer
 
@@ -155,7 +156,7 @@ def _remove_stale_temporaries(run_dir: Path) -> None:
 def _initial_model(cfg: TrainConfig, device: torch.device) -> GPT:
     """The --init-from weights with the run's dropout, and its context cropped if asked: the
     first positions' embeddings are kept, which is how a shorter-context run reuses GPT-2."""
-    source = load_model(cfg.init_from, device)
+    source = load_initial_weights(cfg.init_from, device)  # checkpoint, run, HF folder or hub id
     src = source.config
     for name in ("emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_embeddings"):
         wanted = getattr(cfg, name)
