@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from . import distributed
+from .bench import matmul_peak_flops
 from .checkpoint import (TIED_KEY, is_complete, latest_checkpoint, load_train_state, load_weights,
                          read_checkpoint_config, save_checkpoint)
 from .config import GPTConfig, TrainConfig
@@ -350,6 +351,9 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, d: distrib
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: fp32 range, ~8x the speed
         torch.backends.cudnn.allow_tf32 = True
+    # MFU in the progress bar: the model's FLOP/s over what a large matmul reaches here, per rank.
+    job_peak_flops = matmul_peak_flops(device, getattr(torch, cfg.dtype)) * d.world_size
+    flops_per_token = model.flops_per_token(ctx)
     session_start, session_tokens = time.perf_counter(), 0
     with GracefulStop() as stop:
         while pos.step < total_steps and not stop.requested:
@@ -403,8 +407,9 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, d: distrib
                 pos.elapsed_s += now - step_start
                 bar.update(1)
                 if pos.step % 10 == 0 or pos.step == total_steps:
-                    bar.set_postfix(loss=f"{loss.item():.3f}",
-                                    tok_s=f"{session_tokens / (now - session_start):,.0f}")
+                    tokens_per_s = session_tokens / (now - session_start)
+                    bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_per_s:,.0f}",
+                                    mfu=f"{100 * flops_per_token * tokens_per_s / job_peak_flops:.0f}%")
                 if pos.step == 1 or (cfg.eval_every and pos.step % cfg.eval_every == 0):
                     evaluate_now()
                 if cfg.sample_every and pos.step % cfg.sample_every == 0:
