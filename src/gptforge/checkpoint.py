@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -44,18 +46,38 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(path: str | Path, model: GPT, train_config: dict | None = None,
-                    train_state: dict | None = None, weights: dict | None = None) -> Path:
-    """Write a complete checkpoint folder at `path`, replacing one that is there only once the new
-    one is complete, so a crash at any moment leaves either the old or the new checkpoint.
-    `weights` replaces model.state_dict() (a sharded model's gathered full state)."""
-    path = Path(path)
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write into; it is fsynced and renamed to `path` only
+    once the block completes, replacing what was there, so a crash at any moment leaves either the
+    old folder or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        yield tmp
+        for file in tmp.iterdir():
+            _fsync(file)
+        if path.exists():
+            old = path.parent / f".{path.name}.old-{os.getpid()}"
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(path)
+        _fsync(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, model: GPT, train_config: dict | None = None,
+                    train_state: dict | None = None, weights: dict | None = None) -> Path:
+    """Write a complete checkpoint folder at `path` (see atomic_folder).
+    `weights` replaces model.state_dict() (a sharded model's gathered full state)."""
+    path = Path(path)
+    with atomic_folder(path) as tmp:
         weights = {k: v.detach().contiguous().cpu()
                    for k, v in (model.state_dict() if weights is None else weights).items()
                    if not (k == TIED_KEY and model.config.tie_embeddings)}
@@ -70,20 +92,7 @@ def save_checkpoint(path: str | Path, model: GPT, train_config: dict | None = No
             "train": train_config or {},
             "files": {name: _sha256(tmp / name) for name in files},
         }
-        (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-        for name in [*files, CONFIG]:
-            _fsync(tmp / name)
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{os.getpid()}"
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
-        _fsync(path.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")  # last: marks it complete
     return path
 
 

@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .checkpoint import _fsync, load_model, load_weights
+from .checkpoint import atomic_folder, load_model, load_weights
 from .config import GPT2_VOCAB_SIZE, GPTConfig
 from .errors import UserError
 from .model import GPT
@@ -300,27 +300,10 @@ def check_output_folder(out: str | Path, overwrite: bool) -> None:
 
 @contextmanager
 def _atomic_folder(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a temporary sibling of `out` to write into; it becomes `out` only once complete."""
+    """Check `out` may be written, then write it atomically (see checkpoint.atomic_folder)."""
     check_output_folder(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_folder(out) as tmp:
         yield tmp
-        for file in tmp.iterdir():
-            _fsync(file)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-        _fsync(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _write_tokenizer(folder: Path, context_length: int) -> None:
