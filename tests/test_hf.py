@@ -340,3 +340,24 @@ def test_export_refuses_to_overwrite_and_never_leaves_a_partial_folder(tmp_path,
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_train_init_from_a_hugging_face_folder(tmp_path):
+    """Continued pretraining of GPT-2 weights: the run takes the folder's shape and weights."""
+    from gptforge.config import TrainConfig
+    from gptforge.data import read_documents
+    from gptforge.train import train
+
+    source = hf_model(vocab_size=50257, n_positions=64)
+    source.save_pretrained(tmp_path / "hf")
+    text = dict(read_documents("builtin:shakespeare").docs)["builtin:shakespeare/hamlet"][:20000]
+    (tmp_path / "text.txt").write_text(text)
+    result = train(TrainConfig(data=str(tmp_path / "text.txt"), init_from=str(tmp_path / "hf"),
+                               context_length=32, batch_size=2, max_steps=2, eval_every=1,
+                               device="cpu", out=str(tmp_path / "run")), progress=False)
+    trained = load_model(result.checkpoint)
+    assert trained.config.qkv_bias and trained.config.emb_dim == source.config.n_embd
+    assert trained.config.context_length == 32
+    wpe = source.transformer.wpe.weight.detach()[:32]
+    assert not torch.equal(trained.pos_emb.weight, wpe)  # trained on from there...
+    assert (trained.pos_emb.weight - wpe).abs().max() < 0.05  # ...not from scratch
