@@ -35,3 +35,11 @@ def test_bench_train_and_generate_smoke():
 def test_bench_bad_input():
     assert_user_error(run_cli("bench", "train", "--steps", "0"), "--steps must be at least 1")
     assert_user_error(run_cli("bench", "generate", "--preset", "nope"), "unknown preset")
+
+
+def test_measuring_the_peak_leaves_the_global_rng_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    matmul_peak_flops(torch.device("cpu"), torch.float32, n=64, repeats=1)
+    assert torch.equal(torch.rand(3), expected)

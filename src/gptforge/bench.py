@@ -32,8 +32,11 @@ def _sync(device: torch.device) -> None:
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int | None = None, repeats: int = 5) -> float:
     """FLOP/s of an n x n @ n x n matmul (best of `repeats`): the machine's practical peak."""
     n = n or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
+    # A private generator: measuring must not move the global RNG (training calls this after
+    # restoring it, and resume has to stay exact).
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
     a @ b  # warm-up: thread pools, kernels, allocations
     best = float("inf")
     for _ in range(repeats):
