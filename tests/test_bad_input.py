@@ -31,8 +31,8 @@ def world(tmp_path_factory):
     meta.update(tokenizer="llama", vocab_size=32000)
     (root / "wrong-tokenizer" / "meta.json").write_text(json.dumps(meta))
     shutil.copytree(root / "corpus", root / "truncated")
-    data = (root / "truncated" / "train.bin").read_bytes()
-    (root / "truncated" / "train.bin").write_bytes(data[: len(data) // 2 + 1])
+    data = (root / "truncated" / "train-00000.bin").read_bytes()  # the first (only) train shard
+    (root / "truncated" / "train-00000.bin").write_bytes(data[: len(data) // 2 + 1])
 
     ckpt = root / "run" / "checkpoints" / "step-00000002"
     shutil.copytree(ckpt, root / "corrupt-ckpt")

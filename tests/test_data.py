@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import tracemalloc
 from pathlib import Path
 
@@ -11,10 +16,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gptforge import data
+from gptforge import GPT, GPTConfig, TrainConfig, data, prepare, train
 from gptforge.data import (BatchLoader, TokenWindows, load_corpus, prepare_corpus, read_documents,
                            text_file_splits)
 from gptforge.errors import UserError
+from gptforge.evaluate import evaluate_tokens
+from gptforge.shards import ShardedTokens, open_tokens
+from gptforge.sources import Document, Source
 from gptforge.tokenizer import EOT_ID, get_tokenizer
 
 
@@ -44,8 +52,10 @@ def encode(text: str) -> list[int]:
     return get_tokenizer().encode_ordinary(text)
 
 
-def read_bin(path: Path) -> list[int]:
-    return np.fromfile(path, dtype="<u2").tolist()
+def read_split(out: Path, split: str) -> list[int]:
+    """A prepared split's tokens, all its shards joined, read straight from the files meta.json lists."""
+    meta = json.loads((out / "meta.json").read_text())
+    return [t for s in meta["shards"][split] for t in np.fromfile(out / s["file"], dtype="<u2").tolist()]
 
 
 def split_on_eot(tokens: list[int]) -> list[list[int]]:
@@ -236,8 +246,9 @@ def test_prepare_by_chars_writes_contract_files_and_the_right_tokens(tmp_path):
     out = tmp_path / "corpus"
     meta = prepare_corpus([str(src)], out, val_fraction=0.3, split="chars", progress=False)
 
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train-00000.bin", "val-00000.bin"]
     assert json.loads((out / "meta.json").read_text()) == meta
+    assert meta["shards"]["train"] == [{"file": "train-00000.bin", "tokens": meta["tokens"]["train"]}]
     assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == 50257 and meta["eot_id"] == EOT_ID
     assert meta["dtype"] == "uint16" and meta["split"] == "chars" and meta["val_fraction"] == 0.3
     assert [Path(s["path"]).name for s in meta["sources"]] == ["0.txt", "1.txt", "2.txt"]
@@ -249,11 +260,11 @@ def test_prepare_by_chars_writes_contract_files_and_the_right_tokens(tmp_path):
     assert 0 < head_len < len(texts[1])
     expected_train = encode(texts[0]) + [EOT_ID] + encode(texts[1][:head_len])
     expected_val = encode(texts[1][head_len:]) + [EOT_ID] + encode(texts[2])
-    assert read_bin(out / "train.bin") == expected_train
-    assert read_bin(out / "val.bin") == expected_val
+    assert read_split(out, "train") == expected_train
+    assert read_split(out, "val") == expected_val
     assert meta["tokens"] == {"train": len(expected_train), "val": len(expected_val)}
     # The literal "<|endoftext|>" in user text is ordinary text: only the separators are 50256.
-    assert (read_bin(out / "train.bin") + read_bin(out / "val.bin")).count(EOT_ID) == 2
+    assert (read_split(out, "train") + read_split(out, "val")).count(EOT_ID) == 2
 
     corpus = load_corpus(out)
     assert corpus.train.dtype == np.uint16 and corpus.train.tolist() == expected_train
@@ -281,8 +292,8 @@ def test_prepare_by_documents_never_straddles_and_is_reproducible(tmp_path):
 
     def val_docs(seed, out):
         prepare_corpus([pattern], out, val_fraction=0.3, split="documents", seed=seed, progress=False)
-        train = split_on_eot(read_bin(out / "train.bin"))
-        val = split_on_eot(read_bin(out / "val.bin"))
+        train = split_on_eot(read_split(out, "train"))
+        val = split_on_eot(read_split(out, "val"))
         encoded = [encode(t) for t in texts]
         assert len(train) == 7 and len(val) == 3
         assert all(d in encoded for d in train + val)  # every piece is a whole document
@@ -308,6 +319,15 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     assert docs.replaced == 3
     meta = prepare_corpus([str(path)], tmp_path / "c", progress=False)
     assert meta["replaced_invalid_utf8"] == 3 and meta["sources"][0]["replaced"] == 3
+
+
+def test_replacements_are_counted_across_read_blocks(tmp_path):
+    from gptforge.sources import READ_BYTES
+    for cut in (1, 2):  # a valid U+FFFD (EF BF BD) split across two blocks is not a replacement
+        raw = b"a" * (READ_BYTES - cut) + "\ufffd".encode() + b" caf\xe9 \xff" + "\ufffd".encode() * 3
+        path = write(tmp_path / f"seam{cut}.txt", raw)
+        docs = read_documents([str(path)])
+        assert docs.replaced == 2 and docs.docs[0][1] == raw.decode("utf-8", errors="replace")
 
 
 def test_nul_byte_file_is_refused(tmp_path):
@@ -346,19 +366,19 @@ def test_existing_output_folder_is_never_damaged(tmp_path):
     with pytest.raises(UserError, match="not empty"):
         prepare_corpus([str(src)], out, progress=False)
     # A failure half-way (here: during tokenization) with overwrite=True leaves it as it was, too.
-    original_encode = data.encode_text
-    data.encode_text = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full"))
+    original_encode = prepare.encode_piece
+    prepare.encode_piece = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full"))
     try:
         with pytest.raises(RuntimeError, match="disk full"):
-            prepare_corpus([str(src)], out, overwrite=True, progress=False)
+            prepare_corpus([str(src)], out, overwrite=True, progress=False, workers=1)
     finally:
-        data.encode_text = original_encode
+        prepare.encode_piece = original_encode
     assert [p.name for p in out.iterdir()] == ["precious.txt"]
     assert (out / "precious.txt").read_text() == "do not touch"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "out"]  # no temporary leftovers
 
     prepare_corpus([str(src)], out, overwrite=True, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train-00000.bin", "val-00000.bin"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "out"]
     # An existing but empty folder is fine without overwrite.
     (tmp_path / "fresh").mkdir()
@@ -372,11 +392,11 @@ def test_load_corpus_detects_damage(tmp_path):
     prepare_corpus([str(src)], out, progress=False)
     load_corpus(out)
 
-    data_bytes = (out / "train.bin").read_bytes()
-    (out / "train.bin").write_bytes(data_bytes[:-2])
-    with pytest.raises(UserError, match=r"train\.bin.*truncated"):
+    data_bytes = (out / "train-00000.bin").read_bytes()
+    (out / "train-00000.bin").write_bytes(data_bytes[:-2])
+    with pytest.raises(UserError, match=r"train-00000\.bin.*truncated"):
         load_corpus(out)
-    (out / "train.bin").write_bytes(data_bytes)
+    (out / "train-00000.bin").write_bytes(data_bytes)
 
     meta_text = (out / "meta.json").read_text()
     (out / "meta.json").write_text(meta_text[:-20])
@@ -400,3 +420,300 @@ def test_builtin_shakespeare_is_readable_and_prepares(tmp_path):
     assert hamlet.startswith("HAMLET") and "To be, or not to be" in hamlet
     assert "Gutenberg" not in "".join(text for _, text in docs)  # licence boilerplate stripped
     assert docs.replaced == 0 and len(docs.sources) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming, shards, workers, resume
+
+
+def test_pieces_cut_anywhere_safe_tokenize_like_the_whole_text():
+    # Tiny pieces put cuts next to every kind of character: digits, punctuation, contractions,
+    # runs of spaces, tabs, CRLF, non-breaking and ideographic spaces, accents, emoji.
+    enc = get_tokenizer()
+    alphabet = list("ab Z9 ,.'\n\t") + [" ", "  ", "\r\n", "\u00a0", "\u3000", "'s", "'ll", "\u00e9", "\U0001F600",
+                                         "12", "--", "\u0394\u03b5", "\n\n"]
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        text = "".join(alphabet[i] for i in rng.integers(0, len(alphabet), size=4000))
+        pieces = list(prepare.cut_pieces([text], size=7))
+        assert len(pieces) > 100 and "".join(pieces) == text
+        assert [t for p in pieces for t in enc.encode_ordinary(p)] == enc.encode_ordinary(text)
+        # The cuts depend on the text only, not on how it arrives in blocks.
+        blocks = [text[a:b] for a, b in zip([0, 1, 50, 51, 900, 2000], [1, 50, 51, 900, 2000, len(text)])]
+        assert list(prepare.cut_pieces(blocks, size=7)) == pieces
+
+
+def test_chunked_tokenization_without_newlines():
+    text = "word " * 50_000  # one 250,000-character line still splits (at spaces)
+    pieces = list(data._chunks(text, size=10_000))
+    assert len(pieces) >= 20 and "".join(pieces) == text
+    assert data.encode_text(text).tolist() == get_tokenizer().encode_ordinary(text)
+
+
+def shard_files(tmp_path: Path, tokens: np.ndarray, sizes: list[int]) -> ShardedTokens:
+    paths, start = [], 0
+    for i, n in enumerate(sizes):
+        paths.append(tmp_path / f"s{i}.bin")
+        tokens[start:start + n].tofile(paths[-1])
+        start += n
+    assert start == len(tokens)
+    return open_tokens(paths, sizes)
+
+
+def test_sharded_tokens_index_like_one_array(tmp_path):
+    tokens = np.random.default_rng(0).integers(0, 50257, size=1000).astype(np.uint16)
+    st = shard_files(tmp_path, tokens, [1, 299, 1, 0, 400, 299])
+    assert isinstance(st, ShardedTokens) and len(st) == 1000 and st.shape == (1000,) and st.ndim == 1
+    assert st.dtype == np.uint16 and len(st.arrays) == 5  # the empty shard is dropped
+    for a, b in [(0, 1000), (0, 1), (299, 302), (1, 999), (500, 500), (-5, None), (None, 10), (700, 2000)]:
+        assert np.array_equal(st[a:b], tokens[a:b]), (a, b)
+    assert np.array_equal(st[3:900:7], tokens[3:900:7])
+    index = np.random.default_rng(1).integers(0, 1000, size=(8, 33))
+    assert st[index].shape == (8, 33) and np.array_equal(st[index], tokens[index])
+    assert st[5] == tokens[5] and st[-1] == tokens[-1] and st[300] == tokens[300]
+    assert np.array_equal(np.asarray(st), tokens) and st.astype(np.int64).dtype == np.int64
+    assert np.array_equal(st.astype(np.int64), tokens.astype(np.int64))
+    with pytest.raises(IndexError):
+        st[1000]
+    with pytest.raises(IndexError):
+        st[np.array([[0, 1000]])]
+    one = open_tokens([tmp_path / "s4.bin"], [400])
+    assert isinstance(one, np.memmap)  # a single shard is a plain memmap
+
+
+def test_windows_batches_and_evaluation_read_shards_as_one_stream(tmp_path):
+    tokens = position_tokens(5000)
+    st = shard_files(tmp_path, tokens, [777] * 6 + [338])
+    windows, plain = TokenWindows(st, 32, 7), TokenWindows(tokens, 32, 7)
+    assert len(windows) == len(plain)
+    for k in (0, 110, 111, len(plain) - 1):
+        assert all(torch.equal(a, b) for a, b in zip(windows[k], plain[k]))
+    for mode, shuffle in [("windows", False), ("windows", True), ("random", False)]:
+        ours = BatchLoader(st, 32, 16, 4, shuffle=shuffle, seed=2, mode=mode, rank=1, world_size=2)
+        ref = BatchLoader(tokens, 32, 16, 4, shuffle=shuffle, seed=2, mode=mode, rank=1, world_size=2)
+        for (x, y), (rx, ry) in zip(ours.batches(1, start=3), ref.batches(1, start=3), strict=True):
+            assert torch.equal(x, rx) and torch.equal(y, ry)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=5000, context_length=64)).eval()
+    assert evaluate_tokens(model, st, batch_size=4) == evaluate_tokens(model, tokens, batch_size=4)
+
+
+def corpus_tokens(out: Path) -> tuple[np.ndarray, np.ndarray]:
+    corpus = load_corpus(out)
+    return np.asarray(corpus.train), np.asarray(corpus.val)
+
+
+def write_docs(folder: Path, n: int = 14) -> list[str]:
+    """n documents of varied real text (slices of the bundled plays), one file each."""
+    plays = [text for _, text in read_documents("builtin:shakespeare")]
+    texts = [plays[i][1000 * i:1000 * i + 3000 + 700 * i] for i in range(n)]
+    for i, text in enumerate(texts):
+        write(folder / f"doc{i:02d}.txt", text)
+    return texts
+
+
+def joined(texts: list[str]) -> list[int]:
+    out: list[int] = []
+    for i, text in enumerate(texts):
+        out += ([EOT_ID] if i else []) + encode(text)
+    return out
+
+
+def test_output_is_identical_for_any_workers_and_shard_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "CHUNK_CHARS", 2000)  # many pieces and tasks from a small corpus
+    texts = write_docs(tmp_path / "src")
+    is_val = prepare.val_documents(len(texts), 0.2, 7)
+    expected_train = joined([t for t, v in zip(texts, is_val) if not v])
+    expected_val = joined([t for t, v in zip(texts, is_val) if v])
+    for workers, shard_tokens in [(1, 10**9), (2, 1000), (3, 4096)]:
+        out = tmp_path / f"w{workers}"
+        meta = prepare_corpus([str(tmp_path / "src")], out, val_fraction=0.2, seed=7, workers=workers,
+                              shard_tokens=shard_tokens, progress=False)
+        assert meta["split"] == "documents" and meta["documents"] == {"train": 11, "val": 3, "total": 14}
+        train, val = corpus_tokens(out)
+        assert train.tolist() == expected_train and val.tolist() == expected_val
+        listed = meta["shards"]["train"] + meta["shards"]["val"]
+        assert sorted(p.name for p in out.iterdir()) == sorted(["meta.json"] + [s["file"] for s in listed])
+        for split in ("train", "val"):
+            counts = [s["tokens"] for s in meta["shards"][split]]
+            assert sum(counts) == meta["tokens"][split] and all(c == shard_tokens for c in counts[:-1])
+    assert len(json.loads((tmp_path / "w2" / "meta.json").read_text())["shards"]["train"]) > 5
+
+
+def test_auto_split_mode(tmp_path):
+    texts = write_docs(tmp_path / "src", 12)
+    meta = prepare_corpus([str(tmp_path / "src" / "doc00.txt")], tmp_path / "one", progress=False)
+    assert meta["split"] == "chars"  # one document: the reference recipe
+    few = [str(tmp_path / "src" / f"doc0{i}.txt") for i in range(4)]
+    assert prepare_corpus(few, tmp_path / "few", progress=False)["split"] == "chars"  # 10% of 4 is no document
+    meta = prepare_corpus([str(tmp_path / "src")], tmp_path / "many", progress=False)
+    assert meta["split"] == "documents" and meta["documents"]["val"] == 1 and meta["seed"] == 0
+    assert meta["documents"]["train"] + meta["documents"]["val"] == len(texts)
+
+
+class Stream(Source):
+    """A source of unknown length, like an hf: stream."""
+
+    count = None
+
+    def __init__(self, texts):
+        super().__init__()
+        self.texts = texts
+        self.record = {"stream": len(texts)}
+
+    def identity(self):
+        return self.texts
+
+    def documents(self):
+        for i, text in enumerate(self.texts):
+            yield Document(f"doc{i}", [text])
+
+
+def test_stream_of_unknown_length_splits_whole_documents_by_seed(tmp_path, monkeypatch):
+    texts = [f"Document {i}: " + "some words here. " * (i % 5 + 1) for i in range(60)]
+    monkeypatch.setattr(prepare, "open_sources", lambda inputs, options=None: [Stream(texts)])
+    encoded = [tuple(encode(t)) for t in texts]
+
+    def val_docs(seed, name):
+        meta = prepare_corpus(["stream"], tmp_path / name, val_fraction=0.25, seed=seed, progress=False)
+        assert meta["split"] == "documents"
+        train, val = (split_on_eot(t.tolist()) for t in corpus_tokens(tmp_path / name))
+        assert sorted(map(tuple, train + val)) == sorted(encoded)  # whole documents, each once
+        return [encoded.index(tuple(d)) for d in val]
+
+    first = val_docs(5, "a")
+    assert 5 <= len(first) <= 25 and first == sorted(first)
+    assert val_docs(5, "b") == first and val_docs(6, "c") != first
+    with pytest.raises(UserError, match="--split chars needs"):
+        prepare_corpus(["stream"], tmp_path / "d", split="chars", progress=False)
+
+
+def test_max_tokens_caps_the_corpus(tmp_path):
+    write_docs(tmp_path / "src")
+    full_train, full_val = None, None
+    full = prepare_corpus([str(tmp_path / "src")], tmp_path / "full", val_fraction=0.2, progress=False)
+    capped = prepare_corpus([str(tmp_path / "src")], tmp_path / "cap", val_fraction=0.2, max_tokens=5000,
+                            progress=False)
+    assert sum(capped["tokens"].values()) == 5000 and capped["truncated"] and not full["truncated"]
+    full_train, full_val = corpus_tokens(tmp_path / "full")
+    train, val = corpus_tokens(tmp_path / "cap")
+    assert np.array_equal(train, full_train[:len(train)]) and np.array_equal(val, full_val[:len(val)])
+    with pytest.raises(UserError, match="max_tokens"):
+        prepare_corpus([str(tmp_path / "src")], tmp_path / "bad", max_tokens=0, progress=False)
+
+
+def test_interrupted_prepare_resumes_to_the_same_corpus(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "CHUNK_CHARS", 2000)
+    write_docs(tmp_path / "src")
+    args = dict(val_fraction=0.2, shard_tokens=700, progress=False)
+    prepare_corpus([str(tmp_path / "src")], tmp_path / "ref", workers=1, **args)
+
+    out, work = tmp_path / "out", tmp_path / ".out.partial"
+    real_write_json, checkpoints = prepare._write_json, []
+
+    def stop_at_third_checkpoint(path, payload):
+        real_write_json(path, payload)
+        checkpoints.append(payload)
+        if len(checkpoints) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "_write_json", stop_at_third_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_corpus([str(tmp_path / "src")], out, workers=2, **args)
+    monkeypatch.setattr(prepare, "_write_json", real_write_json)
+    assert not out.exists() and (work / "progress.json").is_file()  # no corpus, only resumable work
+    with pytest.raises(UserError, match="no meta.json"):
+        load_corpus(out)
+
+    tokenized = []
+    real_encode = prepare.encode_piece
+    monkeypatch.setattr(prepare, "encode_piece", lambda text: tokenized.append(len(text)) or real_encode(text))
+    meta = prepare_corpus([str(tmp_path / "src")], out, workers=1, **args)
+    assert 0 < sum(tokenized) < meta["characters"] - 3 * 2000  # what was done before is not redone
+    assert not work.exists()
+    ref = json.loads((tmp_path / "ref" / "meta.json").read_text())
+    assert {k: v for k, v in meta.items() if k != "sources"} == {k: v for k, v in ref.items() if k != "sources"}
+    assert meta["sources"] == ref["sources"]  # hashes complete although part of the input was skipped
+    for shard in meta["shards"]["train"] + meta["shards"]["val"]:
+        assert (out / shard["file"]).read_bytes() == (tmp_path / "ref" / shard["file"]).read_bytes()
+
+
+def test_a_different_job_discards_interrupted_work(tmp_path, monkeypatch):
+    write_docs(tmp_path / "src")
+    work = tmp_path / ".out.partial"
+    work.mkdir()
+    (work / "progress.json").write_text(json.dumps({"fingerprint": "another job"}))
+    (work / "train-00000.bin").write_bytes(b"\x01\x02" * 100)
+    prepare_corpus([str(tmp_path / "src")], tmp_path / "ref", progress=False)
+    prepare_corpus([str(tmp_path / "src")], tmp_path / "out", progress=False)
+    assert not work.exists()
+    assert all(np.array_equal(a, b) for a, b in zip(corpus_tokens(tmp_path / "out"), corpus_tokens(tmp_path / "ref")))
+
+
+def test_a_second_prepare_into_the_same_folder_is_refused(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    write_docs(tmp_path / "src", 2)
+    work = tmp_path / ".out.partial"
+    work.mkdir()
+    with open(work / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match="another `gptforge prepare`"):
+            prepare_corpus([str(tmp_path / "src")], tmp_path / "out", progress=False)
+    assert work.is_dir()  # the other prepare's work is left alone
+
+
+@pytest.mark.slow
+def test_killed_prepare_never_leaves_a_corpus_and_resumes(tmp_path):
+    args = ["builtin:shakespeare", "--shard-tokens", "20000", "--workers", "1"]
+    out, work = tmp_path / "out", tmp_path / ".out.partial"
+    cmd = [sys.executable, "-m", "gptforge", "prepare", *args, "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not (work / "progress.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # nothing that training would read
+    resumed = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr and not work.exists()
+    prepare_corpus(["builtin:shakespeare"], tmp_path / "ref", shard_tokens=20000, progress=False)
+    for a, b in zip(corpus_tokens(out), corpus_tokens(tmp_path / "ref")):
+        assert np.array_equal(a, b)
+
+
+def test_corpora_from_before_shards_still_load(tmp_path):
+    train = np.arange(100, 400, dtype=np.uint16)
+    train.tofile(tmp_path / "train.bin")
+    np.arange(7, dtype=np.uint16).tofile(tmp_path / "val.bin")
+    (tmp_path / "meta.json").write_text(json.dumps(
+        {"format": "gptforge-corpus", "format_version": 1, "tokenizer": "gpt2", "vocab_size": 50257,
+         "dtype": "uint16", "tokens": {"train": 300, "val": 7}}))
+    corpus = load_corpus(tmp_path)
+    assert isinstance(corpus.train, np.memmap) and corpus.train.tolist() == train.tolist()
+    assert corpus.val.tolist() == list(range(7))
+
+
+def test_shard_listing_must_match_the_token_count(tmp_path):
+    write_docs(tmp_path / "src", 2)
+    prepare_corpus([str(tmp_path / "src")], tmp_path / "c", shard_tokens=500, progress=False)
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    meta["shards"]["train"].pop()
+    (tmp_path / "c" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="does not list the train shards"):
+        load_corpus(tmp_path / "c")
+    meta["shards"]["train"][0]["file"] = "../../etc/passwd"
+    (tmp_path / "c" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="does not list"):
+        load_corpus(tmp_path / "c")
+
+
+@pytest.mark.slow
+def test_training_reads_a_sharded_corpus(tmp_path):
+    write_docs(tmp_path / "src")
+    meta = prepare_corpus([str(tmp_path / "src")], tmp_path / "c", shard_tokens=1000, progress=False)
+    assert len(meta["shards"]["train"]) > 3 and len(meta["shards"]["val"]) > 1
+    result = train(TrainConfig(data=str(tmp_path / "c"), preset="gpt2-tiny", context_length=32, batch_size=4,
+                               max_steps=3, eval_every=2, eval_batches=2, sampling="random", device="cpu",
+                               out=str(tmp_path / "run")), progress=False)
+    assert result.step == 3 and np.isfinite(result.train_loss) and np.isfinite(result.val_loss)

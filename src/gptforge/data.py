@@ -1,25 +1,21 @@
-"""Corpora and datasets: text files -> uint16 token files (+ meta.json) -> training windows.
+"""Corpora and datasets: reading text, loading prepared corpora, training windows and batches.
 
-A prepared corpus is a folder with `train.bin` and `val.bin` (raw little-endian uint16 GPT-2 token
-ids, documents separated by <|endoftext|>) and `meta.json`. Training reads the .bin files through
-memory maps, so a corpus never has to fit in RAM, and windows are computed from their index rather
-than stored, so stride 1 costs no more memory than stride = context length.
+A prepared corpus (written by gptforge.prepare) is a folder with `meta.json` and, per split,
+token shards `train-00000.bin`, `train-00001.bin`, ..., `val-00000.bin`, ... (raw little-endian
+uint16 GPT-2 token ids, documents separated by <|endoftext|>; meta.json lists them). Folders
+from before shards (`train.bin`, `val.bin`) still load. Training reads the shards through
+memory maps as one stream, so a corpus never has to fit in RAM, and windows are computed from
+their index rather than stored, so stride 1 costs no more memory than stride = context length.
 """
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import json
-import lzma
 import math
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
 
@@ -29,42 +25,30 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .errors import UserError
-from .tokenizer import EOT_ID, get_tokenizer
+from .prepare import CHUNK_CHARS, SPLITS, VOCAB_SIZE, cut_pieces, encode_piece, prepare_corpus, val_documents
+from .shards import TOKEN_DTYPE, ShardedTokens, TokenArray, open_tokens
+from .sources import SourceOptions, decode_text, open_sources, warn_replaced
+from .tokenizer import EOT_ID
 
-TOKEN_DTYPE = np.dtype("<u2")  # GPT-2 ids (< 65536) stored little-endian on every platform
-VOCAB_SIZE = 50257
-BUILTIN_PREFIX = "builtin:"
-BUILTIN_CORPORA = {"shakespeare": "shakespeare.json.xz"}
-SPLIT_MODES = ("chars", "documents")
-# Tokenize about this many characters at a time: the progress bar moves, and tiktoken never builds
-# one huge Python list of ints for a large single-file corpus.
-CHUNK_CHARS = 1 << 20
+__all__ = ["BatchLoader", "Corpus", "Documents", "ShardedTokens", "SourceOptions", "TokenWindows",
+           "as_token_array", "decode_text", "encode_pieces", "encode_text", "load_corpus", "load_splits",
+           "prepare_corpus", "read_documents", "text_file_splits"]
 
 
 # ----------------------------------------------------------------------------------------------
-# Reading text
-
-
-@dataclass
-class SourceFile:
-    """One input file as read from disk (recorded in meta.json so a corpus can be traced back)."""
-
-    path: str
-    bytes: int
-    sha256: str
-    replaced: int  # invalid UTF-8 sequences replaced by U+FFFD
+# Reading text in memory (training's --data on text, and evaluation)
 
 
 @dataclass
 class Documents:
-    """The documents of a corpus, iterable as (name, text) pairs, plus the files they came from."""
+    """The documents of a corpus, iterable as (name, text) pairs, plus records of their sources."""
 
     docs: list[tuple[str, str]] = field(default_factory=list)
-    sources: list[SourceFile] = field(default_factory=list)
+    sources: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def replaced(self) -> int:
-        return sum(s.replaced for s in self.sources)
+        return sum(s.get("replaced", 0) for s in self.sources)
 
     @property
     def chars(self) -> int:
@@ -77,134 +61,56 @@ class Documents:
         return len(self.docs)
 
 
-def decode_text(data: bytes, name: str) -> tuple[str, int]:
-    """Decode bytes as UTF-8, replacing invalid sequences; return (text, number replaced)."""
-    if b"\x00" in data:
-        # Text never contains NUL; this is an image, a model file, UTF-16 text, ...
-        raise UserError(f"{name} looks like a binary file (it contains NUL bytes); give UTF-8 text files")
-    text = data.decode("utf-8", errors="replace")
-    # Every U+FFFD in the text is either a replacement or a genuine, valid U+FFFD (bytes EF BF BD)
-    # from the file; a valid sequence is never swallowed by a preceding invalid one, because
-    # UTF-8 is self-synchronizing, so the difference counts the replacements exactly.
-    return text, text.count("\ufffd") - data.count("\ufffd".encode())
-
-
-def _expand_input(spec: str) -> list[Path]:
-    """The files one INPUT names: a file, a folder (its *.txt files, recursively) or a glob."""
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if not files:
-            raise UserError(f"folder {spec} contains no .txt files")
-        return files
-    if any(c in spec for c in "*?["):
-        matches = glob.glob(os.path.expanduser(spec), recursive=True)
-        files = sorted(Path(p) for p in matches if os.path.isfile(p))
-        if not files:
-            raise UserError(f"pattern {spec!r} matches no files")
-        return files
-    raise UserError(f"no such file or folder: {spec}")
-
-
-def _read_builtin(spec: str) -> Documents:
-    name = spec.removeprefix(BUILTIN_PREFIX)
-    if name not in BUILTIN_CORPORA:
-        known = ", ".join(BUILTIN_PREFIX + n for n in BUILTIN_CORPORA)
-        raise UserError(f"unknown builtin corpus {spec!r}; available: {known}")
-    data = (resources.files("gptforge") / "corpora" / BUILTIN_CORPORA[name]).read_bytes()
-    works = json.loads(lzma.decompress(data))["documents"]
-    return Documents(
-        docs=[(f"{spec}/{w['name']}", w["text"]) for w in works],
-        sources=[SourceFile(spec, len(data), hashlib.sha256(data).hexdigest(), 0)],
-    )
-
-
-def _read_bytes(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
-
-
-def read_documents(inputs: list[str] | str) -> Documents:
-    """Read every INPUT (file, folder, glob or builtin:NAME); one document per file or work.
+def read_documents(inputs: list[str] | str, options: SourceOptions | None = None) -> Documents:
+    """Read every INPUT (see gptforge.sources) into memory; one document per file, work or row.
 
     Files are decoded as UTF-8 with invalid bytes replaced (counted, and reported on stderr);
-    a file with NUL bytes is refused. A file reached twice (a folder and a glob) is read once.
+    a file with NUL bytes is refused. Empty documents are left out.
     """
-    inputs = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(i) for i in inputs]
-    if not inputs:
-        raise UserError("no input given: name text files, folders, glob patterns or builtin:shakespeare")
-    result, seen = Documents(), set()
-    for spec in inputs:
-        if spec.startswith(BUILTIN_PREFIX):
-            if spec not in seen:
-                seen.add(spec)
-                builtin = _read_builtin(spec)
-                result.docs += builtin.docs
-                result.sources += builtin.sources
-            continue
-        for path in _expand_input(spec):
-            key = str(path.resolve())
-            if key in seen:
-                continue
-            seen.add(key)
-            data = _read_bytes(path)
-            text, replaced = decode_text(data, str(path))
-            if replaced:
-                print(f"warning: {path}: replaced {replaced} invalid UTF-8 sequence(s) with U+FFFD",
-                      file=sys.stderr)
-            digest = hashlib.sha256(data).hexdigest()
-            result.sources.append(SourceFile(str(path), len(data), digest, replaced))
+    names = [str(inputs)] if isinstance(inputs, (str, os.PathLike)) else [str(i) for i in inputs]
+    sources = open_sources(names, options)
+    result = Documents()
+    for source in sources:
+        for doc in source.documents():
+            text = "".join(doc.blocks)
             if text:  # an empty file adds nothing, not even a separator
-                result.docs.append((str(path), text))
+                result.docs.append((doc.name, text))
+        result.sources.append(source.record)
+    warn_replaced(sources)
     if result.chars == 0:
-        raise UserError(f"the corpus is empty: {', '.join(inputs)} contain(s) no text")
+        raise UserError(f"the corpus is empty: {', '.join(names)} contain(s) no text")
     return result
 
 
 # ----------------------------------------------------------------------------------------------
-# Tokenizing
+# Tokenizing in memory
 
 
 def _chunks(text: str, size: int = CHUNK_CHARS) -> Iterator[str]:
-    """Cut text into pieces of about `size` chars whose tokens concatenate to the whole text's.
-
-    GPT-2's pre-tokenizer never joins a lone "\\n" that sits between two non-space characters
-    with its neighbours, so cutting just after such a newline leaves the token stream unchanged.
-    Where no such newline exists the rest of the text stays in one piece (correct, just slower).
-    """
-    def safe_cut(i: int) -> bool:
-        return 0 < i < len(text) - 1 and not text[i - 1].isspace() and not text[i + 1].isspace()
-
-    start = 0
-    while len(text) - start > size:
-        cut = text.find("\n", start + size)
-        while cut != -1 and not safe_cut(cut):
-            cut = text.find("\n", cut + 1)
-        if cut == -1:
-            break
-        yield text[start:cut + 1]
-        start = cut + 1
-    yield text[start:]
+    """Pieces of one text whose tokens concatenate to the whole text's."""
+    return cut_pieces([text], size)
 
 
 def encode_text(text: str, bar: tqdm | None = None) -> np.ndarray:
-    """Tokens of `text` (special tokens never produced) as a uint16 array, chunk by chunk."""
-    enc = get_tokenizer()
+    """Tokens of `text` (special tokens never produced) as a uint16 array, piece by piece."""
     parts = []
-    for chunk in _chunks(text):
-        parts.append(np.asarray(enc.encode_ordinary(chunk), dtype=TOKEN_DTYPE))
+    for piece in _chunks(text):
+        parts.append(encode_piece(piece))
         if bar is not None:
-            bar.update(len(chunk))
+            bar.update(len(piece))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=TOKEN_DTYPE)
+
+
+def encode_pieces(pieces: list[str], bar: tqdm | None = None) -> np.ndarray:
+    """Tokens of text pieces separated by <|endoftext|>, in memory, as prepare writes them."""
+    eot = np.array([EOT_ID], dtype=TOKEN_DTYPE)
+    parts = [part for i, piece in enumerate(pieces) for part in ([eot] if i else []) + [encode_text(piece, bar)]]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=TOKEN_DTYPE)
 
 
 def _split_documents(docs: Documents, val_fraction: float, split: str, seed: int
                      ) -> tuple[list[str], list[str]]:
-    """The text pieces of the train and val splits, each list later joined with <|endoftext|>."""
+    """The text pieces of the train and val splits (in memory), each later joined with <|endoftext|>."""
     texts = [text for _, text in docs]
     if split == "chars":
         # As in the reference recipe: the first int(train_ratio * n) characters train, the rest
@@ -220,126 +126,11 @@ def _split_documents(docs: Documents, val_fraction: float, split: str, seed: int
         # The one document that straddles the cut appears in both lists, as head and tail.
         return [t for t in train if t], [t for t in val if t]
     if split == "documents":
-        n_val = round(val_fraction * len(texts))
-        if val_fraction > 0:
-            n_val = max(n_val, 1)
-        if n_val >= len(texts):
-            raise UserError(f"split by documents needs more documents: {len(texts)} document(s) cannot give "
-                            f"val_fraction {val_fraction} to validation and keep some for training")
-        # A permutation seeded only by `seed`: the same inputs always give the same split.
-        val_ids = set(np.random.default_rng(seed).permutation(len(texts))[:n_val].tolist())
-        return ([t for i, t in enumerate(texts) if i not in val_ids],
-                [t for i, t in enumerate(texts) if i in val_ids])
-    raise UserError(f"unknown split mode {split!r}; use one of {', '.join(SPLIT_MODES)}")
+        is_val = val_documents(len(texts), val_fraction, seed)
+        return [t for t, v in zip(texts, is_val) if not v], [t for t, v in zip(texts, is_val) if v]
+    raise UserError(f"unknown split mode {split!r}; use chars or documents")
 
 
-def encode_pieces(pieces: list[str], bar: tqdm | None = None) -> np.ndarray:
-    """Tokens of text pieces separated by <|endoftext|>, in memory, as prepare writes them."""
-    eot = np.array([EOT_ID], dtype=TOKEN_DTYPE)
-    parts = [part for i, piece in enumerate(pieces) for part in ([eot] if i else []) + [encode_text(piece, bar)]]
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=TOKEN_DTYPE)
-
-
-def _write_split(pieces: list[str], path: Path, bar: tqdm) -> int:
-    """Tokenize pieces into `path`, separated by <|endoftext|>; return the number of tokens."""
-    n = 0
-    with open(path, "wb") as f:
-        for i, piece in enumerate(pieces):
-            tokens = encode_text(piece, bar)
-            if i > 0:
-                tokens = np.concatenate([np.array([EOT_ID], dtype=TOKEN_DTYPE), tokens])
-            tokens.tofile(f)
-            n += len(tokens)
-    return n
-
-
-def _package_version() -> str | None:
-    try:
-        return metadata.version("gptforge")
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def prepare_corpus(
-    inputs: list[str] | str,
-    out_dir: str | os.PathLike,
-    val_fraction: float = 0.1,
-    split: str = "chars",
-    seed: int = 0,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Tokenize INPUTS into out_dir/{train.bin,val.bin,meta.json}; return the meta dict.
-
-    split="chars": the last val_fraction of the characters validate (a document may straddle);
-    split="documents": whole documents, picked reproducibly from `seed`, validate.
-    The folder appears complete or not at all: it is built under a temporary sibling name and
-    renamed into place, so a failure or Ctrl-C never leaves half a corpus or harms an old one.
-    """
-    if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if split not in SPLIT_MODES:
-        raise UserError(f"unknown split mode {split!r}; use one of {', '.join(SPLIT_MODES)}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"output folder {out} already exists and is not empty; "
-                        "choose another or pass --overwrite")
-
-    docs = read_documents(inputs)
-    train_pieces, val_pieces = _split_documents(docs, val_fraction, split, seed)
-
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    except OSError as e:
-        raise UserError(f"cannot create the output folder next to {out}: {e.strerror or e}") from None
-    try:
-        bar = tqdm(total=docs.chars, unit="char", unit_scale=True, desc="tokenizing", disable=not progress)
-        with bar:
-            n_train = _write_split(train_pieces, tmp / "train.bin", bar)
-            n_val = _write_split(val_pieces, tmp / "val.bin", bar)
-        meta = {
-            "format": "gptforge-corpus",
-            "format_version": 1,
-            "tokenizer": "gpt2",
-            "vocab_size": VOCAB_SIZE,
-            "eot_id": EOT_ID,
-            "dtype": "uint16",
-            "byte_order": "little",
-            "split": split,
-            "val_fraction": val_fraction,
-            "seed": seed if split == "documents" else None,
-            "tokens": {"train": n_train, "val": n_val},
-            "documents": {"train": len(train_pieces), "val": len(val_pieces), "total": len(docs)},
-            "characters": docs.chars,
-            "replaced_invalid_utf8": docs.replaced,
-            "sources": [vars(s) for s in docs.sources],
-            "gptforge_version": _package_version(),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return meta
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename tmp to out; an existing out is set aside first and only deleted once tmp is in place."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.rename(out, old / "corpus")
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old / "corpus", out)  # put the previous corpus back as it was
-        os.rmdir(old)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -348,12 +139,26 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 @dataclass
 class Corpus:
-    """A prepared corpus: memory-mapped uint16 token arrays and its meta.json."""
+    """A prepared corpus: its splits as memory-mapped uint16 token streams, and its meta.json."""
 
     path: Path
-    train: np.ndarray
-    val: np.ndarray
+    train: TokenArray
+    val: TokenArray
     meta: dict[str, Any]
+
+
+def _split_files(folder: Path, meta: dict[str, Any], split: str, count: int) -> list[tuple[Path, int]]:
+    """(file, tokens) of a split: the shards meta.json lists, or a pre-shard `SPLIT.bin`."""
+    if "shards" not in meta:
+        return [(folder / f"{split}.bin", count)]
+    entries = (meta["shards"] or {}).get(split)
+    valid = isinstance(entries, list) and all(
+        isinstance(e, dict) and isinstance(e.get("file"), str) and Path(e["file"]).name == e["file"]
+        and isinstance(e.get("tokens"), int) and e["tokens"] >= 0 for e in entries)
+    if not valid or sum(e["tokens"] for e in entries) != count:
+        raise UserError(f"{folder / 'meta.json'} does not list the {split} shards consistently with "
+                        "its token count; prepare the corpus again")
+    return [(folder / e["file"], e["tokens"]) for e in entries]
 
 
 def load_corpus(path: str | os.PathLike) -> Corpus:
@@ -375,21 +180,20 @@ def load_corpus(path: str | os.PathLike) -> Corpus:
         raise UserError(f"{meta_path}: unsupported token dtype {meta.get('dtype')!r} (expected uint16)")
 
     arrays = {}
-    for split in ("train", "val"):
+    for split in SPLITS:
         count = (meta.get("tokens") or {}).get(split)
         if not isinstance(count, int) or count < 0:
             raise UserError(f"{meta_path} has no valid token count for the {split} split")
-        bin_path = folder / f"{split}.bin"
-        if not bin_path.is_file():
-            raise UserError(f"{bin_path} is missing; prepare the corpus again")
-        size = bin_path.stat().st_size
-        if size != count * TOKEN_DTYPE.itemsize:
-            raise UserError(f"{bin_path} has {size} bytes but meta.json says {count} tokens "
-                            f"({count * TOKEN_DTYPE.itemsize} bytes); the file is truncated or corrupt, "
-                            "prepare the corpus again")
-        # np.memmap cannot map an empty file; an empty split is a plain empty array.
-        arrays[split] = (np.memmap(bin_path, dtype=TOKEN_DTYPE, mode="r", shape=(count,)) if count
-                         else np.zeros(0, dtype=TOKEN_DTYPE))
+        files = _split_files(folder, meta, split, count)
+        for bin_path, n in files:
+            if not bin_path.is_file():
+                raise UserError(f"{bin_path} is missing; prepare the corpus again")
+            size = bin_path.stat().st_size
+            if size != n * TOKEN_DTYPE.itemsize:
+                raise UserError(f"{bin_path} has {size} bytes but meta.json says {n} tokens "
+                                f"({n * TOKEN_DTYPE.itemsize} bytes); the file is truncated or corrupt, "
+                                "prepare the corpus again")
+        arrays[split] = open_tokens([p for p, _ in files], [n for _, n in files])
     if len(arrays["train"]) == 0:
         raise UserError(f"{folder} has an empty train split")
     return Corpus(folder, arrays["train"], arrays["val"], meta)
@@ -406,7 +210,11 @@ def text_file_splits(path: str | os.PathLike, val_fraction: float = 0.1) -> tupl
     file = Path(path)
     if not file.is_file():
         raise UserError(f"no such file: {path}")
-    text, replaced = decode_text(_read_bytes(file), str(file))
+    try:
+        data = file.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {file}: {e.strerror or e}") from None
+    text, replaced = decode_text(data, str(file))
     if replaced:
         print(f"warning: {file}: replaced {replaced} invalid UTF-8 sequence(s) with U+FFFD", file=sys.stderr)
     if not text:
@@ -415,7 +223,7 @@ def text_file_splits(path: str | os.PathLike, val_fraction: float = 0.1) -> tupl
     return encode_text(text[:split_idx]), encode_text(text[split_idx:])
 
 
-def load_splits(spec: str, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+def load_splits(spec: str, val_fraction: float = 0.1) -> tuple[TokenArray, TokenArray]:
     """Train and val tokens of anything training accepts as --data.
 
     A prepared corpus folder (with meta.json) is memory-mapped; a single text file is split by
@@ -426,7 +234,7 @@ def load_splits(spec: str, val_fraction: float = 0.1) -> tuple[np.ndarray, np.nd
     if (path / "meta.json").is_file():
         corpus = load_corpus(path)
         return corpus.train, corpus.val
-    if path.is_file():
+    if path.is_file() and path.suffix not in (".jsonl", ".parquet"):
         return text_file_splits(path, val_fraction)
     train, val = _split_documents(read_documents([spec]), val_fraction, "chars", seed=0)
     return encode_pieces(train), encode_pieces(val)
@@ -436,9 +244,13 @@ def load_splits(spec: str, val_fraction: float = 0.1) -> tuple[np.ndarray, np.nd
 # Windows and batches
 
 
-def _as_token_array(tokens: Any) -> np.ndarray:
-    # np.asarray keeps a memmap (or any ndarray) as a view: no copy of the corpus.
-    array = tokens if isinstance(tokens, np.ndarray) else np.asarray(tokens)
+def as_token_array(tokens: Any) -> TokenArray:
+    """An ndarray (a memmap stays a memmap) or sharded stream as it is; anything else via np.asarray."""
+    return tokens if isinstance(tokens, (np.ndarray, ShardedTokens)) else np.asarray(tokens)
+
+
+def _as_token_array(tokens: Any) -> TokenArray:
+    array = as_token_array(tokens)  # no copy of the corpus
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise ValueError(f"tokens must be a 1-D integer array, got shape {array.shape} dtype {array.dtype}")
     return array

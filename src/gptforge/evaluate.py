@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoint import load_model, resolve_checkpoint
-from .data import encode_pieces, load_corpus, read_documents
+from .data import as_token_array, encode_pieces, load_corpus, read_documents
 from .device import pick_device
 from .errors import UserError
 from .tokenizer import EOT_ID, get_tokenizer
@@ -100,7 +100,7 @@ def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, batch_size: int 
     Windows of the model's context length L start at 0, L, 2L, ...; window s reads tokens[s:s+L]
     and predicts tokens[s+1:s+L+1]; a final shorter window predicts whatever is left.
     """
-    tokens = np.asarray(tokens)  # keeps a memmap a memmap: windows are read batch by batch
+    tokens = as_token_array(tokens)  # a memmap or sharded corpus stays on disk: read batch by batch
     n = len(tokens) if tokens.ndim == 1 else 0
     if n < 2:
         raise UserError(f"evaluation needs a 1-D stream of at least 2 tokens, got shape {tokens.shape}")
