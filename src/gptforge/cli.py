@@ -190,6 +190,11 @@ def _run_prepare(args) -> int:
     return 0
 
 
+# TrainConfig's string fields with a fixed set of values (TrainConfig.__post_init__ checks them too).
+TRAIN_CHOICES = {"lr_schedule": ("constant", "cosine"), "sampling": ("windows", "random"),
+                 "dtype": ("float32", "bfloat16", "float16"), "distributed": ("ddp", "fsdp")}
+
+
 def _add_train(sub) -> None:
     import typing
 
@@ -216,9 +221,8 @@ def _add_train(sub) -> None:
         kwargs = dict(dest=field.name, default=argparse.SUPPRESS, help=docs.get(field.name, "") + default)
         if base is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif field.name in ("lr_schedule", "sampling"):
-            choices = ("constant", "cosine") if field.name == "lr_schedule" else ("windows", "random")
-            p.add_argument(flag, choices=choices, **kwargs)
+        elif field.name in TRAIN_CHOICES:
+            p.add_argument(flag, choices=TRAIN_CHOICES[field.name], **kwargs)
         else:
             p.add_argument(flag, type=base, metavar=field.name.split("_")[-1].upper(), **kwargs)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
