@@ -38,18 +38,23 @@ def config(text, out, **fields):
     return TrainConfig(**{**base, **fields})
 
 
-def test_nan_loss_stops_at_that_step_and_keeps_the_good_checkpoint(text, tmp_path, monkeypatch):
+def poison_training_loss(monkeypatch, steps: set[int], value: float) -> None:
+    """Multiply the training loss of the given (1-based) steps by NaN or inf."""
     real_loss, calls = train_module.batch_loss, {"n": 0}
 
     def poisoned(model, x, y):
         loss = real_loss(model, x, y)
         if model.training:
             calls["n"] += 1
-            if calls["n"] == 7:
-                return loss * float("nan")
+            if calls["n"] in steps:
+                return loss * value
         return loss
 
     monkeypatch.setattr(train_module, "batch_loss", poisoned)
+
+
+def test_nan_loss_stops_at_that_step_and_keeps_the_good_checkpoint(text, tmp_path, monkeypatch):
+    poison_training_loss(monkeypatch, {7}, float("nan"))
     with pytest.raises(Diverged, match="step 7: loss nan"):
         train(config(text, tmp_path / "run", max_steps=20, save_every=3), progress=False)
     checkpoints = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
@@ -60,17 +65,7 @@ def test_nan_loss_stops_at_that_step_and_keeps_the_good_checkpoint(text, tmp_pat
 
 
 def test_skip_nonfinite_counts_and_goes_on(text, tmp_path, monkeypatch):
-    real_loss, calls = train_module.batch_loss, {"n": 0}
-
-    def poisoned(model, x, y):
-        loss = real_loss(model, x, y)
-        if model.training:
-            calls["n"] += 1
-            if calls["n"] in (3, 4):
-                return loss * float("inf")
-        return loss
-
-    monkeypatch.setattr(train_module, "batch_loss", poisoned)
+    poison_training_loss(monkeypatch, {3, 4}, float("inf"))
     result = train(config(text, tmp_path / "run", max_steps=6, skip_nonfinite=True), progress=False)
     assert result.step == 6 and math.isfinite(result.train_loss)
     state = torch.load(result.checkpoint / "train_state.pt", weights_only=True)
