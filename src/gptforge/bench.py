@@ -31,7 +31,7 @@ def _sync(device: torch.device) -> None:
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int | None = None, repeats: int = 5) -> float:
     """FLOP/s of an n x n @ n x n matmul (best of `repeats`): the machine's practical peak."""
-    n = n or (8192 if device.type == "cuda" else 2048)
+    n = n or (8192 if device.type == "cuda" else 1024)
     # A private generator: measuring must not move the global RNG (training calls this after
     # restoring it, and resume has to stay exact).
     g = torch.Generator(device=device).manual_seed(0)

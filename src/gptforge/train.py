@@ -352,7 +352,9 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, d: distrib
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: fp32 range, ~8x the speed
         torch.backends.cudnn.allow_tf32 = True
     # MFU in the progress bar: the model's FLOP/s over what a large matmul reaches here, per rank.
-    job_peak_flops = matmul_peak_flops(device, getattr(torch, cfg.dtype)) * d.world_size
+    # Only when the bar is shown: on a CPU a float16 matmul is emulated and takes seconds to time.
+    job_peak_flops = (matmul_peak_flops(device, getattr(torch, cfg.dtype)) * d.world_size
+                      if not bar.disable else math.inf)
     flops_per_token = model.flops_per_token(ctx)
     session_start, session_tokens = time.perf_counter(), 0
     with GracefulStop() as stop:
