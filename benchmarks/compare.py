@@ -32,7 +32,7 @@ import torch.nn as nn
 from gptforge import GPT, GPTConfig
 from gptforge.bench import matmul_peak_flops
 from gptforge.evaluate import batch_loss
-from gptforge.generate import generate
+from gptforge.generate import generate, prepare_for_decoding
 
 
 # --- the reference approach -----------------------------------------------------------------------
@@ -115,6 +115,7 @@ def make_contestants(config: GPTConfig, with_transformers: bool):
     out = {
         "gptforge": dict(model=ours, step=lambda m, x: batch_loss(m, x[:, :-1], x[:, 1:]),
                          gen=lambda m, idx, n: generate(m, idx, n, temperature=0.0),
+                         prepare=prepare_for_decoding,
                          opt=torch.optim.AdamW(ours.parameters(), lr=1e-4)),
         "reference": dict(model=ref, step=lambda m, x: nn.functional.cross_entropy(
                               m(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()),
@@ -167,7 +168,7 @@ def run(args) -> dict:
 
     gen_times = {name: [] for name in contestants}
     for c in contestants.values():
-        c["model"].eval()
+        c.get("prepare", nn.Module.eval)(c["model"])
         c["gen"](c["model"], prompt, 4)  # warm-up
     for _ in range(args.gen_repeats):
         for name, c in contestants.items():

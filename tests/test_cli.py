@@ -32,6 +32,9 @@ def test_random_init_greedy_is_reproducible_and_matches_the_library():
     assert first.stdout == ids_to_text(out) + "\n"
     no_cache = run_cli(*ACCEPTANCE, "--no-kv-cache")
     assert no_cache.stdout == first.stdout
+    bf16 = run_cli(*ACCEPTANCE, "--dtype", "bfloat16")
+    assert bf16.returncode == 0, bf16.stderr
+    assert bf16.stdout.startswith("Every effort moves you") and len(bf16.stdout) > len(first.stdout) // 2
 
 
 def test_generate_from_a_checkpoint_and_a_run_folder(tmp_path):
@@ -82,6 +85,8 @@ def test_long_prompt_is_cropped_with_a_notice():
     (["--checkpoint", "/no/such/checkpoint"], "checkpoint not found: /no/such/checkpoint"),
     (["--preset", "gpt2-tiny", "--random-init", "--device", "cuda:7"], "device"),
     (["--preset", "gpt2-tiny", "--random-init", "--max-new-tokens", "ten"], "invalid int value"),
+    (["--preset", "gpt2-tiny", "--random-init", "--device", "cpu", "--dtype", "float16"],
+     "--dtype float16 is for GPUs"),
 ])
 def test_bad_input_is_one_clear_line(args, fragment):
     assert_user_error(run_cli("generate", "--prompt", "hi", *args), fragment)

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gptforge import GPT, GPTConfig, UserError, generate
+from gptforge import GPT, GPTConfig, UserError, generate, load_model, prepare_for_decoding
+from gptforge.checkpoint import save_checkpoint
 from gptforge.generate import sample_next, stream, top_k_filter, top_p_filter
 
 NEG_INF = float("-inf")
@@ -127,3 +128,36 @@ def test_generate_restores_training_mode():
     model = _random_gpt(3, dropout=0.2).train()
     generate(model, torch.zeros(1, 1, dtype=torch.long), 2)
     assert model.training
+
+
+def test_decoding_layout_changes_strides_only(tmp_path):
+    model = _random_gpt(4, vocab_size=300).train()
+    prompt = torch.randint(0, 300, (2, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model.eval()(prompt)
+    tokens = generate(model, prompt, 20, temperature=0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    assert prepare_for_decoding(model.train()) is model and not model.training
+    fc = model.blocks[0].mlp.fc.weight
+    assert fc.shape == state["blocks.0.mlp.fc.weight"].shape and fc.stride() == (1, fc.shape[0])
+    assert model.lm_head.weight is model.tok_emb.weight  # still tied
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        torch.testing.assert_close(model(prompt), logits, atol=1e-5, rtol=0)
+    assert torch.equal(generate(model, prompt, 20, temperature=0), tokens)
+
+    save_checkpoint(tmp_path / "ckpt", model)  # non-contiguous weights still save
+    assert all(torch.equal(v, state[k]) for k, v in load_model(tmp_path / "ckpt").state_dict().items())
+
+
+def test_bfloat16_decoding_stays_close_to_float32():
+    model = _random_gpt(5)
+    prompt = torch.randint(0, 257, (1, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = torch.log_softmax(model.eval()(prompt), -1)
+        prepare_for_decoding(model, torch.bfloat16)
+        assert model.new_cache(1).keys[0].dtype == torch.bfloat16
+        low = torch.log_softmax(model(prompt).float(), -1)
+    assert (low - reference).abs().max() < 0.05
+    assert generate(model, prompt, 8, temperature=0.7, top_k=20).shape == (1, 13)

@@ -6,7 +6,7 @@ from .checkpoint import load_model
 from .config import PRESETS, GPTConfig, TrainConfig
 from .data import prepare_corpus
 from .errors import UserError
-from .generate import generate
+from .generate import generate, prepare_for_decoding
 from .model import GPT
 from .tokenizer import get_tokenizer, ids_to_text, text_to_ids
 from .train import train  # noqa: E402  (the function shadows the submodule name on purpose)
@@ -17,4 +17,5 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 __all__ = ["GPT", "GPTConfig", "PRESETS", "TrainConfig", "UserError", "generate", "get_tokenizer",
-           "ids_to_text", "load_model", "prepare_corpus", "text_to_ids", "train", "__version__"]
+           "ids_to_text", "load_model", "prepare_corpus", "prepare_for_decoding", "text_to_ids", "train",
+           "__version__"]

@@ -20,7 +20,7 @@ from .config import GPTConfig
 from .device import pick_device
 from .errors import UserError
 from .evaluate import batch_loss
-from .generate import generate
+from .generate import generate, prepare_for_decoding
 from .model import GPT
 
 
@@ -98,9 +98,7 @@ def bench_generate(preset: str = "gpt2-124m", prompt_tokens: int = 8, new_tokens
                    use_cache: bool = True, repeats: int = 3) -> dict:
     """Greedy decoding speed: median over `repeats` runs of new tokens per second."""
     dev = pick_device(device)
-    model = _model(preset, None, dev).eval()
-    if dtype != "float32":
-        model = model.to(getattr(torch, dtype))  # generation can hold the weights in low precision
+    model = prepare_for_decoding(_model(preset, None, dev), getattr(torch, dtype))
     idx = torch.randint(0, model.config.vocab_size, (batch_size, prompt_tokens), device=dev)
     generate(model, idx, 4, temperature=0.0, use_cache=use_cache)  # warm-up
     times = []

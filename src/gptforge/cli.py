@@ -49,6 +49,10 @@ def _add_generate(sub) -> None:
                    help="recompute the whole context for every token (slower; for checking)")
     p.add_argument("--num-samples", type=int, default=1, metavar="N",
                    help="number of independent continuations (default: 1)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="precision of the weights while generating (default: float32); bfloat16 "
+                        "halves the memory read per token, ~1.25x faster on CPUs with AVX512-BF16, "
+                        "with slightly different logits; float16 only on GPUs")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.set_defaults(run=_run_generate)
 
@@ -59,7 +63,7 @@ def _run_generate(args) -> int:
     from .checkpoint import load_model
     from .config import GPTConfig
     from .device import pick_device
-    from .generate import check_sampling_args, stream
+    from .generate import check_sampling_args, prepare_for_decoding, stream
     from .model import GPT
     from .tokenizer import EOT_ID, get_tokenizer
 
@@ -72,6 +76,9 @@ def _run_generate(args) -> int:
     if args.random_init and not args.preset:
         raise UserError("--random-init needs --preset NAME")
     device = pick_device(args.device)
+    if args.dtype == "float16" and device.type == "cpu":
+        raise UserError("--dtype float16 is for GPUs (a CPU emulates it, very slowly); "
+                        "use bfloat16 or float32")
     if args.seed is not None:
         torch.manual_seed(args.seed)
     if args.checkpoint:
@@ -84,7 +91,7 @@ def _run_generate(args) -> int:
         config = GPTConfig.from_preset(args.preset)
         with torch.device(device):
             model = GPT(config)
-    model.eval()
+    prepare_for_decoding(model, getattr(torch, args.dtype))
 
     enc = get_tokenizer()
     prompt_ids = enc.encode(args.prompt, allowed_special={"<|endoftext|>"}) or [EOT_ID]

@@ -5,9 +5,31 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+import torch.nn as nn
 
 from .errors import UserError
 from .model import GPT
+
+
+def prepare_for_decoding(model: GPT, dtype: torch.dtype | None = None) -> GPT:
+    """Ready a model for fast generation, in place, and return it: eval mode, the weights cast to
+    `dtype` if given, and on a CPU every linear weight re-stored column-major.
+
+    The column-major layout keeps each weight's shape, values and name: only its strides change, so
+    `F.linear` multiplies by the transposed matrix without a transposed copy. Decoding one token
+    multiplies a vector by every weight, and MKL's matrix-vector product streams this layout about
+    1.3x faster overall on the CPUs measured (1.7x on the 50257-row LM head; see
+    benchmarks/README.md). Keep such a model for inference: training it works but is not tuned.
+    """
+    model.eval()
+    if dtype is not None:
+        model.to(dtype)
+    if next(model.parameters()).device.type == "cpu":
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, nn.Linear):  # the tied LM head is the embedding's Parameter
+                    module.weight.data = module.weight.data.t().contiguous().t()
+    return model
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None,
