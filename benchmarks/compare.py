@@ -29,10 +29,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from gptforge import GPT, GPTConfig
+from gptforge import GPT, GPTConfig, TrainConfig
 from gptforge.bench import matmul_peak_flops
 from gptforge.evaluate import batch_loss
 from gptforge.generate import generate, prepare_for_decoding
+from gptforge.train import make_optimizer
 
 
 # --- the reference approach -----------------------------------------------------------------------
@@ -116,7 +117,7 @@ def make_contestants(config: GPTConfig, with_transformers: bool):
         "gptforge": dict(model=ours, step=lambda m, x: batch_loss(m, x[:, :-1], x[:, 1:]),
                          gen=lambda m, idx, n: generate(m, idx, n, temperature=0.0),
                          prepare=prepare_for_decoding,
-                         opt=torch.optim.AdamW(ours.parameters(), lr=1e-4)),
+                         opt=make_optimizer(ours, TrainConfig(lr=1e-4), torch.device("cpu"))),
         "reference": dict(model=ref, step=lambda m, x: nn.functional.cross_entropy(
                               m(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()),
                           gen=ref_generate,

@@ -717,3 +717,34 @@ def test_training_reads_a_sharded_corpus(tmp_path):
                                max_steps=3, eval_every=2, eval_batches=2, sampling="random", device="cpu",
                                out=str(tmp_path / "run")), progress=False)
     assert result.step == 3 and np.isfinite(result.train_loss) and np.isfinite(result.val_loss)
+
+
+def test_prefetch_yields_the_same_batches_and_stops_its_thread():
+    import threading
+
+    from gptforge.data import prefetch
+
+    loader = BatchLoader(np.arange(5000, dtype=np.uint16), max_length=16, stride=16, batch_size=4,
+                         shuffle=True, seed=3)
+    direct = list(loader.batches(1, start=2))
+    fetched = list(prefetch(loader.batches(1, start=2)))
+    assert len(fetched) == len(direct) == loader.num_batches - 2
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(direct, fetched))
+
+    early = prefetch(loader.batches(0))
+    next(early)
+    early.close()  # the consumer stops after one batch: the producer thread must end too
+    assert not any(t.name == "gptforge-prefetch" for t in threading.enumerate())
+
+
+def test_prefetch_raises_the_producers_error_in_the_consumer():
+    from gptforge.data import prefetch
+
+    def broken():
+        yield torch.zeros(1), torch.zeros(1)
+        raise UserError("corpus shard vanished")
+
+    batches = prefetch(broken())
+    next(batches)
+    with pytest.raises(UserError, match="corpus shard vanished"):
+        next(batches)

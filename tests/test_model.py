@@ -92,3 +92,42 @@ def test_dropout_only_in_training_mode(tiny_config):
     torch.testing.assert_close(model(idx), model(idx))
     model.train()
     assert not torch.allclose(model(idx), model(idx))
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_vocab_padding_is_invisible_outside_the_model(tie, tmp_path):
+    from safetensors.torch import load_file
+
+    from gptforge.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    config = GPTConfig.from_preset("gpt2-tiny", context_length=16, tie_embeddings=tie)
+    model = GPT(config)
+    assert config.vocab_size == 50257 and config.padded_vocab_size == 50304
+    assert model.tok_emb.weight.shape == (50304, config.emb_dim) == model.lm_head.weight.shape
+    assert model.state_dict()["tok_emb.weight"].shape == (50257, config.emb_dim)
+    assert model.state_dict()["lm_head.weight"].shape == (50257, config.emb_dim)
+
+    x = torch.randint(0, 50257, (2, 16))
+    y = torch.randint(0, 50257, (2, 16))
+    logits = model(x)
+    assert logits.shape == (2, 16, 50257)
+    # the padded loss equals a plain cross-entropy over the real vocabulary's logits
+    plain = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+    torch.testing.assert_close(model(x, targets=y), plain, atol=1e-6, rtol=0)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(x, targets=y).backward()
+        assert model.tok_emb.weight.grad[50257:].abs().max() == 0  # padded ids get no gradient
+        optimizer.step()
+    assert model.tok_emb.weight[50257:].abs().max() == 0 == model.lm_head.weight[50257:].abs().max()
+
+    save_checkpoint(tmp_path / "ckpt", model)
+    saved = load_file(tmp_path / "ckpt" / "model.safetensors")
+    assert saved["tok_emb.weight"].shape == (50257, config.emb_dim)
+    fresh = GPT(config)
+    fresh.load_state_dict(model.state_dict())  # 50257 rows in, padded again inside
+    assert torch.equal(fresh.tok_emb.weight, model.tok_emb.weight)
+    torch.testing.assert_close(fresh(x), model(x), atol=0, rtol=0)

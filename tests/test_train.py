@@ -1,3 +1,4 @@
+import importlib
 import json
 import math
 
@@ -9,7 +10,7 @@ from gptforge import UserError
 from gptforge.config import TrainConfig, load_config_file
 from gptforge.data import read_documents
 from gptforge.tokenizer import get_tokenizer
-from gptforge.train import lr_at, make_optimizer, train
+from gptforge.train import UpdateGuard, lr_at, make_optimizer, train
 
 from helpers import assert_user_error, run_cli
 
@@ -216,3 +217,69 @@ def test_init_from_continues_pretraining_with_a_new_optimizer(story, tmp_path):
     with pytest.raises(UserError, match="longer than the --init-from model"):
         train(TrainConfig(**tiny(data=str(story), init_from=str(tmp_path / "a"), context_length=128,
                                  max_steps=1, out=str(tmp_path / "d"))), progress=False)
+
+
+def _fused_setup(fused: bool):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused or None, foreach=not fused)
+    for _ in range(2):  # some optimizer state to keep intact
+        model(torch.randn(2, 4)).sum().backward()
+        optimizer.step()
+    model(torch.randn(2, 4)).sum().backward()
+    return model, optimizer
+
+
+def _snapshot(model, optimizer):
+    state = [v.clone() for s in optimizer.state.values() for v in s.values()]
+    return [p.detach().clone() for p in model.parameters()], state
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("bad", ["loss", "grad"])
+def test_update_guard_skips_a_nonfinite_update_entirely(fused, bad):
+    model, optimizer = _fused_setup(fused)
+    guard = UpdateGuard(torch.device("cpu"), torch.amp.GradScaler("cpu", enabled=False), step=2)
+    before = _snapshot(model, optimizer)
+    loss, norm = torch.tensor(1.5), torch.tensor(0.7)
+    if bad == "loss":
+        loss = torch.tensor(math.nan)
+    else:
+        norm = torch.tensor(math.inf)
+    guard.step(optimizer, loss, norm)
+    after = _snapshot(model, optimizer)
+    assert all(torch.equal(a, b) for a, b in zip(before[0] + before[1], after[0] + after[1]))
+    assert guard.count.item() == 1 and guard.first[0].item() == 3  # the third step was the bad one
+    assert not hasattr(optimizer, "found_inf")
+
+    guard.step(optimizer, torch.tensor(1.0), torch.tensor(0.5))  # a finite step updates
+    assert not torch.equal(before[0][0], model.weight)
+    assert guard.count.item() == 1 and guard.first[0].item() == 3
+
+
+def test_the_loop_reads_the_device_only_at_sync_points(story, tmp_path, monkeypatch):
+    """No .item() / .tolist() / bool() / float() of a tensor in steps between sync points: on a GPU
+    each one would stall the queue of kernels."""
+    train_module = importlib.import_module("gptforge.train")
+    steps, reads = {"n": 0}, set()
+    real_step = train_module._optimizer_step
+
+    def counting_step(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        steps["n"] += 1
+        return out
+
+    monkeypatch.setattr(train_module, "_optimizer_step", counting_step)
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__"):
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _real=real, **kwargs):
+            reads.add(steps["n"])
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    result = train(data=str(story), out=str(tmp_path / "run"), max_steps=25, eval_every=0,
+                   save_every=0, sample_every=0, context_length=32, **tiny())
+    assert result.step == 25
+    assert 10 in reads and 25 in reads  # the periodic and the final syncs happened
+    assert reads <= {0, 1, 10, 20, 25}, sorted(reads)  # 0: setup, 1: the first evaluation

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from .config import GPTConfig
+from .config import GPTConfig, TrainConfig
 from .device import pick_device
 from .errors import UserError
 from .evaluate import batch_loss
@@ -64,11 +64,13 @@ def bench_train(preset: str = "gpt2-124m", context_length: int | None = 256, bat
                 steps: int = 10, warmup: int = 2, dtype: str = "float32", device: str = "auto",
                 compile: bool = False) -> dict:
     """Median time of a full training step (forward, loss, backward, AdamW) on random tokens."""
+    from .train import make_optimizer  # here: the trainer imports this module for its MFU figure
+
     dev = pick_device(device)
     model = _model(preset, context_length, dev).train()
     T = model.config.context_length
     step_model = torch.compile(model) if compile else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda")
+    optimizer = make_optimizer(model, TrainConfig(lr=1e-4), dev)  # the trainer's own optimizer
     autocast = torch.autocast(dev.type, dtype=getattr(torch, dtype), enabled=dtype != "float32")
     x = torch.randint(0, model.config.vocab_size, (batch_size, T + 1), device=dev)
     times = []

@@ -51,6 +51,13 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.emb_dim // self.n_heads
 
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the embedding and LM head matrices inside the model: vocab_size rounded up to a
+        multiple of 64, so the LM head's matmul has GPU-friendly shapes (50257 -> 50304). The extra
+        ids never get a logit or a gradient, and checkpoints store only vocab_size rows."""
+        return -(-self.vocab_size // 64) * 64
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

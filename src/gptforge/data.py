@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,3 +387,46 @@ class BatchLoader:
         rows = self.tokens[starts[:, None] + np.arange(self.max_length + 1)]
         rows = torch.from_numpy(rows.astype(np.int64))  # (B, L+1)
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # (B, L), (B, L)
+
+
+_END = object()
+
+
+def prefetch(batches: Iterator[tuple[torch.Tensor, torch.Tensor]], pin: bool = False,
+             depth: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield `batches`, produced up to `depth` ahead by a background thread, so the training step
+    never waits for data. numpy's gather from a memmap and torch's copies release the GIL, so
+    the thread runs alongside the step. With pin, batches land in page-locked memory, which lets a
+    GPU copy them with non_blocking=True while it still computes. Same batches, same order; close()
+    the generator (or let it finish) to stop the thread."""
+    ready: queue.Queue = queue.Queue(depth)
+    done = threading.Event()
+
+    def put(item) -> bool:
+        while not done.is_set():
+            try:
+                ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def work() -> None:
+        try:
+            for x, y in batches:
+                if not put((x.pin_memory(), y.pin_memory()) if pin else (x, y)):
+                    return
+            put(_END)
+        except BaseException as e:  # handed to the consumer, raised there
+            put(e)
+
+    thread = threading.Thread(target=work, name="gptforge-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := ready.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        done.set()
+        thread.join()

@@ -95,11 +95,21 @@ def gradient_sync(step_model: nn.Module, enabled: bool):
 
 
 def all_sum(values: list[float], d: Dist, device: torch.device) -> list[float]:
+    """Sum host numbers over ranks (a host sync: for the loop's periodic agreement only)."""
     if not d.enabled:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def mean_over_ranks(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The mean of a device tensor over ranks, without a host sync (queued like any kernel)."""
+    if not d.enabled:
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / d.world_size
 
 
 def full_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:

@@ -33,8 +33,7 @@ SPLITS = ("train", "val")
 
 def batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over every (B, T) position: a scalar with grad, as the trainer needs."""
-    logits = model(inputs)  # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1), targets.flatten())  # (B*T, V) vs (B*T,)
+    return model(inputs, targets=targets)  # the model computes it: see GPT.forward
 
 
 @contextlib.contextmanager

@@ -92,20 +92,29 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Decoder-only GPT-2. forward: (B, T) int64 ids -> (B, T, vocab_size) logits."""
+    """Decoder-only GPT-2. forward: (B, T) int64 ids -> (B, T, vocab_size) logits, or with
+    targets (B, T) the mean cross-entropy.
+
+    The token embedding and LM head have config.padded_vocab_size rows (a multiple of 64). The
+    padding rows stay zero, get no logits outside the training loss (where they are masked to
+    -inf, so they carry no probability and no gradient), and are left out of state_dict() and
+    num_params(): checkpoints, exports and parameter counts are those of vocab_size.
+    """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.emb_dim)
+        self.tok_emb = nn.Embedding(config.padded_vocab_size, config.emb_dim)
         self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.final_norm = nn.LayerNorm(config.emb_dim)
-        self.lm_head = nn.Linear(config.emb_dim, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.emb_dim, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
         self.reset_parameters()
+        self.register_state_dict_post_hook(_drop_vocab_padding)
+        self.register_load_state_dict_pre_hook(_add_vocab_padding)
 
     def reset_parameters(self) -> None:
         """GPT-2 initialisation: N(0, 0.02) weights, zero biases, and residual projections scaled
@@ -127,8 +136,12 @@ class GPT(nn.Module):
             nn.init.normal_(block.mlp.out_proj.weight, mean=0.0, std=residual_std)
         if self.config.tie_embeddings:  # the Linear loop above re-drew the shared matrix
             nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.config.embedding_std)
+        with torch.no_grad():
+            self.tok_emb.weight[self.config.vocab_size:] = 0.0
+            self.lm_head.weight[self.config.vocab_size:] = 0.0
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
         if idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(idx.shape)}")
         B, T = idx.shape
@@ -145,14 +158,23 @@ class GPT(nn.Module):
             x = block(x, cache, layer)
         if cache is not None:
             cache.pos += T
-        return self.lm_head(self.final_norm(x))  # (B, T, vocab_size)
+        x = self.final_norm(x)
+        V = self.config.vocab_size
+        if targets is None:  # only the real vocabulary's rows: padded ids never get a logit
+            return F.linear(x, self.lm_head.weight[:V])  # (B, T, V)
+        logits = self.lm_head(x)  # (B, T, padded V): the matmul with aligned shapes
+        logits[..., V:] = float("-inf")  # no probability, hence no gradient, for padded ids
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
     def num_params(self, include_embeddings: bool = True) -> int:
         """Parameter count, tied weights counted once. Without embeddings it leaves out the token
         and position tables (the count scaling laws use)."""
+        c = self.config
+        padding = (c.padded_vocab_size - c.vocab_size) * c.emb_dim  # per padded matrix
         n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
+        n -= padding * (1 if c.tie_embeddings else 2)
         if not include_embeddings:
-            n -= self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
+            n -= c.vocab_size * c.emb_dim + self.pos_emb.weight.numel()
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
@@ -163,9 +185,29 @@ class GPT(nn.Module):
         t = seq_len or c.context_length
         n = self.num_params(include_embeddings=False)
         if self.config.tie_embeddings:  # the shared matrix is still a matmul in the LM head
-            n += self.lm_head.weight.numel()
+            n += c.vocab_size * c.emb_dim
         return 6 * n + 12 * c.n_layers * t * c.emb_dim
 
     def new_cache(self, batch_size: int) -> KVCache:
         weight = self.tok_emb.weight
         return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype)
+
+
+_PADDED = ("tok_emb.weight", "lm_head.weight")
+
+
+def _drop_vocab_padding(model: GPT, state: dict, prefix: str, local_metadata) -> None:
+    """state_dict() holds vocab_size rows: the padding is an internal detail, not a weight."""
+    for name in _PADDED:
+        if prefix + name in state:
+            state[prefix + name] = state[prefix + name][:model.config.vocab_size]
+
+
+def _add_vocab_padding(model: GPT, state: dict, prefix: str, *args) -> None:
+    """load_state_dict() takes vocab_size rows and adds the zero padding rows back."""
+    c = model.config
+    for name in _PADDED:
+        t = state.get(prefix + name)
+        if t is not None and t.shape[0] == c.vocab_size < c.padded_vocab_size:
+            pad = t.new_zeros(c.padded_vocab_size - c.vocab_size, *t.shape[1:])
+            state[prefix + name] = torch.cat([t, pad])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -25,7 +26,7 @@ from .bench import matmul_peak_flops
 from .checkpoint import (TIED_KEY, is_complete, latest_checkpoint, load_train_state, load_weights,
                          read_checkpoint_config, save_checkpoint)
 from .config import GPTConfig, TrainConfig
-from .data import BatchLoader, load_splits
+from .data import BatchLoader, load_splits, prefetch
 from .device import pick_device
 from .errors import UserError
 from .evaluate import batch_loss, mean_loss
@@ -38,6 +39,7 @@ from .tokenizer import get_tokenizer
 RESUMABLE_CHANGES = {"epochs", "max_steps", "eval_every", "eval_batches", "save_every", "sample_every",
                      "sample_prompt", "sample_tokens", "sample_temperature", "sample_top_k", "device",
                      "keep_last", "skip_nonfinite", "dtype", "compile", "distributed"}
+SYNC_EVERY = 10  # steps between the training loop's host syncs (progress, divergence, stopping)
 
 
 @dataclass
@@ -81,7 +83,9 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+    # Fused: one kernel over all parameters (4x faster than foreach on 2 CPU cores), and it can
+    # skip a non-finite update without the host looking at the gradients (see UpdateGuard).
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type in ("cpu", "cuda") or None)
 
 
 def rng_state() -> dict:
@@ -219,6 +223,112 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         distributed.teardown(d)
 
 
+@dataclass
+class Loaders:
+    """The run's batches and the optimizer steps they make."""
+
+    train: BatchLoader
+    train_eval: BatchLoader  # a fixed set of training batches, so evaluations are comparable
+    val: BatchLoader | None
+    train_tokens: int
+    val_tokens: int
+    steps_per_epoch: int
+    batches_per_epoch: int  # steps_per_epoch * grad_accum: a last partial step's batches are dropped
+    total_steps: int
+
+
+def _loaders(cfg: TrainConfig, ctx: int, d: distributed.Dist) -> Loaders:
+    train_tokens, val_tokens = load_splits(cfg.data, cfg.val_fraction)
+    if cfg.val_data:
+        val_tokens = load_splits(cfg.val_data, 0.0)[0]
+    # Each rank reads its own slice of every global batch; evaluation reads whole batches on every
+    # rank (it is a small share of the work, and the result then needs no reduction).
+    train = _window_loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
+                           shuffle=cfg.shuffle, seed=cfg.seed, drop_last=True, mode=cfg.sampling,
+                           rank=d.rank, world_size=d.world_size)
+    if train.num_batches < cfg.grad_accum:
+        raise UserError(f"training split: {train.windows.num_windows} window(s) of "
+                        f"{ctx} tokens cannot fill one step of {cfg.grad_accum} x {cfg.batch_size}")
+    train_eval = _window_loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
+                                shuffle=True, seed=cfg.seed + 1, drop_last=True)
+    val = None
+    if len(val_tokens) > 0:
+        val = _window_loader(val_tokens, cfg, ctx, "validation split", stride=ctx,
+                             shuffle=False, drop_last=False)
+    steps_per_epoch = train.num_batches // cfg.grad_accum
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    return Loaders(train, train_eval, val, len(train_tokens), len(val_tokens), steps_per_epoch,
+                   steps_per_epoch * cfg.grad_accum, total_steps)
+
+
+class UpdateGuard:
+    """Skips updates whose loss or gradient is not finite, without waiting for the device.
+
+    Each step only queues work: the fused optimizer takes `found_inf` and leaves the weights and
+    its state untouched where it is 1, and the first bad step is recorded in device tensors. The
+    host reads them at the loop's periodic sync points, where it stops a diverged run or reports
+    the skipped updates. With fp16 the gradient scaler owns the skipping (overflowing gradients are
+    routine there), so only a non-finite loss counts.
+    """
+
+    def __init__(self, device: torch.device, scaler: torch.amp.GradScaler, step: int):
+        self.scaler = scaler
+        self.step_number = torch.tensor(float(step), device=device)  # counts on the device too
+        self.count = torch.zeros((), device=device)  # non-finite steps in this session
+        self.first = torch.full((3,), -1.0, device=device)  # (step, loss, grad norm) of the first
+        self.reported = 0
+
+    def step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.step_number += 1
+        finite = torch.isfinite(loss)
+        if not self.scaler.is_enabled():
+            finite &= torch.isfinite(grad_norm)
+        found_inf = (~finite).float()
+        record = torch.stack([self.step_number, loss.float(), grad_norm.float()])
+        self.first = torch.where((self.count == 0) & ~finite, record, self.first)
+        self.count += found_inf
+        if self.scaler.is_enabled():
+            self.scaler.step(optimizer)  # skips steps whose gradients overflowed (or are NaN)
+        elif optimizer.defaults.get("fused"):
+            optimizer.found_inf = found_inf
+            optimizer.step()
+            del optimizer.found_inf
+        elif finite.item():  # an optimizer without a skip input: one host sync per step
+            optimizer.step()
+        self.scaler.update()
+
+
+def _optimizer_step(step_model: torch.nn.Module, wrapped: torch.nn.Module, batches, cfg: TrainConfig,
+                    params: list, guard: UpdateGuard, optimizer, autocast, pos: Position,
+                    d: distributed.Dist, device: torch.device) -> torch.Tensor:
+    """One optimizer step over grad_accum micro-batches; returns the step's loss (a device scalar,
+    the mean over the whole job's batch). Queues work only: nothing here waits for the device."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = torch.zeros((), device=device)
+    for micro in range(cfg.grad_accum):
+        inputs, targets = next(batches)
+        inputs = inputs.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        # Gradients are averaged across ranks only after the last micro-batch.
+        with distributed.gradient_sync(wrapped, micro == cfg.grad_accum - 1), autocast:
+            # Mean of equal-sized micro-batch means = the mean over the whole batch.
+            micro_loss = batch_loss(step_model, inputs, targets) / cfg.grad_accum
+        guard.scaler.scale(micro_loss).backward()
+        loss += micro_loss.detach()
+        pos.tokens_seen += inputs.numel() * d.world_size
+    guard.scaler.unscale_(optimizer)
+    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: measure the norm, never clip
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
+        grad_norm = grad_norm.full_tensor()
+    # Every rank sees the job's loss, so all ranks take the same skip decisions.
+    loss = distributed.mean_over_ranks(loss, d)
+    guard.step(optimizer, loss, grad_norm)
+    return loss
+
+
 def _train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, d: distributed.Dist,
            device: torch.device, progress: bool | None) -> TrainResult:
     initial = None
@@ -232,31 +342,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, d: distrib
     ctx = model_cfg.context_length
     say = tqdm.write if d.is_main else (lambda *args, **kwargs: None)  # rank 0 speaks for the job
 
-    # Data first: a bad corpus should fail before the run folder exists.
-    train_tokens, val_tokens = load_splits(cfg.data, cfg.val_fraction)
-    if cfg.val_data:
-        val_tokens = load_splits(cfg.val_data, 0.0)[0]
-    # Each rank reads its own slice of every global batch; evaluation below reads whole batches
-    # on every rank (it is a small share of the work, and the result then needs no reduction).
-    train_loader = _window_loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
-                                  shuffle=cfg.shuffle, seed=cfg.seed, drop_last=True,
-                                  mode=cfg.sampling, rank=d.rank, world_size=d.world_size)
-    if train_loader.num_batches < cfg.grad_accum:
-        raise UserError(f"training split: {train_loader.windows.num_windows} window(s) of "
-                        f"{ctx} tokens cannot fill one step of {cfg.grad_accum} x {cfg.batch_size}")
-    # A fixed set of training batches to evaluate on, so successive evaluations are comparable.
-    train_eval = _window_loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
-                                shuffle=True, seed=cfg.seed + 1, drop_last=True)
-    val_loader = None
-    if len(val_tokens) > 0:
-        val_loader = _window_loader(val_tokens, cfg, ctx, "validation split", stride=ctx,
-                                    shuffle=False, drop_last=False)
-    steps_per_epoch = train_loader.num_batches // cfg.grad_accum
-    batches_per_epoch = steps_per_epoch * cfg.grad_accum  # a last partial step's batches are dropped
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-
+    data = _loaders(cfg, ctx, d)  # data first: a bad corpus should fail before the run folder exists
+    total_steps = data.total_steps
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = initial if initial is not None else GPT(model_cfg).to(device)
     if resume_from is not None:  # before sharding and the optimizer: loading replaces parameters
@@ -293,7 +380,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, d: distrib
     origin = cfg.init_from if cfg.init_from else cfg.preset
     ranks = f" x {d.world_size} processes ({cfg.distributed})" if d.enabled else ""
     say(f"model: {model.num_params():,} parameters ({origin}, context {ctx}) on {device}{ranks}")
-    say(f"data: {len(train_tokens):,} train / {len(val_tokens):,} val tokens; {steps_per_epoch} "
+    say(f"data: {data.train_tokens:,} train / {data.val_tokens:,} val tokens; {data.steps_per_epoch} "
         f"steps per epoch, {total_steps} steps in total")
 
     autocast = torch.autocast(device.type, dtype=getattr(torch, cfg.dtype),
@@ -308,9 +395,9 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, d: distrib
         # --batch-size 8, and 2 processes the same as --grad-accum 2.
         n = cfg.eval_batches * cfg.grad_accum * d.world_size
         with autocast:  # evaluate in the precision the run trains in
-            last["train_loss"] = mean_loss(model, train_eval.batches(0), n, device)
-            last["val_loss"] = mean_loss(model, val_loader.batches(0), n, device) if val_loader else math.nan
-        row = {"step": pos.step, "epoch": pos.epoch + pos.batch / batches_per_epoch,
+            last["train_loss"] = mean_loss(model, data.train_eval.batches(0), n, device)
+            last["val_loss"] = mean_loss(model, data.val.batches(0), n, device) if data.val else math.nan
+        row = {"step": pos.step, "epoch": pos.epoch + pos.batch / data.batches_per_epoch,
                "tokens_seen": pos.tokens_seen, "train_loss": last["train_loss"],
                "val_loss": None if math.isnan(last["val_loss"]) else last["val_loss"],
                "lr": optimizer.param_groups[0]["lr"], "elapsed_s": round(pos.elapsed_s, 3)}
@@ -341,12 +428,37 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, d: distrib
         if cfg.keep_last:
             prune_checkpoints(run_dir, cfg.keep_last)
 
+    guard = UpdateGuard(device, scaler, pos.step)
+    skipped_before = pos.skipped
+
+    def sync(loss: torch.Tensor, stop: GracefulStop) -> tuple[float, bool]:
+        """The loop's host sync: read the step's loss and the guard; returns the loss and whether
+        the job stops now (every rank agrees: a signal may have reached only some of them)."""
+        loss_now, count, first_step, first_loss, first_norm = torch.cat(
+            [loss.detach().float().view(1), guard.count.view(1), guard.first]).tolist()
+        pos.skipped = skipped_before + int(count)
+        if count > guard.reported:
+            if not cfg.skip_nonfinite:
+                raise Diverged(
+                    f"step {int(first_step)}: loss {first_loss} / gradient norm {first_norm} is not "
+                    f"finite; its update was skipped and training stopped at step {pos.step} "
+                    f"(newest checkpoint: {last['checkpoint'] or 'none'}). Lower --lr, or pass "
+                    f"--skip-nonfinite")
+            say(f"step {pos.step}: {int(count) - guard.reported} update(s) with a non-finite loss "
+                f"or gradient skipped since the last report ({pos.skipped} so far)")
+            guard.reported = int(count)
+        stopping = stop.requested is not None
+        if d.enabled:
+            stopping = distributed.all_sum([float(stopping)], d, device)[0] > 0
+            if stopping and not stop.requested:
+                stop.requested = "a signal to another rank"
+        return loss_now, stopping
+
     show_bar = (progress if progress is not None else None) if d.is_main else False
     bar = tqdm(total=total_steps, initial=pos.step, unit="step", dynamic_ncols=True,
                disable=None if show_bar is None else not show_bar, file=sys.stderr)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf  # inf: measure the norm, never clip
     step_model = torch.compile(wrapped) if cfg.compile else wrapped  # shares the parameters
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: fp32 range, ~8x the speed
@@ -356,79 +468,55 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, d: distrib
     job_peak_flops = (matmul_peak_flops(device, getattr(torch, cfg.dtype)) * d.world_size
                       if not bar.disable else math.inf)
     flops_per_token = model.flops_per_token(ctx)
-    session_start, session_tokens = time.perf_counter(), 0
+    window_start, window_tokens = time.perf_counter(), pos.tokens_seen
+    stopping = False
     with GracefulStop() as stop:
-        while pos.step < total_steps and not stop.requested:
+        while pos.step < total_steps and not stopping:
             step_start = time.perf_counter()
-            batches = train_loader.batches(pos.epoch, start=pos.batch)
-            while pos.batch + cfg.grad_accum <= batches_per_epoch:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr_at(pos.step, cfg, total_steps)
-                optimizer.zero_grad(set_to_none=True)
-                loss = torch.zeros((), device=device)
-                for micro in range(cfg.grad_accum):
-                    inputs, targets = next(batches)
-                    inputs = inputs.to(device, non_blocking=True)
-                    targets = targets.to(device, non_blocking=True)
-                    # Gradients are averaged across ranks only after the last micro-batch.
-                    with distributed.gradient_sync(wrapped, micro == cfg.grad_accum - 1), autocast:
-                        # Mean of equal-sized micro-batch means = the mean over the whole batch.
-                        micro_loss = batch_loss(step_model, inputs, targets) / cfg.grad_accum
-                    scaler.scale(micro_loss).backward()
-                    loss += micro_loss.detach()
-                    pos.tokens_seen += inputs.numel() * d.world_size
-                    session_tokens += inputs.numel() * d.world_size
-                scaler.unscale_(optimizer)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
-                    grad_norm = grad_norm.full_tensor()
-                # One host sync per step: a non-finite update must never land, and every rank
-                # must agree to stop (on a signal or a divergence) at the same step.
-                loss, nonfinite, stopping = distributed.all_sum(
-                    [loss.item(), float(not torch.isfinite(grad_norm).item() and not scaler.is_enabled()),
-                     float(stop.requested is not None)], d, device)
-                loss = torch.tensor(loss / d.world_size)
-                if stopping and not stop.requested:
-                    stop.requested = "a signal to another rank"
-                if nonfinite or not math.isfinite(loss.item()):
-                    if not cfg.skip_nonfinite:
-                        raise Diverged(
-                            f"step {pos.step + 1}: loss {loss.item()} / gradient norm {grad_norm.item()} "
-                            f"is not finite; stopped before the update (newest checkpoint: "
-                            f"{last['checkpoint'] or 'none'}). Lower --lr, or pass --skip-nonfinite")
-                    pos.skipped += 1
-                    say(f"step {pos.step + 1}: non-finite loss or gradient, update skipped "
-                        f"({pos.skipped} so far)")
-                else:
-                    scaler.step(optimizer)
-                scaler.update()
-
-                pos.step += 1
-                pos.batch += cfg.grad_accum
-                now = time.perf_counter()
-                pos.elapsed_s += now - step_start
-                bar.update(1)
-                if pos.step % 10 == 0 or pos.step == total_steps:
-                    tokens_per_s = session_tokens / (now - session_start)
-                    bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{tokens_per_s:,.0f}",
-                                    mfu=f"{100 * flops_per_token * tokens_per_s / job_peak_flops:.0f}%")
-                if pos.step == 1 or (cfg.eval_every and pos.step % cfg.eval_every == 0):
-                    evaluate_now()
-                if cfg.sample_every and pos.step % cfg.sample_every == 0:
-                    sample = _sample(model, cfg, device)  # every rank: FSDP needs them all
-                    say(f"sample at step {pos.step}: {sample!r}")
-                if cfg.save_every and pos.step % cfg.save_every == 0:
-                    save_now()
-                if pos.step >= total_steps or stop.requested:
-                    break
-                step_start = time.perf_counter()  # evaluation and saving do not count as training
-            if pos.batch >= batches_per_epoch:
+            with contextlib.closing(prefetch(data.train.batches(pos.epoch, start=pos.batch),
+                                             pin=device.type == "cuda")) as batches:
+                while pos.batch + cfg.grad_accum <= data.batches_per_epoch:
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr_at(pos.step, cfg, total_steps)
+                    loss = _optimizer_step(step_model, wrapped, batches, cfg, params, guard,
+                                           optimizer, autocast, pos, d, device)
+                    pos.step += 1
+                    pos.batch += cfg.grad_accum
+                    bar.update(1)
+                    evaluating = pos.step == 1 or (cfg.eval_every and pos.step % cfg.eval_every == 0)
+                    sampling = cfg.sample_every and pos.step % cfg.sample_every == 0
+                    saving = cfg.save_every and pos.step % cfg.save_every == 0
+                    # Host syncs only every SYNC_EVERY steps and before anything that reads the
+                    # state; a single process also syncs at once when asked to stop.
+                    if (pos.step % SYNC_EVERY == 0 or pos.step == total_steps or evaluating
+                            or sampling or saving or pos.batch >= data.batches_per_epoch
+                            or (stop.requested and not d.enabled)):
+                        loss_now, stopping = sync(loss, stop)  # waits for the device
+                        now = time.perf_counter()
+                        tokens_per_s = (pos.tokens_seen - window_tokens) / (now - window_start)
+                        window_start, window_tokens = now, pos.tokens_seen
+                        bar.set_postfix(loss=f"{loss_now:.3f}", tok_s=f"{tokens_per_s:,.0f}",
+                                        mfu=f"{100 * flops_per_token * tokens_per_s / job_peak_flops:.0f}%")
+                    pos.elapsed_s += time.perf_counter() - step_start
+                    if evaluating:
+                        evaluate_now()
+                    if sampling:
+                        sample = _sample(model, cfg, device)  # every rank: FSDP needs them all
+                        say(f"sample at step {pos.step}: {sample!r}")
+                    if saving:
+                        save_now()
+                    if pos.step >= total_steps or stopping:
+                        break
+                    step_start = time.perf_counter()  # evaluating and saving are not training
+                    if evaluating or sampling or saving:
+                        window_start = step_start
+            if pos.batch >= data.batches_per_epoch:
                 sample = _sample(model, cfg, device)
                 say(f"sample after epoch {pos.epoch + 1}: {sample!r}")
                 pos.epoch += 1
                 pos.batch = 0
         bar.close()
-        if stop.requested:  # finish cleanly: checkpoint this step and say how to go on
+        if stopping:  # finish cleanly: checkpoint this step and say how to go on
             if last["checkpoint"] is None or last["checkpoint"].name != f"step-{pos.step:08d}":
                 save_now()
             say(f"stopped by {stop.requested} at step {pos.step}; checkpoint {last['checkpoint']}. "
