@@ -189,8 +189,8 @@ def run(args) -> dict:
 
 
 def table(report: dict) -> str:
-    r, a = report["results"], report["args"]
-    lines = [f"| implementation | train tokens/s | step (ms) | train MFU | vs reference | generate tokens/s | vs reference |",
+    r = report["results"]
+    lines = ["| implementation | train tokens/s | step (ms) | train MFU | vs reference | generate tokens/s | vs reference |",
              "|---|---|---|---|---|---|---|"]
     base = r["reference"]
     for name, v in r.items():

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from gptforge import GPT, GPTConfig
+from gptforge.data import read_documents
 
 
 @pytest.fixture
@@ -14,3 +15,12 @@ def tiny_config() -> GPTConfig:
 def tiny_model(tiny_config) -> GPT:
     torch.manual_seed(0)
     return GPT(tiny_config).eval()
+
+
+@pytest.fixture(scope="session")
+def text(tmp_path_factory):
+    """60,000 characters of Hamlet as a text file: small, real training data (~15k tokens)."""
+    docs = dict(read_documents("builtin:shakespeare").docs)
+    path = tmp_path_factory.mktemp("text") / "plays.txt"
+    path.write_text(docs["builtin:shakespeare/hamlet"][:60000], encoding="utf-8")
+    return path

@@ -8,22 +8,11 @@ import sys
 import time
 
 import pytest
-import torch
 from safetensors.torch import load_file
-
-from gptforge.data import read_documents
 
 from helpers import run_cli
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    docs = dict(read_documents("builtin:shakespeare").docs)
-    path = tmp_path_factory.mktemp("text") / "plays.txt"
-    path.write_text(docs["builtin:shakespeare/tempest"][:40000], encoding="utf-8")
-    return path
 
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: one thread each
@@ -124,7 +113,7 @@ def test_a_dying_rank_brings_the_job_down(text, tmp_path):
                 environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
             except OSError:
                 continue
-            if b"RANK=1" in environ and f"TORCHELASTIC_RUN_ID".encode() in b"\0".join(environ):
+            if b"RANK=1" in environ and b"TORCHELASTIC_RUN_ID" in b"\0".join(environ):
                 if str(run).encode() in open(f"/proc/{pid}/cmdline", "rb").read():
                     rank1 = int(pid)
     assert rank1 is not None

@@ -131,3 +131,30 @@ def test_vocab_padding_is_invisible_outside_the_model(tie, tmp_path):
     fresh.load_state_dict(model.state_dict())  # 50257 rows in, padded again inside
     assert torch.equal(fresh.tok_emb.weight, model.tok_emb.weight)
     torch.testing.assert_close(fresh(x), model(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_decoding_linear_splits_k_and_matches_f_linear(rows, with_bias, monkeypatch):
+    from gptforge.model import linear
+
+    torch.manual_seed(0)
+    weight = torch.randn(2048, 64).t().contiguous().t()  # (out, in), stored column-major
+    bias = torch.randn(2048) if with_bias else None
+    x = torch.randn(rows, 1, 64)
+    expected = torch.nn.functional.linear(x, weight, bias)
+    calls = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(a[1].shape) or real_bmm(*a))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    with torch.no_grad():
+        out = linear(x, weight, bias)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert out.shape == (rows, 1, 2048)
+    # the split path for up to 4 rows: K = 64 in 4 slices of 16; more rows are a plain matmul
+    assert calls == ([(4, 16, 2048)] if rows <= 4 else [])
+    with torch.no_grad():  # a row-major weight (as trained), or one that fits the caches: F.linear
+        torch.testing.assert_close(linear(x, weight.contiguous(), bias), expected, atol=1e-5, rtol=1e-5)
+        small = weight[:1024]
+        torch.testing.assert_close(linear(x, small), torch.nn.functional.linear(x, small), atol=1e-5, rtol=1e-5)
+    assert len(calls) <= 1

@@ -13,19 +13,10 @@ import pytest
 import torch
 
 from gptforge.config import TrainConfig
-from gptforge.data import read_documents
 from gptforge.train import Diverged, train
 
 # `gptforge.train` the attribute is the function; the module itself is needed for monkeypatching
 train_module = importlib.import_module("gptforge.train")
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    docs = dict(read_documents("builtin:shakespeare").docs)
-    path = tmp_path_factory.mktemp("text") / "plays.txt"
-    path.write_text(docs["builtin:shakespeare/hamlet"][:60000], encoding="utf-8")
-    return path
 
 
 def rows(run_dir):

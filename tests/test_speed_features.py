@@ -7,16 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from gptforge.config import TrainConfig
-from gptforge.data import read_documents
 from gptforge.train import train
-
-
-@pytest.fixture(scope="module")
-def text(tmp_path_factory):
-    docs = dict(read_documents("builtin:shakespeare").docs)
-    path = tmp_path_factory.mktemp("text") / "plays.txt"
-    path.write_text(docs["builtin:shakespeare/macbeth"][:40000], encoding="utf-8")
-    return path
 
 
 def run(text, out, **fields):

@@ -63,11 +63,7 @@ class GPTConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "GPTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown model config field(s): {', '.join(unknown)}")
-        return cls(**data)
+        return _from_dict(cls, data, "model config field(s)")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GPTConfig":
@@ -232,11 +228,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown training config key(s): {', '.join(unknown)}")
-        return cls(**data)
+        return _from_dict(cls, data, "training config key(s)")
+
+
+def _from_dict(cls, data: dict, what: str):
+    """cls(**data), naming the keys cls has no field for instead of a TypeError."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise UserError(f"unknown {what}: {', '.join(unknown)}")
+    return cls(**data)
 
 
 def field_docs(cls) -> dict[str, str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import shutil
 import zipfile
@@ -24,9 +23,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .checkpoint import atomic_folder, load_model, load_weights
+from .checkpoint import load_model, load_weights
 from .config import GPT2_VOCAB_SIZE, GPTConfig
 from .errors import UserError
+from .files import atomic_folder
 from .model import GPT
 from .tokenizer import EOT_ID, EOT_TOKEN, _asset_path
 
@@ -300,7 +300,7 @@ def check_output_folder(out: str | Path, overwrite: bool) -> None:
 
 @contextmanager
 def _atomic_folder(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Check `out` may be written, then write it atomically (see checkpoint.atomic_folder)."""
+    """Check `out` may be written, then write it atomically (see files.atomic_folder)."""
     check_output_folder(out, overwrite)
     with atomic_folder(out) as tmp:
         yield tmp

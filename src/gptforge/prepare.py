@@ -21,7 +21,6 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -35,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import UserError
+from .files import replace_folder
 from .shards import TOKEN_DTYPE, ShardWriter
 from .sources import Source, SourceOptions, open_sources, warn_replaced
 from .tokenizer import EOT_ID, get_tokenizer
@@ -347,7 +347,7 @@ def prepare_corpus(
                            seed=seed, n_docs=n_docs, workers=workers or default_workers(),
                            shard_tokens=shard_tokens, max_tokens=max_tokens, progress=progress)
         (work / ".lock").unlink()
-        _move_into_place(work, out)
+        replace_folder(work, out)
     except BaseException as error:
         if isinstance(error, UserError) or not (work / PROGRESS_FILE).is_file():
             shutil.rmtree(work, ignore_errors=True)  # nothing worth resuming (or inputs to fix first)
@@ -455,19 +455,3 @@ def _prepare_in(work: Path, sources: list[Source], state: dict[str, Any] | None,
     (work / PROGRESS_FILE).unlink(missing_ok=True)
     _write_json(work / "meta.json", meta)
     return meta
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename tmp to out; an existing out is set aside first and only deleted once tmp is in place."""
-    if not out.exists():
-        os.rename(tmp, out)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.rename(out, old / "corpus")
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old / "corpus", out)  # put the previous corpus back as it was
-        os.rmdir(old)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
