@@ -51,8 +51,8 @@ def _add_generate(sub) -> None:
                    help="number of independent continuations (default: 1)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="precision of the weights while generating (default: float32); bfloat16 "
-                        "halves the memory read per token, ~1.25x faster on CPUs with AVX512-BF16, "
-                        "with slightly different logits; float16 only on GPUs")
+                        "halves the model's memory, with slightly different logits (on the CPUs "
+                        "measured it decodes slower than float32); float16 only on GPUs")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.set_defaults(run=_run_generate)
 

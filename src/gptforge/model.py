@@ -19,12 +19,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     (s, M, K/s) @ (s, K/s, N) summed over s, puts every core on streaming the weight: 1.7x the
     memory bandwidth for a 768 x 3072 weight on 2 cores (benchmarks/README.md). Below 2^17
     elements a weight sits in the caches and the split costs more than it gains (0.4x at 128 x 512,
-    1.3x at 256 x 1024). Other calls are plain F.linear.
+    1.3x at 256 x 1024); in bfloat16 oneDNN's batched matmul loses to its plain one. Other calls
+    are plain F.linear.
     """
     K = x.shape[-1]
     splits = torch.get_num_threads()
-    if (weight.stride(0) != 1 or x.device.type != "cpu" or splits < 2 or K % splits
-            or weight.numel() < 2**17 or x.numel() > 4 * K or torch.is_grad_enabled()):
+    if (weight.stride(0) != 1 or x.device.type != "cpu" or weight.dtype != torch.float32
+            or splits < 2 or K % splits or weight.numel() < 2**17 or x.numel() > 4 * K
+            or torch.is_grad_enabled()):
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, K)  # (M, K), M <= 4
     parts = torch.bmm(rows.view(-1, splits, K // splits).transpose(0, 1),
