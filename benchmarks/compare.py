@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.profiler import ProfilerActivity, profile
 
 from gptforge import GPT, GPTConfig, TrainConfig
 from gptforge.bench import matmul_peak_flops
@@ -35,6 +36,8 @@ from gptforge.evaluate import batch_loss
 from gptforge.generate import generate, prepare_for_decoding
 from gptforge.train import make_optimizer
 
+
+MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")  # profiler names of the matmul kernels
 
 # --- the reference approach -----------------------------------------------------------------------
 
@@ -167,6 +170,12 @@ def run(args) -> dict:
         for name, c in contestants.items():
             train_times[name].append(timed(lambda: train_step(c)))
 
+    # The ceiling: the time gptforge's step spends in matmuls, which every implementation of this
+    # model must do (6N FLOPs per token); everything else is what an implementation can remove.
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train_step(contestants["gptforge"])
+    matmul_s = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMULS) / 1e6
+
     gen_times = {name: [] for name in contestants}
     for c in contestants.values():
         c.get("prepare", nn.Module.eval)(c["model"])
@@ -185,7 +194,8 @@ def run(args) -> dict:
         results[name] = {"train_tokens_per_s": B * T / step, "step_s": step,
                          "gen_tokens_per_s": args.new_tokens / gen,
                          "mfu": flops * B * T / step / peak}
-    return {"results": results, "peak_gflops": peak / 1e9, "config": config, "args": args}
+    return {"results": results, "peak_gflops": peak / 1e9, "config": config, "args": args,
+            "matmul_s": matmul_s, "matmul_flops": (flops - 12 * config.n_layers * T * config.emb_dim) * B * T}
 
 
 def table(report: dict) -> str:
@@ -204,6 +214,14 @@ def table(report: dict) -> str:
         lines.append(f"gptforge / transformers: training {g['train_tokens_per_s'] / t['train_tokens_per_s']:.2f}x, "
                      f"generation {g['gen_tokens_per_s'] / t['gen_tokens_per_s']:.2f}x. Matmul peak measured: "
                      f"{report['peak_gflops']:.0f} GFLOP/s fp32.")
+    tokens = report["args"].batch_size * report["config"].context_length
+    ceiling = tokens / report["matmul_s"]
+    lines.append("")
+    lines.append(f"Ceiling: the matmuls of one gptforge step took {report['matmul_s'] * 1000:.0f} ms "
+                 f"({report['matmul_flops'] / report['matmul_s'] / 1e9:.0f} GFLOP/s); with nothing else a "
+                 f"step would give {ceiling:.0f} tokens/s = "
+                 + ", ".join(f"{ceiling / v['train_tokens_per_s']:.2f}x {name}" for name, v in r.items()
+                             if name != "gptforge") + ".")
     return "\n".join(lines)
 
 

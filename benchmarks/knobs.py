@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from compare import MATMULS  # benchmarks/ is on the path when this runs as a script
 from gptforge import GPT, GPTConfig, TrainConfig
 from gptforge.bench import matmul_peak_flops
 from gptforge.generate import generate, prepare_for_decoding
@@ -31,7 +32,7 @@ from gptforge.train import make_optimizer
 
 # How the profile's operators are grouped (anything else is "other").
 KINDS = {
-    "matmul": ("aten::mm", "aten::addmm", "aten::bmm"),
+    "matmul": MATMULS,
     "attention (SDPA)": ("aten::_scaled_dot_product_flash_attention_for_cpu",
                          "aten::_scaled_dot_product_flash_attention_for_cpu_backward"),
     "optimizer": ("aten::_fused_adamw_",),
@@ -39,7 +40,6 @@ KINDS = {
                       "aten::nll_loss_backward"),
     "GELU, LayerNorm": ("aten::gelu", "aten::gelu_backward", "aten::native_layer_norm",
                         "aten::native_layer_norm_backward"),
-    "embedding backward": ("aten::embedding_dense_backward",),
 }
 
 
@@ -89,6 +89,22 @@ def training(config: GPTConfig, batch: int, steps: int) -> dict:
     return {"steps": result, "profile": dict(by_kind), "profile_total": total,
             "flops_per_step": model.flops_per_token(T) * batch * T,
             "matmul_flops_per_step": (model.flops_per_token(T) - attention_flops) * batch * T}
+
+
+def matmul_shapes(config: GPTConfig, batch: int, repeats: int) -> dict:
+    """GFLOP/s of each weight's three training matmuls alone: forward x @ W.T, and backward
+    dX = dY @ W and dW = dY.T @ x, with W stored as nn.Linear keeps it."""
+    torch.manual_seed(0)
+    n, d = batch * config.context_length, config.emb_dim
+    shapes = {"qkv": (3 * d, d), "attention out": (d, d), "MLP fc": (4 * d, d), "MLP proj": (d, 4 * d),
+              "LM head": (config.padded_vocab_size, d)}
+    out = {}
+    for name, (o, i) in shapes.items():
+        w, x, dy = torch.randn(o, i), torch.randn(n, i), torch.randn(n, o)
+        flops = 2 * n * o * i
+        out[name] = [flops / median_time(f, repeats) / 1e9
+                     for f in (lambda: F.linear(x, w), lambda: dy @ w, lambda: dy.t() @ x)]
+    return out
 
 
 def lm_head(config: GPTConfig, batch: int, repeats: int) -> dict:
@@ -179,6 +195,10 @@ def main() -> None:
     matmul_s = train["profile"].get("matmul", 0.0)
     print(f"  matmuls alone run at {train['matmul_flops_per_step'] / matmul_s / 1e9:.0f} GFLOP/s; with nothing "
           f"else the step would give {tokens / matmul_s:.0f} tokens/s")
+
+    print("each training matmul alone, GFLOP/s (forward, dX, dW):")
+    for name, rates in matmul_shapes(config, args.batch_size, args.steps).items():
+        print(f"  {name:34s} " + "  ".join(f"{r:5.0f}" for r in rates))
 
     head = lm_head(config, args.batch_size, args.steps)
     print("LM head + cross-entropy, forward and backward:")

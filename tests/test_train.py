@@ -10,7 +10,7 @@ from gptforge import UserError
 from gptforge.config import TrainConfig, load_config_file
 from gptforge.data import read_documents
 from gptforge.tokenizer import get_tokenizer
-from gptforge.train import UpdateGuard, lr_at, make_optimizer, train
+from gptforge.train import UpdateGuard, lr_at, make_optimizer, pad_vocab_rows, train
 
 from helpers import assert_user_error, run_cli
 
@@ -283,3 +283,29 @@ def test_the_loop_reads_the_device_only_at_sync_points(story, tmp_path, monkeypa
     assert result.step == 25
     assert 10 in reads and 25 in reads  # the periodic and the final syncs happened
     assert reads <= {0, 1, 10, 20, 25}, sorted(reads)  # 0: setup, 1: the first evaluation
+
+
+def test_optimizer_state_from_before_vocab_padding_still_loads():
+    from gptforge import GPT, GPTConfig
+    from gptforge.distributed import full_state, load_optimizer
+
+    torch.manual_seed(0)
+    config = GPTConfig.from_preset("gpt2-tiny", context_length=16)
+    model = GPT(config)
+    optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
+    x = torch.randint(0, 50257, (2, 17))
+    model(x[:, :-1], targets=x[:, 1:]).backward()
+    optimizer.step()
+    _, state = full_state(model, optimizer)
+    moments = state["state"]["tok_emb.weight"]
+    assert moments["exp_avg"].shape[0] == 50304
+    old = {k: (v[:50257].clone() if k.startswith("exp_avg") else v) for k, v in moments.items()}
+    state["state"]["tok_emb.weight"] = old  # as written before the padding existed
+
+    pad_vocab_rows(state, config)
+    fresh = GPT(config)
+    fresh_optimizer = make_optimizer(fresh, TrainConfig(), torch.device("cpu"))
+    load_optimizer(fresh, fresh_optimizer, state)
+    loaded = fresh_optimizer.state[fresh.tok_emb.weight]
+    assert torch.equal(loaded["exp_avg"], moments["exp_avg"])
+    assert torch.equal(loaded["exp_avg_sq"], moments["exp_avg_sq"])

@@ -88,6 +88,17 @@ def make_optimizer(model: GPT, cfg: TrainConfig, device: torch.device) -> torch.
     return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type in ("cpu", "cuda") or None)
 
 
+def pad_vocab_rows(optimizer_state: dict, config: GPTConfig) -> None:
+    """Checkpoints written before the model padded its vocabulary hold vocab_size-row AdamW moments
+    for the embedding and LM head: give them the zero rows the parameters now have, in place."""
+    extra = config.padded_vocab_size - config.vocab_size
+    for name in ("tok_emb.weight", "lm_head.weight"):
+        moments = optimizer_state["state"].get(name, {})
+        for key, t in moments.items():
+            if extra and torch.is_tensor(t) and t.dim() == 2 and t.shape[0] == config.vocab_size:
+                moments[key] = torch.cat([t, t.new_zeros(extra, t.shape[1])])
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
@@ -358,6 +369,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume_from: Path | None, d: distrib
         torch.manual_seed(cfg.seed + d.rank)  # independent dropout masks on each rank
     if resume_from is not None:
         state = load_train_state(resume_from, device)
+        pad_vocab_rows(state["optimizer"], model_cfg)
         distributed.load_optimizer(model, optimizer, state["optimizer"])
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
