@@ -748,3 +748,11 @@ def test_prefetch_raises_the_producers_error_in_the_consumer():
     next(batches)
     with pytest.raises(UserError, match="corpus shard vanished"):
         next(batches)
+
+
+def test_batches_with_ids_outside_the_model_vocabulary_are_refused():
+    tokens = np.arange(1000, dtype=np.uint16) % 300
+    assert len(list(BatchLoader(tokens, max_length=8, stride=8, batch_size=2, vocab_size=300))) > 0
+    loader = BatchLoader(tokens, max_length=8, stride=8, batch_size=2, vocab_size=257)
+    with pytest.raises(UserError, match="token id 2[5-9][0-9], but the model's vocabulary has 257 ids"):
+        list(loader)

@@ -130,9 +130,14 @@ def test_generate_restores_training_mode():
     assert model.training
 
 
-def test_decoding_layout_changes_strides_only(tmp_path):
-    model = _random_gpt(4, vocab_size=300).train()
+def test_decoding_layout_changes_strides_only(tmp_path, monkeypatch):
+    # emb_dim 256: the MLP weights (1024 x 256) are big enough for the threads-split product
+    model = _random_gpt(4, vocab_size=300, emb_dim=256).train()
     prompt = torch.randint(0, 300, (2, 6), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # as on the 2-core CI machine
+    split_products = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda a, b: split_products.append(b.shape) or real_bmm(a, b))
     with torch.no_grad():
         logits = model.eval()(prompt)
     tokens = generate(model, prompt, 20, temperature=0)
@@ -145,7 +150,9 @@ def test_decoding_layout_changes_strides_only(tmp_path):
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     with torch.no_grad():
         torch.testing.assert_close(model(prompt), logits, atol=1e-5, rtol=0)
+    assert not split_products  # the model as trained never takes the split path
     assert torch.equal(generate(model, prompt, 20, temperature=0), tokens)
+    assert (2, 128, 1024) in split_products  # ... the prepared one does, for one-token steps
 
     save_checkpoint(tmp_path / "ckpt", model)  # non-contiguous weights still save
     assert all(torch.equal(v, state[k]) for k, v in load_model(tmp_path / "ckpt").state_dict().items())

@@ -10,7 +10,7 @@ from gptforge import UserError
 from gptforge.config import TrainConfig, load_config_file
 from gptforge.data import read_documents
 from gptforge.tokenizer import get_tokenizer
-from gptforge.train import UpdateGuard, lr_at, make_optimizer, pad_vocab_rows, train
+from gptforge.train import UpdateGuard, lr_at, make_optimizer, train
 
 from helpers import assert_user_error, run_cli
 
@@ -285,27 +285,17 @@ def test_the_loop_reads_the_device_only_at_sync_points(story, tmp_path, monkeypa
     assert reads <= {0, 1, 10, 20, 25}, sorted(reads)  # 0: setup, 1: the first evaluation
 
 
-def test_optimizer_state_from_before_vocab_padding_still_loads():
-    from gptforge import GPT, GPTConfig
-    from gptforge.distributed import full_state, load_optimizer
+def test_checkpoints_hold_vocab_size_rows_for_weights_and_moments(story, tmp_path):
+    result = train(data=str(story), out=str(tmp_path / "run"), max_steps=2, context_length=32, **tiny())
+    weights = load_file(result.checkpoint / "model.safetensors")
+    moments = torch.load(result.checkpoint / "train_state.pt", weights_only=True)["optimizer"]["state"]
+    assert weights["tok_emb.weight"].shape[0] == 50257
+    assert moments["tok_emb.weight"]["exp_avg"].shape[0] == 50257
+    assert moments["tok_emb.weight"]["exp_avg_sq"].shape[0] == 50257
+    resumed = train(resume=str(tmp_path / "run"), max_steps=3)  # padded again to load
+    assert resumed.step == 3 and math.isfinite(resumed.train_loss)
 
-    torch.manual_seed(0)
-    config = GPTConfig.from_preset("gpt2-tiny", context_length=16)
-    model = GPT(config)
-    optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
-    x = torch.randint(0, 50257, (2, 17))
-    model(x[:, :-1], targets=x[:, 1:]).backward()
-    optimizer.step()
-    _, state = full_state(model, optimizer)
-    moments = state["state"]["tok_emb.weight"]
-    assert moments["exp_avg"].shape[0] == 50304
-    old = {k: (v[:50257].clone() if k.startswith("exp_avg") else v) for k, v in moments.items()}
-    state["state"]["tok_emb.weight"] = old  # as written before the padding existed
 
-    pad_vocab_rows(state, config)
-    fresh = GPT(config)
-    fresh_optimizer = make_optimizer(fresh, TrainConfig(), torch.device("cpu"))
-    load_optimizer(fresh, fresh_optimizer, state)
-    loaded = fresh_optimizer.state[fresh.tok_emb.weight]
-    assert torch.equal(loaded["exp_avg"], moments["exp_avg"])
-    assert torch.equal(loaded["exp_avg_sq"], moments["exp_avg_sq"])
+def test_float16_with_fsdp_is_refused():
+    with pytest.raises(UserError, match="float16 does not work with distributed fsdp"):
+        TrainConfig(dtype="float16", distributed="fsdp")

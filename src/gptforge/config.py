@@ -210,6 +210,11 @@ class TrainConfig:
             raise UserError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
         if self.distributed not in ("ddp", "fsdp"):
             raise UserError(f"distributed must be 'ddp' or 'fsdp', got {self.distributed!r}")
+        if self.distributed == "fsdp" and self.dtype == "float16":
+            # Each rank's gradient scaler would see only its own shard of the gradients, so ranks
+            # could skip different steps and their weights drift apart.
+            raise UserError("dtype float16 does not work with distributed fsdp (each rank's loss "
+                            "scaler sees only its shard); use bfloat16")
         if self.sampling not in ("windows", "random"):
             raise UserError(f"sampling must be 'windows' or 'random', got {self.sampling!r}")
         if self.lr_schedule not in ("constant", "cosine"):

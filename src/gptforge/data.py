@@ -326,6 +326,7 @@ class BatchLoader:
         mode: str = "windows",
         rank: int = 0,
         world_size: int = 1,
+        vocab_size: int | None = None,
     ):
         _check_positive(batch_size=batch_size, world_size=world_size)
         if mode not in ("windows", "random"):
@@ -340,6 +341,7 @@ class BatchLoader:
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
         self.seed = int(seed)
         self.mode, self.rank, self.world_size = mode, int(rank), int(world_size)
+        self.vocab_size = vocab_size  # ids at or above it are refused (the model has no row for them)
         self.global_batch_size = self.batch_size * self.world_size
         w = self.windows.num_windows
         if mode == "random" or drop_last:
@@ -385,6 +387,9 @@ class BatchLoader:
     def _gather(self, starts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         # One fancy-indexing read of (B, L+1) tokens: only the needed pages of a memmap are touched.
         rows = self.tokens[starts[:, None] + np.arange(self.max_length + 1)]
+        if self.vocab_size is not None and rows.max() >= self.vocab_size:
+            raise UserError(f"the data has token id {int(rows.max())}, but the model's vocabulary "
+                            f"has {self.vocab_size} ids (0..{self.vocab_size - 1})")
         rows = torch.from_numpy(rows.astype(np.int64))  # (B, L+1)
         return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # (B, L), (B, L)
 

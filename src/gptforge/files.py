@@ -41,8 +41,8 @@ def replace_folder(new: Path, path: Path) -> None:
 @contextmanager
 def atomic_folder(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write into; it is fsynced and renamed to `path` only
-    once the block completes, replacing what was there, so a crash at any moment leaves either the
-    old folder or the new one, never half of one."""
+    once the block completes, replacing what was there, so `path` is never half of a folder. A
+    crash during the replacement's two renames can leave the old folder under `.NAME.old-PID`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -17,10 +17,11 @@ def prepare_for_decoding(model: GPT, dtype: torch.dtype | None = None) -> GPT:
 
     The column-major layout keeps each weight's shape, values and name; only its strides change.
     Decoding one token multiplies a vector by every weight: MKL streams a column-major weight
-    1.5x faster than a row-major one, and model.linear then splits that product across the CPU
-    threads (MKL would run it on one), 1.8x more. Together about 1.7x the tokens/s of the model as
-    trained, on the 2-core machine measured (benchmarks/README.md). Keep such a model for inference:
-    training it works but is not tuned for it.
+    1.6x faster than a row-major one, and model.linear then splits that product across the CPU
+    threads (MKL would run it on one), 1.7x more: about 2.2x the tokens/s of the model as trained,
+    on the 2-core machine measured (benchmarks/README.md). The tied embedding is the LM head's
+    matrix, so it becomes column-major too (a lookup then reads one strided row, still cheap).
+    Keep such a model for inference: training it works but is not tuned for it.
     """
     model.eval()
     if dtype is not None:

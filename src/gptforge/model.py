@@ -19,22 +19,25 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     (s, M, K/s) @ (s, K/s, N) summed over s, puts every core on streaming the weight: 1.7x the
     memory bandwidth for a 768 x 3072 weight on 2 cores (benchmarks/README.md). Below 2^17
     elements a weight sits in the caches and the split costs more than it gains (0.4x at 128 x 512,
-    1.3x at 256 x 1024); in bfloat16 oneDNN's batched matmul loses to its plain one. Other calls
-    are plain F.linear.
+    1.3x at 256 x 1024); in bfloat16 oneDNN's batched matmul loses to its plain one. Everything
+    else (training, autocast, GPUs, larger batches) is plain F.linear, decided before anything that
+    would break a torch.compile graph.
     """
-    K = x.shape[-1]
-    splits = torch.get_num_threads()
-    if (weight.stride(0) != 1 or x.device.type != "cpu" or weight.dtype != torch.float32
-            or splits < 2 or K % splits or weight.numel() < 2**17 or x.numel() > 4 * K
-            or torch.is_grad_enabled()):
+    K, N = weight.shape[1], weight.shape[0]
+    if (torch.is_grad_enabled() or weight.stride(0) != 1 or x.device.type != "cpu"
+            or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
+            or weight.numel() < 2**17 or x.shape[-1] != K or not 0 < x.numel() <= 4 * K):
+        return F.linear(x, weight, bias)
+    splits = math.gcd(K, torch.get_num_threads())
+    if splits < 2:
         return F.linear(x, weight, bias)
     rows = x.reshape(-1, K)  # (M, K), M <= 4
-    parts = torch.bmm(rows.view(-1, splits, K // splits).transpose(0, 1),
-                      weight.t().view(splits, K // splits, -1))  # (splits, M, N)
+    parts = torch.bmm(rows.view(rows.shape[0], splits, K // splits).transpose(0, 1),
+                      weight.t().view(splits, K // splits, N))  # (splits, M, N)
     y = parts.sum(0)
     if bias is not None:
         y += bias
-    return y.view(*x.shape[:-1], -1)
+    return y.view(*x.shape[:-1], N)
 
 
 class Linear(nn.Linear):
@@ -229,21 +232,32 @@ class GPT(nn.Module):
         return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype)
 
 
-_PADDED = ("tok_emb.weight", "lm_head.weight")
+VOCAB_ROW_PARAMS = ("tok_emb.weight", "lm_head.weight")  # the matrices with padded rows
+
+
+def vocab_rows(t, config: GPTConfig, padded: bool):
+    """`t`, one of the padded matrices or one of its optimizer moments, with padded_vocab_size rows
+    (padded=True: zero rows added) or vocab_size rows (False). Anything else comes back unchanged,
+    and so does a sharded FSDP2 tensor: slicing it would make this rank alone all-gather it."""
+    if not torch.is_tensor(t) or t.dim() != 2 or hasattr(t, "full_tensor"):
+        return t
+    V, P = config.vocab_size, config.padded_vocab_size
+    if padded and t.shape[0] == V < P:
+        return torch.cat([t, t.new_zeros(P - V, t.shape[1])])
+    if not padded and t.shape[0] == P > V:
+        return t[:V]
+    return t
 
 
 def _drop_vocab_padding(model: GPT, state: dict, prefix: str, local_metadata) -> None:
     """state_dict() holds vocab_size rows: the padding is an internal detail, not a weight."""
-    for name in _PADDED:
+    for name in VOCAB_ROW_PARAMS:
         if prefix + name in state:
-            state[prefix + name] = state[prefix + name][:model.config.vocab_size]
+            state[prefix + name] = vocab_rows(state[prefix + name], model.config, padded=False)
 
 
 def _add_vocab_padding(model: GPT, state: dict, prefix: str, *args) -> None:
     """load_state_dict() takes vocab_size rows and adds the zero padding rows back."""
-    c = model.config
-    for name in _PADDED:
-        t = state.get(prefix + name)
-        if t is not None and t.shape[0] == c.vocab_size < c.padded_vocab_size:
-            pad = t.new_zeros(c.padded_vocab_size - c.vocab_size, *t.shape[1:])
-            state[prefix + name] = torch.cat([t, pad])
+    for name in VOCAB_ROW_PARAMS:
+        if prefix + name in state:
+            state[prefix + name] = vocab_rows(state[prefix + name], model.config, padded=True)
