@@ -198,8 +198,8 @@ class GPT(nn.Module):
         V = self.config.vocab_size
         if targets is None:  # only the real vocabulary's rows: padded ids never get a logit
             return linear(x, self.lm_head.weight[:V])  # (B, T, V)
-        # The matmul with aligned shapes, (B, T, padded V); a bias of -inf gives padded ids no
-        # probability, hence no gradient, without another pass over the logits.
+        # The matmul with aligned shapes, (B, T, padded V); a bias of -inf gives the padded ids
+        # no probability, hence no gradient, inside the same addmm.
         mask = x.new_zeros(self.config.padded_vocab_size)
         mask[V:] = float("-inf")
         logits = F.linear(x, self.lm_head.weight, mask)
