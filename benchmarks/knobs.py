@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from compare import MATMULS  # benchmarks/ is on the path when this runs as a script
+from compare import MATMULS, timed  # benchmarks/ is on the path when this runs as a script
 from gptforge import GPT, GPTConfig, TrainConfig
 from gptforge.bench import matmul_peak_flops
 from gptforge.generate import generate, prepare_for_decoding
@@ -44,12 +43,7 @@ KINDS = {
 
 
 def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(fn) for _ in range(repeats))
 
 
 def training(config: GPTConfig, batch: int, steps: int) -> dict:
@@ -72,7 +66,7 @@ def training(config: GPTConfig, batch: int, steps: int) -> dict:
     times = defaultdict(list)
     for _ in range(steps):  # alternate, so slow phases of the machine hit both
         for name, opt in optimizers.items():
-            times[name].append(median_time(lambda: step(opt), 1))
+            times[name].append(timed(lambda: step(opt)))
     result = {name: statistics.median(t) for name, t in times.items()}
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -163,7 +157,7 @@ def decoding(config: GPTConfig, new_tokens: int, repeats: int) -> dict:
     times = defaultdict(list)
     for _ in range(repeats):
         for name, fn in variants.items():
-            times[name].append(median_time(fn, 1))
+            times[name].append(timed(fn))
     same = torch.equal(variants["KV cache, row-major weights"](), variants["KV cache, prepare_for_decoding"]())
     return {"tokens_per_s": {k: new_tokens / statistics.median(v) for k, v in times.items()},
             "column_major_same_tokens": same}

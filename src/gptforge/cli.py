@@ -9,6 +9,7 @@ import os
 import sys
 
 from . import __version__
+from .config import TRAIN_CHOICES
 from .errors import UserError
 
 
@@ -49,7 +50,7 @@ def _add_generate(sub) -> None:
                    help="recompute the whole context for every token (slower; for checking)")
     p.add_argument("--num-samples", type=int, default=1, metavar="N",
                    help="number of independent continuations (default: 1)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+    p.add_argument("--dtype", choices=TRAIN_CHOICES["dtype"], default="float32",
                    help="precision of the weights while generating (default: float32); bfloat16 "
                         "halves the model's memory, with slightly different logits (on the CPUs "
                         "measured it decodes slower than float32); float16 only on GPUs")
@@ -197,11 +198,6 @@ def _run_prepare(args) -> int:
     return 0
 
 
-# TrainConfig's string fields with a fixed set of values (TrainConfig.__post_init__ checks them too).
-TRAIN_CHOICES = {"lr_schedule": ("constant", "cosine"), "sampling": ("windows", "random"),
-                 "dtype": ("float32", "bfloat16", "float16"), "distributed": ("ddp", "fsdp")}
-
-
 def _add_train(sub) -> None:
     import typing
 
@@ -211,7 +207,7 @@ def _add_train(sub) -> None:
         "train", help="pretrain a model (no arguments: a quick CPU run on builtin:shakespeare)",
         description="Train a GPT. Settings come from the defaults, then --config, then the flags. "
                     "With no --data and no --config it runs the quickstart config "
-                    "(gpt2-mini on builtin:shakespeare, about 8 minutes on 2 CPU cores).",
+                    "(gpt2-mini on builtin:shakespeare, 6 to 8 minutes on 2 CPU cores).",
     )
     p.add_argument("--config", metavar="FILE",
                    help="TOML file of settings, or a bundled one: the-verdict, gutenberg-345m, "
@@ -359,7 +355,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--prompt-tokens", type=int, default=8, help="prompt length (generate; default: 8)")
     p.add_argument("--new-tokens", type=int, default=200, help="tokens to generate (default: 200)")
     p.add_argument("--no-kv-cache", action="store_true", help="generate by full recompute")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32")
+    p.add_argument("--dtype", choices=TRAIN_CHOICES["dtype"], default="float32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (train)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")

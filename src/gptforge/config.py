@@ -101,6 +101,12 @@ MODEL_OVERRIDES = ("context_length", "emb_dim", "n_heads", "n_layers", "dropout"
                    "tie_embeddings", "embedding_std")
 
 
+# TrainConfig's string fields with a fixed set of values: checked in TrainConfig, offered as
+# `choices` by the CLI.
+TRAIN_CHOICES = {"lr_schedule": ("constant", "cosine"), "sampling": ("windows", "random"),
+                 "dtype": ("float32", "bfloat16", "float16"), "distributed": ("ddp", "fsdp")}
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs; the CLI flags, config files and run folders map onto it."""
@@ -206,19 +212,15 @@ class TrainConfig:
                 raise UserError(f"{name.replace('_', '-')} must be at least 1, got {value}")
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise UserError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.distributed not in ("ddp", "fsdp"):
-            raise UserError(f"distributed must be 'ddp' or 'fsdp', got {self.distributed!r}")
+        for name, choices in TRAIN_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise UserError(f"{name.replace('_', '-')} must be one of {', '.join(choices)}, "
+                                f"got {getattr(self, name)!r}")
         if self.distributed == "fsdp" and self.dtype == "float16":
             # Each rank's gradient scaler would see only its own shard of the gradients, so ranks
             # could skip different steps and their weights drift apart.
             raise UserError("dtype float16 does not work with distributed fsdp (each rank's loss "
                             "scaler sees only its shard); use bfloat16")
-        if self.sampling not in ("windows", "random"):
-            raise UserError(f"sampling must be 'windows' or 'random', got {self.sampling!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise UserError(f"lr-schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise UserError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
         if not self.sample_temperature >= 0:

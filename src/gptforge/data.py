@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from .config import TRAIN_CHOICES
 from .errors import UserError
 from .prepare import CHUNK_CHARS, SPLITS, VOCAB_SIZE, cut_pieces, encode_piece, prepare_corpus, val_documents
 from .shards import TOKEN_DTYPE, ShardedTokens, TokenArray, open_tokens
@@ -329,7 +330,7 @@ class BatchLoader:
         vocab_size: int | None = None,
     ):
         _check_positive(batch_size=batch_size, world_size=world_size)
-        if mode not in ("windows", "random"):
+        if mode not in TRAIN_CHOICES["sampling"]:
             raise UserError(f"unknown batch mode {mode!r}; use 'windows' or 'random'")
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} is outside world size {world_size}")
