@@ -31,11 +31,11 @@ import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
 from gptforge import GPT, GPTConfig, TrainConfig
-from gptforge.bench import matmul_peak_flops
+from gptforge.device import matmul_peak_flops
 from gptforge.evaluate import batch_loss
-from gptforge.generate import generate, prepare_for_decoding
-from gptforge.train import make_optimizer
-
+from gptforge.generate import generate
+from gptforge.model import prepare_for_decoding
+from gptforge.training.optim import make_optimizer
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")  # profiler names of the matmul kernels
 

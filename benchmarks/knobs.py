@@ -8,7 +8,7 @@ Training variants (fp32): the shipped step (fused AdamW) against PyTorch's defau
 AdamW, and the LM head + loss with the padded 50304-row matrix against a 50257-row one.
 Decoding: one token's matrix-vector products alone (the MLP weights of 12 layers, too big for the
 caches) with the weights as trained (row-major), column-major, and column-major split across the
-threads (gptforge.model.linear); then whole greedy decoding (batch 1): full recompute, the KV cache
+threads (gptforge.model.cpu_decoding.linear); then whole greedy decoding (batch 1): full recompute, the KV cache
 with the weights as trained, the KV cache after prepare_for_decoding, and the same in bfloat16.
 """
 
@@ -20,14 +20,15 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
+from compare import MATMULS, timed  # benchmarks/ is on the path when this runs as a script
 from torch.profiler import ProfilerActivity, profile
 
-from compare import MATMULS, timed  # benchmarks/ is on the path when this runs as a script
 from gptforge import GPT, GPTConfig, TrainConfig
-from gptforge.bench import matmul_peak_flops
-from gptforge.generate import generate, prepare_for_decoding
-from gptforge.model import linear
-from gptforge.train import make_optimizer
+from gptforge.device import matmul_peak_flops
+from gptforge.generate import generate
+from gptforge.model import prepare_for_decoding
+from gptforge.model.cpu_decoding import linear
+from gptforge.training.optim import make_optimizer
 
 # How the profile's operators are grouped (anything else is "other").
 KINDS = {

@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from gptforge.data import load_corpus, read_documents
-from gptforge.prepare import default_workers, val_documents
+from gptforge.data.encode import default_workers
+from gptforge.data.split import val_documents
 from gptforge.tokenizer import EOT_ID, get_tokenizer
 
 RUN_PREPARE = """

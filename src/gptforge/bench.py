@@ -17,35 +17,11 @@ import time
 import torch
 
 from .config import GPTConfig, TrainConfig
-from .device import pick_device
-from .errors import UserError
+from .device import matmul_peak_flops, pick_device, synchronize
 from .evaluate import batch_loss
-from .generate import generate, prepare_for_decoding
-from .model import GPT
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_peak_flops(device: torch.device, dtype: torch.dtype, n: int | None = None, repeats: int = 5) -> float:
-    """FLOP/s of an n x n @ n x n matmul (best of `repeats`): the machine's practical peak."""
-    n = n or (8192 if device.type == "cuda" else 1024)
-    # A private generator: measuring must not move the global RNG (training calls this after
-    # restoring it, and resume has to stay exact).
-    g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    b = torch.randn(n, n, device=device, dtype=dtype, generator=g)
-    a @ b  # warm-up: thread pools, kernels, allocations
-    best = float("inf")
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
+from .generate import generate
+from .model import GPT, prepare_for_decoding
+from .training.optim import make_optimizer
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -64,8 +40,6 @@ def bench_train(preset: str = "gpt2-124m", context_length: int | None = 256, bat
                 steps: int = 10, warmup: int = 2, dtype: str = "float32", device: str = "auto",
                 compile: bool = False) -> dict:
     """Median time of a full training step (forward, loss, backward, AdamW) on random tokens."""
-    from .train import make_optimizer  # here: the trainer imports this module for its MFU figure
-
     dev = pick_device(device)
     model = _model(preset, context_length, dev).train()
     T = model.config.context_length
@@ -75,14 +49,14 @@ def bench_train(preset: str = "gpt2-124m", context_length: int | None = 256, bat
     x = torch.randint(0, model.config.vocab_size, (batch_size, T + 1), device=dev)
     times = []
     for i in range(warmup + steps):
-        _sync(dev)
+        synchronize(dev)
         start = time.perf_counter()
         with autocast:
             loss = batch_loss(step_model, x[:, :-1], x[:, 1:])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        _sync(dev)
+        synchronize(dev)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
@@ -105,10 +79,10 @@ def bench_generate(preset: str = "gpt2-124m", prompt_tokens: int = 8, new_tokens
     generate(model, idx, 4, temperature=0.0, use_cache=use_cache)  # warm-up
     times = []
     for _ in range(repeats):
-        _sync(dev)
+        synchronize(dev)
         start = time.perf_counter()
         generate(model, idx, new_tokens, temperature=0.0, use_cache=use_cache)
-        _sync(dev)
+        synchronize(dev)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     tokens_per_s = batch_size * new_tokens / seconds
@@ -137,9 +111,3 @@ def format_result(r: dict) -> str:
     rows += [("peak memory", f"{r['peak_memory_mb']:,.0f} MiB"),
              ("MFU", f"{100 * r['mfu']:.1f}% of a measured {r['peak_tflops'] * 1000:,.0f} GFLOP/s matmul peak")]
     return "\n".join([head, *(f"  {label:<26} {value}" for label, value in rows)])
-
-
-def check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")

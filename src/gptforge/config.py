@@ -1,51 +1,97 @@
-"""Typed model configuration and the named presets."""
+"""Typed configuration: the model's shape (GPTConfig, with named presets) and a training run's
+settings (TrainConfig). Each field carries its rules: a one-line docstring (the --help text), a
+`Literal` type for a fixed set of choices, and metadata (see `rule`) for bounds, for what a
+resumed run may change and for which fields override the model preset. The CLI is generated
+from these classes, so adding a field here is the whole job of adding a flag.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Literal
 
+from .checks import require_int, require_number
 from .errors import UserError
+from .tokenizer import GPT2_VOCAB_SIZE
 
-GPT2_VOCAB_SIZE = 50257
+
+def rule(default, *, minimum: float | None = None, below: float | None = None, strict: bool = False,
+         resumable: bool = False, model: bool = False, shape: bool = False):
+    """A dataclass field with its rules in the metadata:
+    minimum / below / strict: value >= minimum (> with strict) and < below, checked on creation;
+    resumable: a resumed run may change it;
+    model: it overrides the model preset's field of the same name (TrainConfig.model_config);
+    shape: it is fixed by a model's weights, so --init-from must not contradict it."""
+    meta = {"minimum": minimum, "below": below, "strict": strict, "resumable": resumable,
+            "model": model or shape, "shape": shape}
+    return field(default=default, metadata=meta)
+
+
+def _check_fields(config, flags: bool) -> None:
+    """Apply every field's bounds and Literal choices (see `rule`); errors name the field as its
+    command-line flag when `flags` (--batch-size), else as the field (n_layers)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, kind = getattr(config, f.name), base_type(hints[f.name])
+        name = f.name.replace("_", "-") if flags else f.name
+        if typing.get_origin(kind) is Literal and value not in typing.get_args(kind):
+            raise UserError(f"{name} must be one of {', '.join(typing.get_args(kind))}, got {value!r}")
+        low = f.metadata.get("minimum")
+        if low is None or value is None:
+            continue
+        if kind is int:
+            require_int(name, value, minimum=low)
+        else:
+            require_number(name, value, minimum=low, below=f.metadata.get("below"),
+                           strict=f.metadata.get("strict", False))
+
+
+def base_type(hint):
+    """The type a field's value has when set: int for `int | None`, a Literal stays a Literal."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return args[0]
+    return hint
+
+
+def _from_dict(cls, data: dict, what: str):
+    """cls(**data), naming the keys cls has no field for instead of a TypeError."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise UserError(f"unknown {what}: {', '.join(unknown)}")
+    return cls(**data)
 
 
 @dataclass
 class GPTConfig:
     """Shape of a GPT-2-family model."""
 
-    vocab_size: int = GPT2_VOCAB_SIZE
+    vocab_size: int = rule(GPT2_VOCAB_SIZE, minimum=1)
     """Number of token ids the model reads and predicts (50257 for the GPT-2 tokenizer)."""
-    context_length: int = 1024
+    context_length: int = rule(1024, minimum=1)
     """Longest sequence the model accepts; also the number of learned position embeddings."""
-    emb_dim: int = 768
+    emb_dim: int = rule(768, minimum=1)
     """Width of the residual stream (d_model)."""
-    n_heads: int = 12
+    n_heads: int = rule(12, minimum=1)
     """Attention heads per layer; must divide emb_dim."""
-    n_layers: int = 12
+    n_layers: int = rule(12, minimum=1)
     """Number of transformer blocks."""
-    dropout: float = 0.0
+    dropout: float = rule(0.0, minimum=0.0, below=1.0)
     """Dropout probability on embeddings, attention weights and residual branches (training only)."""
     qkv_bias: bool = False
     """Whether the query/key/value projection has a bias (True in OpenAI's GPT-2 weights)."""
     tie_embeddings: bool = True
     """Share one matrix between the token embedding and the LM head (GPT-2 does; saves vocab*emb_dim)."""
-    embedding_std: float = 0.02
+    embedding_std: float = rule(0.02, minimum=0.0, strict=True)
     """Init std of the token and position embeddings (0.02 as GPT-2; 1.0 as PyTorch's nn.Embedding)."""
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        _check_fields(self, flags=False)
         if self.emb_dim % self.n_heads != 0:
-            raise UserError(
-                f"n_heads ({self.n_heads}) must divide emb_dim ({self.emb_dim}) evenly"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not self.embedding_std > 0:
-            raise UserError(f"embedding_std must be positive, got {self.embedding_std}")
+            raise UserError(f"n_heads ({self.n_heads}) must divide emb_dim ({self.emb_dim}) evenly")
 
     @property
     def head_dim(self) -> int:
@@ -95,16 +141,8 @@ PRESET_ALIASES = {
     "gpt2-1558m": "gpt2-xl",
 }
 
-
-# Model-shape fields a training config may override on top of its preset.
-MODEL_OVERRIDES = ("context_length", "emb_dim", "n_heads", "n_layers", "dropout", "qkv_bias",
-                   "tie_embeddings", "embedding_std")
-
-
-# TrainConfig's string fields with a fixed set of values: checked in TrainConfig, offered as
-# `choices` by the CLI.
-TRAIN_CHOICES = {"lr_schedule": ("constant", "cosine"), "sampling": ("windows", "random"),
-                 "dtype": ("float32", "bfloat16", "float16"), "distributed": ("ddp", "fsdp")}
+DTYPES = ("float32", "bfloat16", "float16")  # compute precisions, for train, generate and bench
+Dtype = Literal["float32", "bfloat16", "float16"]
 
 
 @dataclass
@@ -119,116 +157,103 @@ class TrainConfig:
     """Run folder for checkpoints, metrics.jsonl and loss.png (default: runs/<timestamp>)."""
     preset: str = "gpt2-mini"
     """Model preset the shape overrides below apply to."""
-    context_length: int | None = None
+    context_length: int | None = rule(None, minimum=1, model=True)
     """Tokens per training window and the model's context (default: the preset's)."""
-    emb_dim: int | None = None
+    emb_dim: int | None = rule(None, minimum=1, shape=True)
     """Override the preset's embedding width."""
-    n_heads: int | None = None
+    n_heads: int | None = rule(None, minimum=1, shape=True)
     """Override the preset's number of attention heads."""
-    n_layers: int | None = None
+    n_layers: int | None = rule(None, minimum=1, shape=True)
     """Override the preset's number of transformer blocks."""
-    dropout: float | None = None
+    dropout: float | None = rule(None, minimum=0.0, below=1.0, model=True)
     """Dropout probability while training (default: the preset's, 0)."""
-    qkv_bias: bool | None = None
+    qkv_bias: bool | None = rule(None, shape=True)
     """Give the query/key/value projection a bias (default: the preset's)."""
-    tie_embeddings: bool | None = None
+    tie_embeddings: bool | None = rule(None, shape=True)
     """Share the token embedding with the LM head (default: the preset's, tied as in GPT-2)."""
-    embedding_std: float | None = None
+    embedding_std: float | None = rule(None, minimum=0.0, strict=True, model=True)
     """Init std of the embeddings (default 0.02; the reference recipes' untied model uses 1.0)."""
     init_from: str | None = None
-    """Start from these weights (checkpoint, run folder or Hugging Face GPT-2 folder), new optimizer."""
-    batch_size: int = 8
+    """Start from these weights (checkpoint, run folder, Hugging Face GPT-2 folder or hub id), new optimizer."""
+    batch_size: int = rule(8, minimum=1)
     """Windows per micro-batch (per process); an optimizer step sees batch_size * grad_accum."""
-    grad_accum: int = 1
+    grad_accum: int = rule(1, minimum=1)
     """Micro-batches whose gradients are summed before each optimizer step (same result as one bigger batch)."""
-    stride: int | None = None
+    stride: int | None = rule(None, minimum=1)
     """Distance between the starts of consecutive training windows (default: context length)."""
     shuffle: bool = True
     """Shuffle the training windows each epoch (reproducibly, from the seed and the epoch)."""
-    sampling: str = "windows"
+    sampling: Literal["windows", "random"] = "windows"
     """'windows' (stride windows, each once per epoch) or 'random' (random offsets, for big corpora)."""
-    epochs: int = 1
+    epochs: int = rule(1, minimum=1, resumable=True)
     """Passes over the training windows."""
-    max_steps: int | None = None
+    max_steps: int | None = rule(None, minimum=1, resumable=True)
     """Stop after this many optimizer steps in total, even mid-epoch."""
-    lr: float = 4e-4
+    lr: float = rule(4e-4, minimum=0.0, strict=True)
     """Peak AdamW learning rate."""
-    weight_decay: float = 0.1
+    weight_decay: float = rule(0.1, minimum=0.0)
     """AdamW weight decay, applied to weight matrices and embeddings only (not biases or norms)."""
-    lr_schedule: str = "constant"
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     """'constant' or 'cosine' (decay from lr to min_lr over the run, after the warmup)."""
-    warmup_steps: int = 0
+    warmup_steps: int = rule(0, minimum=0)
     """Steps of linear learning-rate warmup from 0."""
-    min_lr: float = 0.0
+    min_lr: float = rule(0.0, minimum=0.0)
     """Final learning rate of the cosine schedule."""
-    grad_clip: float = 1.0
+    grad_clip: float = rule(1.0, minimum=0.0)
     """Clip the global gradient norm to this value; 0 turns clipping off."""
-    eval_every: int = 50
+    eval_every: int = rule(50, minimum=0, resumable=True)
     """Evaluate train and val loss every this many steps (0: only at the end)."""
-    eval_batches: int = 5
+    eval_batches: int = rule(5, minimum=1, resumable=True)
     """Batches (of batch_size * grad_accum windows) of each split per evaluation."""
-    save_every: int = 500
+    save_every: int = rule(500, minimum=0, resumable=True)
     """Write a checkpoint every this many steps (0: only at the end)."""
-    keep_last: int = 0
+    keep_last: int = rule(0, minimum=0, resumable=True)
     """Keep only the newest K checkpoints (0: keep all); the newest complete one is never deleted."""
-    skip_nonfinite: bool = False
+    skip_nonfinite: bool = rule(False, resumable=True)
     """Skip (and count) an update whose loss or gradient is NaN/inf instead of stopping the run."""
-    sample_every: int = 0
+    sample_every: int = rule(0, minimum=0, resumable=True)
     """Print a sample every this many steps (0: only after each epoch)."""
-    sample_prompt: str = "Every effort moves you"
+    sample_prompt: str = rule("Every effort moves you", resumable=True)
     """Prompt for the printed samples."""
-    sample_tokens: int = 50
+    sample_tokens: int = rule(50, minimum=1, resumable=True)
     """Tokens per printed sample."""
-    sample_temperature: float = 0.0
+    sample_temperature: float = rule(0.0, minimum=0.0, resumable=True)
     """Temperature of the printed samples (0: greedy, as in the reference recipes)."""
-    sample_top_k: int = 50
+    sample_top_k: int = rule(50, minimum=0, resumable=True)
     """Top-k of the printed samples when the temperature is above 0."""
-    val_fraction: float = 0.1
+    val_fraction: float = rule(0.1, minimum=0.0, below=1.0)
     """Share of the characters held out for validation when --data is text."""
-    seed: int = 123
+    verify_data: bool = rule(False, resumable=True)
+    """Check the sha256 of every corpus shard before training (sizes are always checked)."""
+    seed: int = rule(123, minimum=0)
     """Seed for the model's initialisation, dropout, data order and samples."""
-    device: str = "auto"
+    device: str = rule("auto", resumable=True)
     """auto, cpu, cuda, cuda:N or mps."""
-    dtype: str = "float32"
+    dtype: Dtype = rule("float32", resumable=True)
     """Compute precision: float32, bfloat16 (autocast) or float16 (autocast with a gradient scaler)."""
-    compile: bool = False
+    compile: bool = rule(False, resumable=True)
     """Compile the model with torch.compile (slow start, faster steps on GPUs)."""
-    distributed: str = "ddp"
+    distributed: Literal["ddp", "fsdp"] = rule("ddp", resumable=True)
     """Under torchrun: 'ddp' (replicated weights) or 'fsdp' (FSDP2, sharded weights and optimizer)."""
 
     def __post_init__(self) -> None:
-        positive = ("batch_size", "grad_accum", "epochs", "eval_batches", "sample_tokens")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UserError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        non_negative = ("eval_every", "save_every", "keep_last", "sample_every", "warmup_steps", "seed",
-                        "weight_decay", "grad_clip", "min_lr", "sample_top_k")
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise UserError(f"{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        for name in ("max_steps", "stride", "context_length"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UserError(f"{name.replace('_', '-')} must be at least 1, got {value}")
-        if not self.lr > 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
-        for name, choices in TRAIN_CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise UserError(f"{name.replace('_', '-')} must be one of {', '.join(choices)}, "
-                                f"got {getattr(self, name)!r}")
+        _check_fields(self, flags=True)
         if self.distributed == "fsdp" and self.dtype == "float16":
             # Each rank's gradient scaler would see only its own shard of the gradients, so ranks
             # could skip different steps and their weights drift apart.
             raise UserError("dtype float16 does not work with distributed fsdp (each rank's loss "
                             "scaler sees only its shard); use bfloat16")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise UserError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
-        if not self.sample_temperature >= 0:
-            raise UserError(f"sample-temperature must be >= 0, got {self.sample_temperature}")
 
     def model_config(self) -> GPTConfig:
-        overrides = {k: getattr(self, k) for k in MODEL_OVERRIDES if getattr(self, k) is not None}
+        """The preset with this config's model overrides applied."""
+        overrides = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                     if f.metadata.get("model") and getattr(self, f.name) is not None}
         return GPTConfig.from_preset(self.preset, **overrides)
+
+    @classmethod
+    def fields_where(cls, key: str) -> list[str]:
+        """Names of the fields whose metadata sets `key` (resumable, model, shape)."""
+        return [f.name for f in dataclasses.fields(cls) if f.metadata.get(key)]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -238,32 +263,26 @@ class TrainConfig:
         return _from_dict(cls, data, "training config key(s)")
 
 
-def _from_dict(cls, data: dict, what: str):
-    """cls(**data), naming the keys cls has no field for instead of a TypeError."""
-    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise UserError(f"unknown {what}: {', '.join(unknown)}")
-    return cls(**data)
-
-
 def field_docs(cls) -> dict[str, str]:
     """The one-line docstring under each dataclass field, for --help and the docs."""
     import ast
     import inspect
     import textwrap
 
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
     docs = {}
-    for node, following in zip(body, body[1:]):
-        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)):
-            docs[node.target.id] = following.value.value.strip()
+    for klass in reversed(cls.__mro__[:-1]):  # a subclass's fields document themselves too
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, following in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)):
+                docs[node.target.id] = following.value.value.strip()
     return docs
 
 
-def load_config_file(path: str) -> dict:
-    """Read a TOML training config: flat keys named like TrainConfig's fields.
+def load_config_file(path: str, cls=TrainConfig) -> dict:
+    """Read a TOML config: flat keys named like `cls`'s fields.
 
     A bare name (e.g. `the-verdict`) means one of the configs shipped in gptforge/configs/.
     """
@@ -292,8 +311,7 @@ def load_config_file(path: str) -> dict:
         raise UserError(f"cannot read config file {path}: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"config file {path} is not valid TOML: {e}") from None
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise UserError(f"config file {path}: unknown key(s) {', '.join(unknown)}")
     return data

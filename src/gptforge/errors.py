@@ -8,3 +8,10 @@ class UserError(ValueError):
     is an internal error (exit code 1). It subclasses ValueError so library users can catch it
     the usual way.
     """
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name if it has none): third-party
+    errors can span pages, and a user error is one line."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

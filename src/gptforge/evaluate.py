@@ -22,13 +22,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import load_model, resolve_checkpoint
-from .data import as_token_array, encode_pieces, load_corpus, read_documents
+from .data import as_token_array, is_corpus, load_corpus, tokenize
+from .data.split import SPLITS
 from .device import pick_device
 from .errors import UserError
 from .tokenizer import EOT_ID, get_tokenizer
-
-SPLITS = ("train", "val")
+from .weights import load_any, resolve_model_path
 
 
 def batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -135,32 +134,26 @@ def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, batch_size: int 
             "tokens": n - 1, "bytes": n_bytes}
 
 
-def _text_tokens(data: str, progress: bool) -> np.ndarray:
-    """Every document of a text file / folder / glob, joined with <|endoftext|> as prepare does."""
-    docs = read_documents(data)
-    with tqdm(total=docs.chars, unit="char", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
-        return encode_pieces([text for _, text in docs], bar)
-
-
 def evaluate_path(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size: int = 8,
                   device: torch.device | str = "cpu", split: str = "val", progress: bool = True
                   ) -> dict[str, Any]:
-    """Evaluate a checkpoint (or run folder) on a prepared corpus's `split`, or on all of a text
-    file / folder / glob. The result is evaluate_tokens's dict plus checkpoint, data and split."""
-    checkpoint = resolve_checkpoint(checkpoint)  # fails fast, before any tokenizing
+    """Evaluate a model (anything load_any takes) on a prepared corpus's `split`, or on all of a text
+    file / folder / glob (every document, joined as `prepare` would). A corpus's shards are checked
+    against their sha256 first. The result is evaluate_tokens's dict plus checkpoint, data and split."""
+    checkpoint = resolve_model_path(checkpoint)
     device = pick_device(device) if isinstance(device, str) else device
+    model = load_any(checkpoint, device)  # fails fast, before any tokenizing
     folder = Path(data)
-    if folder.is_dir() and (folder / "meta.json").is_file():
+    if is_corpus(folder):
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-        tokens = getattr(load_corpus(folder), split)
+        tokens = getattr(load_corpus(folder, verify=True), split)
         if len(tokens) < 2:
             raise UserError(f"the {split} split of {folder} has {len(tokens)} token(s), too few to evaluate; "
                             f"choose the other split or evaluate a text file")
         used_split: str | None = split
     else:
-        tokens, used_split = _text_tokens(str(data), progress), None
-    model = load_model(checkpoint, device)
+        tokens, used_split = tokenize([str(data)], progress=progress)[0], None
     result = evaluate_tokens(model, tokens, batch_size=batch_size, device=device, progress=progress)
     return {**result, "checkpoint": str(checkpoint), "data": str(data), "split": used_split}
 

@@ -1,15 +1,19 @@
-"""Crash-safe folder writes: a folder appears complete at its final path, or not at all.
+"""Crash-safe writes: a file or folder appears complete at its final path, or not at all.
 
 No torch here: corpus preparation (whose worker processes should stay light) uses it too.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from .errors import UserError
 
 
 def fsync(path: Path) -> None:
@@ -19,6 +23,54 @@ def fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write; once the block completes it is fsynced and
+    renamed over `path` (one rename: readers see the old file or the new one, never half)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write text (UTF-8) or bytes to `path` atomically."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def write_json(path: Path, data) -> None:
+    """Write indented JSON atomically."""
+    atomic_write(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: Path, advice: str = ""):
+    """A JSON file's content; a missing, unreadable or invalid file is one UserError line, with
+    `advice` (what to do about it) appended."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing{advice}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        raise UserError(f"cannot read {path}: {reason}{advice}") from None
 
 
 def replace_folder(new: Path, path: Path) -> None:
@@ -43,6 +95,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write into; it is fsynced and renamed to `path` only
     once the block completes, replacing what was there, so `path` is never half of a folder. A
     crash during the replacement's two renames can leave the old folder under `.NAME.old-PID`."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -56,3 +109,12 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse to replace a folder the user may still want; say how to insist."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"{out} already exists and is not empty; pass --overwrite to replace it")

@@ -1,37 +1,20 @@
-"""Text generation: one sampling loop for greedy, temperature, top-k and top-p decoding."""
+"""Text generation: one sampling loop for greedy, temperature, top-k and top-p decoding, and
+prompt-to-text functions on top of it (streamed as it is produced)."""
 
 from __future__ import annotations
 
+import codecs
+import sys
 from collections.abc import Iterator
 
 import torch
-import torch.nn as nn
 
+from .config import GPTConfig
+from .device import pick_device
 from .errors import UserError
-from .model import GPT
-
-
-def prepare_for_decoding(model: GPT, dtype: torch.dtype | None = None) -> GPT:
-    """Ready a model for fast generation, in place, and return it: eval mode, the weights cast to
-    `dtype` if given, and on a CPU every linear weight re-stored column-major.
-
-    The column-major layout keeps each weight's shape, values and name; only its strides change.
-    Decoding one token multiplies a vector by every weight: MKL streams a column-major weight
-    1.6x faster than a row-major one, and model.linear then splits that product across the CPU
-    threads (MKL would run it on one), 1.7x more: about 2.2x the tokens/s of the model as trained,
-    on the 2-core machine measured (benchmarks/README.md). The tied embedding is the LM head's
-    matrix, so it becomes column-major too (a lookup then reads one strided row, still cheap).
-    Keep such a model for inference: training it works but is not tuned for it.
-    """
-    model.eval()
-    if dtype is not None:
-        model.to(dtype)
-    if next(model.parameters()).device.type == "cpu":
-        with torch.no_grad():
-            for module in model.modules():
-                if isinstance(module, nn.Linear):  # the tied LM head is the embedding's Parameter
-                    module.weight.data = module.weight.data.t().contiguous().t()
-    return model
+from .model import GPT, prepare_for_decoding
+from .tokenizer import EOT_ID, GPT2_VOCAB_SIZE, encode_prompt, get_tokenizer
+from .weights import load_any
 
 
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None,
@@ -129,3 +112,82 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
     new = [tokens for tokens, _ in stream(model, idx, max_new_tokens, temperature, top_k, top_p,
                                           eos_id, use_cache, generator)]
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx.clone()
+
+
+def prompt_ids(model: GPT, prompt: str, rows: int = 1) -> torch.Tensor:
+    """(rows, n) ids of a prompt for `model` (see tokenizer.encode_prompt), on its device. A prompt
+    longer than the context is kept whole (generation crops it), with a notice on stderr."""
+    ids = encode_prompt(prompt)
+    if max(ids) >= model.config.vocab_size:  # e.g. a tiny test model from another tool
+        raise UserError(f"the prompt has GPT-2 token ids the model does not know: its vocabulary "
+                        f"has {model.config.vocab_size} ids, the GPT-2 tokenizer's has {GPT2_VOCAB_SIZE}")
+    ctx = model.config.context_length
+    if len(ids) > ctx:
+        print(f"note: the prompt has {len(ids)} tokens, more than the model's context of {ctx}; "
+              f"the model sees only the last {ctx}", file=sys.stderr)
+    device = next(model.parameters()).device
+    return torch.tensor([ids] * rows, dtype=torch.long, device=device)
+
+
+def _steps(model: GPT, prompt: str, rows: int, max_new_tokens: int, temperature: float, top_k: int | None,
+           top_p: float | None, seed: int | None, stop_at_eos: bool, use_cache: bool):
+    idx = prompt_ids(model, prompt, rows)
+    # A private generator: sampling never moves the global RNG (a training run's samples must not
+    # change its dropout masks, or resuming would not be exact).
+    generator = None if seed is None else torch.Generator(device=idx.device).manual_seed(seed)
+    return stream(model, idx, max_new_tokens, temperature, top_k, top_p,
+                  eos_id=EOT_ID if stop_at_eos else None, use_cache=use_cache, generator=generator)
+
+
+def generate_text(model: GPT, prompt: str, max_new_tokens: int, temperature: float = 1.0,
+                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                  stop_at_eos: bool = False, use_cache: bool = True, include_prompt: bool = False
+                  ) -> Iterator[str]:
+    """Continue `prompt`, yielding the new text as it is produced: a character split across tokens
+    is held back until complete (invalid UTF-8 becomes U+FFFD). stop_at_eos ends at
+    <|endoftext|>, which is not yielded."""
+    enc = get_tokenizer()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    if include_prompt:
+        yield prompt
+    for tokens, _ in _steps(model, prompt, 1, max_new_tokens, temperature, top_k, top_p, seed,
+                            stop_at_eos, use_cache):
+        token = int(tokens[0])
+        if stop_at_eos and token == EOT_ID:
+            break
+        if piece := decoder.decode(enc.decode_single_token_bytes(token)):
+            yield piece
+    if tail := decoder.decode(b"", final=True):
+        yield tail
+
+
+def generate_texts(model: GPT, prompt: str, num_samples: int, max_new_tokens: int, temperature: float = 1.0,
+                   top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                   stop_at_eos: bool = False, use_cache: bool = True) -> list[str]:
+    """`num_samples` independent continuations of `prompt` (new text only), drawn as one batch."""
+    rows: list[list[int]] = [[] for _ in range(num_samples)]
+    for tokens, alive in _steps(model, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
+                                seed, stop_at_eos, use_cache):
+        for i, token in enumerate(tokens.tolist()):
+            if alive[i] and not (stop_at_eos and token == EOT_ID):
+                rows[i].append(token)
+    enc = get_tokenizer()
+    return [enc.decode(row, errors="replace") for row in rows]
+
+
+def model_for_generation(source: str | None = None, preset: str | None = None, seed: int | None = None,
+                         device: str = "auto", dtype: str = "float32") -> GPT:
+    """A model ready to decode (see prepare_for_decoding): from `source` (anything load_any
+    takes), or a `preset` with random weights drawn from `seed`."""
+    dev = pick_device(device)
+    if dtype == "float16" and dev.type == "cpu":
+        raise UserError("--dtype float16 is for GPUs (a CPU emulates it, very slowly); "
+                        "use bfloat16 or float32")
+    if source is not None:
+        model = load_any(source, dev)
+    else:
+        if seed is not None:
+            torch.manual_seed(seed)
+        with torch.device(dev):
+            model = GPT(GPTConfig.from_preset(preset))
+    return prepare_for_decoding(model, getattr(torch, dtype))

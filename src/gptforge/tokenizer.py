@@ -13,6 +13,7 @@ from tiktoken_ext.openai_public import r50k_pat_str
 
 EOT_TOKEN = "<|endoftext|>"
 EOT_ID = 50256
+GPT2_VOCAB_SIZE = 50257  # 50,000 merges + 256 bytes + <|endoftext|>
 
 # The sha256 values tiktoken itself checks its downloaded gpt2 files against.
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
@@ -47,19 +48,20 @@ def get_tokenizer() -> tiktoken.Encoding:
         pat_str=r50k_pat_str,
         mergeable_ranks=ranks,
         special_tokens={EOT_TOKEN: EOT_ID},
-        explicit_n_vocab=50257,
+        explicit_n_vocab=GPT2_VOCAB_SIZE,
     )
 
 
-def text_to_ids(text: str, allow_eot: bool = False) -> torch.Tensor:
-    """Encode text to a (1, n) int64 tensor.
+def encode_prompt(text: str) -> list[int]:
+    """The ids of a prompt: the text as plain text (a special token's literal text, such as
+    "<|endoftext|>", stays text, so a user can never inject one), and an empty prompt as
+    <|endoftext|> alone, the token every document follows in training."""
+    return get_tokenizer().encode_ordinary(text) or [EOT_ID]
 
-    With allow_eot the literal string "<|endoftext|>" becomes the end-of-text id 50256; without
-    it that string is encoded as ordinary text, so a user's data can never inject a special token.
-    """
-    enc = get_tokenizer()
-    ids = enc.encode(text, allowed_special={EOT_TOKEN}) if allow_eot else enc.encode_ordinary(text)
-    return torch.tensor(ids, dtype=torch.long).unsqueeze(0)  # (1, n)
+
+def text_to_ids(text: str) -> torch.Tensor:
+    """Encode text as plain text (see encode_prompt) to a (1, n) int64 tensor."""
+    return torch.tensor(encode_prompt(text), dtype=torch.long).unsqueeze(0)  # (1, n)
 
 
 def ids_to_text(ids: torch.Tensor | list[int]) -> str:

@@ -1,0 +1,59 @@
+"""The `gptforge` command line: one module per command. Each has a docstring (its --help text),
+NAME, HELP (its line in `gptforge --help`), add_arguments(parser) and run(args), which calls one
+library function and prints the result."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .. import __version__
+from ..errors import UserError
+from . import bench, convert, evaluate, generate, plot, prepare, train
+from .common import Parser
+
+COMMANDS = (prepare, train, evaluate, generate, convert, plot, bench)  # in the order --help lists them
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="gptforge",
+        description="Pretrain GPT-2-family language models from scratch: prepare a corpus, train, "
+                    "resume, evaluate, generate, and exchange weights with Hugging Face.",
+    )
+    parser.add_argument("--version", action="version", version=f"gptforge {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=Parser)
+    for command in COMMANDS:
+        p = sub.add_parser(command.NAME, help=command.HELP, description=command.__doc__)
+        command.add_arguments(p)
+        p.set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    # Under torchrun every rank meets the same mistake; one message is enough.
+    speak = os.environ.get("RANK", "0") == "0"
+    try:
+        return args.run(args)
+    except UserError as e:
+        if speak:
+            print(f"gptforge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gptforge: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `gptforge generate ... | head`
+        sys.stderr.close()
+        return 0
+    except Exception as e:  # an internal error: one line unless the user asks for the traceback
+        if os.environ.get("GPTFORGE_DEBUG"):
+            raise
+        print(f"gptforge: internal error: {type(e).__name__}: {e} "
+              "(set GPTFORGE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1

@@ -1,0 +1,46 @@
+"""What the commands share: the parser class, flags generated from a config dataclass, --device."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Literal
+
+from ..config import base_type, field_docs
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (exit 2) instead of the usage dump."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per field of a config dataclass: --field-name, its docstring as help, a Literal's
+    values as choices, --x/--no-x for booleans. Unset flags are absent from the parsed args, so
+    they never override a config file."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    for field in dataclasses.fields(cls):
+        flag = "--" + field.name.replace("_", "-")
+        kind = base_type(hints[field.name])
+        default = "" if field.default is None else f" (default: {field.default})"
+        kwargs = dict(dest=field.name, default=argparse.SUPPRESS, help=docs.get(field.name, "") + default)
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(kind) is Literal:
+            parser.add_argument(flag, choices=typing.get_args(kind), **kwargs)
+        else:
+            parser.add_argument(flag, type=kind, metavar=field.name.split("_")[-1].upper(), **kwargs)
+
+
+def config_flags(args: argparse.Namespace, cls) -> dict:
+    """The config fields the user set on the command line."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")

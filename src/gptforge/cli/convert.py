@@ -1,0 +1,36 @@
+"""`gptforge convert`: Convert a Hugging Face GPT-2 folder (e.g. OpenAI's released weights) to a
+gptforge checkpoint, or a checkpoint to a folder that transformers' GPT2LMHeadModel.from_pretrained
+and AutoTokenizer.from_pretrained read."""
+
+from __future__ import annotations
+
+NAME = "convert"
+HELP = "GPT-2 weights from or to the Hugging Face format"
+
+
+def add_arguments(p) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-hf", metavar="DIR",
+                     help="Hugging Face GPT-2 folder (config.json + model.safetensors or "
+                          "pytorch_model.bin), or a hub id such as gpt2 when online")
+    src.add_argument("--to-hf", metavar="CHECKPOINT", help="checkpoint or run folder to export")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="checkpoint folder (--from-hf) or Hugging Face folder (--to-hf) to write")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+
+
+def run(args) -> int:
+    from ..files import check_output_folder
+    from ..weights import export_hf, load_any, load_hf_model, save_checkpoint
+
+    check_output_folder(args.out, args.overwrite)  # before a load that may take minutes
+    if args.from_hf:
+        model = load_hf_model(args.from_hf)
+        save_checkpoint(args.out, model)
+    else:
+        model = load_any(args.to_hf)
+        export_hf(model, args.out, overwrite=args.overwrite)
+    c = model.config
+    print(f"wrote {args.out}: {model.num_params():,} parameters ({c.n_layers} layers, {c.emb_dim} d, "
+          f"{c.n_heads} heads, context {c.context_length})")
+    return 0

@@ -1,0 +1,228 @@
+"""The GPT-2 model: token + position embeddings, pre-LayerNorm blocks, tied LM head, KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import GPTConfig
+from .cpu_decoding import Linear, linear
+
+
+class KVCache:
+    """Pre-allocated keys and values of every layer, for incremental decoding.
+
+    Buffers are allocated once at (batch, n_heads, context_length, head_dim) per layer, so decoding
+    writes into place instead of concatenating a growing tensor at every step.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
+        shape = (batch_size, config.n_heads, config.context_length, config.head_dim)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.pos = 0  # number of positions already filled
+        self.capacity = config.context_length
+
+    def reset(self) -> None:
+        self.pos = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.qkv = Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
+        self.out_proj = Linear(config.emb_dim, config.emb_dim)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, T, C) -> (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+
+        mask, is_causal = None, True
+        if cache is not None:
+            start, end = cache.pos, cache.pos + T
+            cache.keys[layer][:, :, start:end] = k
+            cache.values[layer][:, :, start:end] = v
+            k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]  # (B, nh, end, hs)
+            if T == 1:
+                is_causal = False  # one new query may look at every cached key
+            elif start > 0:
+                # SDPA's is_causal aligns the mask to the top-left corner, which is wrong when the
+                # queries are the last T of `end` keys; spell the mask out instead.
+                is_causal = False
+                mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.out_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.fc = Linear(config.emb_dim, 4 * config.emb_dim)
+        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU is the tanh approximation
+        self.out_proj = Linear(4 * config.emb_dim, config.emb_dim)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.out_proj(self.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.emb_dim)
+        self.attn = CausalSelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.emb_dim)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only GPT-2. forward: (B, T) int64 ids -> (B, T, vocab_size) logits, or with
+    targets (B, T) the mean cross-entropy.
+
+    The token embedding and LM head have config.padded_vocab_size rows (a multiple of 64). The
+    padding rows stay zero, get no logits outside the training loss (where they are masked to
+    -inf, so they carry no probability and no gradient), and are left out of state_dict() and
+    num_params(): checkpoints, exports and parameter counts are those of vocab_size.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.padded_vocab_size, config.emb_dim)
+        self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.final_norm = nn.LayerNorm(config.emb_dim)
+        self.lm_head = nn.Linear(config.emb_dim, config.padded_vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
+        self.reset_parameters()
+        self.register_state_dict_post_hook(_drop_vocab_padding)
+        self.register_load_state_dict_pre_hook(_add_vocab_padding)
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, and residual projections scaled
+        by 1/sqrt(2 * n_layers) so the residual stream's variance does not grow with depth.
+        Embeddings use config.embedding_std (an untied LM head keeps 0.02)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=self.config.embedding_std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp.out_proj.weight, mean=0.0, std=residual_std)
+        if self.config.tie_embeddings:  # the Linear loop above re-drew the shared matrix
+            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.config.embedding_std)
+        with torch.no_grad():
+            self.tok_emb.weight[self.config.vocab_size:] = 0.0
+            self.lm_head.weight[self.config.vocab_size:] = 0.0
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
+        if idx.dim() != 2:
+            raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(idx.shape)}")
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0
+        if start + T > self.config.context_length:
+            raise ValueError(
+                f"sequence of length {start + T} is longer than the model's context length "
+                f"({self.config.context_length}); crop the input to the last "
+                f"{self.config.context_length} tokens"
+            )
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.pos += T
+        x = self.final_norm(x)
+        V = self.config.vocab_size
+        if targets is None:  # only the real vocabulary's rows: padded ids never get a logit
+            return linear(x, self.lm_head.weight[:V])  # (B, T, V)
+        # The matmul with aligned shapes, (B, T, padded V); a bias of -inf gives the padded ids
+        # no probability, hence no gradient, inside the same addmm.
+        mask = x.new_zeros(self.config.padded_vocab_size)
+        mask[V:] = float("-inf")
+        logits = F.linear(x, self.lm_head.weight, mask)
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    def num_params(self, include_embeddings: bool = True) -> int:
+        """Parameter count, tied weights counted once. Without embeddings it leaves out the token
+        and position tables (the count scaling laws use)."""
+        c = self.config
+        padding = (c.padded_vocab_size - c.vocab_size) * c.emb_dim  # per padded matrix
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
+        n -= padding * (1 if c.tie_embeddings else 2)
+        if not include_embeddings:
+            n -= c.vocab_size * c.emb_dim + self.pos_emb.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6 * N for the matmuls with the weights,
+        N counting the LM head but not the embedding lookups, plus 12 * n_layers * seq_len * emb_dim
+        for the attention scores and their weighted sum (the PaLM paper's appendix B formula)."""
+        c = self.config
+        t = seq_len or c.context_length
+        n = self.num_params(include_embeddings=False)
+        if self.config.tie_embeddings:  # the shared matrix is still a matmul in the LM head
+            n += c.vocab_size * c.emb_dim
+        return 6 * n + 12 * c.n_layers * t * c.emb_dim
+
+    def new_cache(self, batch_size: int) -> KVCache:
+        weight = self.tok_emb.weight
+        return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype)
+
+
+VOCAB_ROW_PARAMS = ("tok_emb.weight", "lm_head.weight")  # the matrices with padded rows
+
+
+def vocab_rows(t, config: GPTConfig, padded: bool):
+    """`t`, one of the padded matrices or one of its optimizer moments, with padded_vocab_size rows
+    (padded=True: zero rows added) or vocab_size rows (False). Anything else comes back unchanged,
+    and so does a sharded FSDP2 tensor: slicing it would make this rank alone all-gather it."""
+    if not torch.is_tensor(t) or t.dim() != 2 or hasattr(t, "full_tensor"):
+        return t
+    V, P = config.vocab_size, config.padded_vocab_size
+    if padded and t.shape[0] == V < P:
+        return torch.cat([t, t.new_zeros(P - V, t.shape[1])])
+    if not padded and t.shape[0] == P > V:
+        return t[:V]
+    return t
+
+
+def _drop_vocab_padding(model: GPT, state: dict, prefix: str, local_metadata) -> None:
+    """state_dict() holds vocab_size rows: the padding is an internal detail, not a weight."""
+    for name in VOCAB_ROW_PARAMS:
+        if prefix + name in state:
+            state[prefix + name] = vocab_rows(state[prefix + name], model.config, padded=False)
+
+
+def _add_vocab_padding(model: GPT, state: dict, prefix: str, *args) -> None:
+    """load_state_dict() takes vocab_size rows and adds the zero padding rows back."""
+    for name in VOCAB_ROW_PARAMS:
+        if prefix + name in state:
+            state[prefix + name] = vocab_rows(state[prefix + name], model.config, padded=True)

@@ -1,0 +1,15 @@
+"""Training: the loop every job shares (loop.py) and the jobs that use it (pretrain.py).
+
+    loop.py        the loop, its periodic jobs, clean stops
+    step.py        one optimizer step (micro-batches, clipping, non-finite guard)
+    optim.py       the optimizer and the learning-rate schedule
+    resume.py      the exact-resume contract (position, RNG, optimizer, scaler) and run resolution
+    run_folder.py  the layout of a run folder
+    plot.py        loss curves of a run
+    pretrain.py    `gptforge train`
+"""
+
+from .loop import Diverged, Trainer, TrainResult
+from .pretrain import train
+
+__all__ = ["Diverged", "TrainResult", "Trainer", "train"]

@@ -1,0 +1,309 @@
+"""The training loop, shared by every job: optimizer steps over the job's batches, with periodic
+evaluations, samples, checkpoints and host syncs, a clean stop on Ctrl-C/SIGTERM, and a stop on
+divergence. A job (pretraining, fine-tuning) plugs in a Task: its batches, its loss, how it
+evaluates and what it samples.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from tqdm import tqdm
+
+from .. import distributed
+from ..config import TrainConfig
+from ..data import prefetch
+from ..device import matmul_peak_flops
+from ..errors import UserError
+from ..evaluate import batch_loss
+from ..weights.checkpoint import save_checkpoint
+from .optim import lr_at, make_optimizer
+from .resume import Position, capture, restore
+from .run_folder import RunFolder
+from .step import UpdateGuard, optimizer_step
+
+SYNC_EVERY = 10  # steps between the training loop's host syncs (progress, divergence, stopping)
+
+
+class Task(Protocol):
+    """What a job trains on; the loop calls nothing else of it."""
+
+    batches_per_epoch: int  # micro-batches per epoch, a multiple of grad_accum
+
+    def batches(self, epoch: int, start: int) -> Iterator[tuple]:
+        """The micro-batches of `epoch` from index `start` on (see training.step.optimizer_step)."""
+
+    def evaluate(self, model: torch.nn.Module) -> tuple[float, float]:
+        """(train loss, val loss) of the model now; NaN for a split it does not have."""
+
+    def sample(self, model: torch.nn.Module) -> str:
+        """A text that shows what the model does now."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run leaves behind."""
+
+    run_dir: Path
+    checkpoint: Path
+    step: int
+    tokens_seen: int
+    train_loss: float
+    val_loss: float
+    interrupted: bool = False  # stopped by Ctrl-C / SIGTERM, after saving a checkpoint
+
+
+class Diverged(UserError):
+    """The loss or gradient became NaN/inf: that update was skipped, and the run stopped at the
+    next sync point (at most SYNC_EVERY steps later, before any evaluation or save)."""
+
+
+class GracefulStop:
+    """First Ctrl-C or SIGTERM: ask the loop to stop after the current step and checkpoint.
+    A second one aborts at once (checkpoints are atomic, so nothing is corrupted)."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        tqdm.write(f"{self.requested}: finishing this step (under torchrun: the step where all "
+                   "ranks next agree, within 10) and saving a checkpoint (press Ctrl-C again to "
+                   "abort at once)")
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():  # signals reach only that one
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    """One run of the loop. Its state is `position` (a Position), which the checkpoints written
+    by `save` hold together with the weights, optimizer, scaler and RNG states (training.resume)."""
+
+    def __init__(self, cfg: TrainConfig, run: RunFolder, model: torch.nn.Module, task: Task,
+                 total_steps: int, d: distributed.Dist, device: torch.device,
+                 resume_from: Path | None = None, progress: bool | None = None,
+                 loss_fn: Callable | None = None):
+        self.cfg, self.run, self.model, self.task, self.d, self.device = cfg, run, model, task, d, device
+        self.total_steps, self.loss_fn, self.progress = total_steps, loss_fn or batch_loss, progress
+        self.say = tqdm.write if d.is_main else (lambda *args, **kwargs: None)  # rank 0 speaks for the job
+        self.wrapped = distributed.wrap(model, d, cfg.distributed, device)
+        self.optimizer = make_optimizer(model, cfg, device)
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
+        self.autocast = torch.autocast(device.type, dtype=getattr(torch, cfg.dtype),
+                                       enabled=cfg.dtype != "float32")
+        if d.enabled:
+            torch.manual_seed(cfg.seed + d.rank)  # independent dropout masks on each rank
+        self.position, self.checkpoint, self.evaluated_step = Position(), resume_from, None
+        if resume_from is not None:
+            self.position = restore(resume_from, model, self.optimizer, self.scaler, d, device)
+            if d.is_main:
+                run.truncate_metrics(self.position.step)
+            # Every rank reads the same answer whether or not rank 0 has truncated the file yet.
+            steps = [s for s in run.metrics_steps() if s <= self.position.step]
+            self.evaluated_step = steps[-1] if steps else None
+            self.say(f"resuming {run} from {resume_from.name} (step {self.position.step}, "
+                     f"epoch {self.position.epoch + 1})")
+        elif d.is_main:
+            run.create()
+        if d.is_main:
+            run.write_config({"model": model.config.to_dict(), "train": cfg.to_dict()})
+        self.guard = UpdateGuard(device, self.scaler, self.position.step)
+        self.skipped_before = self.position.skipped
+        self.losses = (math.nan, math.nan)  # (train, val) of the latest evaluation
+        self.stop, self.stopping, self.bar = GracefulStop(), False, None
+        self.say(f"run folder: {run}")
+
+    def fit(self) -> TrainResult:
+        """The loop: optimizer steps, epoch after epoch, until total_steps or a stop."""
+        p, cfg, model = self.position, self.cfg, self.model
+        model.train()
+        step_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped  # shares the parameters
+        params = [w for w in model.parameters() if w.requires_grad]
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: fp32 range, ~8x the speed
+            torch.backends.cudnn.allow_tf32 = True
+        with self.stop, self._progress_bar():
+            while p.step < self.total_steps and not self.stopping:
+                self._start_window()
+                with contextlib.closing(prefetch(self.task.batches(p.epoch, start=p.batch),
+                                                 pin=self.device.type == "cuda")) as batches:
+                    while p.batch + cfg.grad_accum <= self.task.batches_per_epoch:
+                        step_start = time.perf_counter()
+                        for group in self.optimizer.param_groups:
+                            group["lr"] = lr_at(p.step, cfg, self.total_steps)
+                        loss, tokens = optimizer_step(step_model, self.wrapped, batches, cfg.grad_accum,
+                                                      self.loss_fn, self.optimizer, params, self.guard,
+                                                      cfg.grad_clip, self.autocast, self.d, self.device)
+                        p.step, p.batch = p.step + 1, p.batch + cfg.grad_accum
+                        p.tokens_seen += tokens
+                        self.bar.update(1)
+                        evaluating, sampling, saving = (self._due(every) for every in
+                                                        (cfg.eval_every, cfg.sample_every, cfg.save_every))
+                        evaluating = evaluating or p.step == 1
+                        if self._sync_due() or evaluating or sampling or saving:
+                            self._sync(loss)  # waits for the device
+                        p.elapsed_s += time.perf_counter() - step_start
+                        if evaluating:
+                            self.evaluate()
+                        if sampling:
+                            self.say(f"sample at step {p.step}: {self.task.sample(model)!r}")
+                        if saving:
+                            self.save()
+                        if p.step >= self.total_steps or self.stopping:
+                            break
+                        if evaluating or sampling or saving:  # their time is not training time
+                            self._start_window()
+                if p.batch + cfg.grad_accum > self.task.batches_per_epoch:  # the epoch is done
+                    self.say(f"sample after epoch {p.epoch + 1}: {self.task.sample(model)!r}")
+                    p.epoch, p.batch = p.epoch + 1, 0
+        return self._finish()
+
+    # --- the periodic jobs ---------------------------------------------------------------------
+
+    def _due(self, every: int) -> bool:
+        return bool(every) and self.position.step % every == 0
+
+    def _sync_due(self) -> bool:
+        """Host syncs happen every SYNC_EVERY steps, at the last step and the end of an epoch, and
+        before anything that reads the state. A single process also syncs as soon as it is asked
+        to stop; ranks wait for the next sync point, where they agree (a signal may have reached
+        only some of them, and a rank stopping alone would hang the others)."""
+        p = self.position
+        return (p.step % SYNC_EVERY == 0 or p.step == self.total_steps
+                or p.batch + self.cfg.grad_accum > self.task.batches_per_epoch
+                or (self.stop.requested is not None and not self.d.enabled))
+
+    def _sync(self, loss: torch.Tensor) -> None:
+        """Read the step's loss and the update guard; stop a diverged run; agree on stopping."""
+        p, guard = self.position, self.guard
+        loss_now, count, first_step, first_loss, first_norm = torch.cat(
+            [loss.detach().float().view(1), guard.count.view(1), guard.first]).tolist()
+        p.skipped = self.skipped_before + int(count)
+        if count > guard.reported:
+            if not self.cfg.skip_nonfinite:
+                raise Diverged(
+                    f"step {int(first_step)}: loss {first_loss} / gradient norm {first_norm} is not "
+                    f"finite; its update was skipped and training stopped at step {p.step} "
+                    f"(newest checkpoint: {self.checkpoint or 'none'}). Lower --lr, or pass "
+                    f"--skip-nonfinite")
+            self.say(f"step {p.step}: {int(count) - guard.reported} update(s) with a non-finite loss "
+                     f"or gradient skipped since the last report ({p.skipped} so far)")
+            guard.reported = int(count)
+        self.stopping = self.stop.requested is not None
+        if self.d.enabled:
+            self.stopping = distributed.all_sum([float(self.stopping)], self.d, self.device)[0] > 0
+            if self.stopping and not self.stop.requested:
+                self.stop.requested = "a signal to another rank"
+        now = time.perf_counter()
+        tokens_per_s = (p.tokens_seen - self.window[1]) / (now - self.window[0])
+        self.window = (now, p.tokens_seen)
+        self.bar.set_postfix(loss=f"{loss_now:.3f}", tok_s=f"{tokens_per_s:,.0f}",
+                             mfu=f"{100 * self.flops_per_token * tokens_per_s / self.peak_flops:.0f}%")
+
+    def evaluate(self) -> None:
+        """Train and val loss now: a metrics row, a line, a redrawn plot."""
+        p = self.position
+        self.evaluated_step = p.step
+        with self.autocast:  # evaluate in the precision the run trains in
+            self.losses = self.task.evaluate(self.model)
+        if not self.d.is_main:
+            return
+        train_loss, val_loss = self.losses
+        epoch = p.epoch + p.batch / self.task.batches_per_epoch
+        self.run.append_metrics({
+            "step": p.step, "epoch": epoch, "tokens_seen": p.tokens_seen, "train_loss": train_loss,
+            "val_loss": None if math.isnan(val_loss) else val_loss,
+            "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(p.elapsed_s, 3)})
+        self.say(f"epoch {epoch:.2f} step {p.step:>6}: train loss {train_loss:.3f}, val loss {val_loss:.3f}")
+        _redraw_plot(self.run)
+
+    def save(self) -> None:
+        """A checkpoint of this step (every rank takes part in gathering the state; rank 0 writes)."""
+        weights, state = capture(self.position, self.model, self.optimizer, self.scaler, self.d)
+        path = self.run.checkpoint(self.position.step)
+        if not self.d.is_main:  # the gathered state is complete on rank 0 only
+            self.checkpoint = path
+            return
+        try:
+            self.checkpoint = save_checkpoint(path, self.model, self.cfg.to_dict(), state, weights=weights)
+        except OSError as e:  # a full disk, a read-only folder: the previous checkpoint is untouched
+            previous = self.checkpoint.name if self.checkpoint else "none"
+            raise UserError(f"could not write checkpoint {path}: {e.strerror or e}; the previous "
+                            f"checkpoint ({previous}) is intact") from None
+        if self.cfg.keep_last:
+            self.run.prune(self.cfg.keep_last)
+
+    def _finish(self) -> TrainResult:
+        """The last evaluation and checkpoint (unless this step has them), and the summary."""
+        p = self.position
+        if not self.stopping and self.evaluated_step != p.step:
+            self.evaluate()
+        if self.checkpoint is None or self.checkpoint.name != self.run.checkpoint(p.step).name:
+            self.save()
+        result = TrainResult(self.run.path, self.checkpoint, p.step, p.tokens_seen, *self.losses,
+                             interrupted=self.stopping)
+        if self.stopping:
+            self.say(f"stopped by {self.stop.requested} at step {p.step}; checkpoint {self.checkpoint}. "
+                     f"Resume with: gptforge train --resume {self.run}")
+            return result
+        skipped = f", {p.skipped} update(s) skipped as non-finite" if p.skipped else ""
+        self.say(f"done: step {p.step}, {p.tokens_seen:,} tokens, train loss {self.losses[0]:.3f}, "
+                 f"val loss {self.losses[1]:.3f}{skipped}; checkpoint {self.checkpoint}")
+        return result
+
+    # --- progress ------------------------------------------------------------------------------
+
+    def _start_window(self) -> None:
+        """Start a new tokens/s measurement (after work that is not training)."""
+        self.window = (time.perf_counter(), self.position.tokens_seen)
+
+    @contextlib.contextmanager
+    def _progress_bar(self):
+        show = self.progress if self.d.is_main else False
+        self.bar = tqdm(total=self.total_steps, initial=self.position.step, unit="step", dynamic_ncols=True,
+                        disable=None if show is None else not show, file=sys.stderr)
+        # MFU: the model's FLOP/s over what a large matmul reaches here, per rank. Only when the
+        # bar is shown: on a CPU a float16 matmul is emulated and takes seconds to time.
+        self.peak_flops = (matmul_peak_flops(self.device, getattr(torch, self.cfg.dtype)) * self.d.world_size
+                           if not self.bar.disable else math.inf)
+        self.flops_per_token = self.model.flops_per_token(self.model.config.context_length)
+        try:
+            yield self.bar
+        finally:
+            self.bar.close()
+
+
+_plot_warned = False
+
+
+def _redraw_plot(run: RunFolder) -> None:
+    global _plot_warned
+    try:
+        from .plot import plot_run
+
+        plot_run(run.path)
+    except (UserError, OSError) as e:  # no matplotlib, or a full disk: training goes on without it
+        if not _plot_warned:
+            tqdm.write(f"note: loss.png not drawn: {e}")
+            _plot_warned = True

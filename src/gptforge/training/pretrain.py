@@ -1,0 +1,146 @@
+"""Pretraining: `gptforge train`. Windows over a token stream (gptforge.data.batches) through the
+shared training loop (training.loop), from a preset, from other weights (--init-from), or
+resumed from a run's checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .. import distributed
+from ..config import GPTConfig, TrainConfig
+from ..data import BatchLoader, load_splits
+from ..device import pick_device
+from ..errors import UserError
+from ..evaluate import mean_loss
+from ..generate import generate_text
+from ..model import GPT
+from ..weights.checkpoint import TIED_KEY, WEIGHTS, load_weights, read_checkpoint_config
+from ..weights.load import load_any
+from .loop import Trainer, TrainResult
+from .resume import resolve_run
+
+
+def train(config: TrainConfig | None = None, *, resume: str | Path | None = None,
+          progress: bool | None = None, **fields) -> TrainResult:
+    """Train a GPT; mirrors `gptforge train`.
+
+    `train(data="notes.txt", max_steps=100)` starts a run; `train(resume="runs/x", max_steps=200)`
+    continues one from its newest intact checkpoint with its own config (training-length and
+    logging fields may change). `progress=None` shows the progress bar only on a terminal.
+    """
+    cfg, run, checkpoint = resolve_run(config, resume, fields)
+    d, device = distributed.setup(pick_device(cfg.device))
+    # No teardown on an exception: its barrier would wait for ranks that may be blocked in another
+    # collective; torchrun ends them once this process has exited.
+    initial = None
+    if checkpoint is not None:  # the run's model, whatever preset or weights it started from
+        model_cfg = GPTConfig.from_dict(read_checkpoint_config(checkpoint)["model"])
+    elif cfg.init_from:
+        initial = _initial_model(cfg, device)
+        model_cfg = initial.config
+    else:
+        model_cfg = cfg.model_config()
+    task = WindowTask(cfg, model_cfg, d)  # data first: a bad corpus should fail before the run folder exists
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+    model = initial if initial is not None else GPT(model_cfg).to(device)
+    if checkpoint is not None:  # before sharding and the optimizer: loading replaces parameters
+        load_weights(model, load_file(checkpoint / WEIGHTS, device=str(device)), source=str(checkpoint))
+    trainer = Trainer(cfg, run, model, task, task.total_steps, d, device, checkpoint, progress)
+    origin = cfg.init_from if cfg.init_from else cfg.preset
+    ranks = f" x {d.world_size} processes ({cfg.distributed})" if d.enabled else ""
+    trainer.say(f"model: {model.num_params():,} parameters ({origin}, context {model_cfg.context_length}) "
+                f"on {device}{ranks}")
+    trainer.say(f"data: {task.train_tokens:,} train / {task.val_tokens:,} val tokens; {task.steps_per_epoch} "
+                f"steps per epoch, {task.total_steps} steps in total")
+    result = trainer.fit()
+    distributed.teardown(d)
+    return result
+
+
+class WindowTask:
+    """Pretraining's batches: stride windows (or random offsets) over the training tokens; its
+    evaluation: the mean loss of fixed train and val batches; its sample: a continuation of
+    cfg.sample_prompt."""
+
+    def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig, d: distributed.Dist):
+        self.cfg, self.d = cfg, d
+        ctx, vocab = model_cfg.context_length, model_cfg.vocab_size
+        train_tokens, val_tokens = load_splits(cfg.data, cfg.val_fraction, verify=cfg.verify_data)
+        if cfg.val_data:
+            val_tokens = load_splits(cfg.val_data, 0.0, verify=cfg.verify_data)[0]
+        self.train_tokens, self.val_tokens = len(train_tokens), len(val_tokens)
+        # Each rank reads its own slice of every global batch; evaluation reads whole batches on
+        # every rank (it is a small share of the work, and the result then needs no reduction).
+        self.train = _loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
+                             shuffle=cfg.shuffle, seed=cfg.seed, drop_last=True, mode=cfg.sampling,
+                             rank=d.rank, world_size=d.world_size, vocab_size=vocab)
+        if self.train.num_batches < cfg.grad_accum:
+            raise UserError(f"training split: {self.train.windows.num_windows} window(s) of {ctx} tokens "
+                            f"cannot fill one step of {cfg.grad_accum} x {cfg.batch_size}")
+        # A fixed set of training batches, so evaluations are comparable.
+        self.train_eval = _loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
+                                  shuffle=True, seed=cfg.seed + 1, drop_last=True, vocab_size=vocab)
+        self.val = None
+        if len(val_tokens) > 0:
+            self.val = _loader(val_tokens, cfg, ctx, "validation split", stride=ctx, shuffle=False,
+                               drop_last=False, vocab_size=vocab)
+        self.steps_per_epoch = self.train.num_batches // cfg.grad_accum
+        # A last partial step's batches are dropped.
+        self.batches_per_epoch = self.steps_per_epoch * cfg.grad_accum
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+
+    def batches(self, epoch: int, start: int):
+        return self.train.batches(epoch, start=start)
+
+    def evaluate(self, model: torch.nn.Module) -> tuple[float, float]:
+        # An evaluation batch holds as many windows as an optimizer step of the whole job, read as
+        # micro-batches, so --grad-accum 4 --batch-size 2 reports the same losses as --batch-size
+        # 8, and 2 processes the same as --grad-accum 2.
+        n = self.cfg.eval_batches * self.cfg.grad_accum * self.d.world_size
+        device = next(model.parameters()).device
+        val = mean_loss(model, self.val.batches(0), n, device) if self.val else math.nan
+        return mean_loss(model, self.train_eval.batches(0), n, device), val
+
+    def sample(self, model: torch.nn.Module) -> str:
+        cfg = self.cfg
+        return "".join(generate_text(model, cfg.sample_prompt, cfg.sample_tokens, temperature=cfg.sample_temperature,
+                                     top_k=cfg.sample_top_k or None, seed=cfg.seed, include_prompt=True))
+
+
+def _loader(tokens, cfg: TrainConfig, ctx: int, what: str, **kwargs) -> BatchLoader:
+    try:
+        return BatchLoader(tokens, max_length=ctx, batch_size=cfg.batch_size, **kwargs)
+    except UserError as e:
+        raise UserError(f"{what}: {e}") from None
+
+
+def _initial_model(cfg: TrainConfig, device: torch.device) -> GPT:
+    """The --init-from weights with the run's dropout, and its context cropped if asked: the
+    first positions' embeddings are kept, which is how a shorter-context run reuses GPT-2."""
+    source = load_any(cfg.init_from, device)  # checkpoint, run, HF folder or hub id
+    src = source.config
+    for name in TrainConfig.fields_where("shape"):
+        wanted = getattr(cfg, name)
+        if wanted is not None and wanted != getattr(src, name):
+            raise UserError(f"--{name.replace('_', '-')} {wanted} does not match the --init-from model's "
+                            f"{getattr(src, name)}; drop it to use the model's shape")
+    ctx = cfg.context_length or src.context_length
+    if ctx > src.context_length:
+        raise UserError(f"--context-length {ctx} is longer than the --init-from model's "
+                        f"{src.context_length} (it has no position embeddings beyond that)")
+    model_cfg = dataclasses.replace(src, context_length=ctx,
+                                    dropout=src.dropout if cfg.dropout is None else cfg.dropout)
+    weights = {k: v for k, v in source.state_dict().items()
+               if not (k == TIED_KEY and src.tie_embeddings)}
+    weights["pos_emb.weight"] = weights["pos_emb.weight"][:ctx]
+    with torch.device("meta"):
+        model = GPT(model_cfg)
+    load_weights(model, weights, source=str(cfg.init_from))
+    return model

@@ -1,0 +1,309 @@
+"""GPT-2 weights in and out of the Hugging Face format (the folders transformers' GPT2LMHeadModel
+reads and writes), so users can start from OpenAI's released weights and take their models to
+the tools that read that format.
+
+A Hugging Face GPT-2 folder holds config.json and model.safetensors or pytorch_model.bin (or shards
+of either, listed in an .index.json). Its tensors differ from ours only in names and in the layout
+of its Conv1D layers, which store (in, out) where nn.Linear stores (out, in). transformers is not
+needed here; the tests use it as the independent reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..config import GPTConfig
+from ..errors import UserError, first_line
+from ..files import atomic_folder, check_output_folder, read_json
+from ..model import GPT
+from ..tokenizer import EOT_ID, EOT_TOKEN, GPT2_VOCAB_SIZE, _asset_path
+from .checkpoint import load_weights
+
+CONFIG = "config.json"
+SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
+PT_BIN, PT_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+# Causal-mask buffers that older transformers versions saved with the weights; not weights.
+_MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
+# What a hub id looks like ("gpt2", "openai-community/gpt2-xl"); anything else is only a path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def _hf_names(config: GPTConfig) -> dict[str, tuple[str, bool]]:
+    """Hugging Face name (without the "transformer." prefix) -> (our name, is a Conv1D weight)."""
+    names = {
+        "wte.weight": ("tok_emb.weight", False),
+        "wpe.weight": ("pos_emb.weight", False),
+        "ln_f.weight": ("final_norm.weight", False),
+        "ln_f.bias": ("final_norm.bias", False),
+    }
+    layers = (("ln_1", "ln1", False), ("attn.c_attn", "attn.qkv", True),
+              ("attn.c_proj", "attn.out_proj", True), ("ln_2", "ln2", False),
+              ("mlp.c_fc", "mlp.fc", True), ("mlp.c_proj", "mlp.out_proj", True))
+    for i in range(config.n_layers):
+        for hf, ours, conv in layers:
+            names[f"h.{i}.{hf}.weight"] = (f"blocks.{i}.{ours}.weight", conv)
+            names[f"h.{i}.{hf}.bias"] = (f"blocks.{i}.{ours}.bias", False)
+    if not config.tie_embeddings:  # a tied head is wte itself; transformers does not store it
+        names["lm_head.weight"] = ("lm_head.weight", False)
+    return names
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+def is_hf_folder(path: str | Path) -> bool:
+    """A folder whose config.json is a transformers config (it names a model_type; ours never do)."""
+    try:
+        config = json.loads((Path(path) / CONFIG).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" in config
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """Whether a name that is no local path could be a Hugging Face hub id ("gpt2", "org/name")."""
+    return bool(_HUB_ID.fullmatch(name)) and ".." not in name
+
+
+def resolve_hf_folder(name_or_path: str | Path) -> Path:
+    """A local folder as it is; a hub id through huggingface_hub when it is installed (its cache
+    answers offline too); otherwise an error that says how to point at a local folder."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise UserError(f"{path} is a file; pass the Hugging Face model folder that holds config.json")
+    name = str(name_or_path)
+    if not looks_like_hub_id(name):
+        raise UserError(f"Hugging Face model folder not found: {path}")
+    advice = (f"download it where there is a network (e.g. `hf download {name} --local-dir "
+              f"{name.split('/')[-1]}`) and pass that local folder")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(f"{name!r} is not a local folder (huggingface_hub, which could fetch it "
+                        f"from the Hub, is not installed); {advice}") from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as e:  # offline, no such repo, no network: all the same answer to the user
+        reason = first_line(e).split(". ")[0][:160]
+        raise UserError(f"{name!r} is not a local folder and could not be fetched from the "
+                        f"Hugging Face Hub ({reason}); {advice}") from None
+
+
+def read_hf_config(folder: Path) -> GPTConfig:
+    """Our config for a transformers GPT-2 config.json; variants our model cannot run are refused
+    rather than loaded into a model that would compute something else."""
+    path = folder / CONFIG
+    raw = read_json(path, ": not a Hugging Face model folder")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path} is not a JSON object")
+    if "model_type" not in raw:
+        raise UserError(f"{folder} is not a Hugging Face model folder (its config.json names no "
+                        "model_type)")
+    if raw["model_type"] != "gpt2":
+        raise UserError(f"{folder} is not a GPT-2 model (config.json says model_type "
+                        f"{raw['model_type']!r}); only GPT-2 weights can be converted")
+
+    def get(key: str, default):  # transformers' GPT2Config defaults for absent or null fields
+        return default if raw.get(key) is None else raw[key]
+
+    emb = get("n_embd", 768)
+    unsupported = [
+        (get("n_inner", 4 * emb) != 4 * emb, "n_inner other than 4 * n_embd"),
+        (get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"),
+         f"activation_function {raw.get('activation_function')!r} (only GPT-2's tanh GELU)"),
+        (get("layer_norm_epsilon", 1e-5) != 1e-5, "layer_norm_epsilon other than 1e-5"),
+        (not get("scale_attn_weights", True), "scale_attn_weights false"),
+        (get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx"),
+        (get("add_cross_attention", False), "add_cross_attention"),
+    ]
+    for bad, what in unsupported:
+        if bad:
+            raise UserError(f"{path}: gptforge's GPT-2 does not support {what}")
+    try:
+        return GPTConfig(vocab_size=get("vocab_size", GPT2_VOCAB_SIZE),
+                         context_length=get("n_positions", 1024), emb_dim=emb,
+                         n_heads=get("n_head", 12), n_layers=get("n_layer", 12),
+                         dropout=get("resid_pdrop", 0.1), qkv_bias=True,
+                         tie_embeddings=bool(get("tie_word_embeddings", True)))
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The files holding the weights: safetensors first, then pytorch_model.bin; single or sharded."""
+    for single, index in ((SAFETENSORS, SAFETENSORS_INDEX), (PT_BIN, PT_BIN_INDEX)):
+        if (folder / single).is_file():
+            return [folder / single]
+        if (folder / index).is_file():
+            try:
+                shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+                raise UserError(f"cannot read {folder / index}: {first_line(e)}") from None
+            for shard in shards:
+                if not (folder / shard).is_file():
+                    raise UserError(f"{folder / index} lists {shard}, which is missing")
+            return [folder / shard for shard in shards]
+    raise UserError(f"{folder} has no weights: expected {SAFETENSORS} or {PT_BIN} "
+                    "(or a sharded .index.json of either)")
+
+
+@contextmanager
+def _reading(file: Path) -> Iterator[None]:
+    """Turn whatever a damaged or hostile weight file raises into one clear line."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        if "Weights only load failed" in str(e):
+            raise UserError(f"refusing to load {file}: it holds more than tensors, and unpickling "
+                            "it could run code (torch.load with weights_only=True rejected it)") from None
+        raise UserError(f"cannot read {file}: {first_line(e)}") from None
+
+
+def _open_tensors(file: Path) -> dict[str, Callable[[], torch.Tensor]]:
+    """Name -> loader of that tensor, so the caller can read one tensor at a time."""
+    if file.name.endswith(".safetensors"):
+        handle = safe_open(str(file), framework="pt")  # memory-mapped; get_tensor reads one tensor
+        return {key: functools.partial(handle.get_tensor, key) for key in handle.keys()}
+    # weights_only: a pickle may name any callable, and only this refuses to call it.
+    # mmap (zip-format files only) leaves the data on disk until each tensor is copied out.
+    state = torch.load(file, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(file))
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{file} is not a state dict (a mapping of names to tensors)")
+    return {key: (lambda t=tensor: t) for key, tensor in state.items()}
+
+
+def load_hf_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> GPT:
+    """A GPT with the weights of a Hugging Face GPT-2 folder (or hub id), in float32 and eval mode.
+
+    The model is built on the meta device and each tensor is read, transposed if needed and
+    copied to `device` one at a time, so memory holds one copy of the weights plus one tensor.
+    """
+    folder = resolve_hf_folder(name_or_path)
+    config = read_hf_config(folder)
+    with torch.device("meta"):
+        model = GPT(config)  # shapes only; the tensors loaded below replace its parameters
+    shapes = {name: t.shape for name, t in model.state_dict().items()}
+    names = _hf_names(config)
+
+    loaders: dict[str, tuple[Path, Callable[[], torch.Tensor]]] = {}
+    for file in _weight_files(folder):
+        with _reading(file):
+            for key, load in _open_tensors(file).items():
+                loaders[key.removeprefix("transformer.")] = (file, load)
+    for key in [k for k in loaders if _MASK_BUFFER.fullmatch(k)]:
+        del loaders[key]
+    if config.tie_embeddings:
+        loaders.pop("lm_head.weight", None)  # transformers ties it to wte whatever the file holds
+    missing, unexpected = sorted(set(names) - set(loaders)), sorted(set(loaders) - set(names))
+    if missing or unexpected:
+        raise UserError(f"the weights in {folder} do not match its config.json: missing "
+                        f"{missing[:3]}, unexpected {unexpected[:3]}")
+
+    weights: dict[str, torch.Tensor] = {}
+    for hf_name, (name, conv) in names.items():
+        file, load = loaders.pop(hf_name)
+        with _reading(file):
+            tensor = load()
+        want = shapes[name][::-1] if conv else shapes[name]
+        if tensor.shape != want:
+            raise UserError(f"{file}: {hf_name} has shape {tuple(tensor.shape)}, but config.json "
+                            f"implies {tuple(want)}")
+        if conv:
+            tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
+        # A fresh contiguous float32 copy; the source tensor (or its mapped pages) is then dropped.
+        weights[name] = torch.empty(shapes[name], dtype=torch.float32, device=device).copy_(tensor)
+        del tensor, load
+    load_weights(model, weights, source=str(folder))
+    return model.eval()
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def hf_config(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict:
+    """transformers' GPT2Config for our model, as the dict that goes to config.json."""
+    out = {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.context_length,
+        "n_embd": config.emb_dim,
+        "n_layer": config.n_layers,
+        "n_head": config.n_heads,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": config.tie_embeddings,
+        "use_cache": True,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+    if config.vocab_size > EOT_ID:  # the GPT-2 tokenizer's <|endoftext|> exists in this vocabulary
+        out.update(bos_token_id=EOT_ID, eos_token_id=EOT_ID)
+    return out
+
+
+def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Our weights under GPT2LMHeadModel's names and layouts, as contiguous CPU tensors."""
+    ours = model.state_dict()
+    out = {}
+    for hf_name, (name, conv) in _hf_names(model.config).items():
+        if name in ours:
+            tensor = ours[name].detach().cpu()
+        else:  # no qkv bias: GPT-2 always has one, and a zero bias is exactly equivalent
+            tensor = torch.zeros(3 * model.config.emb_dim, dtype=model.tok_emb.weight.dtype)
+        if conv:
+            tensor = tensor.t()  # Linear (out, in) -> Conv1D (in, out)
+        key = hf_name if hf_name.startswith("lm_head") else "transformer." + hf_name
+        out[key] = tensor.contiguous()
+    return out
+
+
+def _write_tokenizer(folder: Path, context_length: int) -> None:
+    """GPT-2's tokenizer files: our bundled BPE files under the names transformers expects."""
+    shutil.copyfile(_asset_path("encoder.json"), folder / "vocab.json")
+    shutil.copyfile(_asset_path("vocab.bpe"), folder / "merges.txt")
+    special = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN}
+    tokenizer_config = {
+        "tokenizer_class": "GPT2Tokenizer",
+        "model_max_length": context_length,
+        "add_prefix_space": False,
+        "add_bos_token": False,
+        # Decoding must give back the text exactly, as tiktoken does (no " ." -> "." cleanup).
+        "clean_up_tokenization_spaces": False,
+        **special,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+
+
+def export_hf(model: GPT, out: str | Path, overwrite: bool = False) -> Path:
+    """Write `model` as a Hugging Face GPT-2 folder (config.json, model.safetensors and, for a
+    model with GPT-2's vocabulary, the tokenizer files), atomically."""
+    out = Path(out)
+    check_output_folder(out, overwrite)
+    with atomic_folder(out) as tmp:
+        # transformers refuses a safetensors file without this metadata
+        save_file(hf_state_dict(model), tmp / SAFETENSORS, metadata={"format": "pt"})
+        dtype = model.tok_emb.weight.dtype
+        (tmp / CONFIG).write_text(json.dumps(hf_config(model.config, dtype), indent=2) + "\n")
+        if model.config.vocab_size >= GPT2_VOCAB_SIZE:
+            _write_tokenizer(tmp, model.config.context_length)
+    return out

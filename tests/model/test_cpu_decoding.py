@@ -1,0 +1,80 @@
+"""The CPU decoding fast path: the split matrix-vector product and prepare_for_decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptforge import load_model
+from gptforge.generate import generate
+from gptforge.model import prepare_for_decoding
+from gptforge.weights.checkpoint import save_checkpoint
+
+from helpers import random_gpt
+
+
+def test_decoding_layout_changes_strides_only(tmp_path, monkeypatch):
+    # emb_dim 256: the MLP weights (1024 x 256) are big enough for the threads-split product
+    model = random_gpt(4, vocab_size=300, emb_dim=256).train()
+    prompt = torch.randint(0, 300, (2, 6), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # as on the 2-core CI machine
+    split_products = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda a, b: split_products.append(b.shape) or real_bmm(a, b))
+    with torch.no_grad():
+        logits = model.eval()(prompt)
+    tokens = generate(model, prompt, 20, temperature=0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    assert prepare_for_decoding(model.train()) is model and not model.training
+    fc = model.blocks[0].mlp.fc.weight
+    assert fc.shape == state["blocks.0.mlp.fc.weight"].shape and fc.stride() == (1, fc.shape[0])
+    assert model.lm_head.weight is model.tok_emb.weight  # still tied
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        torch.testing.assert_close(model(prompt), logits, atol=1e-5, rtol=0)
+    assert not split_products  # the model as trained never takes the split path
+    assert torch.equal(generate(model, prompt, 20, temperature=0), tokens)
+    assert (2, 128, 1024) in split_products  # ... the prepared one does, for one-token steps
+
+    save_checkpoint(tmp_path / "ckpt", model)  # non-contiguous weights still save
+    assert all(torch.equal(v, state[k]) for k, v in load_model(tmp_path / "ckpt").state_dict().items())
+
+
+def test_bfloat16_decoding_stays_close_to_float32():
+    model = random_gpt(5)
+    prompt = torch.randint(0, 257, (1, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = torch.log_softmax(model.eval()(prompt), -1)
+        prepare_for_decoding(model, torch.bfloat16)
+        assert model.new_cache(1).keys[0].dtype == torch.bfloat16
+        low = torch.log_softmax(model(prompt).float(), -1)
+    assert (low - reference).abs().max() < 0.05
+    assert generate(model, prompt, 8, temperature=0.7, top_k=20).shape == (1, 13)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_decoding_linear_splits_k_and_matches_f_linear(rows, with_bias, monkeypatch):
+    from gptforge.model.cpu_decoding import linear
+
+    torch.manual_seed(0)
+    weight = torch.randn(2048, 64).t().contiguous().t()  # (out, in), stored column-major
+    bias = torch.randn(2048) if with_bias else None
+    x = torch.randn(rows, 1, 64)
+    expected = torch.nn.functional.linear(x, weight, bias)
+    calls = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(a[1].shape) or real_bmm(*a))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    with torch.no_grad():
+        out = linear(x, weight, bias)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert out.shape == (rows, 1, 2048)
+    # the split path for up to 4 rows: K = 64 in 4 slices of 16; more rows are a plain matmul
+    assert calls == ([(4, 16, 2048)] if rows <= 4 else [])
+    with torch.no_grad():  # a row-major weight (as trained), or one that fits the caches: F.linear
+        torch.testing.assert_close(linear(x, weight.contiguous(), bias), expected, atol=1e-5, rtol=1e-5)
+        small = weight[:1024]
+        torch.testing.assert_close(linear(x, small), torch.nn.functional.linear(x, small), atol=1e-5, rtol=1e-5)
+    assert len(calls) <= 1

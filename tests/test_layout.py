@@ -1,0 +1,101 @@
+"""The package's shape, read from its source: no import cycles, no function over 100 lines, and
+tests laid out like the package."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import gptforge
+
+ROOT = Path(gptforge.__file__).parent
+TESTS = Path(__file__).parent
+
+
+def module_name(path: Path) -> str:
+    parts = ("gptforge",) + path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts).removesuffix(".__init__")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the gptforge modules it imports (at any depth: a function-level import counts),
+    a package's __init__ counted as the package itself."""
+    files = {module_name(p): p for p in ROOT.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    module = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    module = node.module or ""
+                targets = [module] + [f"{module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            # The package root only re-exports its submodules' names: importing it is not a
+            # dependency on any of them in particular.
+            edges.update(t for t in targets if t in files and t not in (name, "gptforge"))
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle, as the list of modules around it, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_the_import_graph_sees_relative_and_function_level_imports():
+    graph = import_graph()
+    assert "gptforge.model.gpt" in graph["gptforge.weights.checkpoint"]  # from ..model.gpt import ...
+    assert "gptforge.training" in graph["gptforge.cli.train"]  # inside run()
+
+
+def test_no_import_cycles():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_no_function_over_100_lines():
+    long = []
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 100:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, long
+
+
+def test_tests_mirror_the_package():
+    """Every subpackage has a tests folder of the same name, and no tests folder lacks one."""
+    packages = {p.parent.relative_to(ROOT).as_posix() for p in ROOT.rglob("__init__.py")} - {"."}
+    test_dirs = {p.relative_to(TESTS).as_posix() for p in TESTS.iterdir()
+                 if p.is_dir() and any(p.glob("test_*.py"))}
+    assert packages == test_dirs

@@ -1,0 +1,123 @@
+"""Two processes through torchrun (gloo on CPU) against one process with gradient accumulation."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from helpers import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: one thread each
+
+
+def common(text, out, **extra):
+    args = {"--data": text, "--preset": "gpt2-tiny", "--context-length": 32, "--batch-size": 2,
+            "--dropout": 0.0, "--lr": 1e-3, "--eval-every": 2, "--eval-batches": 2, "--save-every": 3,
+            "--max-steps": 6, "--device": "cpu", "--out": out, **extra}
+    return [str(x) for kv in args.items() for x in kv] + ["--no-progress"]
+
+
+def torchrun(*args, timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "gptforge", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def single(*args, timeout=300):
+    return run_cli(*args, timeout=timeout, env=ENV)
+
+
+def rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(a, b):
+    ra, rb = rows(a), rows(b)
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    assert [r["tokens_seen"] for r in ra] == [r["tokens_seen"] for r in rb]
+    for x, y in zip(ra, rb):
+        for key in ("train_loss", "val_loss"):
+            assert abs(x[key] - y[key]) <= 1e-5 * abs(y[key]), (key, x, y)
+    wa = load_file(sorted((a / "checkpoints").iterdir())[-1] / "model.safetensors")
+    wb = load_file(sorted((b / "checkpoints").iterdir())[-1] / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def reference(text, tmp_path_factory):
+    """One process, batch 2 x accumulation 2: the data order two ranks of batch 2 split between them."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    r = single("train", *common(text, out, **{"--grad-accum": 2}))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_equal_one_with_accumulation(text, tmp_path, reference, mode):
+    r = torchrun("train", *common(text, tmp_path / "run", **{"--distributed": mode}))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("run folder:") == 1  # only rank 0 speaks
+    assert "x 2 processes" in r.stdout
+    assert_same_run(tmp_path / "run", reference)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_resume_under_torchrun_and_across_world_sizes(text, tmp_path, reference, mode):
+    run = tmp_path / "run"
+    first = torchrun("train", *common(text, run, **{"--distributed": mode, "--max-steps": 3}))
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = torchrun("train", "--resume", str(run), "--max-steps", "6", "--no-progress")
+    assert second.returncode == 0, second.stderr[-3000:]
+    # the short first session adds an evaluation at its last step (3); the rest matches
+    kept = [r for r in rows(run) if r["step"] != 3]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    assert_same_run(run, reference)
+    # a torchrun checkpoint generates in one process
+    gen = single("generate", "--checkpoint", str(run), "--prompt", "The", "--max-new-tokens", "4",
+                 "--temperature", "0", "--device", "cpu")
+    assert gen.returncode == 0, gen.stderr
+    # and a single-process checkpoint resumes under torchrun (each rank now reads its own
+    # batch, so the job's batch doubles: the losses go on from where they were, not identically)
+    solo = tmp_path / "solo"
+    assert single("train", *common(text, solo, **{"--max-steps": 3})).returncode == 0
+    cont = torchrun("train", "--resume", str(solo), "--max-steps", "6", "--distributed", mode,
+                    "--no-progress")
+    assert cont.returncode == 0, cont.stderr[-3000:]
+    history = rows(solo)
+    assert [r["step"] for r in history] == [1, 2, 3, 4, 6]
+    assert [r["tokens_seen"] for r in history] == [64, 128, 192, 320, 576]
+    assert history[-1]["train_loss"] < history[2]["train_loss"]
+
+
+def test_a_dying_rank_brings_the_job_down(text, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "gptforge", "train", *common(text, run, **{"--max-steps": 100000, "--eval-every": 1})]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.time() + 600  # a bound for a stuck job, not a speed assumption
+    while not ((run / "metrics.jsonl").exists() and len(rows(run)) >= 3) and time.time() < deadline:
+        time.sleep(0.2)
+    rank1 = None
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            if b"RANK=1" in environ and b"TORCHELASTIC_RUN_ID" in b"\0".join(environ):
+                if str(run).encode() in open(f"/proc/{pid}/cmdline", "rb").read():
+                    rank1 = int(pid)
+    assert rank1 is not None
+    os.kill(rank1, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)  # no hang: torchrun stops the other rank too
+    assert proc.returncode != 0
+    assert "Signal 9" in err or "SIGKILL" in err or "exitcode" in err
