@@ -132,14 +132,15 @@ def _initial_model(cfg: TrainConfig, device: torch.device) -> GPT:
             raise UserError(f"--{name.replace('_', '-')} {wanted} does not match the --init-from model's "
                             f"{getattr(src, name)}; drop it to use the model's shape")
     ctx = cfg.context_length or src.context_length
-    if ctx > src.context_length:
+    if ctx > src.context_length and src.positions == "learned":
         raise UserError(f"--context-length {ctx} is longer than the --init-from model's "
                         f"{src.context_length} (it has no position embeddings beyond that)")
     model_cfg = dataclasses.replace(src, context_length=ctx,
                                     dropout=src.dropout if cfg.dropout is None else cfg.dropout)
     weights = {k: v for k, v in source.state_dict().items()
                if not (k == TIED_KEY and src.tie_embeddings)}
-    weights["pos_emb.weight"] = weights["pos_emb.weight"][:ctx]
+    if "pos_emb.weight" in weights:
+        weights["pos_emb.weight"] = weights["pos_emb.weight"][:ctx]
     with torch.device("meta"):
         model = GPT(model_cfg)
     load_weights(model, weights, source=str(cfg.init_from))
