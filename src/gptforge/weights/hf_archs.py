@@ -18,7 +18,8 @@ import torch
 
 from ..config import GPTConfig
 from ..errors import UserError
-from ..tokenizer import EOT_ID, GPT2_VOCAB_SIZE
+from ..tokenizer import Tokenizer, gpt2
+from ..tokenizer.gpt2_bpe import GPT2_VOCAB_SIZE
 
 FAMILIES = ("gpt2", "llama", "qwen3")
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
@@ -97,9 +98,9 @@ def _layer_names(c: GPTConfig, family: str) -> list[tuple[str, tuple[str, ...], 
 
 # --- config.json ---------------------------------------------------------------------------------
 
-def hf_config(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict:
-    """transformers' config for our model (GPT2Config, LlamaConfig or Qwen3Config), as the dict
-    that goes to config.json."""
+def hf_config(config: GPTConfig, dtype: torch.dtype = torch.float32, tokenizer: Tokenizer | None = None) -> dict:
+    """transformers' config for our model (GPT2Config, LlamaConfig or Qwen3Config; GPT-2's
+    tokenizer unless told), as the dict that goes to config.json."""
     family = hf_family(config)
     out = {"architectures": [CLASSES[family]], "model_type": family, "vocab_size": config.vocab_size,
            "tie_word_embeddings": config.tie_embeddings, "initializer_range": 0.02, "use_cache": True,
@@ -122,8 +123,9 @@ def hf_config(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict:
             out.update(mlp_bias=config.bias, pretraining_tp=1)
         else:
             out.update(use_sliding_window=False, sliding_window=None, max_window_layers=config.n_layers)
-    if config.vocab_size > EOT_ID:  # the GPT-2 tokenizer's <|endoftext|> exists in this vocabulary
-        out.update(bos_token_id=EOT_ID, eos_token_id=EOT_ID)
+    eot_id = (tokenizer or gpt2()).eot_id
+    if config.vocab_size > eot_id:  # the tokenizer's <|endoftext|> exists in this vocabulary
+        out.update(bos_token_id=eot_id, eos_token_id=eot_id)
     return out
 
 
