@@ -8,6 +8,7 @@ from these classes, so adding a field here is the whole job of adding a flag.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -266,8 +267,14 @@ class TrainConfig:
     """Passes over the training windows."""
     max_steps: int | None = rule(None, minimum=1, resumable=True)
     """Stop after this many optimizer steps in total, even mid-epoch."""
+    max_time: str | None = rule(None, resumable=True)
+    """Wall-clock budget of the whole job (90s, 10m, 2h; evaluations and saves included): stop in time."""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """'adamw', or 'muon': Muon for the blocks' weight matrices, AdamW for embeddings, head, gains, biases."""
     lr: float = rule(4e-4, minimum=0.0, strict=True)
     """Peak AdamW learning rate."""
+    muon_lr: float | None = rule(None, minimum=0.0, strict=True)
+    """Peak Muon learning rate, its update scaled to AdamW's size (Moonshot's rule; default: --lr)."""
     weight_decay: float = rule(0.1, minimum=0.0)
     """AdamW weight decay, applied to weight matrices and embeddings only (not biases or norms)."""
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -315,6 +322,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self, flags=True)
+        if self.max_time is not None:
+            parse_duration(self.max_time, "max-time")  # a bad value fails here, before any work
         if self.distributed == "fsdp" and self.dtype == "float16":
             # Each rank's gradient scaler would see only its own shard of the gradients, so ranks
             # could skip different steps and their weights drift apart.
@@ -338,6 +347,20 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         return _from_dict(cls, data, "training config key(s)")
+
+
+def parse_duration(text, name: str = "duration") -> float:
+    """Seconds in a duration such as '90s', '10m', '2h', '1.5h' or a bare number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    raw = str(text).strip().lower()
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in units else (raw, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise UserError(f"{name} must be a positive duration such as 90s, 10m or 2h, got {text!r}")
+    return seconds
 
 
 def field_docs(cls) -> dict[str, str]:
