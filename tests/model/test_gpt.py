@@ -95,14 +95,15 @@ def test_dropout_only_in_training_mode(tiny_config):
     assert not torch.allclose(model(idx), model(idx))
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
 @pytest.mark.parametrize("tie", [True, False])
-def test_vocab_padding_is_invisible_outside_the_model(tie, tmp_path):
+def test_vocab_padding_is_invisible_outside_the_model(tie, arch, tmp_path):
     from safetensors.torch import load_file
 
     from gptforge.weights.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    config = GPTConfig.from_preset("gpt2-tiny", context_length=16, tie_embeddings=tie)
+    config = GPTConfig.from_preset("gpt2-tiny", context_length=16, tie_embeddings=tie, arch=arch)
     model = GPT(config)
     assert config.vocab_size == 50257 and config.padded_vocab_size == 50304
     assert model.tok_emb.weight.shape == (50304, config.emb_dim) == model.lm_head.weight.shape

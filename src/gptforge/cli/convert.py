@@ -1,17 +1,18 @@
-"""`gptforge convert`: Convert a Hugging Face GPT-2 folder (e.g. OpenAI's released weights) to a
-gptforge checkpoint, or a checkpoint to a folder that transformers' GPT2LMHeadModel.from_pretrained
-and AutoTokenizer.from_pretrained read."""
+"""`gptforge convert`: Convert a Hugging Face GPT-2, Llama or Qwen3 folder (e.g. OpenAI's released
+GPT-2 weights) to a gptforge checkpoint, or a checkpoint to a folder that transformers'
+AutoModelForCausalLM (GPT-2 for GPT-2's block, Llama or Qwen3 for the modern one) and
+AutoTokenizer read."""
 
 from __future__ import annotations
 
 NAME = "convert"
-HELP = "GPT-2 weights from or to the Hugging Face format"
+HELP = "weights from or to the Hugging Face format (GPT-2, Llama, Qwen3)"
 
 
 def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-hf", metavar="DIR",
-                     help="Hugging Face GPT-2 folder (config.json + model.safetensors or "
+                     help="Hugging Face GPT-2, Llama or Qwen3 folder (config.json + model.safetensors or "
                           "pytorch_model.bin), or a hub id such as gpt2 when online")
     src.add_argument("--to-hf", metavar="CHECKPOINT", help="checkpoint or run folder to export")
     p.add_argument("--out", required=True, metavar="DIR",

@@ -26,13 +26,15 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..config import TrainConfig, load_config_file
     from ..training import train
+    from ..training.budget import process_start
 
+    started = process_start()  # a --max-time budget covers Python's and torch's start-up too
     flags = config_flags(args, TrainConfig)
     progress = False if args.no_progress else None
     if args.resume:
         if args.config:
             raise UserError("--resume takes the run's own config; drop --config")
-        train(resume=args.resume, progress=progress, **flags)
+        train(resume=args.resume, progress=progress, started=started, **flags)
         return 0
     if args.config:
         settings = load_config_file(args.config)
@@ -41,5 +43,5 @@ def run(args) -> int:
         settings = load_config_file("shakespeare-cpu")
     else:
         settings = {}
-    train(TrainConfig.from_dict({**settings, **flags}), progress=progress)
+    train(TrainConfig.from_dict({**settings, **flags}), progress=progress, started=started)
     return 0

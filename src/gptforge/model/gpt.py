@@ -1,4 +1,10 @@
-"""The GPT-2 model: token + position embeddings, pre-LayerNorm blocks, tied LM head, KV cache."""
+"""The GPT model: token embeddings, pre-norm transformer blocks, an LM head, and a KV cache.
+
+With the default config it is exactly GPT-2 (learned positions, LayerNorm, GELU MLP, biases, tied
+head); the config's switches swap in the parts of a modern block (model.layers): rotary positions,
+RMSNorm, a SwiGLU or squared-ReLU MLP, QK-norm, no biases, an untied head, zero-initialised output
+projections and soft-capped logits.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import torch.nn.functional as F
 
 from ..config import GPTConfig
 from .cpu_decoding import Linear, linear
+from .layers import MLP, apply_rotary, make_norm, rotary_angles
 
 
 class KVCache:
@@ -35,15 +42,22 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_heads = config.n_heads
         self.qkv = Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
-        self.out_proj = Linear(config.emb_dim, config.emb_dim)
+        self.out_proj = Linear(config.emb_dim, config.emb_dim, bias=config.bias)
+        # QK-norm: one gain per head dimension, shared by the heads (as Qwen3)
+        self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple | None = None, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, nh, T, hs)
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads) for t in self.qkv(x).split(C, dim=2))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, T, nh, hs) -> (B, nh, T, hs)
+        if rope is not None:  # keys are cached rotated: a key's angle is fixed by its position
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
 
         mask, is_causal = None, True
         if cache is not None:
@@ -67,33 +81,22 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.out_proj(y))
 
 
-class MLP(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.fc = Linear(config.emb_dim, 4 * config.emb_dim)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU is the tanh approximation
-        self.out_proj = Linear(4 * config.emb_dim, config.emb_dim)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.out_proj(self.gelu(self.fc(x))))
-
-
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln1 = nn.LayerNorm(config.emb_dim)
+        self.ln1 = make_norm(config, config.emb_dim)
         self.attn = CausalSelfAttention(config)
-        self.ln2 = nn.LayerNorm(config.emb_dim)
+        self.ln2 = make_norm(config, config.emb_dim)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache, layer)
+    def forward(self, x: torch.Tensor, rope: tuple | None = None, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), rope, cache, layer)
         return x + self.mlp(self.ln2(x))
 
 
 class GPT(nn.Module):
-    """Decoder-only GPT-2. forward: (B, T) int64 ids -> (B, T, vocab_size) logits, or with
+    """Decoder-only GPT. forward: (B, T) int64 ids -> (B, T, vocab_size) logits, or with
     targets (B, T) the mean cross-entropy.
 
     The token embedding and LM head have config.padded_vocab_size rows (a multiple of 64). The
@@ -106,10 +109,11 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.padded_vocab_size, config.emb_dim)
-        self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
+        learned = config.positions == "learned"  # else rotary, computed in attention
+        self.pos_emb = nn.Embedding(config.context_length, config.emb_dim) if learned else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.final_norm = nn.LayerNorm(config.emb_dim)
+        self.final_norm = make_norm(config, config.emb_dim)
         self.lm_head = nn.Linear(config.emb_dim, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
@@ -118,23 +122,26 @@ class GPT(nn.Module):
         self.register_load_state_dict_pre_hook(_add_vocab_padding)
 
     def reset_parameters(self) -> None:
-        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, and residual projections scaled
-        by 1/sqrt(2 * n_layers) so the residual stream's variance does not grow with depth.
+        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit gains, and residual
+        projections scaled by 1/sqrt(2 * n_layers) so the residual stream's variance does not grow
+        with depth (or zero, with zero_init_proj: every block then starts as the identity).
         Embeddings use config.embedding_std (an untied LM head keeps 0.02)."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=self.config.embedding_std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
+            if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-            if isinstance(module, nn.LayerNorm):
+            if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
         for block in self.blocks:
-            nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.mlp.out_proj.weight, mean=0.0, std=residual_std)
+            for proj in (block.attn.out_proj, block.mlp.out_proj):
+                if self.config.zero_init_proj:
+                    nn.init.zeros_(proj.weight)
+                else:
+                    nn.init.normal_(proj.weight, mean=0.0, std=residual_std)
         if self.config.tie_embeddings:  # the Linear loop above re-drew the shared matrix
             nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.config.embedding_std)
         with torch.no_grad():
@@ -153,32 +160,42 @@ class GPT(nn.Module):
                 f"({self.config.context_length}); crop the input to the last "
                 f"{self.config.context_length} tokens"
             )
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        positions = torch.arange(start, start + T, device=idx.device).expand(B, T)  # (B, T)
+        x = self.tok_emb(idx)  # (B, T, C)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        else:  # rotary: the angles of these positions, shared by every layer
+            rope = rotary_angles(positions, self.config.head_dim, self.config.rope_theta)
+        x = self.drop(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
+            x = block(x, rope, cache, layer)
         if cache is not None:
             cache.pos += T
         x = self.final_norm(x)
-        V = self.config.vocab_size
+        V, cap = self.config.vocab_size, self.config.logit_softcap
         if targets is None:  # only the real vocabulary's rows: padded ids never get a logit
-            return linear(x, self.lm_head.weight[:V])  # (B, T, V)
+            logits = linear(x, self.lm_head.weight[:V])  # (B, T, V)
+            return cap * torch.tanh(logits / cap) if cap else logits
         # The matmul with aligned shapes, (B, T, padded V); a bias of -inf gives the padded ids
-        # no probability, hence no gradient, inside the same addmm.
+        # no probability, hence no gradient (inside the same addmm when nothing is capped).
         mask = x.new_zeros(self.config.padded_vocab_size)
         mask[V:] = float("-inf")
-        logits = F.linear(x, self.lm_head.weight, mask)
+        if cap:
+            logits = cap * torch.tanh(F.linear(x, self.lm_head.weight) / cap) + mask
+        else:
+            logits = F.linear(x, self.lm_head.weight, mask)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
     def num_params(self, include_embeddings: bool = True) -> int:
         """Parameter count, tied weights counted once. Without embeddings it leaves out the token
-        and position tables (the count scaling laws use)."""
+        and learned position tables (the count scaling laws use)."""
         c = self.config
         padding = (c.padded_vocab_size - c.vocab_size) * c.emb_dim  # per padded matrix
         n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
         n -= padding * (1 if c.tie_embeddings else 2)
         if not include_embeddings:
-            n -= c.vocab_size * c.emb_dim + self.pos_emb.weight.numel()
+            n -= c.vocab_size * c.emb_dim + (c.context_length * c.emb_dim if c.positions == "learned" else 0)
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -29,13 +30,15 @@ from .resume import resolve_run
 
 
 def train(config: TrainConfig | None = None, *, resume: str | Path | None = None,
-          progress: bool | None = None, **fields) -> TrainResult:
+          progress: bool | None = None, started: float | None = None, **fields) -> TrainResult:
     """Train a GPT; mirrors `gptforge train`.
 
     `train(data="notes.txt", max_steps=100)` starts a run; `train(resume="runs/x", max_steps=200)`
     continues one from its newest intact checkpoint with its own config (training-length and
     logging fields may change). `progress=None` shows the progress bar only on a terminal.
+    A --max-time budget counts from `started` (a time.monotonic() reading; default: this call).
     """
+    started = time.monotonic() if started is None else started
     cfg, run, checkpoint = resolve_run(config, resume, fields)
     d, device = distributed.setup(pick_device(cfg.device))
     # No teardown on an exception: its barrier would wait for ranks that may be blocked in another
@@ -56,7 +59,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     model.tokenizer = tokenizer
     if checkpoint is not None:  # before sharding and the optimizer: loading replaces parameters
         load_weights(model, load_file(checkpoint / WEIGHTS, device=str(device)), source=str(checkpoint))
-    trainer = Trainer(cfg, run, model, task, task.total_steps, d, device, checkpoint, progress)
+    trainer = Trainer(cfg, run, model, task, task.total_steps, d, device, checkpoint, progress, started=started)
     origin = cfg.init_from if cfg.init_from else cfg.preset
     ranks = f" x {d.world_size} processes ({cfg.distributed})" if d.enabled else ""
     trainer.say(f"model: {model.num_params():,} parameters ({origin}, context {model_cfg.context_length}) "
@@ -154,14 +157,15 @@ def _initial_model(cfg: TrainConfig, device: torch.device) -> GPT:
             raise UserError(f"--{name.replace('_', '-')} {wanted} does not match the --init-from model's "
                             f"{getattr(src, name)}; drop it to use the model's shape")
     ctx = cfg.context_length or src.context_length
-    if ctx > src.context_length:
+    if ctx > src.context_length and src.positions == "learned":
         raise UserError(f"--context-length {ctx} is longer than the --init-from model's "
                         f"{src.context_length} (it has no position embeddings beyond that)")
     model_cfg = dataclasses.replace(src, context_length=ctx,
                                     dropout=src.dropout if cfg.dropout is None else cfg.dropout)
     weights = {k: v for k, v in source.state_dict().items()
                if not (k == TIED_KEY and src.tie_embeddings)}
-    weights["pos_emb.weight"] = weights["pos_emb.weight"][:ctx]
+    if "pos_emb.weight" in weights:
+        weights["pos_emb.weight"] = weights["pos_emb.weight"][:ctx]
     with torch.device("meta"):
         model = GPT(model_cfg)
     load_weights(model, weights, source=str(cfg.init_from))

@@ -45,7 +45,7 @@ class UpdateGuard:
             optimizer.found_inf = found_inf
             optimizer.step()
             del optimizer.found_inf
-        elif finite.item():  # an optimizer without a skip input: one host sync per step
+        elif finite.item():  # an optimizer without a skip input (MuonAdamW, MPS): one host sync per step
             optimizer.step()
         self.scaler.update()
 

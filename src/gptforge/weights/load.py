@@ -30,7 +30,7 @@ def resolve_model_path(path: str | Path) -> str | Path:
 
 def load_any(path: str | Path, device: str | torch.device = "cpu") -> GPT:
     """A model in eval mode from any of: a gptforge checkpoint folder (its weights checked
-    against their sha256), a run folder (its newest checkpoint), a Hugging Face GPT-2 folder, or
+    against their sha256), a run folder (its newest checkpoint), a Hugging Face GPT-2, Llama or Qwen3 folder, or
     a Hugging Face hub id (fetched when online, or from the cache)."""
     resolved = Path(resolve_model_path(path))
     if resolved.exists() and not is_hf_folder(resolved):
