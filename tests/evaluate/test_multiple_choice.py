@@ -27,12 +27,14 @@ from gptforge.evaluate.multiple_choice import (
 )
 from gptforge.evaluate.tasks import ChoiceItem, clean_hellaswag, read_items
 from gptforge.model import GPT
-from gptforge.tokenizer import EOT_ID, get_tokenizer
+from gptforge.tokenizer import gpt2
 from gptforge.weights import load_any
 from gptforge.weights.hf import export_hf
 
 from helpers import assert_user_error, run_cli
 
+GPT2 = gpt2()
+EOT_ID = GPT2.eot_id
 FIXTURE = Path(__file__).parent / "hellaswag_sample.jsonl"  # 24 items we wrote, in HellaSwag's format
 
 
@@ -84,11 +86,11 @@ def test_mc_task_takes_the_file_as_it_is():
 
 
 def test_requests_are_tokenized_as_the_harness_does():
-    enc = get_tokenizer().encode_ordinary
-    assert encode_request("The cat", " sat down.") == (enc("The cat"), enc(" sat down."))
+    enc = GPT2.encode
+    assert encode_request(GPT2, "The cat", " sat down.") == (enc("The cat"), enc(" sat down."))
     # trailing spaces of the context move to the continuation
-    assert encode_request("The cat ", " sat") == (enc("The cat"), enc("The cat  sat")[len(enc("The cat")):])
-    assert encode_request("", " sat") == ([EOT_ID], enc(" sat"))  # an empty context is <|endoftext|>
+    assert encode_request(GPT2, "The cat ", " sat") == (enc("The cat"), enc("The cat  sat")[len(enc("The cat")):])
+    assert encode_request(GPT2, "", " sat") == ([EOT_ID], enc(" sat"))  # an empty context is <|endoftext|>
 
 
 def test_batched_scores_equal_a_plain_recomputation(random_model, items):
@@ -96,10 +98,10 @@ def test_batched_scores_equal_a_plain_recomputation(random_model, items):
     with a 64-token model some items are longer than the window and are cropped."""
     expected = []
     for item in items:
-        pairs = [encode_request(item.context, " " + choice) for choice in item.choices]
+        pairs = [encode_request(GPT2, item.context, " " + choice) for choice in item.choices]
         expected.append([plain_logprob(random_model, c, cont) for c, cont in pairs])
     assert any(len(c) + len(cont) > 65 for item in items
-               for c, cont in [encode_request(item.context, " " + ch) for ch in item.choices])
+               for c, cont in [encode_request(GPT2, item.context, " " + ch) for ch in item.choices])
     for batch_size in (1, 5, 64):
         got = score_items(random_model, items, batch_size=batch_size)
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
@@ -147,7 +149,7 @@ def memorised(items):
     <|endoftext|> + context + " " + right ending, 80 full-batch steps (acc reaches 1 at ~60)."""
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_preset("gpt2-tiny", context_length=128))
-    enc = get_tokenizer().encode_ordinary
+    enc = GPT2.encode
     stream = [t for item in items for t in [EOT_ID] + enc(item.context + " " + item.choices[item.label])]
     rows = len(stream) // 128 + 1
     stream = torch.tensor(stream + [EOT_ID] * (rows * 128 + 1 - len(stream)))
@@ -170,7 +172,7 @@ def test_a_model_that_knows_the_answers_scores_1(memorised, items):
 def test_a_random_model_scores_near_chance(random_model):
     """400 four-way items whose endings are drawn from one pool: a random model is at chance."""
     rng = random.Random(0)
-    words = get_tokenizer().decode(list(range(1000, 3000))).split()
+    words = GPT2.decode(list(range(1000, 3000))).split()
     phrase = lambda n: " ".join(rng.choice(words) for _ in range(n))
     items = [ChoiceItem(phrase(rng.randint(5, 15)), [phrase(rng.randint(3, 8)) for _ in range(4)], rng.randrange(4))
              for _ in range(400)]

@@ -14,8 +14,7 @@ from .loss import (
     format_report,
     mean_loss,
     perplexity,
-    token_byte_lengths,
 )
 
 __all__ = ["batch_loss", "bits_per_byte", "bytes_per_token", "evaluate_path", "evaluate_tokens", "format_report",
-           "mean_loss", "perplexity", "token_byte_lengths"]
+           "mean_loss", "perplexity"]

@@ -5,7 +5,7 @@ undoes the bias towards short choices); both with the standard error of a mean.
 
 Tokens as the harness makes them: the context's trailing spaces move to the continuation, the
 continuation's tokens are those of context + continuation after the context's own tokens, an
-empty context is <|endoftext|>, and a sequence longer than the model's context keeps its last
+empty context is the end-of-text token, and a sequence longer than the model's context keeps its last
 tokens.
 
 Batched: an item's choices share its context, so the context is run once (its keys and values
@@ -31,18 +31,19 @@ from ..device import pick_device
 from ..errors import UserError
 from ..model import GPT
 from ..model.gpt import KVCache
-from ..tokenizer import EOT_ID, get_tokenizer
+from ..tokenizer import Tokenizer, tokenizer_of
 from ..weights import load_any, resolve_model_path
 from .loss import eval_mode
 from .tasks import DELIMITER, ChoiceItem, Task, read_items
 
 
-def encode_request(context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """(context ids, continuation ids) of one request, as the harness tokenizes them (see above)."""
-    encode = get_tokenizer().encode_ordinary  # the one place this module meets the tokenizer
+def encode_request(tokenizer: Tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) of one request, as the harness tokenizes them (see above);
+    both plain text (a special token's literal text stays text)."""
+    encode, eot = tokenizer.encode, tokenizer.eot_id
     if not context:
         ids = encode(continuation)
-        return (ids[:1], ids[1:]) if ids and ids[0] == EOT_ID else ([EOT_ID], ids)
+        return (ids[:1], ids[1:]) if ids and ids[0] == eot else ([eot], ids)
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
@@ -57,19 +58,21 @@ class _Encoded:
     choices: list[list[int]]
 
 
-def _encode(index: int, item: ChoiceItem) -> _Encoded:
-    pairs = [encode_request(item.context, DELIMITER + choice) for choice in item.choices]
+def _encode(tokenizer: Tokenizer, index: int, item: ChoiceItem) -> _Encoded:
+    pairs = [encode_request(tokenizer, item.context, DELIMITER + choice) for choice in item.choices]
     return _Encoded(index, pairs[0][0], [cont for _, cont in pairs])
 
 
 def score_items(model: GPT, items: list[ChoiceItem], batch_size: int = 8, progress: bool = False
                 ) -> list[list[float]]:
     """Every choice's summed log-likelihood, per item (in nats, float64 sums). `batch_size` items
-    go through the model together (see the module's docstring)."""
+    go through the model together (see the module's docstring); text is tokenized with the model's
+    own tokenizer (tokenizer_of)."""
     if batch_size < 1:
         raise UserError(f"batch size must be a positive integer, got {batch_size}")
     L = model.config.context_length
-    encoded = [_encode(i, item) for i, item in enumerate(items)]
+    tokenizer = tokenizer_of(model)
+    encoded = [_encode(tokenizer, i, item) for i, item in enumerate(items)]
     scores: list[list[float]] = [[] for _ in items]
     by_context_length = defaultdict(list)
     for e in encoded:

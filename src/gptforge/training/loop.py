@@ -26,6 +26,7 @@ from ..data import prefetch
 from ..device import matmul_peak_flops
 from ..errors import UserError, first_line
 from ..evaluate import batch_loss
+from ..tokenizer import tokenizer_of
 from ..weights.checkpoint import save_checkpoint
 from .loggers import LogHub, check_packages, open_loggers
 from .optim import lr_at, make_optimizer
@@ -135,7 +136,7 @@ class Trainer:
         resolved = {"model": model.config.to_dict(), "train": cfg.to_dict()}
         self.log = LogHub([])  # the loggers of --log, on rank 0
         if d.is_main:
-            run.write_config(resolved)
+            run.write_config(resolved, tokenizer_of(model))
             run.write_status("running", step=self.position.step)
             self.log = open_loggers(cfg.log, run, self.position.step, resolved, cfg.wandb_project)
         self.guard = UpdateGuard(device, self.scaler, self.position.step)
