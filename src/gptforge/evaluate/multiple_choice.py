@@ -83,7 +83,8 @@ def score_items(model: GPT, items: list[ChoiceItem], batch_size: int = 8, progre
     too_long = by_context_length.pop(-1, [])
     with eval_mode(model), tqdm(total=len(items), desc="scoring", unit="item", disable=not progress) as bar:
         for length in sorted(by_context_length):
-            group = by_context_length[length]
+            # Similar choice lengths together: a batch is padded to its longest choice.
+            group = sorted(by_context_length[length], key=lambda e: max(map(len, e.choices)))
             for start in range(0, len(group), batch_size):
                 chunk = group[start:start + batch_size]
                 for e, lls in zip(chunk, _score_shared_context(model, chunk)):
