@@ -7,12 +7,13 @@ the work). Two contestants, alternating on blocks of items so that the machine's
 - one at a time: each (context, ending) request through the model on its own, full logits,
   log_softmax, the ending's tokens summed: what a loop over requests does (lm-evaluation-harness
   with --batch_size 1);
-- batched: `score_items` (each context once, its keys and values cached, the endings of
-  `--batch-size` items as rows of one batch against the cache).
+- batched: `score_items` (each context once, through the blocks only, its keys and values cached;
+  the endings of `--batch-size` items sorted by length and scored 8 rows to a pass against the cache).
 
 Both give the same log-likelihoods (checked here, 1e-3; the tests check 1e-4 on a small model).
 
-    python benchmarks/multiple_choice.py                    # 1,000 items, gpt2-124m
+    python benchmarks/multiple_choice.py                    # 1,000 items, gpt2-124m (~25 min on 2 cores)
+    python benchmarks/multiple_choice.py --items 300 --block 50   # the run recorded in README.md
     python benchmarks/multiple_choice.py --items 40 --preset gpt2-mini   # a quick look
 """
 
