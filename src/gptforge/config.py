@@ -42,6 +42,11 @@ def _check_fields(config, flags: bool) -> None:
         name = f.name.replace("_", "-") if flags else f.name
         if typing.get_origin(kind) is Literal and value not in typing.get_args(kind):
             raise UserError(f"{name} must be one of {', '.join(typing.get_args(kind))}, got {value!r}")
+        if typing.get_origin(kind) is tuple:  # a repeatable choice: every item one of the Literal's
+            choices = typing.get_args(typing.get_args(kind)[0])
+            for item in value:
+                if item not in choices:
+                    raise UserError(f"{name} takes {', '.join(choices)}, got {item!r}")
         low = f.metadata.get("minimum")
         if low is None:
             continue
@@ -197,6 +202,7 @@ PRESET_ALIASES = {
 
 DTYPES = ("float32", "bfloat16", "float16")  # compute precisions, for train, generate and bench
 Dtype = Literal["float32", "bfloat16", "float16"]
+LogTarget = Literal["tensorboard", "wandb", "csv"]  # where --log sends a run's curves
 
 
 @dataclass
@@ -319,8 +325,14 @@ class TrainConfig:
     """Compile the model with torch.compile (slow start, faster steps on GPUs)."""
     distributed: Literal["ddp", "fsdp"] = rule("ddp", resumable=True)
     """Under torchrun: 'ddp' (replicated weights) or 'fsdp' (FSDP2, sharded weights and optimizer)."""
+    log: tuple[LogTarget, ...] = rule((), resumable=True)
+    """Also log the curves, samples and config to tensorboard, wandb or csv (repeatable; rank 0 only)."""
+    wandb_project: str = rule("gptforge", resumable=True)
+    """W&B project of --log wandb (WANDB_MODE=offline keeps the run on disk)."""
 
     def __post_init__(self) -> None:
+        # A config file or JSON gives a list (or one name); keep a tuple, each target once.
+        self.log = tuple(dict.fromkeys([self.log] if isinstance(self.log, str) else self.log))
         _check_fields(self, flags=True)
         if self.max_time is not None:
             parse_duration(self.max_time, "max-time")  # a bad value fails here, before any work

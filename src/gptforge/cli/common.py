@@ -26,12 +26,15 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     for field in dataclasses.fields(cls):
         flag = "--" + field.name.replace("_", "-")
         kind = base_type(hints[field.name])
-        default = "" if field.default is None else f" (default: {field.default})"
+        default = "" if field.default in (None, ()) else f" (default: {field.default})"
         kwargs = dict(dest=field.name, default=argparse.SUPPRESS, help=docs.get(field.name, "") + default)
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(kind) is Literal:
             parser.add_argument(flag, choices=typing.get_args(kind), **kwargs)
+        elif typing.get_origin(kind) is tuple:  # tuple[Literal[...], ...]: the flag repeats
+            choices = typing.get_args(typing.get_args(kind)[0])
+            parser.add_argument(flag, action="append", choices=choices, **kwargs)
         else:
             parser.add_argument(flag, type=kind, metavar=field.name.split("_")[-1].upper(), **kwargs)
 

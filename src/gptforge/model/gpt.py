@@ -97,7 +97,8 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     """Decoder-only GPT. forward: (B, T) int64 ids -> (B, T, vocab_size) logits, or with
-    targets (B, T) the mean cross-entropy.
+    targets (B, T) the mean cross-entropy; with head=False the last block's output (B, T, emb_dim)
+    (a prefix run only to fill a KV cache skips the LM head, its costliest matmul).
 
     The token embedding and LM head have config.padded_vocab_size rows (a multiple of 64). The
     padding rows stay zero, get no logits outside the training loss (where they are masked to
@@ -149,7 +150,7 @@ class GPT(nn.Module):
             self.lm_head.weight[self.config.vocab_size:] = 0.0
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
-                targets: torch.Tensor | None = None) -> torch.Tensor:
+                targets: torch.Tensor | None = None, head: bool = True) -> torch.Tensor:
         if idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(idx.shape)}")
         B, T = idx.shape
@@ -172,6 +173,8 @@ class GPT(nn.Module):
             x = block(x, rope, cache, layer)
         if cache is not None:
             cache.pos += T
+        if not head:  # filling a cache whose logits nobody reads: the LM head is skipped, (B, T, C) out
+            return x
         x = self.final_norm(x)
         V, cap = self.config.vocab_size, self.config.logit_softcap
         if targets is None:  # only the real vocabulary's rows: padded ids never get a logit

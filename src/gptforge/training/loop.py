@@ -24,11 +24,12 @@ from .. import distributed
 from ..config import TrainConfig, parse_duration
 from ..data import prefetch
 from ..device import matmul_peak_flops
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..evaluate import batch_loss
 from ..tokenizer import tokenizer_of
 from ..weights.checkpoint import save_checkpoint
 from .budget import Clock
+from .loggers import LogHub, check_packages, open_loggers
 from .optim import lr_factor, make_optimizer, set_lr
 from .resume import Position, capture, restore
 from .run_folder import RunFolder
@@ -50,6 +51,10 @@ class Task(Protocol):
 
     def sample(self, model: torch.nn.Module) -> str:
         """A text that shows what the model does now."""
+
+    # Optional: UTF-8 bytes per val token of the evaluated batches, which turns the val loss into
+    # bits per byte (comparable across tokenizers); absent or None when unknown.
+    val_bytes_per_token: float | None
 
 
 @dataclass
@@ -110,6 +115,7 @@ class Trainer:
                  loss_fn: Callable | None = None, started: float | None = None):
         self.cfg, self.run, self.model, self.task, self.d, self.device = cfg, run, model, task, d, device
         self.total_steps, self.loss_fn, self.progress = total_steps, loss_fn or batch_loss, progress
+        check_packages(cfg.log)  # a missing logging package fails before the run folder exists
         self.say = tqdm.write if d.is_main else (lambda *args, **kwargs: None)  # rank 0 speaks for the job
         self.wrapped = distributed.wrap(model, d, cfg.distributed, device)
         self.optimizer = make_optimizer(model, cfg, device)
@@ -131,8 +137,12 @@ class Trainer:
                      f"epoch {self.position.epoch + 1})")
         elif d.is_main:
             run.create()
+        resolved = {"model": model.config.to_dict(), "train": cfg.to_dict()}
+        self.log = LogHub([])  # the loggers of --log, on rank 0
         if d.is_main:
-            run.write_config({"model": model.config.to_dict(), "train": cfg.to_dict()}, tokenizer_of(model))
+            run.write_config(resolved, tokenizer_of(model))
+            run.write_status("running", step=self.position.step)
+            self.log = open_loggers(cfg.log, run, self.position.step, resolved, cfg.wandb_project)
         self.guard = UpdateGuard(device, self.scaler, self.position.step)
         self.skipped_before = self.position.skipped
         self.losses = (math.nan, math.nan)  # (train, val) of the latest evaluation
@@ -154,6 +164,26 @@ class Trainer:
                      f"(a step-based one is)")
 
     def fit(self) -> TrainResult:
+        """Train, and record in the run folder's status how it ended."""
+        try:
+            result = self._fit()
+        except BaseException as e:
+            state = ("diverged" if isinstance(e, Diverged) else
+                     "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed")
+            self._record(state, error=first_line(e))
+            raise
+        finally:
+            self.log.close()
+        self._record("interrupted" if result.interrupted else "finished")
+        return result
+
+    def _record(self, state: str, **details) -> None:
+        if self.d.is_main:
+            p = self.position
+            self.run.write_status(state, step=p.step, tokens_seen=p.tokens_seen, elapsed_s=round(p.elapsed_s, 3),
+                                  **details)
+
+    def _fit(self) -> TrainResult:
         """The loop: optimizer steps, epoch after epoch, until total_steps or a stop."""
         p, cfg, model = self.position, self.cfg, self.model
         model.train()
@@ -170,7 +200,7 @@ class Trainer:
                     while p.batch + cfg.grad_accum <= self.task.batches_per_epoch:
                         step_start = time.perf_counter()
                         self._set_lr()
-                        loss, tokens = optimizer_step(step_model, self.wrapped, batches, cfg.grad_accum,
+                        loss, grad_norm, tokens = optimizer_step(step_model, self.wrapped, batches, cfg.grad_accum,
                                                       self.loss_fn, self.optimizer, params, self.guard,
                                                       cfg.grad_clip, self.autocast, self.d, self.device)
                         p.step, p.batch = p.step + 1, p.batch + cfg.grad_accum
@@ -180,12 +210,12 @@ class Trainer:
                                                         (cfg.eval_every, cfg.sample_every, cfg.save_every))
                         evaluating = evaluating or p.step == 1
                         if self._sync_due() or evaluating or sampling or saving:
-                            self._sync(loss, evaluating, sampling, saving)  # waits for the device
+                            self._sync(loss, grad_norm, evaluating, sampling, saving)  # waits for the device
                         p.elapsed_s += time.perf_counter() - step_start
                         if evaluating:
                             self._timed("evaluate", self.evaluate)
                         if sampling:
-                            self._timed("sample", self._sample, f"at step {p.step}")
+                            self._timed("sample", self.sample, f"at step {p.step}")
                         if saving:
                             self._timed("save", self.save)
                         if p.step >= self.total_steps or self.stopping or self.clock.out_of_time:
@@ -193,7 +223,7 @@ class Trainer:
                         if evaluating or sampling or saving:  # their time is not training time
                             self._start_window()
                 if self._epoch_done():
-                    self._timed("sample", self._sample, f"after epoch {p.epoch + 1}")
+                    self._timed("sample", self.sample, f"after epoch {p.epoch + 1}")
                     p.epoch, p.batch = p.epoch + 1, 0
         return self._finish()
 
@@ -216,9 +246,6 @@ class Trainer:
         work(*args)
         self.clock.measured(job, time.monotonic() - start)
 
-    def _sample(self, when: str) -> None:
-        self.say(f"sample {when}: {self.task.sample(self.model)!r}")
-
     def _sync_due(self) -> bool:
         """Host syncs happen every SYNC_EVERY steps, at the last step and the end of an epoch, and
         before anything that reads the state. A single process also syncs as soon as it is asked
@@ -229,12 +256,14 @@ class Trainer:
                 or p.step == self.clock.next_sync  # a time budget's plan (training.budget)
                 or (self.stop.requested is not None and not self.d.enabled))
 
-    def _sync(self, loss: torch.Tensor, evaluating: bool, sampling: bool, saving: bool) -> None:
-        """Read the step's loss and the update guard; stop a diverged run; agree on stopping and
-        on the clock (rank 0's) and the time budget's plan."""
+    def _sync(self, loss: torch.Tensor, grad_norm: torch.Tensor, evaluating: bool, sampling: bool,
+              saving: bool) -> None:
+        """Read the step's loss, gradient norm and the update guard; stop a diverged run; agree on
+        stopping, on the clock (rank 0's) and the time budget's plan; log the training scalars."""
         p, guard = self.position, self.guard
-        loss_now, count, first_step, first_loss, first_norm = torch.cat(
-            [loss.detach().float().view(1), guard.count.view(1), guard.first]).tolist()
+        loss_now, norm, count, first_step, first_loss, first_norm = torch.cat(
+            [loss.detach().float().view(1), grad_norm.detach().float().view(1), guard.count.view(1),
+             guard.first]).tolist()
         p.skipped = self.skipped_before + int(count)
         if count > guard.reported:
             if not self.cfg.skip_nonfinite:
@@ -261,8 +290,11 @@ class Trainer:
         self.clock.agree(p.step, shared[1:], due, SYNC_EVERY)
         if self.clock.budget_s is not None:
             self.bar.total = p.step + self.clock.steps_left(p.step)
-        self.bar.set_postfix(loss=f"{loss_now:.3f}", tok_s=f"{tokens_per_s:,.0f}",
-                             mfu=f"{100 * self.flops_per_token * tokens_per_s / self.peak_flops:.0f}%")
+        mfu = self.flops_per_token * tokens_per_s / self.peak_flops
+        self.bar.set_postfix(loss=f"{loss_now:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.0f}%")
+        self.log.scalars(p.step, {"train/loss": loss_now, "train/lr": self.optimizer.param_groups[0]["lr"],
+                                  "train/grad_norm": norm, "train/tokens_per_s": tokens_per_s, "train/mfu": mfu,
+                                  "train/tokens_seen": p.tokens_seen, "train/skipped_updates": p.skipped})
 
     def evaluate(self) -> None:
         """Train and val loss now: a metrics row, a line, a redrawn plot."""
@@ -273,16 +305,27 @@ class Trainer:
         if not self.d.is_main:
             return
         train_loss, val_loss = self.losses
+        val = None if math.isnan(val_loss) else val_loss
+        bytes_per_token = getattr(self.task, "val_bytes_per_token", None)
+        val_bpb = val / math.log(2) / bytes_per_token if val is not None and bytes_per_token else None
         epoch = p.epoch + p.batch / self.task.batches_per_epoch
         self.run.append_metrics({
             "step": p.step, "epoch": epoch, "tokens_seen": p.tokens_seen, "train_loss": train_loss,
-            "val_loss": None if math.isnan(val_loss) else val_loss,
-            "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(p.elapsed_s, 3)})
+            "val_loss": val, "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(p.elapsed_s, 3),
+            **({"val_bpb": val_bpb} if val_bpb is not None else {})})
+        self.log.scalars(p.step, {"eval/train_loss": train_loss, "eval/val_loss": val, "eval/val_bpb": val_bpb})
         self.say(f"epoch {epoch:.2f} step {p.step:>6}: train loss {train_loss:.3f}, val loss {val_loss:.3f}")
         _redraw_plot(self.run)
 
+    def sample(self, when: str) -> None:
+        """A sample of the task's, printed and logged."""
+        text = self.task.sample(self.model)
+        self.say(f"sample {when}: {text!r}")
+        self.log.text(self.position.step, "sample", text)
+
     def save(self) -> None:
         """A checkpoint of this step (every rank takes part in gathering the state; rank 0 writes)."""
+        self.log.flush()  # first: what a checkpoint's steps logged is on disk before it exists
         self.position.wall_s = self.clock.now()  # rank 0's is the one written
         weights, state = capture(self.position, self.model, self.optimizer, self.scaler, self.d)
         path = self.run.checkpoint(self.position.step)
@@ -331,9 +374,9 @@ class Trainer:
         self.bar = tqdm(total=self.total_steps, initial=self.position.step, unit="step", dynamic_ncols=True,
                         disable=None if show is None else not show, file=sys.stderr)
         # MFU: the model's FLOP/s over what a large matmul reaches here, per rank. Only when the
-        # bar is shown: on a CPU a float16 matmul is emulated and takes seconds to time.
+        # bar is shown or logged: on a CPU a float16 matmul is emulated and takes seconds to time.
         self.peak_flops = (matmul_peak_flops(self.device, getattr(torch, self.cfg.dtype)) * self.d.world_size
-                           if not self.bar.disable else math.inf)
+                           if not self.bar.disable or self.log else math.inf)
         self.flops_per_token = self.model.flops_per_token(self.model.config.context_length)
         try:
             yield self.bar

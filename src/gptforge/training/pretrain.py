@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -19,7 +20,7 @@ from ..config import GPTConfig, TrainConfig
 from ..data import BatchLoader, corpus_tokenizer, load_splits
 from ..device import pick_device
 from ..errors import UserError
-from ..evaluate import mean_loss
+from ..evaluate import bytes_per_token, mean_loss
 from ..generate import generate_text
 from ..model import GPT
 from ..tokenizer import Tokenizer, gpt2, load_tokenizer, tokenizer_of
@@ -78,6 +79,10 @@ class WindowTask:
 
     def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig, d: distributed.Dist, tokenizer: Tokenizer):
         self.cfg, self.d = cfg, d
+        # An evaluation batch holds as many windows as an optimizer step of the whole job, read as
+        # micro-batches, so --grad-accum 4 --batch-size 2 reports the same losses as --batch-size
+        # 8, and 2 processes the same as --grad-accum 2.
+        self.eval_batches = cfg.eval_batches * cfg.grad_accum * d.world_size
         ctx, vocab = model_cfg.context_length, model_cfg.vocab_size
         # Text is tokenized with the run's tokenizer; a corpus prepared with another is refused.
         train_tokens, val_tokens, _ = load_splits(cfg.data, cfg.val_fraction, cfg.verify_data, tokenizer)
@@ -95,10 +100,14 @@ class WindowTask:
         # A fixed set of training batches, so evaluations are comparable.
         self.train_eval = _loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
                                   shuffle=True, seed=cfg.seed + 1, drop_last=True, vocab_size=vocab)
-        self.val = None
+        self.val, self.val_bytes_per_token = None, None
         if len(val_tokens) > 0:
             self.val = _loader(val_tokens, cfg, ctx, "validation split", stride=ctx, shuffle=False,
                                drop_last=False, vocab_size=vocab)
+            # Of the batches evaluate() reads: their val loss in bits per byte (metrics "val_bpb").
+            self.val_bytes_per_token = bytes_per_token(
+                (targets.numpy() for _, targets in islice(self.val.batches(0), self.eval_batches)),
+                tokenizer.token_byte_lengths())
         self.steps_per_epoch = self.train.num_batches // cfg.grad_accum
         # A last partial step's batches are dropped.
         self.batches_per_epoch = self.steps_per_epoch * cfg.grad_accum
@@ -110,10 +119,7 @@ class WindowTask:
         return self.train.batches(epoch, start=start)
 
     def evaluate(self, model: torch.nn.Module) -> tuple[float, float]:
-        # An evaluation batch holds as many windows as an optimizer step of the whole job, read as
-        # micro-batches, so --grad-accum 4 --batch-size 2 reports the same losses as --batch-size
-        # 8, and 2 processes the same as --grad-accum 2.
-        n = self.cfg.eval_batches * self.cfg.grad_accum * self.d.world_size
+        n = self.eval_batches
         device = next(model.parameters()).device
         val = mean_loss(model, self.val.batches(0), n, device) if self.val else math.nan
         return mean_loss(model, self.train_eval.batches(0), n, device), val
