@@ -10,10 +10,10 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import bench, convert, evaluate, generate, plot, prepare, train
+from . import bench, convert, evaluate, generate, plot, prepare, tokenizer, train
 from .common import Parser
 
-COMMANDS = (prepare, train, evaluate, generate, convert, plot, bench)  # in the order --help lists them
+COMMANDS = (tokenizer, prepare, train, evaluate, generate, convert, plot, bench)  # in the order --help lists them
 
 
 def build_parser() -> argparse.ArgumentParser:
