@@ -98,8 +98,8 @@ def main() -> None:
     for name, results in runs.items():
         seconds = statistics.median(r["seconds"] for r in results)
         tokens = results[0]["tokens"]
-        print(f"| {name} ({results[0]['dtype']}) | {seconds:.2f} | {tokens / 1e6:.1f}M | {tokens / seconds / 1e6:.2f}M | "
-              f"{n_bytes / seconds / 1e6:.1f} | {n_bytes / tokens:.2f} | "
+        print(f"| {name} ({results[0]['dtype']}) | {seconds:.2f} | {tokens / 1e6:.1f}M | "
+              f"{tokens / seconds / 1e6:.2f}M | {n_bytes / seconds / 1e6:.1f} | {n_bytes / tokens:.2f} | "
               f"{max(r['peak_rss_mb'] for r in results):.0f} MB |")
     print("all runs (s):", {name: [round(r["seconds"], 2) for r in results] for name, results in runs.items()})
 
