@@ -42,3 +42,16 @@ def test_bad_input_is_one_line(tiny_bpe_dir, tmp_path):
     assert_user_error(run_cli("tokenizer", "decode", "--tokenizer", "gpt2", input="1 two"), "ids must be integers")
     assert_user_error(run_cli("tokenizer", "encode", "x", "--tokenizer", str(tmp_path)), "is not a tokenizer folder")
     assert_user_error(run_cli("tokenizer"), "name an action")
+
+
+def test_train_from_the_shell_gives_the_same_tokenizer_json(tiny_bpe, tiny_bpe_dir, text, tmp_path):
+    out = tmp_path / "tok"
+    result = run_cli("tokenizer", "train", str(text), "--vocab-size", "400", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {out}: tokenizer {tiny_bpe.name}, 400 ids (<|endoftext|> = 0, ")
+    # Another process, its own threads: byte for byte the in-process fixture's file.
+    assert (out / "tokenizer.json").read_bytes() == (tiny_bpe_dir / "tokenizer.json").read_bytes()
+    tampered = (out / "tokenizer.json").read_text().replace('"Ġt', '"Ġq', 1)
+    assert tampered != (out / "tokenizer.json").read_text()
+    (out / "tokenizer.json").write_text(tampered)
+    assert_user_error(run_cli("tokenizer", "encode", "x", "--tokenizer", str(out)), "does not match the sha256")
