@@ -214,7 +214,8 @@ class TrainConfig:
     val_data: str | None = None
     """Separate validation text or prepared corpus (default: the val split of --data)."""
     tokenizer: str | None = None
-    """gpt2 or a folder from `gptforge tokenizer train`, for text --data (default: a corpus's own, else gpt2)."""
+    """For text --data: gpt2, a folder from `gptforge tokenizer train`, or bpe:N to train an N-id BPE on
+    the train split first (default: a prepared corpus's own tokenizer, else gpt2)."""
     out: str | None = None
     """Run folder for checkpoints, metrics.jsonl and loss.png (default: runs/<timestamp>)."""
     preset: str = "gpt2-mini"

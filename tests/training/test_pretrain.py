@@ -8,10 +8,11 @@ from safetensors.torch import load_file
 
 import gptforge.training.loop as loop
 from gptforge.config import TrainConfig, load_config_file
-from gptforge.data import read_documents
+from gptforge.data import prepare_corpus, read_documents
 from gptforge.errors import UserError
 from gptforge.generate import generate_text
-from gptforge.tokenizer import gpt2
+from gptforge.tokenizer import gpt2, load_tokenizer
+from gptforge.tokenizer.train import train_on_train_split
 from gptforge.training import train
 from gptforge.training.optim import lr_factor, make_optimizer
 from gptforge.training.step import UpdateGuard
@@ -361,3 +362,41 @@ def test_a_run_with_its_own_tokenizer_carries_it_everywhere(story, tmp_path, tin
     assert_user_error(run_cli("train", "--resume", str(run), "--max-steps", "6"), "whose files are missing")
     assert_user_error(run_cli("generate", "--checkpoint", str(run), "--prompt", "x"), "whose files are missing")
     assert snapshot(run) == before
+
+
+def test_a_corpus_prepared_with_another_tokenizer_is_refused(story, tmp_path, tiny_bpe, tiny_bpe_dir):
+    prepare_corpus([str(story)], tmp_path / "ours", tokenizer=tiny_bpe, progress=False)
+    prepare_corpus([str(story)], tmp_path / "gpt2", progress=False)
+    run = tmp_path / "run"
+    result = train(TrainConfig(**tiny(data=str(tmp_path / "ours"), context_length=32, max_steps=2, out=str(run))),
+                   progress=False)
+    model = load_any(run)  # the corpus's tokenizer, its vocabulary, copied into the run
+    assert model.config.vocab_size == 400 and model.tokenizer.same_as(tiny_bpe) and result.step == 2
+    assert json.loads((run / "config.json").read_text())["tokenizer"]["sha256"] == tiny_bpe.sha256
+
+    before = snapshot(run)
+    shutil.rmtree(tmp_path / "ours")
+    shutil.copytree(tmp_path / "gpt2", tmp_path / "ours")  # the same path, prepared again with GPT-2's
+    assert_user_error(run_cli("train", "--resume", str(run), "--max-steps", "4"),
+                      "was prepared with tokenizer gpt2, but this run uses " + tiny_bpe.name)
+    base = ["train", "--preset", "gpt2-tiny", "--context-length", "32", "--max-steps", "2", "--no-progress"]
+    assert_user_error(run_cli(*base, "--init-from", str(run), "--data", str(tmp_path / "gpt2"),
+                              "--out", str(tmp_path / "never")), "was prepared with tokenizer gpt2")
+    assert_user_error(run_cli(*base, "--tokenizer", str(tiny_bpe_dir), "--data", str(tmp_path / "gpt2"),
+                              "--out", str(tmp_path / "never")), "was prepared with tokenizer gpt2")
+    assert_user_error(run_cli(*base, "--init-from", str(run), "--tokenizer", "gpt2", "--data", str(story),
+                              "--out", str(tmp_path / "never")), "is not the --init-from model's tokenizer")
+    assert snapshot(run) == before and not (tmp_path / "never").exists()
+
+
+def test_tokenizer_bpe_n_trains_one_on_the_train_split_first(story, tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(**tiny(data=str(story), tokenizer="bpe:300", context_length=32, max_steps=2, out=str(run))),
+          progress=False)
+    tokenizer = load_tokenizer(run / "tokenizer")
+    text = story.read_text()
+    expected = train_on_train_split(str(story), 0.1, 300, progress=False)
+    assert tokenizer.same_as(expected) and load_any(run).config.vocab_size == 300
+    assert tokenizer.meta["training"]["characters"] == int(0.9 * len(text))  # the val text stays unseen
+    assert_user_error(run_cli("train", "--data", str(story), "--tokenizer", "bpe:many", "--out", str(tmp_path / "x")),
+                      "write bpe:N")

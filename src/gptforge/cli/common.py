@@ -45,5 +45,32 @@ def config_flags(args: argparse.Namespace, cls) -> dict:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
+def add_source_flags(p: argparse.ArgumentParser) -> None:
+    """How INPUTs other than plain text files are read (see gptforge.data.sources.SourceOptions)."""
+    p.add_argument("--text-field", default="text", metavar="NAME",
+                   help="column with the text in .jsonl / .parquet files and hf: datasets (default: text)")
+    p.add_argument("--hf-split", default="train", metavar="NAME",
+                   help="split of an hf: dataset to read (default: train)")
+    p.add_argument("--gutenberg-top", type=int, default=0, metavar="N",
+                   help="also take the first N books of Project Gutenberg's popular list")
+    p.add_argument("--mirror", default=None, metavar="URL",
+                   help="Project Gutenberg site or mirror for gutenberg: books (default: https://www.gutenberg.org)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where downloads are kept (default: ~/.cache/gptforge)")
+    p.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="retries of a download after a server error or dropped connection (default: 3)")
+
+
+def source_options(args: argparse.Namespace):
+    """The SourceOptions of the flags add_source_flags added."""
+    from ..data import SourceOptions
+
+    options = SourceOptions(text_field=args.text_field, hf_split=args.hf_split, cache_dir=args.cache_dir,
+                            retries=args.retries, gutenberg_top=args.gutenberg_top)
+    if args.mirror:
+        options.mirror = args.mirror
+    return options
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")

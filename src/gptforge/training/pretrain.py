@@ -14,20 +14,24 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from tqdm import tqdm
 
 from .. import distributed
 from ..config import GPTConfig, TrainConfig
-from ..data import BatchLoader, corpus_tokenizer, load_splits
+from ..data import BatchLoader, corpus_tokenizer, is_corpus, load_splits
 from ..device import pick_device
 from ..errors import UserError
 from ..evaluate import bytes_per_token, mean_loss
 from ..generate import generate_text
 from ..model import GPT
 from ..tokenizer import Tokenizer, gpt2, load_tokenizer, tokenizer_of
+from ..tokenizer.train import train_on_train_split
 from ..weights.checkpoint import TIED_KEY, WEIGHTS, checkpoint_tokenizer, load_weights, read_checkpoint_config
 from ..weights.load import load_any
 from .loop import Trainer, TrainResult
 from .resume import resolve_run
+
+TRAIN_PREFIX = "bpe:"  # --tokenizer bpe:N: train an N-id tokenizer on the run's text first
 
 
 def train(config: TrainConfig | None = None, *, resume: str | Path | None = None,
@@ -50,7 +54,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     elif cfg.init_from:
         initial = _initial_model(cfg, device)
         model_cfg = initial.config
-    tokenizer = _run_tokenizer(cfg, checkpoint, initial)
+    tokenizer = _run_tokenizer(cfg, checkpoint, initial, tqdm.write if d.is_main else lambda *_: None)
     if checkpoint is None and initial is None:  # a new model: its vocabulary is its tokenizer's
         model_cfg = dataclasses.replace(cfg.model_config(), vocab_size=tokenizer.vocab_size)
     # Data first: a bad corpus (or one prepared with another tokenizer) fails before the run folder exists.
@@ -130,12 +134,24 @@ class WindowTask:
                                      top_k=cfg.sample_top_k or None, seed=cfg.seed, include_prompt=True))
 
 
-def _run_tokenizer(cfg: TrainConfig, checkpoint: Path | None, initial: GPT | None) -> Tokenizer:
+def _run_tokenizer(cfg: TrainConfig, checkpoint: Path | None, initial: GPT | None, say) -> Tokenizer:
     """The run's tokenizer: a resumed checkpoint's, or the --init-from model's (--tokenizer, if
-    given, must name the same), or --tokenizer, or a prepared --data corpus's, or GPT-2's."""
+    given, must name the same), or --tokenizer (bpe:N: trained now on the train split of text
+    --data), or a prepared --data corpus's, or GPT-2's."""
     if checkpoint is not None:
         return checkpoint_tokenizer(checkpoint)
-    given = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+    given = None
+    if cfg.tokenizer and cfg.tokenizer.startswith(TRAIN_PREFIX):
+        size = cfg.tokenizer.removeprefix(TRAIN_PREFIX)
+        if not size.isdigit():
+            raise UserError(f"--tokenizer {cfg.tokenizer}: write bpe:N with N the vocabulary size, e.g. bpe:4096")
+        if is_corpus(cfg.data):
+            raise UserError(f"--tokenizer {cfg.tokenizer} trains a tokenizer on text --data, but {cfg.data} is a "
+                            "prepared corpus (it has its own tokenizer)")
+        say(f"training a {int(size):,}-id byte-level BPE on the train split of {cfg.data}")
+        given = train_on_train_split(cfg.data, cfg.val_fraction, int(size), progress=False)
+    elif cfg.tokenizer:
+        given = load_tokenizer(cfg.tokenizer)
     if initial is None:
         return given or corpus_tokenizer(cfg.data) or gpt2()
     own = tokenizer_of(initial)
