@@ -10,10 +10,10 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import bench, convert, evaluate, generate, plot, prepare, train
+from . import bench, chat, convert, evaluate, generate, plot, prepare, serve, train
 from .common import Parser
 
-COMMANDS = (prepare, train, evaluate, generate, convert, plot, bench)  # in the order --help lists them
+COMMANDS = (prepare, train, evaluate, generate, chat, serve, convert, plot, bench)  # in the order --help lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -44,3 +44,27 @@ def config_flags(args: argparse.Namespace, cls) -> dict:
 
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+
+
+def add_model_source(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """--checkpoint PATH, or --preset NAME --random-init (seeded by --seed)."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", "--hf", dest="checkpoint", metavar="PATH",
+                     help="checkpoint folder, run folder, Hugging Face GPT-2 folder, or a hub id when "
+                          "online (--hf is another name for it)")
+    src.add_argument("--preset", metavar="NAME", help="model preset (with --random-init)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="use randomly initialised weights for --preset (seeded by --seed)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help=seed_help)
+
+
+def model_from_args(args: argparse.Namespace, dtype: str = "float32"):
+    """The model add_model_source's flags name, ready to decode."""
+    from ..errors import UserError
+    from ..generate import model_for_generation
+
+    if args.preset and not args.random_init:
+        raise UserError("--preset needs --random-init (trained weights come from --checkpoint)")
+    if args.random_init and not args.preset:
+        raise UserError("--random-init needs --preset NAME")
+    return model_for_generation(args.checkpoint, args.preset, args.seed, args.device, dtype)
