@@ -9,6 +9,7 @@ token cannot be smuggled in), and no request names a file, a model path or code 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -265,6 +266,7 @@ def build_app(service: Service) -> Starlette:
     async def page(request: Request):
         return HTMLResponse(resources.files("gptforge.serve").joinpath("static/chat.html").read_text("utf-8"))
 
+    @contextlib.asynccontextmanager
     async def lifespan(app):
         service.engine.start()
         try:
@@ -331,6 +333,7 @@ def serve(model: GPT, name: str, host: str = "127.0.0.1", port: int = 8000, api_
           max_batch: int = 8, max_queue: int = 64) -> None:
     """Serve `model` until Ctrl-C or SIGTERM (uvicorn's graceful shutdown: running requests get a
     few seconds, then the engine stops and every open stream ends)."""
+    import signal
     import socket
 
     import uvicorn
@@ -350,5 +353,13 @@ def serve(model: GPT, name: str, host: str = "127.0.0.1", port: int = 8000, api_
           f"on http://{shown}:{bound}  (web chat at /, API at /v1; Ctrl-C stops)", flush=True)
     config = uvicorn.Config(build_app(service), log_level="warning", timeout_graceful_shutdown=3,
                             access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn shuts down gracefully on the first SIGINT/SIGTERM, then re-raises that signal to the
+    # handler found at start: make it a no-op, so a requested stop ends with exit code 0.
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda *_: None) for s in stops}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     print("gptforge serve: stopped", flush=True)

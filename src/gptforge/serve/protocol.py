@@ -88,12 +88,26 @@ def parse(cls: type[_Strict], body: bytes) -> _Strict:
         error = e.errors(include_url=False)[0]
         if error["type"] == "json_invalid":
             raise ApiError(400, f"the request body is not valid JSON: {error['msg']}") from None
-        param = ".".join(str(p) for p in error["loc"]) or None
+        param = _param(error["loc"])
         if error["type"] == "missing":
             raise ApiError(400, f"missing required field '{param}'", param=param) from None
         if error["type"] == "model_type":
             raise ApiError(400, "the request body must be a JSON object") from None
         raise ApiError(400, f"invalid '{param}': {error['msg']}", param=param) from None
+
+
+def _param(loc: tuple) -> str | None:
+    """A field's path as OpenAI writes it ("messages[0].content"), without the union-member tags
+    ("str", "list[str]") pydantic adds to the location."""
+    fields = {name for cls in (CompletionRequest, ChatRequest, Message, TextPart, StreamOptions)
+              for name in cls.model_fields}
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in fields:
+            path += ("." if path else "") + part
+    return path or None
 
 
 class Reply:
