@@ -15,7 +15,7 @@ import pytest
 from gptforge.generate import generate_text
 from gptforge.tokenizer import encode_prompt
 
-from conftest import serving, wait_until
+from server_helpers import serving, wait_until
 
 PROMPT = "The quick brown fox"
 
@@ -107,8 +107,8 @@ def test_special_token_text_in_a_prompt_stays_text(client):
 
 def post(url, path, body, **kw):
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(url + path, content=content, headers={"Content-Type": "application/json", **kw.pop("headers", {})},
-                      timeout=30, **kw)
+    headers = {"Content-Type": "application/json", **kw.pop("headers", {})}
+    return httpx.post(url + path, content=content, headers=headers, timeout=30, **kw)
 
 
 def assert_error(response, status, *fragments, param=None):

@@ -4,25 +4,14 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 
 import httpx
 import pytest
 
 from helpers import assert_user_error, run_cli
-
-
-def start(checkpoint, *extra):
-    proc = subprocess.Popen([sys.executable, "-m", "gptforge", "serve", "--checkpoint", str(checkpoint),
-                             "--port", "0", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    match = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
-    assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
-    return proc, match.group(1)
+from server_helpers import start
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -13,7 +13,7 @@ import pytest
 
 from gptforge.generate import generate_text
 
-from conftest import serving, wait_until
+from server_helpers import serving, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -5,7 +5,7 @@ text. Commands: /reset, /system TEXT, /exit. Ctrl-C stops an answer."""
 from __future__ import annotations
 
 from ..config import DTYPES
-from .common import add_device, add_model_source, model_from_args
+from .common import add_device, add_model_source, add_sampling_flags, model_from_args
 
 NAME = "chat"
 HELP = "talk to a model in the terminal"
@@ -15,14 +15,7 @@ def add_arguments(p) -> None:
     add_model_source(p, "seed for sampling (each answer uses the next one) and --random-init weights "
                         "(default: random)")
     p.add_argument("--system", default=None, metavar="TEXT", help="system prompt (chat models)")
-    p.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
-                   help="longest answer in tokens (default: 256; less when the context is full)")
-    p.add_argument("--temperature", type=float, default=0.7, metavar="T",
-                   help="sampling temperature; 0 is greedy (default: 0.7)")
-    p.add_argument("--top-k", type=int, default=50, metavar="K",
-                   help="sample only from the K most likely tokens (default: 50; 0 turns it off)")
-    p.add_argument("--top-p", type=float, default=None, metavar="P",
-                   help="sample only from the smallest set of tokens with probability >= P")
+    add_sampling_flags(p, max_new_tokens=256, temperature=0.7, top_k=50)
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="precision of the weights (default: float32)")
     add_device(p)

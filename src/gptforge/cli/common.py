@@ -68,3 +68,15 @@ def model_from_args(args: argparse.Namespace, dtype: str = "float32"):
     if args.random_init and not args.preset:
         raise UserError("--random-init needs --preset NAME")
     return model_for_generation(args.checkpoint, args.preset, args.seed, args.device, dtype)
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int, temperature: float, top_k: int) -> None:
+    """--max-new-tokens, --temperature, --top-k, --top-p with the command's defaults."""
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
+                        help=f"most tokens to generate (default: {max_new_tokens})")
+    parser.add_argument("--temperature", type=float, default=temperature, metavar="T",
+                        help=f"sampling temperature; 0 is greedy decoding (default: {temperature})")
+    parser.add_argument("--top-k", type=int, default=top_k, metavar="K",
+                        help=f"sample only from the K most likely tokens (default: {top_k}; 0 turns it off)")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P",
+                        help="sample only from the smallest set of tokens with probability >= P")

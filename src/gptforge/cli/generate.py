@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from ..config import DTYPES
-from .common import add_device, add_model_source, model_from_args
+from .common import add_device, add_model_source, add_sampling_flags, model_from_args
 
 NAME = "generate"
 HELP = "continue a prompt with a trained or randomly initialised model"
@@ -17,14 +17,7 @@ def add_arguments(p) -> None:
     add_model_source(p, "seed for sampling and for --random-init weights (default: random)")
     p.add_argument("--prompt", required=True,
                    help="text to continue, always read as plain text ('' starts from <|endoftext|>)")
-    p.add_argument("--max-new-tokens", type=int, default=50, metavar="N",
-                   help="number of tokens to generate (default: 50)")
-    p.add_argument("--temperature", type=float, default=0.8, metavar="T",
-                   help="sampling temperature; 0 is greedy decoding (default: 0.8)")
-    p.add_argument("--top-k", type=int, default=200, metavar="K",
-                   help="sample only from the K most likely tokens (default: 200; 0 turns it off)")
-    p.add_argument("--top-p", type=float, default=None, metavar="P",
-                   help="sample only from the smallest set of tokens with probability >= P")
+    add_sampling_flags(p, max_new_tokens=50, temperature=0.8, top_k=200)
     p.add_argument("--stop-at-eos", action="store_true",
                    help="stop a sample when it produces <|endoftext|>")
     p.add_argument("--no-kv-cache", action="store_true",
