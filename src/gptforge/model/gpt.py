@@ -212,7 +212,7 @@ class GPT(nn.Module):
         x = self.final_norm(x)
         V = self.config.vocab_size
         if targets is None:  # only the real vocabulary's rows: padded ids never get a logit
-            return linear(x, self.lm_head.weight[:V])  # (B, T, V)
+            return linear(x, self.lm_head.weight[:V], packed=getattr(self.lm_head, "packed", None))  # (B, T, V)
         # The matmul with aligned shapes, (B, T, padded V); a bias of -inf gives the padded ids
         # no probability, hence no gradient, inside the same addmm.
         mask = x.new_zeros(self.config.padded_vocab_size)

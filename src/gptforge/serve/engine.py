@@ -28,7 +28,7 @@ import torch
 
 from ..errors import UserError
 from ..generate import check_sampling_args, sample_next
-from ..model import GPT
+from ..model import GPT, pack_for_batches
 
 Emit = Callable[[int | None, str | None], None]  # (token, None) per token, then (None, finish_reason)
 
@@ -93,7 +93,7 @@ class Engine:
     """
 
     def __init__(self, model: GPT, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256):
-        self.model = model.eval()
+        self.model = pack_for_batches(model.eval())  # batched rows through oneDNN's blocked weights
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.device = next(model.parameters()).device
         self.cache = model.new_cache(max_batch)
