@@ -33,7 +33,7 @@ import torch
 
 from gptforge.data import read_documents
 from gptforge.generate import model_for_generation
-from gptforge.tokenizer import EOT_ID, encode_prompt, get_tokenizer
+from gptforge.tokenizer import gpt2
 from gptforge.weights.hf import hf_config, hf_state_dict
 
 CLIENTS = (1, 4, 8, 16)
@@ -45,7 +45,7 @@ def make_prompts(n: int, longest: int) -> list[str]:
     prompts = []
     for i in range(n):
         k = 4 + (i * 11) % (longest - 4)  # words; a token or more each
-        while len(encode_prompt(text := " ".join(words[700 * i: 700 * i + k]))) > longest:
+        while len(gpt2().encode_prompt(text := " ".join(words[700 * i: 700 * i + k]))) > longest:
             k -= 1
         prompts.append(text)
     return prompts
@@ -112,14 +112,15 @@ def hf_model(model):
 def transformers_pass(hf, prompts: list[str], tokens: int) -> dict:
     """The same requests served one after another by transformers' generate (greedy, KV cache)."""
     texts, count, start = [], 0, time.perf_counter()
-    enc = get_tokenizer()
+    tokenizer = gpt2()
+    eot = tokenizer.eot_id
     for prompt in prompts:
-        idx = torch.tensor([encode_prompt(prompt)])
-        out = hf.generate(idx, max_new_tokens=tokens, do_sample=False, use_cache=True, eos_token_id=EOT_ID,
-                          pad_token_id=EOT_ID, attention_mask=torch.ones_like(idx))[0, idx.size(1):].tolist()
-        new = out[:out.index(EOT_ID)] if EOT_ID in out else out
+        idx = torch.tensor([tokenizer.encode_prompt(prompt)])
+        out = hf.generate(idx, max_new_tokens=tokens, do_sample=False, use_cache=True, eos_token_id=eot,
+                          pad_token_id=eot, attention_mask=torch.ones_like(idx))[0, idx.size(1):].tolist()
+        new = out[:out.index(eot)] if eot in out else out
         count += len(out)
-        texts.append(enc.decode(new, errors="replace"))
+        texts.append(tokenizer.decode(new))
     return {"wall": time.perf_counter() - start, "tokens": count, "texts": texts}
 
 

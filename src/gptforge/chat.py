@@ -15,7 +15,7 @@ from typing import TextIO
 from .errors import UserError
 from .generate import generate_text, stream_text
 from .model import GPT
-from .tokenizer import EOT_ID
+from .tokenizer import tokenizer_of
 
 
 def _template():
@@ -29,27 +29,23 @@ def has_chat(model: GPT) -> bool:
         has_chat_template, _ = _template()
     except ImportError:  # no chat template in this version of the package
         return False
-    return has_chat_template(_tokenizer(model))
-
-
-def _tokenizer(model: GPT):
-    from .tokenizer import get_tokenizer
-    return get_tokenizer()
+    return has_chat_template(tokenizer_of(model))
 
 
 def chat_prompt(model: GPT, messages: list[dict]) -> list[int]:
     """The ids of a conversation (role/content dicts) ending with the assistant's generation prompt.
     Contents are plain text: typing a chat token's text never makes the token."""
     _, render = _template()
-    ids, _ = render(messages, _tokenizer(model), add_generation_prompt=True)
+    ids, _ = render(messages, tokenizer_of(model), add_generation_prompt=True)
     return list(ids)
 
 
 def stop_ids(model: GPT, chat: bool) -> frozenset[int]:
     """The tokens that end an answer: <|endoftext|>, and <|im_end|> for a chat."""
+    tokenizer = tokenizer_of(model)
     if not chat:
-        return frozenset({EOT_ID})
-    return frozenset({EOT_ID, _tokenizer(model).special_tokens["<|im_end|>"]})
+        return frozenset({tokenizer.eot_id})
+    return frozenset({tokenizer.eot_id, tokenizer.special_tokens["<|im_end|>"]})
 
 
 class Conversation:

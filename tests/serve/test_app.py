@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from gptforge.generate import generate_text
-from gptforge.tokenizer import encode_prompt
+from gptforge.tokenizer import gpt2
 
 from server_helpers import serving, wait_until
 
@@ -38,7 +38,7 @@ def test_completion_matches_single_stream_generation(client, base_model):
     (choice,) = out.choices
     assert choice.text == reference(base_model, PROMPT, 12)
     assert choice.finish_reason == "length" and choice.index == 0
-    assert out.usage.prompt_tokens == len(encode_prompt(PROMPT))
+    assert out.usage.prompt_tokens == len(gpt2().encode_prompt(PROMPT))
     assert out.usage.completion_tokens == 12 and out.usage.total_tokens == out.usage.prompt_tokens + 12
 
 
@@ -102,7 +102,7 @@ def test_models_and_health(client, base_server):
 
 def test_special_token_text_in_a_prompt_stays_text(client):
     out = client.completions.create(model="tiny", prompt="<|endoftext|>", max_tokens=1, temperature=0)
-    assert out.usage.prompt_tokens == len(encode_prompt("<|endoftext|>")) > 1
+    assert out.usage.prompt_tokens == len(gpt2().encode_prompt("<|endoftext|>")) > 1
 
 
 def post(url, path, body, **kw):
@@ -150,7 +150,7 @@ def test_context_limits_are_named(base_server):
     long_prompt = "word " * 200
     assert_error(post(url, "/v1/completions", {**GOOD, "prompt": long_prompt}), 400, "context is 64 tokens",
                  param="prompt")
-    n = len(encode_prompt("Hello"))
+    n = len(gpt2().encode_prompt("Hello"))
     error = assert_error(post(url, "/v1/completions", {**GOOD, "max_tokens": 64}), 400,
                          "exceeds this model's context of 64 tokens", f"at most {64 - n}", param="max_tokens")
     assert error["code"] == "context_length_exceeded"

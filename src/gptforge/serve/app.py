@@ -26,7 +26,7 @@ from ..chat import chat_prompt, has_chat, stop_ids
 from ..errors import UserError
 from ..generate import TextPieces, token_bytes_of
 from ..model import GPT
-from ..tokenizer import encode_prompt
+from ..tokenizer import tokenizer_of
 from .engine import Engine, QueueFull, Sampling, Sequence
 from .protocol import ApiError, ChatRequest, CompletionRequest, Reply, SamplingFields, parse, usage
 
@@ -231,7 +231,8 @@ def build_app(service: Service) -> Starlette:
         texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not texts:
             raise ApiError(400, "prompt must not be an empty list", param="prompt")
-        prompts = [encode_prompt(t) for t in texts]
+        tokenizer = tokenizer_of(service.model)
+        prompts = [tokenizer.encode_prompt(t) for t in texts]
         budgets = [service.budget(len(p), req.max_tokens, DEFAULT_COMPLETION_TOKENS) for p in prompts]
         run = Run(service, prompts, req, budgets, stop_ids(service.model, chat=False))
         return await _respond(request, run, Reply(service.name, chat=False), req)
