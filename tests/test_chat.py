@@ -1,7 +1,9 @@
-"""`gptforge chat` as a user meets it: in a terminal (pexpect), typing, Ctrl-C, /exit."""
+"""`gptforge chat` as a user meets it: in a terminal (pexpect), typing, Ctrl-C, /exit; a chat model
+through its template (answers recomputed by a plain greedy loop over issue 13's render)."""
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
@@ -9,7 +11,11 @@ import pexpect
 import pytest
 
 from gptforge.generate import generate_text
+from gptforge.tokenizer import tokenizer_of
+from gptforge.tokenizer.chat import render
 from gptforge.weights import load_any
+
+from helpers import early_end, greedy_tokens, turn_ends_after
 
 # The CLI with every forward pass slowed down, so an answer is still streaming when Ctrl-C comes.
 SLOW_CLI = ("import sys, time; from gptforge.model import GPT; forward = GPT.forward; "
@@ -72,3 +78,76 @@ def test_bad_flags_are_one_line(tiny_checkpoint, args, fragment):
     from helpers import assert_user_error, run_cli
 
     assert_user_error(run_cli("chat", "--checkpoint", str(tiny_checkpoint), *args), fragment)
+
+
+# A chat model (its tokenizer has the chat tokens): answers through the template, with the history.
+
+def talk(model, lines, max_new_tokens=8, system=None) -> tuple[list[str], str]:
+    """chat_in_terminal fed `lines`: (the answers, everything written)."""
+    from gptforge.chat import ChatSettings, chat_in_terminal
+
+    out, pending = io.StringIO(), iter(lines)
+
+    def read(prompt):
+        out.write(prompt)
+        try:
+            return next(pending)
+        except StopIteration:
+            raise EOFError from None
+
+    chat_in_terminal(model, ChatSettings(max_new_tokens, 0.0, None, None, None, system), read=read, out=out)
+    return answers(out.getvalue()), out.getvalue()
+
+
+def answers(transcript: str) -> list[str]:
+    """The answers of a transcript: what follows "model> " up to the next "you> " (less its newline)."""
+    return [part.split("model> ", 1)[1][:-1] for part in transcript.split("you> ") if "model> " in part]
+
+
+def test_a_chat_model_answers_through_its_template_with_the_history(chat_model):
+    def ref(messages):
+        return tokenizer_of(chat_model).decode(greedy_tokens(chat_model, messages, 8))
+
+    got, transcript = talk(chat_model, ["What is a fox?", "And a dog?", "/system Be brief.", "Hi", "/reset", "Hi"])
+    assert transcript.startswith("Chat with the model") and "plain continuation" not in transcript
+    first = [{"role": "user", "content": "What is a fox?"}]
+    a1 = ref(first)
+    a2 = ref([*first, {"role": "assistant", "content": a1}, {"role": "user", "content": "And a dog?"}])
+    a3 = ref([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert got == [a1, a2, a3, a3]  # /system starts over with it; /reset keeps it
+
+
+def test_a_chat_answer_ends_at_the_end_of_its_turn(chat_model):
+    messages = [{"role": "user", "content": "What is a fox?"}]
+    token, expected = early_end(chat_model, messages, 20)
+    with turn_ends_after(chat_model, token):
+        got, _ = talk(chat_model, ["What is a fox?"], max_new_tokens=20)
+    assert got == [expected]
+
+
+def test_the_oldest_turns_are_dropped_to_fit_and_it_is_said_once(chat_model):
+    lines = [f"Tell me about the river, the old stone bridge and the town number {i}" for i in range(5)]
+    got, transcript = talk(chat_model, lines)
+    assert transcript.count("no longer fits the model's context of 64 tokens") == 1
+    turns, dropped, tokenizer = [], 0, tokenizer_of(chat_model)
+    for line, answer in zip(lines, got, strict=True):  # the rule: drop the oldest question and answer
+        turns.append({"role": "user", "content": line})  # until the prompt leaves 8 tokens for the answer
+        while len(render(turns, tokenizer, add_generation_prompt=True)[0]) + 8 > 64:
+            del turns[:2]
+            dropped += 2
+        assert answer == tokenizer.decode(greedy_tokens(chat_model, turns, 8))
+        turns.append({"role": "assistant", "content": answer})
+    assert dropped >= 4
+
+
+def test_chat_with_a_chat_checkpoint_in_a_subprocess(chat_checkpoint):
+    model = load_any(chat_checkpoint)  # its tokenizer comes back with it
+    out = subprocess.run([sys.executable, "-m", "gptforge", "chat", "--checkpoint", str(chat_checkpoint),
+                          "--temperature", "0", "--max-new-tokens", "6"],
+                         input="Hi\nHi\n", capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Chat with the model")
+    hi = [{"role": "user", "content": "Hi"}]
+    a1 = tokenizer_of(model).decode(greedy_tokens(model, hi, 6))
+    a2 = tokenizer_of(model).decode(greedy_tokens(model, [*hi, {"role": "assistant", "content": a1}, *hi], 6))
+    assert answers(out.stdout) == [a1, a2]

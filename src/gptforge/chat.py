@@ -16,26 +16,17 @@ from .errors import UserError
 from .generate import generate_text, stream_text
 from .model import GPT
 from .tokenizer import tokenizer_of
-
-
-def _template():
-    from .tokenizer.chat import has_chat_template, render  # issue 13's chat template
-    return has_chat_template, render
+from .tokenizer.chat import end_of_turn, has_chat_template, render
 
 
 def has_chat(model: GPT) -> bool:
     """Whether `model` has a chat template (its tokenizer knows the chat tokens)."""
-    try:
-        has_chat_template, _ = _template()
-    except ImportError:  # no chat template in this version of the package
-        return False
     return has_chat_template(tokenizer_of(model))
 
 
 def chat_prompt(model: GPT, messages: list[dict]) -> list[int]:
     """The ids of a conversation (role/content dicts) ending with the assistant's generation prompt.
     Contents are plain text: typing a chat token's text never makes the token."""
-    _, render = _template()
     ids, _ = render(messages, tokenizer_of(model), add_generation_prompt=True)
     return list(ids)
 
@@ -45,7 +36,7 @@ def stop_ids(model: GPT, chat: bool) -> frozenset[int]:
     tokenizer = tokenizer_of(model)
     if not chat:
         return frozenset({tokenizer.eot_id})
-    return frozenset({tokenizer.eot_id, tokenizer.special_tokens["<|im_end|>"]})
+    return frozenset({tokenizer.eot_id, end_of_turn(tokenizer)})
 
 
 class Conversation:

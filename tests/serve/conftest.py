@@ -22,3 +22,9 @@ def base_model():
 def base_server(base_model):
     with serving(base_model) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def chat_server(chat_model):
+    with serving(prepare_for_decoding(chat_model), "chat") as running:
+        yield running

@@ -13,8 +13,10 @@ import openai
 import pytest
 
 from gptforge.generate import generate_text
-from gptforge.tokenizer import gpt2
+from gptforge.tokenizer import gpt2, tokenizer_of
+from gptforge.tokenizer.chat import render
 
+from helpers import early_end, greedy_tokens, turn_ends_after
 from server_helpers import serving, wait_until
 
 PROMPT = "The quick brown fox"
@@ -103,6 +105,83 @@ def test_models_and_health(client, base_server):
 def test_special_token_text_in_a_prompt_stays_text(client):
     out = client.completions.create(model="tiny", prompt="<|endoftext|>", max_tokens=1, temperature=0)
     assert out.usage.prompt_tokens == len(gpt2().encode_prompt("<|endoftext|>")) > 1
+
+
+# A chat model: the template's prompt, answers ending at <|im_end|>.
+CHAT = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "What is a fox?"}]
+
+
+def chat_reference(model, messages, max_tokens):
+    return tokenizer_of(model).decode(greedy_tokens(model, messages, max_tokens))
+
+
+@pytest.fixture(scope="module")
+def chat_client(chat_server):
+    url, _ = chat_server
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_chat_completion_answers_through_the_template(chat_client, chat_model):
+    out = chat_client.chat.completions.create(model="chat", messages=CHAT, max_completion_tokens=10, temperature=0)
+    assert out.object == "chat.completion" and out.id.startswith("chatcmpl-") and out.model == "chat"
+    (choice,) = out.choices
+    assert choice.message.role == "assistant" and choice.finish_reason == "length"
+    assert choice.message.content == chat_reference(chat_model, CHAT, 10)
+    assert out.usage.prompt_tokens == len(render(CHAT, tokenizer_of(chat_model), add_generation_prompt=True)[0])
+    assert out.usage.completion_tokens == 10
+    assert chat_client.models.retrieve("chat").model_extra["chat"] is True
+
+
+def test_chat_streams_deltas_and_n_answers(chat_client, chat_model):
+    expected = chat_reference(chat_model, CHAT, 8)
+    chunks = list(chat_client.chat.completions.create(model="chat", messages=CHAT, max_tokens=8, temperature=0,
+                                                      n=2, stream=True))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    by_index, firsts = {0: "", 1: ""}, {}
+    for choice in (choice for c in chunks for choice in c.choices):
+        by_index[choice.index] += choice.delta.content or ""
+        firsts.setdefault(choice.index, choice.delta)
+    assert by_index == {0: expected, 1: expected}
+    assert firsts[0].role == firsts[1].role == "assistant"  # each choice opens with its role
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_answer_ends_at_the_end_of_its_turn(chat_client, chat_model, stream):
+    token, expected = early_end(chat_model, CHAT, 20)
+    with turn_ends_after(chat_model, token):
+        out = chat_client.chat.completions.create(model="chat", messages=CHAT, max_tokens=20, temperature=0,
+                                                  stream=stream)
+        if stream:
+            chunks = list(out)
+            text = "".join(c.choices[0].delta.content or "" for c in chunks)
+            reason = chunks[-1].choices[0].finish_reason
+        else:
+            text, reason = out.choices[0].message.content, out.choices[0].finish_reason
+    assert text == expected and reason == "stop"  # <|im_end|> ends it and is not part of it
+
+
+def test_chat_stop_strings_and_history(chat_client, chat_model):
+    full = chat_reference(chat_model, CHAT, 20)
+    stop = full[8:11]
+    out = chat_client.chat.completions.create(model="chat", messages=CHAT, max_tokens=20, temperature=0, stop=stop)
+    assert out.choices[0].message.content == full[:full.index(stop)] and out.choices[0].finish_reason == "stop"
+    history = [*CHAT, {"role": "assistant", "content": "A small <|im_end|> dog."}, {"role": "user", "content": "And?"}]
+    out = chat_client.chat.completions.create(model="chat", messages=history, max_tokens=6, temperature=0)
+    assert out.choices[0].message.content == chat_reference(chat_model, history, 6)  # chat-token text stays text
+
+
+def test_chat_errors(chat_server):
+    url, _ = chat_server
+    body = {"model": "chat", "messages": CHAT}
+    assert_error(post(url, "/v1/chat/completions", {**body, "messages": []}), 400, param="messages")
+    assert_error(post(url, "/v1/chat/completions", {**body, "messages": [{"role": "robot", "content": "hi"}]}),
+                 400, param="messages[0].role")
+    assert_error(post(url, "/v1/chat/completions", {**body, "max_completion_tokens": 500}), 400,
+                 "exceeds this model's context of 64 tokens", param="max_completion_tokens")
+    long = [{"role": "user", "content": "word " * 100}]
+    assert_error(post(url, "/v1/chat/completions", {**body, "messages": long}), 400, "context is 64 tokens",
+                 param="messages")
 
 
 def post(url, path, body, **kw):

@@ -11,6 +11,7 @@ import threading
 
 import httpx
 import psutil
+import pytest
 
 from gptforge.generate import generate_text
 from gptforge.weights import load_any
@@ -61,6 +62,7 @@ def perform(url: str, client: httpx.Client, job: dict) -> str | None:
     return None if text == job["expected"] and finished else f"stream of {job} gave {text!r}, {finished}"
 
 
+@pytest.mark.slow
 def test_soak(tiny_checkpoint):
     model = load_any(tiny_checkpoint)
     jobs = [plan(i) for i in range(N_REQUESTS)]

@@ -5,6 +5,7 @@ GPTFORGE_SCREENSHOT=PATH keeps the screenshot (the README's is made this way).""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -12,7 +13,10 @@ import time
 import pytest
 
 from gptforge.generate import generate_text
+from gptforge.model import prepare_for_decoding
+from gptforge.tokenizer import tokenizer_of
 
+from helpers import greedy_tokens
 from server_helpers import serving, wait_until
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,9 +40,10 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, base_model):
-    with serving(base_model) as (url, service):
+@contextlib.contextmanager
+def opened(browser, model):
+    """(page, base URL, Service): the page of a server running `model`, loaded in a fresh context."""
+    with serving(model) as (url, service):
         context = browser.new_context(viewport={"width": 900, "height": 560})
         page = context.new_page()
         requested = []
@@ -50,6 +55,12 @@ def page(browser, base_model):
         assert requested and all(r.startswith(url + "/") for r in requested), requested  # nothing external
 
 
+@pytest.fixture
+def page(browser, chat_model):
+    with opened(browser, prepare_for_decoding(chat_model)) as running:
+        yield running
+
+
 def ask(page, text, temperature="0", max_tokens="20"):
     page.fill("#temperature", temperature)
     page.fill("#max-tokens", max_tokens)
@@ -57,19 +68,32 @@ def ask(page, text, temperature="0", max_tokens="20"):
     page.press("#prompt", "Enter")
 
 
-def test_type_and_watch_the_answer_stream(page, base_model, tmp_path):
-    page, url, service = page
-    assert "continued as plain text" in page.inner_text("#model")  # a base model says so
-    ask(page, "Hello there")
+def test_type_and_watch_the_answer_stream(page, chat_model, tmp_path):
+    page, _, _ = page
+    assert "plain text" not in page.inner_text("#model")  # a chat model
+    ask(page, "Hello there", max_tokens="12")
     page.wait_for_selector(".msg.assistant[data-done='1']")
-    answer = page.inner_text(".msg.assistant")
-    assert answer == "".join(generate_text(base_model, "Hello there", 20, temperature=0.0, stop_at_eos=True))
+    first = [{"role": "user", "content": "Hello there"}]
+    a1 = tokenizer_of(chat_model).decode(greedy_tokens(chat_model, first, 12))
+    assert page.inner_text(".msg.assistant") == a1
     assert page.inner_text(".msg.user") == "Hello there"
-    ask(page, "A second line")
+    ask(page, "A second line", max_tokens="12")
     page.wait_for_function("document.querySelectorAll(\".msg.assistant[data-done='1']\").length === 2")
+    history = [*first, {"role": "assistant", "content": a1}, {"role": "user", "content": "A second line"}]
+    assert page.locator(".msg.assistant").nth(1).inner_text() == tokenizer_of(chat_model).decode(
+        greedy_tokens(chat_model, history, 12))  # the page sends the conversation so far
     page.screenshot(path=os.environ.get("GPTFORGE_SCREENSHOT") or str(tmp_path / "page.png"))
     page.click("#new")
     assert page.locator(".msg").count() == 0
+
+
+def test_a_base_model_continues_text(browser, base_model):
+    with opened(browser, base_model) as (page, _, _):
+        assert "continued as plain text" in page.inner_text("#model")  # a base model says so
+        ask(page, "Hello there")
+        page.wait_for_selector(".msg.assistant[data-done='1']")
+        expected = "".join(generate_text(base_model, "Hello there", 20, temperature=0.0, stop_at_eos=True))
+        assert page.inner_text(".msg.assistant") == expected
 
 
 def test_stop_ends_the_answer_and_frees_the_server(page):

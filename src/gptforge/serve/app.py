@@ -64,17 +64,19 @@ class Service:
             raise ApiError(404, f"the model '{name}' does not exist; this server has '{self.name}'",
                            param="model", code="model_not_found")
 
-    def budget(self, prompt_tokens: int, requested: int | None, default: int | None) -> int:
-        """max_tokens for a prompt: the request's, else the default, else the rest of the context."""
+    def budget(self, prompt_tokens: int, requested: int | None, default: int | None,
+               fields: tuple[str, str] = ("prompt", "max_tokens")) -> int:
+        """max_tokens for a prompt: the request's, else the default, else the rest of the context.
+        `fields` name the prompt and the limit in the errors."""
         if prompt_tokens >= self.context:
             raise ApiError(400, f"the prompt has {prompt_tokens} tokens; this model's context is "
-                                f"{self.context} tokens, with room needed for the answer", param="messages"
-                           if self.chat else "prompt", code="context_length_exceeded")
+                                f"{self.context} tokens, with room needed for the answer", param=fields[0],
+                           code="context_length_exceeded")
         room = self.context - prompt_tokens
         if requested is not None and requested > room:
-            raise ApiError(400, f"max_tokens ({requested}) plus the prompt ({prompt_tokens} tokens) exceeds "
+            raise ApiError(400, f"{fields[1]} ({requested}) plus the prompt ({prompt_tokens} tokens) exceeds "
                                 f"this model's context of {self.context} tokens (at most {room} here)",
-                           param="max_tokens", code="context_length_exceeded")
+                           param=fields[1], code="context_length_exceeded")
         return requested if requested is not None else min(default or room, room)
 
 
@@ -247,8 +249,9 @@ def build_app(service: Service) -> Starlette:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
         prompt = chat_prompt(service.model, messages)
-        requested = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        run = Run(service, [prompt], req, [service.budget(len(prompt), requested, None)],
+        field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        budget = service.budget(len(prompt), getattr(req, field), None, ("messages", field))
+        run = Run(service, [prompt], req, [budget],
                   stop_ids(service.model, chat=True))
         return await _respond(request, run, Reply(service.name, chat=True), req)
 
