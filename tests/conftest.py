@@ -74,3 +74,24 @@ def wide_bpe_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wide") / "tokenizer"
     BPETokenizer(hf.to_str().encode()).save(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def chat_model():
+    """A chat model: a random gpt2-tiny (context 64) whose tokenizer is GPT-2's plus the chat tokens,
+    so it has the chat template; its vocabulary holds every id of that tokenizer."""
+    from gptforge.tokenizer import CHAT_TOKENS, gpt2
+
+    tokenizer = gpt2().with_special_tokens(CHAT_TOKENS)
+    torch.manual_seed(1)
+    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=tokenizer.vocab_size)).eval()
+    model.tokenizer = tokenizer
+    return model
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoint(chat_model, tmp_path_factory):
+    """chat_model saved as a checkpoint (its tokenizer recorded in config.json)."""
+    from gptforge.weights.checkpoint import save_checkpoint
+
+    return save_checkpoint(tmp_path_factory.mktemp("chat") / "checkpoint", chat_model)

@@ -10,10 +10,10 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import bench, convert, evaluate, generate, plot, prepare, runs, tokenizer, train
+from . import bench, chat, convert, evaluate, generate, plot, prepare, runs, serve, tokenizer, train
 from .common import Parser
 
-COMMANDS = (tokenizer, prepare, train, evaluate, generate, convert, runs, plot, bench)  # in the order --help lists them
+COMMANDS = (tokenizer, prepare, train, evaluate, generate, chat, serve, convert, runs, plot, bench)  # --help's order
 
 
 def build_parser() -> argparse.ArgumentParser:

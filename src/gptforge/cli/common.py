@@ -74,3 +74,39 @@ def source_options(args: argparse.Namespace):
 
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+
+
+def add_model_source(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """--checkpoint PATH, or --preset NAME --random-init (seeded by --seed)."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", "--hf", dest="checkpoint", metavar="PATH",
+                     help="checkpoint folder, run folder, Hugging Face GPT-2 folder, or a hub id when "
+                          "online (--hf is another name for it)")
+    src.add_argument("--preset", metavar="NAME", help="model preset (with --random-init)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="use randomly initialised weights for --preset (seeded by --seed)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help=seed_help)
+
+
+def model_from_args(args: argparse.Namespace, dtype: str = "float32"):
+    """The model add_model_source's flags name, ready to decode."""
+    from ..errors import UserError
+    from ..generate import model_for_generation
+
+    if args.preset and not args.random_init:
+        raise UserError("--preset needs --random-init (trained weights come from --checkpoint)")
+    if args.random_init and not args.preset:
+        raise UserError("--random-init needs --preset NAME")
+    return model_for_generation(args.checkpoint, args.preset, args.seed, args.device, dtype)
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int, temperature: float, top_k: int) -> None:
+    """--max-new-tokens, --temperature, --top-k, --top-p with the command's defaults."""
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
+                        help=f"most tokens to generate (default: {max_new_tokens})")
+    parser.add_argument("--temperature", type=float, default=temperature, metavar="T",
+                        help=f"sampling temperature; 0 is greedy decoding (default: {temperature})")
+    parser.add_argument("--top-k", type=int, default=top_k, metavar="K",
+                        help=f"sample only from the K most likely tokens (default: {top_k}; 0 turns it off)")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P",
+                        help="sample only from the smallest set of tokens with probability >= P")

@@ -120,7 +120,7 @@ def _score_shared_context(model: GPT, chunk: list[_Encoded]) -> list[list[float]
         copy = KVCache(shape, len(part), device, model.tok_emb.weight.dtype)  # each row its item's context
         for mine, theirs in zip(copy.keys + copy.values, cache.keys + cache.values):
             torch.index_select(theirs, 0, owner, out=mine)
-        copy.pos = cache.pos
+        copy.lengths = [cache.pos] * len(part)
         lls = _score_rows(model, copy, [(chunk[k].context[-1], cont) for k, _, cont in part])
         for (k, j, _), ll in zip(part, lls):
             out[k][j] = ll

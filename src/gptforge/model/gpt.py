@@ -20,21 +20,66 @@ from .layers import MLP, apply_rotary, make_norm, rotary_angles
 
 
 class KVCache:
-    """Pre-allocated keys and values of every layer, for incremental decoding.
+    """Pre-allocated keys and values of every layer, for incremental decoding, each row at its own
+    length (a batch of independent conversations: see serve/engine.py).
 
     Buffers are allocated once at (batch, n_heads, context_length, head_dim) per layer, so decoding
-    writes into place instead of concatenating a growing tensor at every step.
+    writes into place instead of concatenating a growing tensor at every step. `lengths` says how
+    many positions of each row are filled; a row's next tokens go at its own length. Positions past
+    a row's length may hold stale keys from an earlier use: attention never looks at them.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
         shape = (batch_size, config.n_heads, config.context_length, config.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.pos = 0  # number of positions already filled
+        self.lengths = [0] * batch_size  # positions filled in each row, kept on the host
         self.capacity = config.context_length
 
+    @property
+    def pos(self) -> int:
+        """The length every row shares (a batch decoded in lock step)."""
+        if len(set(self.lengths)) != 1:
+            raise ValueError(f"the rows of this cache have different lengths: {self.lengths}")
+        return self.lengths[0]
+
     def reset(self) -> None:
-        self.pos = 0
+        self.lengths = [0] * len(self.lengths)
+
+    def rows(self, start: int, stop: int, lengths: list[int]) -> KVCache:
+        """Rows start..stop-1 as a cache of their own with the given lengths, sharing this one's
+        memory: a forward pass on it writes into these rows."""
+        view = object.__new__(KVCache)
+        view.keys = [k[start:stop] for k in self.keys]
+        view.values = [v[start:stop] for v in self.values]
+        view.lengths = list(lengths)
+        view.capacity = self.capacity
+        return view
+
+    def copy_row(self, src: int, dst: int, length: int) -> None:
+        """Move row src's first `length` positions into row dst (to keep the live rows together)."""
+        for buffers in (self.keys, self.values):
+            for b in buffers:
+                b[dst, :, :length] = b[src, :, :length]
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) at their positions (B, T) and return every row's keys and
+        values up to the longest row's new end, (B, nh, end, hs)."""
+        T = k.size(2)
+        end = max(self.lengths) + T
+        if len(set(self.lengths)) == 1:  # lock step: one slice per layer
+            start = self.lengths[0]
+            self.keys[layer][:, :, start:end] = k
+            self.values[layer][:, :, start:end] = v
+        else:  # (B, T) index pairs into the (B, ctx) grid of positions, heads carried along
+            rows = torch.arange(k.size(0), device=k.device)[:, None]
+            self.keys[layer].transpose(1, 2)[rows, positions] = k.transpose(1, 2)
+            self.values[layer].transpose(1, 2)[rows, positions] = v.transpose(1, 2)
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.lengths = [length + n for length in self.lengths]
 
 
 class CausalSelfAttention(nn.Module):
@@ -49,7 +94,8 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple | None = None, cache: KVCache | None = None,
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: tuple | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
                 layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads) for t in self.qkv(x).split(C, dim=2))
@@ -61,17 +107,20 @@ class CausalSelfAttention(nn.Module):
 
         mask, is_causal = None, True
         if cache is not None:
-            start, end = cache.pos, cache.pos + T
-            cache.keys[layer][:, :, start:end] = k
-            cache.values[layer][:, :, start:end] = v
-            k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]  # (B, nh, end, hs)
-            if T == 1:
+            k, v = cache.write(layer, k, v, positions)  # (B, nh, end, hs)
+            start = cache.lengths[0]
+            if len(set(cache.lengths)) > 1:
+                # Rows at different lengths: query t of row b sees the keys at positions up to its
+                # own, which also hides whatever a shorter row has past its end.
+                is_causal = False
+                mask = (torch.arange(k.size(2), device=x.device) <= positions[:, :, None])[:, None]
+            elif T == 1:
                 is_causal = False  # one new query may look at every cached key
             elif start > 0:
                 # SDPA's is_causal aligns the mask to the top-left corner, which is wrong when the
                 # queries are the last T of `end` keys; spell the mask out instead.
                 is_causal = False
-                mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
 
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,
@@ -89,9 +138,9 @@ class Block(nn.Module):
         self.ln2 = make_norm(config, config.emb_dim)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, rope: tuple | None = None, cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), rope, cache, layer)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: tuple | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), positions, rope, cache, layer)
         return x + self.mlp(self.ln2(x))
 
 
@@ -154,14 +203,14 @@ class GPT(nn.Module):
         if idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(idx.shape)}")
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + T > self.config.context_length:
+        longest = max(cache.lengths) if cache is not None else 0
+        if longest + T > self.config.context_length:
             raise ValueError(
-                f"sequence of length {start + T} is longer than the model's context length "
+                f"sequence of length {longest + T} is longer than the model's context length "
                 f"({self.config.context_length}); crop the input to the last "
                 f"{self.config.context_length} tokens"
             )
-        positions = torch.arange(start, start + T, device=idx.device).expand(B, T)  # (B, T)
+        positions = self.positions(B, T, cache, idx.device)  # (B, T)
         x = self.tok_emb(idx)  # (B, T, C)
         rope = None
         if self.pos_emb is not None:
@@ -170,15 +219,15 @@ class GPT(nn.Module):
             rope = rotary_angles(positions, self.config.head_dim, self.config.rope_theta)
         x = self.drop(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, rope, cache, layer)
+            x = block(x, positions, rope, cache, layer)
         if cache is not None:
-            cache.pos += T
+            cache.advance(T)
         if not head:  # filling a cache whose logits nobody reads: the LM head is skipped, (B, T, C) out
             return x
         x = self.final_norm(x)
         V, cap = self.config.vocab_size, self.config.logit_softcap
         if targets is None:  # only the real vocabulary's rows: padded ids never get a logit
-            logits = linear(x, self.lm_head.weight[:V])  # (B, T, V)
+            logits = linear(x, self.lm_head.weight[:V], packed=getattr(self.lm_head, "packed", None))  # (B, T, V)
             return cap * torch.tanh(logits / cap) if cap else logits
         # The matmul with aligned shapes, (B, T, padded V); a bias of -inf gives the padded ids
         # no probability, hence no gradient (inside the same addmm when nothing is capped).
@@ -189,6 +238,15 @@ class GPT(nn.Module):
         else:
             logits = F.linear(x, self.lm_head.weight, mask)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    @staticmethod
+    def positions(B: int, T: int, cache: KVCache | None, device) -> torch.Tensor:
+        """(B, T) int64: the position of each input token, each row continuing from its own length
+        in the cache (0 without one)."""
+        steps = torch.arange(T, device=device)
+        if cache is None or len(set(cache.lengths)) == 1:
+            return (steps + (cache.lengths[0] if cache is not None else 0)).expand(B, T)
+        return torch.tensor(cache.lengths, device=device)[:, None] + steps
 
     def num_params(self, include_embeddings: bool = True) -> int:
         """Parameter count, tied weights counted once. Without embeddings it leaves out the token
