@@ -96,7 +96,6 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: tuple | None = None,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-                layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads) for t in self.qkv(x).split(C, dim=2))
         if self.q_norm is not None:
