@@ -111,9 +111,9 @@ def test_the_modern_block_has_what_it_says():
     assert names["blocks.0.attn.q_norm.weight"].shape == (cfg.head_dim,)
     assert cfg.mlp_width == 128 and names["blocks.0.mlp.fc.weight"].shape == (2 * 128, 32)  # [gate; up]
     # zero-initialised projections: every block starts as the identity
-    x = torch.randn(2, 5, 32)
+    x, positions = torch.randn(2, 5, 32), torch.arange(5).expand(2, 5)
     with torch.no_grad():
-        assert torch.equal(model.blocks[0](x, rotary_angles(torch.arange(5).expand(2, 5), 8, 10000.0)), x)
+        assert torch.equal(model.blocks[0](x, positions, rotary_angles(positions, 8, 10000.0)), x)
     # a switch set explicitly wins over the arch's choice
     assert config(arch="modern", tie_embeddings=True, mlp="gelu").tie_embeddings is True
 
