@@ -34,6 +34,7 @@ def test_stats_side_by_side_with_gpt2(tiny_bpe, tiny_bpe_dir, text):
     assert lines[4].split()[-2:] == [f"{n_bytes / ours:.3f}", f"{n_bytes / theirs:.3f}"]
     used = re.findall(r"([\d,]+) \(([\d.]+)%\)", lines[5])
     assert len(used) == 2 and int(used[0][0].replace(",", "")) == len(set(tiny_bpe.encode(text.read_text())))
+    assert lines[6].split() == ["encoded", "by", "tiktoken", "tiktoken"]
 
 
 def test_bad_input_is_one_line(tiny_bpe_dir, tmp_path):

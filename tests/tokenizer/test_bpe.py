@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import pickle
 import random
@@ -13,7 +14,7 @@ from tokenizers import pre_tokenizers
 
 from gptforge.errors import UserError
 from gptforge.tokenizer import CHAT_TOKENS, BPETokenizer, load_tokenizer
-from gptforge.tokenizer.bpe import byte_alphabet
+from gptforge.tokenizer.bpe import PATTERN, byte_alphabet
 
 from helpers import random_unicode
 
@@ -109,3 +110,69 @@ def test_with_special_tokens_adds_new_ids_at_the_end(tiny_bpe):
     assert more.encode("a <|tool|> b") == tiny_bpe.encode("a <|tool|> b")  # still plain text
     assert more.extends(tiny_bpe) is False  # another tokenizer.json: another vocabulary file
     assert more.name != tiny_bpe.name and more.decode([400]) == "<|tool|>"
+
+
+def hard_texts(rng: random.Random) -> list[str]:
+    """Text where two encoders could part: every code point (in runs and alone between letters,
+    digits and spaces), random Unicode, whitespace runs, code, invalid UTF-8 read with replacement,
+    special tokens' literal text, long runs of one character."""
+    every = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    texts = ["".join(every[i:i + 50_000]) for i in range(0, len(every), 50_000)]
+    texts += ["".join(f"{c}a{c} 1{c}\n" for c in every[i:i + 50_000]) for i in range(0, len(every), 50_000)]
+    texts += [random_unicode(rng, rng.randint(0, 2000)) for _ in range(200)]
+    texts += [f"x{a}y{b}z{a}" for a in WHITESPACE for b in WHITESPACE]
+    texts.append(inspect.getsource(json.decoder) + inspect.getsource(random))
+    texts += [bytes(rng.randrange(256) for _ in range(rng.randint(1, 500))).decode("utf-8", "replace")
+              for _ in range(100)]
+    texts += ["<|endoftext|>", "a<|endoftext|>b<|im_start|>user\n<|im_end|>", " <|endoftext|>\n<|im_end|>"]
+    texts += [c * n + tail for c in [" ", "\n", "a", "1", "!", "\u00e9", "\U0001F600", " \n"] for n in (1000, 20_000)
+              for tail in ("", "x", " y")]
+    return texts
+
+
+@pytest.mark.slow  # ~10 s: every code point, in two contexts, through both encoders
+def test_tiktoken_encodes_our_bpe_exactly_like_tokenizers(tiny_bpe, tiny_bpe_dir):
+    assert tiny_bpe.encoder == "tiktoken"  # its merges pass fast_bpe's checks
+    hf, rng = reference(tiny_bpe_dir), random.Random(2)
+    texts = hard_texts(rng)
+    for text, expected in zip(texts, hf.encode_batch_fast(texts, add_special_tokens=False)):
+        ids = tiny_bpe.encode(text)
+        assert ids == expected.ids, text[:80]
+        assert tiny_bpe.decode(ids) == text
+    assert tiny_bpe.encode("a\ud800b") == hf.encode("a\ufffdb", add_special_tokens=False).ids  # lone surrogate
+
+
+def ambiguous_bpe() -> BPETokenizer:
+    """A BPE whose token "abc" is recorded as ab + c, though "bc" is merged before "ab": `tokenizers`
+    leaves "abc" as a + bc, while tiktoken, merging whatever spells a token, would make it abc."""
+    from tokenizers import models
+
+    from gptforge.tokenizer.train import SPECIAL_TOKENS, empty_tokenizer
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(sorted(byte_alphabet())))}
+    merges = [("b", "c"), ("a", "b"), ("ab", "c"), ("Ġ", "x")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    hf = empty_tokenizer()
+    hf.model = models.BPE(vocab=vocab, merges=merges)
+    hf.add_special_tokens(list(SPECIAL_TOKENS))
+    return BPETokenizer(hf.to_str().encode())
+
+
+def test_a_bpe_tiktoken_would_encode_differently_stays_on_tokenizers(tiny_bpe):
+    import tiktoken
+
+    bpe = ambiguous_bpe()
+    assert bpe.encoder == "tokenizers" and bpe.fast is None
+    ranks = {bpe.token_bytes(i): i for i in range(len(bpe.special_tokens), bpe.vocab_size)}
+    naive = tiktoken.Encoding("naive", pat_str=PATTERN, mergeable_ranks=ranks, special_tokens={})
+    ids = {t: bpe.hf.token_to_id(t) for t in ["a", "bc", "abc"]}
+    assert naive.encode_ordinary("abc") == [ids["abc"]]  # what a tiktoken twin would say
+    assert bpe.encode("abc") == [ids["a"], ids["bc"]] == bpe.hf.encode("abc", add_special_tokens=False).ids
+    for text in hard_texts(random.Random(3))[-60:]:
+        assert bpe.encode(text) == bpe.hf.encode(text, add_special_tokens=False).ids
+    # Another pipeline (a prefix space before each text) is not tiktoken's either.
+    doc = json.loads(tiny_bpe.json_bytes)
+    doc["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = True
+    other = BPETokenizer(json.dumps(doc).encode())
+    assert other.encoder == "tokenizers" and other.encode("hi") == other.hf.encode("hi", add_special_tokens=False).ids

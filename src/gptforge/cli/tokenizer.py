@@ -118,7 +118,8 @@ def _stats(args) -> int:
     rows = [("tokenizer", lambda r: r["tokenizer"]), ("vocabulary", lambda r: f"{r['vocab_size']:,}"),
             ("tokens", lambda r: f"{r['tokens']:,}"),
             ("bytes per token", lambda r: "-" if math.isnan(r["bytes_per_token"]) else f"{r['bytes_per_token']:.3f}"),
-            ("ids used", lambda r: f"{r['ids_used']:,} ({100 * r['coverage']:.1f}%)")]
+            ("ids used", lambda r: f"{r['ids_used']:,} ({100 * r['coverage']:.1f}%)"),
+            ("encoded by", lambda r: r["encoder"])]
     for label, cell in rows:
         print(f"{label:<16}" + "".join(f"{cell(r):>24}" for r in results))
     return 0

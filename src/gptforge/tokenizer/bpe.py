@@ -23,6 +23,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from ..errors import UserError, first_line
 from ..files import atomic_write, read_json, sha256_file, write_json
 from .base import EOT_TOKEN, Tokenizer, replace_surrogates
+from .fast_bpe import tiktoken_twin
 
 TOKENIZER_JSON = "tokenizer.json"
 META = "meta.json"
@@ -101,11 +102,16 @@ class BPETokenizer(Tokenizer):
         self.vocab_size = hf.get_vocab_size(with_added_tokens=True)
         self.table = _token_bytes_table(hf, self.special_tokens, where)
         self.meta = dict(meta or {})
+        # tiktoken encodes ~10x faster, and gives the same ids where fast_bpe can prove it.
+        self.fast = tiktoken_twin(json.loads(json_bytes), self.table, self.special_tokens, PATTERN)
+        self.encoder = "tokenizers" if self.fast is None else "tiktoken"
 
     def __reduce__(self):
         return BPETokenizer, (self.json_bytes, self.meta)
 
     def encode(self, text: str) -> list[int]:
+        if self.fast is not None:
+            return self.fast.encode_ordinary(text)  # special tokens' text stays text
         try:
             # encode_batch_fast skips the offsets encode() computes: ~3x faster on one text.
             return self.hf.encode_batch_fast([text], add_special_tokens=False)[0].ids

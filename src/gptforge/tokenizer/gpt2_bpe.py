@@ -54,6 +54,7 @@ class GPT2Tokenizer(Tokenizer):
 
     kind = "gpt2"
     sha256 = VOCAB_BPE_SHA256
+    encoder = "tiktoken"
     # A lone space or newline between two non-space characters starts a new pre-token in GPT-2's
     # pattern (`'s|'t|...| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`): no pre-token runs
     # from a non-space character into the whitespace after it, and the one starting at the

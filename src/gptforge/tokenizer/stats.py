@@ -49,7 +49,7 @@ def measure(tokenizers: list[Tokenizer], texts: Iterable[str]) -> list[dict[str,
                         "bytes": n_bytes, "characters": n_chars,
                         "bytes_per_token": n_bytes / tokens if tokens else float("nan"),
                         "characters_per_token": n_chars / tokens if tokens else float("nan"),
-                        "ids_used": used, "coverage": used / ordinary})
+                        "ids_used": used, "coverage": used / ordinary, "encoder": tokenizer.encoder})
     return results
 
 
