@@ -57,22 +57,13 @@ def tiny_bpe(tiny_bpe_dir):
 def wide_bpe_dir(tmp_path_factory):
     """A tokenizer folder whose ids do not fit in 16 bits: the 256 bytes at 70,000 and
     up (after 69,997 unreachable filler tokens), 70,260 in all: every id it produces is above 65,535."""
-    from tokenizers import models
+    from gptforge.tokenizer.train import SPECIAL_TOKENS
 
-    from gptforge.tokenizer import BPETokenizer
-    from gptforge.tokenizer.bpe import byte_alphabet
-    from gptforge.tokenizer.train import SPECIAL_TOKENS, empty_tokenizer
+    from helpers import handmade_bpe
 
-    fillers = [f"\u0100\u0100{i}" for i in range(70_000 - len(SPECIAL_TOKENS))]
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(fillers) + tuple(sorted(byte_alphabet())))}
-    merges = [("t", "h"), ("th", "e"), ("Ġ", "the"), ("a", "n")]
-    for a, b in merges:
-        vocab[a + b] = len(vocab)
-    hf = empty_tokenizer()
-    hf.model = models.BPE(vocab=vocab, merges=merges)
-    hf.add_special_tokens(list(SPECIAL_TOKENS))
+    fillers = tuple(f"\u0100\u0100{i}" for i in range(70_000 - len(SPECIAL_TOKENS)))
     folder = tmp_path_factory.mktemp("wide") / "tokenizer"
-    BPETokenizer(hf.to_str().encode()).save(folder)
+    handmade_bpe([("t", "h"), ("th", "e"), ("Ġ", "the"), ("a", "n")], fillers).save(folder)
     return folder
 
 

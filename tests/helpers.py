@@ -183,3 +183,21 @@ def turn_ends_after(model, token: int):
         yield
     finally:
         handle.remove()
+
+
+def handmade_bpe(merges: list[tuple[str, str]], fillers: tuple[str, ...] = ()):
+    """A BPETokenizer from a hand-written merge list: the special tokens, then `fillers` (tokens no
+    merge makes, to push the ids up), the 256 byte tokens, and one token per merge, in order."""
+    from tokenizers import models
+
+    from gptforge.tokenizer import BPETokenizer
+    from gptforge.tokenizer.bpe import byte_alphabet
+    from gptforge.tokenizer.train import SPECIAL_TOKENS, empty_tokenizer
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + fillers + tuple(sorted(byte_alphabet())))}
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    hf = empty_tokenizer()
+    hf.model = models.BPE(vocab=vocab, merges=merges)
+    hf.add_special_tokens(list(SPECIAL_TOKENS))
+    return BPETokenizer(hf.to_str().encode())

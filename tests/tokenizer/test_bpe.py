@@ -16,7 +16,7 @@ from gptforge.errors import UserError
 from gptforge.tokenizer import CHAT_TOKENS, BPETokenizer, load_tokenizer
 from gptforge.tokenizer.bpe import PATTERN, byte_alphabet
 
-from helpers import random_unicode
+from helpers import handmade_bpe, random_unicode
 
 WHITESPACE = ["", " ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n ", "\u00a0", "\u3000", "\u2028", " \t\n\r\x0b\x0c"]
 
@@ -145,18 +145,7 @@ def test_tiktoken_encodes_our_bpe_exactly_like_tokenizers(tiny_bpe, tiny_bpe_dir
 def ambiguous_bpe() -> BPETokenizer:
     """A BPE whose token "abc" is recorded as ab + c, though "bc" is merged before "ab": `tokenizers`
     leaves "abc" as a + bc, while tiktoken, merging whatever spells a token, would make it abc."""
-    from tokenizers import models
-
-    from gptforge.tokenizer.train import SPECIAL_TOKENS, empty_tokenizer
-
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(sorted(byte_alphabet())))}
-    merges = [("b", "c"), ("a", "b"), ("ab", "c"), ("Ġ", "x")]
-    for a, b in merges:
-        vocab[a + b] = len(vocab)
-    hf = empty_tokenizer()
-    hf.model = models.BPE(vocab=vocab, merges=merges)
-    hf.add_special_tokens(list(SPECIAL_TOKENS))
-    return BPETokenizer(hf.to_str().encode())
+    return handmade_bpe([("b", "c"), ("a", "b"), ("ab", "c"), ("Ġ", "x")])
 
 
 def test_a_bpe_tiktoken_would_encode_differently_stays_on_tokenizers(tiny_bpe):
