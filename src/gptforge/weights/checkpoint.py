@@ -13,6 +13,7 @@ the model's vocabulary padding: weights and optimizer moments are saved with voc
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -24,6 +25,7 @@ from ..errors import UserError, first_line
 from ..files import atomic_folder, read_json, sha256_file
 from ..model import GPT
 from ..model.gpt import VOCAB_ROW_PARAMS, vocab_rows
+from ..model.lora import adapter_state
 
 WEIGHTS = "model.safetensors"
 TRAIN_STATE = "train_state.pt"
@@ -47,13 +49,23 @@ def _moments(optimizer_state: dict, config: GPTConfig, padded: bool) -> None:
 def save_checkpoint(path: str | Path, model: GPT, train_config: dict | None = None,
                     train_state: dict | None = None, weights: dict | None = None) -> Path:
     """Write a complete checkpoint folder at `path` (see atomic_folder). `weights` replaces
-    model.state_dict() (a sharded model's gathered full state, which still has padded rows)."""
+    model.state_dict() (a sharded model's gathered full state, which still has padded rows).
+    A model with LoRA adapters (its `lora` attribute says how they were made, and from which base)
+    saves only the adapter, and that record (see weights.load.load_lora)."""
     path = Path(path)
     config = model.config
+    weights = model.state_dict() if weights is None else weights
+    lora = getattr(model, "lora", None)
+    if lora is not None:
+        if "base" not in lora:
+            raise ValueError("a LoRA model is saved with its base model's identity in model.lora['base'] "
+                             "(see weights.load.base_identity)")
+        weights = adapter_state(weights, config.tie_embeddings)
+        base = lora["base"]
+        lora = {**lora, "base": {**base, "relative": os.path.relpath(base["path"], path.resolve())}}
     with atomic_folder(path) as tmp:
         weights = {k: (vocab_rows(v, config, padded=False) if k in VOCAB_ROW_PARAMS else v).detach().contiguous().cpu()
-                   for k, v in (model.state_dict() if weights is None else weights).items()
-                   if not (k == TIED_KEY and config.tie_embeddings)}
+                   for k, v in weights.items() if not (k == TIED_KEY and config.tie_embeddings)}
         save_file(weights, tmp / WEIGHTS)
         files = [WEIGHTS]
         if train_state is not None:
@@ -66,6 +78,8 @@ def save_checkpoint(path: str | Path, model: GPT, train_config: dict | None = No
             "train": train_config or {},
             "files": {name: sha256_file(tmp / name) for name in files},
         }
+        if lora is not None:
+            meta["lora"] = lora
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")  # last: marks it complete
     return path
 

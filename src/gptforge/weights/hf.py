@@ -39,7 +39,7 @@ _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
-def _hf_names(config: GPTConfig) -> dict[str, tuple[str, bool]]:
+def hf_names(config: GPTConfig) -> dict[str, tuple[str, bool]]:
     """Hugging Face name (without the "transformer." prefix) -> (our name, is a Conv1D weight)."""
     names = {
         "wte.weight": ("tok_emb.weight", False),
@@ -197,7 +197,7 @@ def load_hf_model(name_or_path: str | Path, device: str | torch.device = "cpu") 
     with torch.device("meta"):
         model = GPT(config)  # shapes only; the tensors loaded below replace its parameters
     shapes = {name: t.shape for name, t in model.state_dict().items()}
-    names = _hf_names(config)
+    names = hf_names(config)
 
     loaders: dict[str, tuple[Path, Callable[[], torch.Tensor]]] = {}
     for file in _weight_files(folder):
@@ -264,7 +264,7 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """Our weights under GPT2LMHeadModel's names and layouts, as contiguous CPU tensors."""
     ours = model.state_dict()
     out = {}
-    for hf_name, (name, conv) in _hf_names(model.config).items():
+    for hf_name, (name, conv) in hf_names(model.config).items():
         if name in ours:
             tensor = ours[name].detach().cpu()
         else:  # no qkv bias: GPT-2 always has one, and a zero bias is exactly equivalent
