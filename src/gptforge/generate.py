@@ -114,6 +114,20 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx.clone()
 
 
+def complete_ids(model: GPT, ids: list[int], max_new_tokens: int, eos_id: int | None = None,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, use_cache: bool = True) -> list[int]:
+    """The new ids of one continuation of `ids` (greedy by default), up to and without eos_id."""
+    idx = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)
+    generator = None if seed is None else torch.Generator(device=idx.device).manual_seed(seed)
+    out = []
+    for tokens, _ in stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id, use_cache, generator):
+        if int(tokens[0]) == eos_id:
+            break
+        out.append(int(tokens[0]))
+    return out
+
+
 def prompt_ids(model: GPT, prompt: str, rows: int = 1) -> torch.Tensor:
     """(rows, n) ids of a prompt for `model` (see tokenizer.encode_prompt), on its device. A prompt
     longer than the context is kept whole (generation crops it), with a notice on stderr."""

@@ -10,7 +10,6 @@ from gptforge.model.lora import (
     adapter_state,
     load_adapter,
     merge_lora,
-    parse_targets,
     trainable_count,
 )
 from gptforge.model.vocab import grow_vocabulary
@@ -109,12 +108,3 @@ def test_new_rows_start_as_the_mean_row():
     torch.testing.assert_close(grown.tok_emb.weight[:257], base.tok_emb.weight[:257], rtol=0, atol=0)
     assert grown.lm_head.weight is grown.tok_emb.weight
     assert grown.config.vocab_size == 259
-
-
-def test_targets_are_checked():
-    assert parse_targets("mlp_out, qkv") == ("qkv", "mlp_out")
-    assert parse_targets(["attn_out"]) == ("attn_out",)
-    with pytest.raises(ValueError, match="unknown LoRA target.*c_attn"):
-        parse_targets("c_attn")
-    with pytest.raises(ValueError, match="none given"):
-        parse_targets("")

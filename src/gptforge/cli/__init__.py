@@ -10,10 +10,10 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import bench, convert, evaluate, generate, plot, prepare, train
+from . import bench, convert, evaluate, finetune, generate, plot, prepare, train
 from .common import Parser
 
-COMMANDS = (prepare, train, evaluate, generate, convert, plot, bench)  # in the order --help lists them
+COMMANDS = (prepare, train, finetune, evaluate, generate, convert, plot, bench)  # in the order --help lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

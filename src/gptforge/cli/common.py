@@ -18,12 +18,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per field of a config dataclass: --field-name, its docstring as help, a Literal's
-    values as choices, --x/--no-x for booleans. Unset flags are absent from the parsed args, so
-    they never override a config file."""
+    """One flag per field of a config dataclass (none for those in cls.cli_hidden): --field-name,
+    its docstring as help, a Literal's values as choices, --x/--no-x for booleans. Unset flags are
+    absent from the parsed args, so they never override a config file."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     for field in dataclasses.fields(cls):
+        if field.name in getattr(cls, "cli_hidden", ()):
+            continue
         flag = "--" + field.name.replace("_", "-")
         kind = base_type(hints[field.name])
         default = "" if field.default is None else f" (default: {field.default})"

@@ -47,15 +47,15 @@ def resolve_model_path(path: str | Path) -> str | Path:
     return checkpoints[-1]
 
 
-def load_any(path: str | Path, device: str | torch.device = "cpu") -> GPT:
+def load_any(path: str | Path, device: str | torch.device = "cpu", base: str | Path | None = None) -> GPT:
     """A model in eval mode from any of: a gptforge checkpoint folder (its weights checked
     against their sha256), a run folder (its newest checkpoint), a LoRA checkpoint or run (its
-    base model with the adapter merged in), a Hugging Face GPT-2 folder, or a Hugging Face hub id
-    (fetched when online, or from the cache)."""
+    base model, found where it was or at `base`, with the adapter merged in), a Hugging Face
+    GPT-2 folder, or a Hugging Face hub id (fetched when online, or from the cache)."""
     resolved = Path(resolve_model_path(path))
     if resolved.exists() and not is_hf_folder(resolved):
         if "lora" in read_checkpoint_config(resolved):
-            return merge_lora(load_lora(resolved, device)).eval()
+            return merge_lora(load_lora(resolved, device, base)).eval()
         return load_checkpoint(resolved, device)
     return load_hf_model(resolved, device)  # a folder, a hub id, or an error that says what to do
 
@@ -106,6 +106,14 @@ def base_identity(spec: str | Path) -> dict:
     if not resolved.exists():
         resolved = resolve_hf_folder(resolved)
     return {"path": str(resolved.resolve()), "sha256": weights_sha256(resolved)}
+
+
+def lora_checkpoint(path: str | Path) -> Path:
+    """The checkpoint a LoRA checkpoint or run names; one line when it holds no adapter."""
+    resolved = Path(resolve_model_path(path))
+    if not (resolved.is_dir() and not is_hf_folder(resolved) and "lora" in read_checkpoint_config(resolved)):
+        raise UserError(f"{path} is not a LoRA checkpoint (fine-tune with --lora-rank to make one)")
+    return resolved
 
 
 def find_base(checkpoint: Path, lora: dict, base: str | Path | None = None) -> Path:

@@ -22,12 +22,11 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from ..config import GPTConfig
-from ..errors import UserError
 from ..files import atomic_folder, check_output_folder
 from ..model.lora import ROWS_KEY
 from .checkpoint import WEIGHTS, read_checkpoint_config, verify_checkpoint
 from .hf import hf_names
-from .load import resolve_model_path
+from .load import lora_checkpoint
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -73,10 +72,8 @@ def export_peft(checkpoint: str | Path, out: str | Path, overwrite: bool = False
     """Write the adapter of a LoRA checkpoint (or run) as a PEFT adapter folder, atomically."""
     out = Path(out)
     check_output_folder(out, overwrite)
-    resolved = Path(resolve_model_path(checkpoint))
-    meta = read_checkpoint_config(resolved) if resolved.is_dir() else {}
-    if "lora" not in meta:
-        raise UserError(f"{checkpoint} is not a LoRA checkpoint (fine-tune with --lora-rank to make one)")
+    resolved = lora_checkpoint(checkpoint)
+    meta = read_checkpoint_config(resolved)
     verify_checkpoint(resolved, (WEIGHTS,))
     config = GPTConfig.from_dict(meta["model"])
     with atomic_folder(out) as tmp:
