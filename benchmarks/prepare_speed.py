@@ -36,7 +36,7 @@ import numpy as np
 from gptforge.data import load_corpus, read_documents
 from gptforge.data.encode import default_workers
 from gptforge.data.split import val_documents
-from gptforge.tokenizer import EOT_ID, get_tokenizer
+from gptforge.tokenizer import gpt2
 
 RUN_PREPARE = """
 import json, sys, time
@@ -83,7 +83,7 @@ def make_corpus(folder: Path, size_mb: int, seed: int = 0) -> list[Path]:
 
 def baseline(files: list[Path], workdir: Path) -> dict:
     """Single-threaded encode_ordinary over every document; the expected streams written to disk."""
-    enc = get_tokenizer()
+    enc = gpt2().encoding
     is_val = val_documents(len(files), 0.1, 0)  # the split prepare's default (auto -> documents) makes
     outs = [open(workdir / f"expected-{s}.bin", "wb") for s in ("train", "val")]
     started = [False, False]
@@ -96,7 +96,7 @@ def baseline(files: list[Path], workdir: Path) -> dict:
             ids = enc.encode_ordinary(text)
             seconds += time.perf_counter() - t
             if repeat == 0:
-                np.asarray(([EOT_ID] if started[val] else []) + ids, dtype=np.uint16).tofile(outs[val])
+                np.asarray(([enc.eot_token] if started[val] else []) + ids, dtype=np.uint16).tofile(outs[val])
                 started[val] = True
             tokens, chars = tokens + len(ids), chars + len(text)
             del ids
@@ -110,7 +110,7 @@ def baseline(files: list[Path], workdir: Path) -> dict:
 
 def thread_pool(files: list[Path], threads: int = 2) -> dict:
     """tiktoken's own thread pool, 64 documents per call (timing the calls only)."""
-    enc = get_tokenizer()
+    enc = gpt2().encoding
     seconds, tokens = 0.0, 0
     for i in range(0, len(files), 64):
         texts = [p.read_text(encoding="utf-8") for p in files[i:i + 64]]

@@ -26,6 +26,9 @@ print()
 for text in gptforge.generate_texts(model, "To be, or not to be", 3, max_new_tokens=15, temperature=1.0, seed=2):
     print(repr(text))
 
-# One level down: token ids in, token ids out (greedy decoding, with the KV cache).
-ids = gptforge.generate(model, gptforge.text_to_ids("Every effort moves you"), max_new_tokens=10, temperature=0)
-print("greedy:", gptforge.ids_to_text(ids))
+# One level down: token ids in, token ids out (greedy decoding, with the KV cache), encoded and
+# decoded by the model's own tokenizer.
+tokenizer = gptforge.tokenizer_of(model)
+ids = gptforge.generate(model, gptforge.text_to_ids("Every effort moves you", tokenizer), max_new_tokens=10,
+                        temperature=0)
+print("greedy:", gptforge.ids_to_text(ids, tokenizer))

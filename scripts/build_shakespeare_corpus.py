@@ -81,9 +81,9 @@ def main() -> int:
     (OUT_DIR / "shakespeare.json.xz").write_bytes(compressed)
 
     # Token count as `gptforge prepare builtin:shakespeare` sees it: works joined by <|endoftext|>.
-    from gptforge.tokenizer import get_tokenizer
+    from gptforge.tokenizer import gpt2
 
-    enc = get_tokenizer()
+    enc = gpt2().encoding
     n_chars = sum(len(d["text"]) for d in documents)
     n_tokens = sum(len(enc.encode_ordinary(d["text"])) for d in documents) + len(documents) - 1
     (OUT_DIR / "PROVENANCE.md").write_text(provenance(sources, documents, len(compressed), n_chars, n_tokens))

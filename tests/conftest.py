@@ -34,3 +34,20 @@ def tiny_checkpoint(tmp_path_factory):
 
     torch.manual_seed(0)
     return save_checkpoint(tmp_path_factory.mktemp("tiny") / "checkpoint", GPT(GPTConfig.from_preset("gpt2-tiny")))
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_dir(text, tmp_path_factory):
+    """A folder from `gptforge tokenizer train`: a byte-level BPE of 400 ids trained on `text`."""
+    from gptforge.tokenizer.train import train_tokenizer
+
+    folder = tmp_path_factory.mktemp("bpe") / "tokenizer"
+    train_tokenizer([str(text)], folder, vocab_size=400, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe(tiny_bpe_dir):
+    from gptforge.tokenizer import load_tokenizer
+
+    return load_tokenizer(tiny_bpe_dir)

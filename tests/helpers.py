@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from gptforge.data import load_corpus, read_documents
-from gptforge.tokenizer import EOT_ID, get_tokenizer
+from gptforge.tokenizer import gpt2
+
+EOT_ID = gpt2().eot_id  # GPT-2's <|endoftext|>, which the corpora in these tests separate documents with
 
 
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
@@ -45,7 +48,7 @@ def position_tokens(n: int) -> np.ndarray:
 
 
 def encode(text: str) -> list[int]:
-    return get_tokenizer().encode_ordinary(text)
+    return gpt2().encoding.encode_ordinary(text)  # tiktoken itself
 
 
 def read_split(out: Path, split: str) -> list[int]:
@@ -109,3 +112,19 @@ def shard_files(tmp_path: Path, tokens: np.ndarray, sizes: list[int]):
         start += n
     assert start == len(tokens)
     return open_tokens(paths, sizes)
+
+
+def random_unicode(rng: random.Random, n: int) -> str:
+    """n random characters from many scripts (emoji, combining marks, private use, astral planes),
+    with spaces, tabs, newlines, contractions and digits mixed in."""
+    ranges = [(0x20, 0x7E), (0x0, 0x1F), (0xA0, 0x24F), (0x370, 0x3FF), (0x400, 0x4FF),
+              (0x590, 0x6FF), (0x900, 0x97F), (0x3040, 0x30FF), (0x4E00, 0x9FFF),
+              (0xAC00, 0xD7A3), (0x1F300, 0x1FAFF), (0x300, 0x36F), (0xE000, 0xF8FF),
+              (0x10000, 0x10FFFF)]
+    out = []
+    for _ in range(n):
+        lo, hi = rng.choice(ranges)
+        out.append(chr(rng.randint(lo, hi)))
+        if rng.random() < 0.15:
+            out.append(rng.choice([" ", "  ", "\n", "\t", "\r\n", "'s", "'ll", " 123", "..."]))
+    return "".join(out)

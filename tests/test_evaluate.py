@@ -21,15 +21,17 @@ from gptforge.evaluate import (
     perplexity,
 )
 from gptforge.model import GPT
-from gptforge.tokenizer import EOT_ID, get_tokenizer
+from gptforge.tokenizer import gpt2
 from gptforge.weights.checkpoint import save_checkpoint
+
+from helpers import EOT_ID
 
 TEXT = ("It was a bright cold day in April, and the clocks were striking thirteen. "
         "Caf\u00e9 na\u00efvet\u00e9 \u2014 \u65e5\u672c\u8a9e \U0001F600 costs \u20ac5.\n") * 6
 
 
 def tokens_of(text: str) -> np.ndarray:
-    return np.asarray(get_tokenizer().encode_ordinary(text), dtype=np.uint16)
+    return np.asarray(gpt2().encoding.encode_ordinary(text), dtype=np.uint16)
 
 
 @pytest.fixture
@@ -96,7 +98,7 @@ def test_evaluate_tokens_scores_every_token_once(model, n_extra):
     ids = ids[:n]
     # The reference: non-overlapping windows at 0, L, 2L, ..., each scored on its own.
     total = sum(reference_nll(model, ids[s:s + L + 1]).sum().item() for s in range(0, n - 1, L))
-    target_bytes = len(get_tokenizer().decode_bytes(ids[1:]))
+    target_bytes = len(gpt2().encoding.decode_bytes(ids[1:]))
 
     result = evaluate_tokens(model, np.array(ids, dtype=np.uint16), batch_size=2)  # 2 does not divide 5
     assert result["tokens"] == n - 1
@@ -120,7 +122,7 @@ def test_evaluate_tokens_two_tokens_and_too_few(model):
 def test_endoftext_counts_zero_bytes(model):
     a, b = tokens_of("Hello there, friend."), tokens_of(" Goodbye now.")
     ids = np.concatenate([a, [EOT_ID], b]).astype(np.uint16)
-    expected = len(get_tokenizer().decode_bytes(a[1:].tolist() + b.tolist()))
+    expected = len(gpt2().encoding.decode_bytes(a[1:].tolist() + b.tolist()))
     assert evaluate_tokens(model, ids)["bytes"] == expected
 
 
@@ -149,7 +151,7 @@ def test_evaluate_path_on_corpus_text_file_and_folder(model, tmp_path):
     on_file = evaluate_path(ckpt, text_file, progress=False)
     expected = evaluate_tokens(model, tokens_of(TEXT))
     assert on_file["loss"] == pytest.approx(expected["loss"], rel=1e-6)
-    assert on_file["bytes"] == expected["bytes"] == len(TEXT.encode()) - len(get_tokenizer().decode_bytes(
+    assert on_file["bytes"] == expected["bytes"] == len(TEXT.encode()) - len(gpt2().encoding.decode_bytes(
         tokens_of(TEXT)[:1].tolist()))
     assert on_file["split"] is None
 

@@ -7,7 +7,7 @@ from .data import prepare_corpus
 from .errors import UserError
 from .generate import generate, generate_text, generate_texts
 from .model import GPT, prepare_for_decoding
-from .tokenizer import get_tokenizer, ids_to_text, text_to_ids
+from .tokenizer import Tokenizer, ids_to_text, load_tokenizer, text_to_ids, tokenizer_of
 from .training import train
 from .weights import load_any
 
@@ -18,6 +18,6 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["GPT", "GPTConfig", "PRESETS", "TrainConfig", "UserError", "generate", "generate_text",
-           "generate_texts", "get_tokenizer", "ids_to_text", "load_any", "load_model", "prepare_corpus",
-           "prepare_for_decoding", "text_to_ids", "train", "__version__"]
+__all__ = ["GPT", "GPTConfig", "PRESETS", "Tokenizer", "TrainConfig", "UserError", "generate", "generate_text",
+           "generate_texts", "ids_to_text", "load_any", "load_model", "load_tokenizer", "prepare_corpus",
+           "prepare_for_decoding", "text_to_ids", "tokenizer_of", "train", "__version__"]

@@ -15,7 +15,7 @@ from typing import Literal
 
 from .checks import require_int, require_number
 from .errors import UserError
-from .tokenizer import GPT2_VOCAB_SIZE
+from .tokenizer.gpt2_bpe import GPT2_VOCAB_SIZE
 
 
 def rule(default, *, minimum: float | None = None, below: float | None = None, strict: bool = False,
@@ -156,6 +156,8 @@ class TrainConfig:
     """Prepared corpus folder, or text to split 90/10 by characters (file, folder, glob, builtin:NAME)."""
     val_data: str | None = None
     """Separate validation text or prepared corpus (default: the val split of --data)."""
+    tokenizer: str | None = None
+    """gpt2 or a folder from `gptforge tokenizer train`, for text --data (default: a corpus's own, else gpt2)."""
     out: str | None = None
     """Run folder for checkpoints, metrics.jsonl and loss.png (default: runs/<timestamp>)."""
     preset: str = "gpt2-mini"

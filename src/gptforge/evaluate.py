@@ -9,7 +9,6 @@ context: the cheapest full pass, at the price of short contexts at the start of 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import os
 from collections.abc import Iterable, Iterator
@@ -26,7 +25,7 @@ from .data import as_token_array, is_corpus, load_corpus, tokenize
 from .data.split import SPLITS
 from .device import pick_device
 from .errors import UserError
-from .tokenizer import EOT_ID, get_tokenizer
+from .tokenizer import tokenizer_of
 from .weights import load_any, resolve_model_path
 
 
@@ -82,21 +81,14 @@ def bits_per_byte(total_nats: float, n_bytes: int) -> float:
     return total_nats / (math.log(2) * n_bytes) if n_bytes > 0 else float("nan")
 
 
-@functools.lru_cache(maxsize=None)
-def token_byte_lengths() -> np.ndarray:
-    """UTF-8 byte length of every GPT-2 token id, (50257,) int64; <|endoftext|> is 0 bytes."""
-    enc = get_tokenizer()
-    lengths = np.array([len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)], dtype=np.int64)
-    lengths[EOT_ID] = 0  # a document separator, not text: it must not inflate the byte count
-    return lengths
-
-
 def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, batch_size: int = 8,
                     device: torch.device | str | None = None, progress: bool = False) -> dict[str, Any]:
     """Loss, perplexity and bits per byte of a token stream, every token after the first scored once.
 
     Windows of the model's context length L start at 0, L, 2L, ...; window s reads tokens[s:s+L]
-    and predicts tokens[s+1:s+L+1]; a final shorter window predicts whatever is left.
+    and predicts tokens[s+1:s+L+1]; a final shorter window predicts whatever is left. The bytes
+    come from the model's tokenizer (tokenizer_of): each token's UTF-8 length, 0 for a special
+    token such as the document separator, which stands for no text.
     """
     tokens = as_token_array(tokens)  # a memmap or sharded corpus stays on disk: read batch by batch
     n = len(tokens) if tokens.ndim == 1 else 0
@@ -105,7 +97,7 @@ def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, batch_size: int 
     if batch_size < 1:
         raise UserError(f"batch size must be a positive integer, got {batch_size}")
     L = model.config.context_length
-    byte_lengths = token_byte_lengths()
+    byte_lengths = tokenizer_of(model).token_byte_lengths()
     max_id = min(model.config.vocab_size, len(byte_lengths))  # ids the model and the table both know
     device = torch.device(device) if device is not None else _model_device(model)
 
@@ -120,8 +112,9 @@ def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, batch_size: int 
         for group_starts, length in tqdm(groups, desc="evaluating", unit="batch", disable=not progress):
             rows = tokens[group_starts[:, None] + np.arange(length + 1)].astype(np.int64)  # (B, length+1)
             if rows.max() >= max_id:
-                raise UserError(f"the data holds token id {int(rows.max())}, outside the model's vocabulary "
-                                f"of {model.config.vocab_size}; was it prepared with the GPT-2 tokenizer?")
+                raise UserError(f"the data holds token id {int(rows.max())}, outside the vocabulary of the model "
+                                f"({model.config.vocab_size}) or its tokenizer {tokenizer_of(model).name} "
+                                f"({len(byte_lengths)}); was it prepared with that tokenizer?")
             rows_t = torch.from_numpy(rows).to(device)
             logits = model(rows_t[:, :-1])  # (B, length, V)
             # Upcast so a reduced-precision model still sums its losses in fp32 before fp64.
@@ -138,22 +131,29 @@ def evaluate_path(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_
                   device: torch.device | str = "cpu", split: str = "val", progress: bool = True
                   ) -> dict[str, Any]:
     """Evaluate a model (anything load_any takes) on a prepared corpus's `split`, or on all of a text
-    file / folder / glob (every document, joined as `prepare` would). A corpus's shards are checked
-    against their sha256 first. The result is evaluate_tokens's dict plus checkpoint, data and split."""
+    file / folder / glob (every document, joined as `prepare` would, with the model's own
+    tokenizer). A corpus's shards are checked against their sha256 first, and a corpus prepared
+    with another tokenizer than the model's is refused. The result is evaluate_tokens's dict plus
+    checkpoint, data and split."""
     checkpoint = resolve_model_path(checkpoint)
     device = pick_device(device) if isinstance(device, str) else device
     model = load_any(checkpoint, device)  # fails fast, before any tokenizing
+    tokenizer = tokenizer_of(model)
     folder = Path(data)
     if is_corpus(folder):
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-        tokens = getattr(load_corpus(folder, verify=True), split)
+        corpus = load_corpus(folder, verify=True)
+        if not tokenizer.extends(corpus.tokenizer):
+            raise UserError(f"{folder} was prepared with tokenizer {corpus.tokenizer.name}, but the model uses "
+                            f"{tokenizer.name}; evaluate text, or a corpus prepared with the model's tokenizer")
+        tokens = getattr(corpus, split)
         if len(tokens) < 2:
             raise UserError(f"the {split} split of {folder} has {len(tokens)} token(s), too few to evaluate; "
                             f"choose the other split or evaluate a text file")
         used_split: str | None = split
     else:
-        tokens, used_split = tokenize([str(data)], progress=progress)[0], None
+        tokens, used_split = tokenize([str(data)], progress=progress, tokenizer=tokenizer)[0], None
     result = evaluate_tokens(model, tokens, batch_size=batch_size, device=device, progress=progress)
     return {**result, "checkpoint": str(checkpoint), "data": str(data), "split": used_split}
 

@@ -13,7 +13,7 @@ from .config import GPTConfig
 from .device import pick_device
 from .errors import UserError
 from .model import GPT, prepare_for_decoding
-from .tokenizer import EOT_ID, GPT2_VOCAB_SIZE, encode_prompt, get_tokenizer
+from .tokenizer import tokenizer_of
 from .weights import load_any
 
 
@@ -129,12 +129,14 @@ def complete_ids(model: GPT, ids: list[int], max_new_tokens: int, eos_id: int | 
 
 
 def prompt_ids(model: GPT, prompt: str, rows: int = 1) -> torch.Tensor:
-    """(rows, n) ids of a prompt for `model` (see tokenizer.encode_prompt), on its device. A prompt
-    longer than the context is kept whole (generation crops it), with a notice on stderr."""
-    ids = encode_prompt(prompt)
+    """(rows, n) ids of a prompt for `model`, encoded by its own tokenizer (see
+    Tokenizer.encode_prompt), on its device. A prompt longer than the context is kept whole
+    (generation crops it), with a notice on stderr."""
+    tokenizer = tokenizer_of(model)
+    ids = tokenizer.encode_prompt(prompt)
     if max(ids) >= model.config.vocab_size:  # e.g. a tiny test model from another tool
-        raise UserError(f"the prompt has GPT-2 token ids the model does not know: its vocabulary "
-                        f"has {model.config.vocab_size} ids, the GPT-2 tokenizer's has {GPT2_VOCAB_SIZE}")
+        raise UserError(f"the prompt has token ids the model does not know: its vocabulary has "
+                        f"{model.config.vocab_size} ids, its tokenizer {tokenizer.name}'s has {tokenizer.vocab_size}")
     ctx = model.config.context_length
     if len(ids) > ctx:
         print(f"note: the prompt has {len(ids)} tokens, more than the model's context of {ctx}; "
@@ -150,7 +152,8 @@ def _steps(model: GPT, prompt: str, rows: int, max_new_tokens: int, temperature:
     # change its dropout masks, or resuming would not be exact).
     generator = None if seed is None else torch.Generator(device=idx.device).manual_seed(seed)
     return stream(model, idx, max_new_tokens, temperature, top_k, top_p,
-                  eos_id=EOT_ID if stop_at_eos else None, use_cache=use_cache, generator=generator)
+                  eos_id=tokenizer_of(model).eot_id if stop_at_eos else None, use_cache=use_cache,
+                  generator=generator)
 
 
 def generate_text(model: GPT, prompt: str, max_new_tokens: int, temperature: float = 1.0,
@@ -159,17 +162,17 @@ def generate_text(model: GPT, prompt: str, max_new_tokens: int, temperature: flo
                   ) -> Iterator[str]:
     """Continue `prompt`, yielding the new text as it is produced: a character split across tokens
     is held back until complete (invalid UTF-8 becomes U+FFFD). stop_at_eos ends at
-    <|endoftext|>, which is not yielded."""
-    enc = get_tokenizer()
+    <|endoftext|>, which is not yielded. The model's own tokenizer decodes (tokenizer_of)."""
+    tokenizer = tokenizer_of(model)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     if include_prompt:
         yield prompt
     for tokens, _ in _steps(model, prompt, 1, max_new_tokens, temperature, top_k, top_p, seed,
                             stop_at_eos, use_cache):
         token = int(tokens[0])
-        if stop_at_eos and token == EOT_ID:
+        if stop_at_eos and token == tokenizer.eot_id:
             break
-        if piece := decoder.decode(enc.decode_single_token_bytes(token)):
+        if piece := decoder.decode(tokenizer.decode_bytes([token])):
             yield piece
     if tail := decoder.decode(b"", final=True):
         yield tail
@@ -179,14 +182,14 @@ def generate_texts(model: GPT, prompt: str, num_samples: int, max_new_tokens: in
                    top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                    stop_at_eos: bool = False, use_cache: bool = True) -> list[str]:
     """`num_samples` independent continuations of `prompt` (new text only), drawn as one batch."""
+    tokenizer = tokenizer_of(model)
     rows: list[list[int]] = [[] for _ in range(num_samples)]
     for tokens, alive in _steps(model, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
                                 seed, stop_at_eos, use_cache):
         for i, token in enumerate(tokens.tolist()):
-            if alive[i] and not (stop_at_eos and token == EOT_ID):
+            if alive[i] and not (stop_at_eos and token == tokenizer.eot_id):
                 rows[i].append(token)
-    enc = get_tokenizer()
-    return [enc.decode(row, errors="replace") for row in rows]
+    return [tokenizer.decode(row) for row in rows]
 
 
 def model_for_generation(source: str | None = None, preset: str | None = None, seed: int | None = None,

@@ -5,7 +5,7 @@ from gptforge import __version__
 from gptforge.config import GPTConfig
 from gptforge.generate import generate
 from gptforge.model import GPT
-from gptforge.tokenizer import get_tokenizer, ids_to_text, text_to_ids
+from gptforge.tokenizer import gpt2, ids_to_text, text_to_ids
 from gptforge.weights.checkpoint import save_checkpoint
 
 from helpers import assert_user_error, run_cli
@@ -68,7 +68,7 @@ def test_stop_at_eos_and_empty_prompt():
                 "--max-new-tokens", "5", "--stop-at-eos", "--temperature", "0")
     assert r.returncode == 0, r.stderr
     assert "<|endoftext|>" not in r.stdout
-    assert len(get_tokenizer().encode_ordinary(r.stdout.rstrip("\n"))) <= 5 + 2
+    assert len(gpt2().encoding.encode_ordinary(r.stdout.rstrip("\n"))) <= 5 + 2
 
 
 def test_long_prompt_is_cropped_with_a_notice():

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from gptforge.data.encode import cut_pieces, encode_piece
-from gptforge.tokenizer import get_tokenizer
+from gptforge.data.encode import cut_pieces
+from gptforge.tokenizer import gpt2
 
 
 def encode_text(text: str) -> np.ndarray:
-    return np.concatenate([encode_piece(piece) for piece in cut_pieces([text], size=1000)])
+    return np.concatenate([gpt2().encode_array(piece) for piece in cut_pieces([text], size=1000)])
 
 
 def test_chunked_tokenization_equals_whole_text():
-    enc = get_tokenizer()
+    enc = gpt2().encoding
     pieces = ["Hello world.\n", "  indented line \n", "\n\n\n", "word\n", "x\ty\n", "café naïve 😀\n",
               "it's 12,345 don't\n", "end.\r\n", " \n", "A\nB\n"]
     rng = np.random.default_rng(0)
@@ -28,7 +28,7 @@ def test_chunked_tokenization_equals_whole_text():
 def test_pieces_cut_anywhere_safe_tokenize_like_the_whole_text():
     # Tiny pieces put cuts next to every kind of character: digits, punctuation, contractions,
     # runs of spaces, tabs, CRLF, non-breaking and ideographic spaces, accents, emoji.
-    enc = get_tokenizer()
+    enc = gpt2().encoding
     alphabet = list("ab Z9 ,.'\n\t") + [" ", "  ", "\r\n", "\u00a0", "\u3000", "'s", "'ll", "\u00e9", "\U0001F600",
                                          "12", "--", "\u0394\u03b5", "\n\n"]
     for seed in range(4):
@@ -46,4 +46,4 @@ def test_chunked_tokenization_without_newlines():
     text = "word " * 50_000  # one 250,000-character line still splits (at spaces)
     pieces = list(cut_pieces([text], size=10_000))
     assert len(pieces) >= 20 and "".join(pieces) == text
-    assert encode_text(text).tolist() == get_tokenizer().encode_ordinary(text)
+    assert encode_text(text).tolist() == gpt2().encoding.encode_ordinary(text)

@@ -20,10 +20,12 @@ from gptforge.data import load_corpus, prepare, prepare_corpus, read_documents, 
 from gptforge.data.sources import Document, Source, open_sources
 from gptforge.data.split import val_documents
 from gptforge.errors import UserError
-from gptforge.tokenizer import EOT_ID
+from gptforge.tokenizer import gpt2
+from gptforge.tokenizer.gpt2_bpe import GPT2Tokenizer
 from gptforge.training import train
 
 from helpers import (
+    EOT_ID,
     corpus_tokens,
     encode,
     joined,
@@ -50,7 +52,7 @@ def test_prepare_by_chars_writes_contract_files_and_the_right_tokens(tmp_path):
     n_train = meta["tokens"]["train"]
     assert meta["shards"]["train"] == [{"file": "train-00000.bin", "tokens": n_train, "bytes": 2 * n_train,
                                         "sha256": hashlib.sha256((out / "train-00000.bin").read_bytes()).hexdigest()}]
-    assert meta["tokenizer"] == "gpt2" and meta["vocab_size"] == 50257 and meta["eot_id"] == EOT_ID
+    assert meta["tokenizer"] == gpt2().describe() and meta["vocab_size"] == 50257 and meta["eot_id"] == EOT_ID
     assert meta["dtype"] == "uint16" and meta["split"] == "chars" and meta["val_fraction"] == 0.3
     assert [Path(s["path"]).name for s in meta["sources"]] == ["0.txt", "1.txt", "2.txt"]
     assert meta["sources"][1]["bytes"] == len(texts[1].encode()) and len(meta["sources"][1]["sha256"]) == 64
@@ -158,7 +160,7 @@ def test_bad_inputs_are_user_errors(tmp_path):
         prepare_corpus([str(empty)], tmp_path / "out", val_fraction=1.0, progress=False)
 
 
-def test_existing_output_folder_is_never_damaged(tmp_path):
+def test_existing_output_folder_is_never_damaged(tmp_path, monkeypatch):
     src = write(tmp_path / "a.txt", "Some text for the corpus.\n" * 20)
     out = tmp_path / "out"
     write(out / "precious.txt", "do not touch")
@@ -166,13 +168,10 @@ def test_existing_output_folder_is_never_damaged(tmp_path):
     with pytest.raises(UserError, match="not empty"):
         prepare_corpus([str(src)], out, progress=False)
     # A failure half-way (here: during tokenization) with overwrite=True leaves it as it was, too.
-    original_encode = encoding.encode_piece
-    encoding.encode_piece = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full"))
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(GPT2Tokenizer, "encode_array", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk full")))
         with pytest.raises(RuntimeError, match="disk full"):
             prepare_corpus([str(src)], out, overwrite=True, progress=False, workers=1)
-    finally:
-        encoding.encode_piece = original_encode
     assert [p.name for p in out.iterdir()] == ["precious.txt"]
     assert (out / "precious.txt").read_text() == "do not touch"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "out"]  # no temporary leftovers
@@ -317,8 +316,9 @@ def test_interrupted_prepare_resumes_to_the_same_corpus(tmp_path, monkeypatch):
         load_corpus(out)
 
     tokenized = []
-    real_encode = encoding.encode_piece
-    monkeypatch.setattr(encoding, "encode_piece", lambda text: tokenized.append(len(text)) or real_encode(text))
+    real_encode = GPT2Tokenizer.encode_array
+    monkeypatch.setattr(GPT2Tokenizer, "encode_array",
+                        lambda self, text: tokenized.append(len(text)) or real_encode(self, text))
     meta = prepare_corpus([str(tmp_path / "src")], out, workers=1, **args)
     assert 0 < sum(tokenized) < meta["characters"] - 3 * 2000  # what was done before is not redone
     assert not work.exists()

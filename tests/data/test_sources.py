@@ -23,9 +23,9 @@ from gptforge.data import (
 )
 from gptforge.data.sources import open_sources
 from gptforge.errors import UserError
-from gptforge.tokenizer import EOT_ID, get_tokenizer
+from gptforge.tokenizer import gpt2
 
-from helpers import assert_user_error, run_cli
+from helpers import EOT_ID, assert_user_error, run_cli
 
 BODIES = {
     1342: "It is a truth universally acknowledged, that a single man in possession\n"
@@ -110,7 +110,7 @@ def options(server: Server, tmp_path: Path, **kw) -> SourceOptions:
 
 
 def encode(text: str) -> list[int]:
-    return get_tokenizer().encode_ordinary(text)
+    return gpt2().encoding.encode_ordinary(text)
 
 
 def all_tokens(out: Path) -> list[int]:
@@ -144,7 +144,7 @@ def test_gutenberg_books_download_once_strip_and_record_ids(server, tmp_path):
             for make, i in [(modern_book, 1342), (old_book, 2701), (this_book, 84)]]
     tokens = all_tokens(tmp_path / "c")
     assert tokens == encode(docs[0]) + [EOT_ID] + encode(docs[1]) + [EOT_ID] + encode(docs[2])
-    text = get_tokenizer().decode(tokens)
+    text = gpt2().encoding.decode(tokens)
     for boilerplate in ("Gutenberg", "SMALL PRINT", "LICENSE", "\r", "\ufeff"):
         assert boilerplate not in text
     assert meta["sources"][2]["url"] == f"{server.url}/files/84/84-0.txt"

@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -9,10 +10,12 @@ import gptforge.training.loop as loop
 from gptforge.config import TrainConfig, load_config_file
 from gptforge.data import read_documents
 from gptforge.errors import UserError
-from gptforge.tokenizer import get_tokenizer
+from gptforge.generate import generate_text
+from gptforge.tokenizer import gpt2
 from gptforge.training import train
 from gptforge.training.optim import lr_at, make_optimizer
 from gptforge.training.step import UpdateGuard
+from gptforge.weights import load_any
 
 from helpers import assert_user_error, run_cli
 
@@ -46,7 +49,7 @@ def test_reference_recipe_overfits_on_a_tiny_model(story, tmp_path):
                   out=str(tmp_path / "run"))
     result = train(TrainConfig.from_dict(recipe), progress=False)
     text = story.read_text()
-    n_train = len(get_tokenizer().encode_ordinary(text[:int(0.9 * len(text))]))
+    n_train = len(gpt2().encoding.encode_ordinary(text[:int(0.9 * len(text))]))
     steps_per_epoch = len(range(0, n_train - 256, 256)) // 2
     assert result.step == 10 * steps_per_epoch
     history = rows(result.run_dir)
@@ -300,3 +303,42 @@ def test_checkpoints_hold_vocab_size_rows_for_weights_and_moments(story, tmp_pat
 def test_float16_with_fsdp_is_refused():
     with pytest.raises(UserError, match="float16 does not work with distributed fsdp"):
         TrainConfig(dtype="float16", distributed="fsdp")
+
+
+def test_a_run_with_its_own_tokenizer_carries_it_everywhere(story, tmp_path, tiny_bpe, tiny_bpe_dir):
+    folder = tmp_path / "my-tokenizer"
+    shutil.copytree(tiny_bpe_dir, folder)
+    run = tmp_path / "run"
+    fields = tiny(data=str(story), tokenizer=str(folder), context_length=32, eval_every=2, save_every=2,
+                  sample_every=2, sample_prompt="Thou art", out=str(run))
+    train(TrainConfig(**fields, max_steps=2), progress=False)
+    shutil.rmtree(folder)  # the run needs nothing outside itself from now on
+    resumed = train(resume=run, max_steps=4, progress=False)
+
+    config = json.loads((run / "config.json").read_text())
+    assert config["tokenizer"] == tiny_bpe.describe() and config["model"]["vocab_size"] == 400
+    assert (run / "tokenizer" / "tokenizer.json").read_bytes() == (tiny_bpe_dir / "tokenizer.json").read_bytes()
+    for checkpoint in sorted((run / "checkpoints").iterdir()):
+        assert json.loads((checkpoint / "config.json").read_text())["tokenizer"]["sha256"] == tiny_bpe.sha256
+    model = load_any(run)
+    assert model.tokenizer.same_as(tiny_bpe) and model.config.vocab_size == tiny_bpe.vocab_size
+    # The text was tokenized with it: the windows of 33 tokens come from its ids.
+    text = story.read_text()
+    n_train = len(tiny_bpe.encode(text[:int(0.9 * len(text))]))
+    assert resumed.tokens_seen == 4 * 2 * 32 and n_train > len(gpt2().encode(text[:int(0.9 * len(text))]))
+
+    # generate and eval use the model's own tokenizer without being told.
+    gen = run_cli("generate", "--checkpoint", str(run), "--prompt", "Thou art", "--max-new-tokens", "8",
+                  "--temperature", "0")
+    assert gen.returncode == 0, gen.stderr
+    assert gen.stdout == "".join(generate_text(model, "Thou art", 8, temperature=0, include_prompt=True)) + "\n"
+    ev = json.loads(run_cli("eval", "--checkpoint", str(run), "--data", str(story), "--json").stdout)
+    assert ev["bytes"] == len(text.encode()) - len(tiny_bpe.decode_bytes(tiny_bpe.encode(text)[:1]))
+
+    # A run whose tokenizer is missing: one line, and nothing changes.
+    for checkpoint in (run / "checkpoints").iterdir():
+        shutil.rmtree(checkpoint / "tokenizer")
+    before = snapshot(run)
+    assert_user_error(run_cli("train", "--resume", str(run), "--max-steps", "6"), "whose files are missing")
+    assert_user_error(run_cli("generate", "--checkpoint", str(run), "--prompt", "x"), "whose files are missing")
+    assert snapshot(run) == before

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ import torch
 from gptforge.config import GPTConfig
 from gptforge.errors import UserError
 from gptforge.model import GPT
+from gptforge.tokenizer import CHAT_TOKENS, gpt2, tokenizer_of
 from gptforge.weights import load_any
 from gptforge.weights.checkpoint import list_checkpoints, save_checkpoint
 
@@ -58,3 +60,35 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="neither a checkpoint, a run folder"):
         load_any(tmp_path / "empty")
+
+
+def test_a_checkpoint_carries_its_tokenizer(tmp_path, tiny_bpe):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=tiny_bpe.vocab_size))
+    model.tokenizer = tiny_bpe
+    path = save_checkpoint(tmp_path / "ckpt", model)
+    meta = json.loads((path / "config.json").read_text())
+    assert meta["tokenizer"] == tiny_bpe.describe() and meta["tokenizer"]["sha256"] == tiny_bpe.sha256
+    assert sorted(p.name for p in (path / "tokenizer").iterdir()) == ["meta.json", "tokenizer.json"]
+    loaded = load_any(path)  # the folder alone is enough: nothing points outside it
+    assert loaded.tokenizer.same_as(tiny_bpe) and tokenizer_of(loaded) is loaded.tokenizer
+
+    (path / "tokenizer" / "tokenizer.json").write_text("{}")
+    with pytest.raises(UserError, match="does not match the sha256"):
+        load_any(path)
+    shutil.rmtree(path / "tokenizer")
+    with pytest.raises(UserError, match=f"was trained with tokenizer {tiny_bpe.name}, whose files are missing"):
+        load_any(path)
+
+
+def test_a_gpt2_checkpoint_records_gpt2_and_old_ones_mean_gpt2(tmp_path, model):
+    path = save_checkpoint(tmp_path / "ckpt", model)
+    meta = json.loads((path / "config.json").read_text())
+    assert meta["tokenizer"] == gpt2().describe() and not (path / "tokenizer").exists()
+    assert load_any(path).tokenizer is gpt2()
+    del meta["tokenizer"]  # a checkpoint from before tokenizers were recorded
+    (path / "config.json").write_text(json.dumps(meta))
+    assert load_any(path).tokenizer is gpt2()
+    chat = gpt2().with_special_tokens(CHAT_TOKENS)
+    model.tokenizer = chat  # the description alone rebuilds GPT-2's with its extra tokens
+    assert load_any(save_checkpoint(tmp_path / "chat", model)).tokenizer.describe() == chat.describe()

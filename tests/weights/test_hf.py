@@ -3,6 +3,7 @@ model is built here and saved with save_pretrained into tmp_path."""
 
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -17,12 +18,13 @@ from gptforge.config import GPTConfig
 from gptforge.errors import UserError
 from gptforge.generate import generate
 from gptforge.model import GPT
-from gptforge.tokenizer import _asset_path, get_tokenizer
+from gptforge.tokenizer import CHAT_TOKENS, gpt2
+from gptforge.tokenizer.gpt2_bpe import asset_path
 from gptforge.weights import load_any
 from gptforge.weights.checkpoint import save_checkpoint
 from gptforge.weights.hf import export_hf
 
-from helpers import assert_user_error, run_cli
+from helpers import assert_user_error, random_unicode, run_cli
 
 TINY_HF = dict(vocab_size=101, n_positions=32, n_embd=32, n_layer=2, n_head=4)
 
@@ -167,7 +169,7 @@ def trained_model(tie_embeddings: bool) -> GPT:
     config = GPTConfig(vocab_size=50257, context_length=32, emb_dim=32, n_heads=4, n_layers=2,
                        qkv_bias=False, tie_embeddings=tie_embeddings)
     model = GPT(config)
-    ids = get_tokenizer().encode("The quick brown fox jumps over the lazy dog. " * 3)[:33]
+    ids = gpt2().encoding.encode("The quick brown fox jumps over the lazy dog. " * 3)[:33]
     batch = torch.tensor([ids])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(8):
@@ -222,18 +224,53 @@ def test_greedy_text_from_transformers_equals_gptforge_generate(tmp_path):
 def test_exported_tokenizer_encodes_like_ours(tmp_path):
     config = GPTConfig(vocab_size=50257, context_length=48, emb_dim=8, n_heads=2, n_layers=1)
     export_hf(GPT(config), tmp_path / "hf")
-    assert (tmp_path / "hf/vocab.json").read_bytes() == Path(_asset_path("encoder.json")).read_bytes()
-    assert (tmp_path / "hf/merges.txt").read_bytes() == Path(_asset_path("vocab.bpe")).read_bytes()
+    assert (tmp_path / "hf/vocab.json").read_bytes() == Path(asset_path("encoder.json")).read_bytes()
+    assert (tmp_path / "hf/merges.txt").read_bytes() == Path(asset_path("vocab.bpe")).read_bytes()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tokenizer.model_max_length == 48 and tokenizer.eos_token_id == 50256
     text = ("Hello, world! It's 2026; we're testing GPT-2's BPE.\n\n  Indented\tline\r\n"
             "Numbers 3.14159 and 1,000,000; emoji 🦊🔥; 日本語のテキスト; Ünïcödé café naïve.\n"
             "def f(x):\n    return x ** 2  # code    with   runs of spaces   \n"
             "They'll've; I'M; ''quoted'' \"double\" <tag attr='v'> end of text<|endoftext|>next doc")
-    enc = get_tokenizer()
+    enc = gpt2().encoding
     expected = enc.encode(text, allowed_special={"<|endoftext|>"})
     assert tokenizer(text)["input_ids"] == expected
     assert tokenizer.decode(expected) == text
+
+
+def test_export_of_a_model_with_its_own_tokenizer(tmp_path, tiny_bpe, text):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tiny_bpe.vocab_size, context_length=48, emb_dim=16, n_heads=2, n_layers=1))
+    model.tokenizer = tiny_bpe
+    export_hf(model, tmp_path / "hf")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tokenizer.eos_token_id == tiny_bpe.eot_id and len(tokenizer) == tiny_bpe.vocab_size
+    rng = random.Random(0)
+    for sample in [text.read_text()[:20000]] + [random_unicode(rng, 300) for _ in range(30)]:
+        ids = tiny_bpe.encode(sample)
+        assert tokenizer(sample)["input_ids"] == ids
+        assert tokenizer.decode(ids) == sample
+    reference = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    assert reference.config.vocab_size == 400 and reference.config.eos_token_id == tiny_bpe.eot_id
+    idx = torch.tensor([tiny_bpe.encode(text.read_text()[:200])[:48]])
+    with torch.no_grad():
+        torch.testing.assert_close(reference(idx).logits, model(idx), rtol=1e-5, atol=1e-5)
+    # ...and back: the folder's tokenizer comes with the model, into a checkpoint too.
+    assert load_any(tmp_path / "hf").tokenizer.same_as(tiny_bpe)
+    result = run_cli("convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ckpt"))
+    assert result.returncode == 0, result.stderr
+    assert load_any(tmp_path / "ckpt").tokenizer.same_as(tiny_bpe)
+
+
+def test_export_of_gpt2_with_chat_tokens_gives_them_the_same_ids(tmp_path):
+    chat = gpt2().with_special_tokens(CHAT_TOKENS)
+    model = GPT(GPTConfig(vocab_size=chat.vocab_size, context_length=16, emb_dim=8, n_heads=2, n_layers=1))
+    model.tokenizer = chat
+    export_hf(model, tmp_path / "hf")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tokenizer.convert_tokens_to_ids(list(CHAT_TOKENS)) == [50257, 50258] and len(tokenizer) == 50259
+    assert tokenizer("plain text, as GPT-2's")["input_ids"] == chat.encode("plain text, as GPT-2's")
+    assert load_any(tmp_path / "hf").tokenizer.describe() == chat.describe()
 
 
 # --- mistakes and hostile files: one clear line, exit 2, nothing written -------------------------

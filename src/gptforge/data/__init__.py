@@ -11,12 +11,12 @@
 """
 
 from .batches import BatchLoader, TokenWindows, as_token_array, prefetch
-from .corpus import Corpus, is_corpus, load_corpus, load_splits
+from .corpus import Corpus, corpus_tokenizer, is_corpus, load_corpus, load_splits
 from .encode import tokenize
 from .prepare import prepare_corpus
 from .shards import ShardedTokens
 from .sources import SourceOptions, read_documents
 
 __all__ = ["BatchLoader", "Corpus", "ShardedTokens", "SourceOptions", "TokenWindows", "as_token_array",
-           "is_corpus", "load_corpus", "load_splits", "prefetch", "prepare_corpus", "read_documents",
-           "tokenize"]
+           "corpus_tokenizer", "is_corpus", "load_corpus", "load_splits", "prefetch", "prepare_corpus",
+           "read_documents", "tokenize"]

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..tokenizer import EOT_ID, get_tokenizer
-from .shards import TOKEN_DTYPE
+from ..tokenizer import Tokenizer, gpt2
+from ..tokenizer.gpt2_bpe import GPT2Tokenizer
 from .sources import open_sources, warn_replaced
 from .split import resolve_split, tag_blocks
 
@@ -35,26 +35,21 @@ from .split import resolve_split, tag_blocks
 # worker stay a few MB.
 CHUNK_CHARS = 1 << 20
 
-# A lone space or newline between two non-space characters starts a new pre-token in GPT-2's
-# pattern (`'s|'t|...| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`): no pre-token runs from
-# a non-space character into the whitespace after it, and the one starting at the whitespace
-# depends only on what follows. So cutting text just before such a character leaves its tokens
-# unchanged. (Python's \s covers every character the tokenizer's \s does, so \S is safe.)
-_SAFE_CUT = re.compile(r"(?<=\S)[ \n](?=\S)")
 
-
-def cut_pieces(blocks: Iterable[str], size: int = CHUNK_CHARS) -> Iterator[str]:
-    """Join text blocks and re-cut them into pieces of about `size` chars at safe points.
+def cut_pieces(blocks: Iterable[str], size: int = CHUNK_CHARS, safe_cut: re.Pattern = GPT2Tokenizer.safe_cut
+               ) -> Iterator[str]:
+    """Join text blocks and re-cut them into pieces of about `size` chars at safe points (a
+    tokenizer's `safe_cut`: cutting there leaves the tokens unchanged).
 
     The tokens of the pieces concatenate to the tokens of the whole. Cuts depend only on the
-    text, never on how it arrived in blocks. Text with no safe point (no spaces or newlines
-    between words) stays in one piece: correct, just larger.
+    text, never on how it arrived in blocks. Text with no safe point (no spaces between words)
+    stays in one piece: correct, just larger.
     """
     buf, scan = "", size
     for block in blocks:
         buf += block
         while len(buf) > size:
-            match = _SAFE_CUT.search(buf, scan)
+            match = safe_cut.search(buf, scan)
             if match is None:
                 scan = max(size, len(buf) - 1)  # the next search starts where this one gave up
                 break
@@ -64,42 +59,39 @@ def cut_pieces(blocks: Iterable[str], size: int = CHUNK_CHARS) -> Iterator[str]:
         yield buf
 
 
-def encode_piece(text: str) -> np.ndarray:
-    """The tokens of one piece of plain text (a special token's literal text stays text)."""
-    enc = get_tokenizer()
-    try:
-        # Straight into an array, with no Python list of ints: ~15% faster than encode_ordinary.
-        # With no special token allowed it is exactly encode_ordinary ("<|endoftext|>" is text).
-        return enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=()).astype(TOKEN_DTYPE)
-    except (AttributeError, UnicodeEncodeError):  # tiktoken < 0.8, or a lone surrogate (from JSON)
-        return np.asarray(enc.encode_ordinary(text), dtype=TOKEN_DTYPE)
+_worker_tokenizer: Tokenizer | None = None  # a worker process's tokenizer, set once when it starts
+
+
+def _start_worker(tokenizer: Tokenizer) -> None:
+    global _worker_tokenizer
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, once
+    _worker_tokenizer = tokenizer
 
 
 def _encode_texts(texts: list[str]) -> list[np.ndarray]:
     """A worker's task: the tokens of each text."""
-    return [encode_piece(t) for t in texts]
+    return [_worker_tokenizer.encode_array(t) for t in texts]
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle, once
-
-
-def _encode_in_order(batches: Iterable[tuple[Any, list[str]]], workers: int
+def _encode_in_order(batches: Iterable[tuple[Any, list[str]]], workers: int, tokenizer: Tokenizer
                      ) -> Iterator[tuple[Any, list[np.ndarray]]]:
     """(tag, token arrays) for each (tag, texts) batch, in input order, on `workers` processes.
 
     Processes, not threads: tiktoken holds the GIL for part of its work; on 2 cores its own thread
     pool (encode_ordinary_batch) reached 1.3x one thread, processes 1.8x (benchmarks/README.md).
     At most 2 batches per worker are in flight, so the input is read only as fast as it is
-    tokenized.
+    tokenized. Each worker gets the tokenizer once, when it starts (under fork, the parent's
+    loaded object itself), never per task.
     """
     if workers <= 1:
         for tag, texts in batches:
-            yield tag, _encode_texts(texts)
+            yield tag, [tokenizer.encode_array(t) for t in texts]
         return
-    # fork shares the parent's loaded tokenizer; spawn would re-import torch in every worker.
+    # fork shares the parent's loaded tokenizer (loaded here, once); spawn would re-import torch
+    # in every worker.
+    tokenizer.encode("warm up")
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else None)
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_ignore_sigint)
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(tokenizer,))
     try:
         pending: deque = deque()
         for tag, texts in batches:
@@ -146,7 +138,7 @@ class Piece:
 
 
 def encode_pieces(tagged: Iterable[tuple[int, int, str]], workers: int, docs_per_split: list[int],
-                  skip: int = 0, on_skip=None) -> Iterator[Piece]:
+                  tokenizer: Tokenizer, skip: int = 0, on_skip=None) -> Iterator[Piece]:
     """Tokenize (document, split, block) triples as Pieces, in order, on `workers` processes.
 
     docs_per_split counts the documents started in each split so far and is updated as pieces
@@ -157,15 +149,16 @@ def encode_pieces(tagged: Iterable[tuple[int, int, str]], workers: int, docs_per
     def pieces() -> Iterator[tuple[tuple[int, int, int, bool, int], str]]:
         index = itertools.count()
         for (doc, split), group in itertools.groupby(tagged, key=lambda t: t[:2]):
-            for k, text in enumerate(cut_pieces((block for _, _, block in group), CHUNK_CHARS)):
+            blocks = (block for _, _, block in group)
+            for k, text in enumerate(cut_pieces(blocks, CHUNK_CHARS, tokenizer.safe_cut)):
                 i = next(index)
                 if i >= skip:
                     yield (i, doc, split, k == 0, len(text)), text
                 elif on_skip is not None:
                     on_skip(len(text))
 
-    eot = np.array([EOT_ID], dtype=TOKEN_DTYPE)
-    results = _encode_in_order(_tasks(pieces()), workers)
+    eot = np.array([tokenizer.eot_id], dtype=tokenizer.dtype)
+    results = _encode_in_order(_tasks(pieces()), workers, tokenizer)
     try:
         for tags, arrays in results:
             for (i, doc, split, first, chars), tokens in zip(tags, arrays):
@@ -188,11 +181,14 @@ def check_corpus(chars: int, train_tokens: int, val_fraction: float) -> None:
 
 
 def tokenize(inputs: list[str] | str, val_fraction: float = 0.0, split: str = "chars", seed: int = 0,
-             options=None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+             options=None, progress: bool = False, tokenizer: Tokenizer | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Train and val tokens of INPUTs (see gptforge.data.sources), in memory, split and joined
-    exactly as `prepare` writes them to disk. With val_fraction 0 everything is in train."""
+    exactly as `prepare` writes them to disk (with `tokenizer`, GPT-2's by default). With
+    val_fraction 0 everything is in train."""
     from tqdm import tqdm
 
+    tokenizer = tokenizer or gpt2()
     sources = open_sources(inputs, options)
     counts = [s.count for s in sources]
     n_docs = None if None in counts else sum(counts)
@@ -200,11 +196,11 @@ def tokenize(inputs: list[str] | str, val_fraction: float = 0.0, split: str = "c
     parts: tuple[list, list] = ([], [])
     chars = 0
     with tqdm(unit="char", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
-        for piece in encode_pieces(tag_blocks(sources, split, val_fraction, seed, n_docs), 1, [0, 0]):
+        for piece in encode_pieces(tag_blocks(sources, split, val_fraction, seed, n_docs), 1, [0, 0], tokenizer):
             parts[piece.split].append(piece.tokens)
             chars += piece.chars
             bar.update(piece.chars)
     warn_replaced(sources)
-    train, val = (np.concatenate(p) if p else np.zeros(0, dtype=TOKEN_DTYPE) for p in parts)
+    train, val = (np.concatenate(p) if p else np.zeros(0, dtype=tokenizer.dtype) for p in parts)
     check_corpus(chars, len(train), val_fraction)
     return train, val

@@ -1,8 +1,10 @@
-"""Building a corpus folder: INPUTs -> uint16 token shards + meta.json, streaming, on every core.
+"""Building a corpus folder: INPUTs -> token shards + meta.json, streaming, on every core.
 
 Documents come from gptforge.data.sources, go to the train or val split (data.split), are
-tokenized in order on worker processes (data.encode), and their tokens are appended to the
-split's shards (data.shards). Memory stays a few pieces per worker whatever the corpus size, and
+tokenized in order on worker processes (data.encode) by GPT-2's tokenizer or one of your own, and
+their tokens are appended to the split's shards (data.shards: uint16, or uint32 for a vocabulary
+over 65,536). A tokenizer other than GPT-2's is copied into the folder (`tokenizer/`), so the
+corpus is self-contained. Memory stays a few pieces per worker whatever the corpus size, and
 the output is the same token for token for any number of workers.
 
 The folder is built in a sibling `.NAME.partial` and renamed into place when complete. A
@@ -27,9 +29,9 @@ from tqdm import tqdm
 from ..checks import require_int, require_number
 from ..errors import UserError
 from ..files import check_output_folder, replace_folder, write_json
-from ..tokenizer import EOT_ID, GPT2_VOCAB_SIZE
+from ..tokenizer import TOKENIZER_DIR, Tokenizer, gpt2
 from .encode import CHUNK_CHARS, check_corpus, default_workers, encode_pieces
-from .shards import ShardWriter
+from .shards import ShardWriter, dtype_name
 from .sources import Source, SourceOptions, open_sources, warn_replaced
 from .split import SPLITS, resolve_split, tag_blocks
 
@@ -64,7 +66,7 @@ def _lock(work: Path) -> Any:
     return handle
 
 
-def _resume_state(work: Path, fingerprint: str, shard_tokens: int) -> dict[str, Any] | None:
+def _resume_state(work: Path, fingerprint: str, shard_tokens: int, tokenizer: Tokenizer) -> dict[str, Any] | None:
     """The checkpoint of an interrupted prepare of the same job in `work`, if its files are intact."""
     try:
         state = json.loads((work / PROGRESS_FILE).read_text())
@@ -72,7 +74,7 @@ def _resume_state(work: Path, fingerprint: str, shard_tokens: int) -> dict[str, 
         return None
     if state.get("fingerprint") != fingerprint:
         return None
-    if not all(ShardWriter.resumable(work, s, shard_tokens, state["tokens"][s]) for s in SPLITS):
+    if not all(ShardWriter.resumable(work, s, shard_tokens, state["tokens"][s], tokenizer.dtype) for s in SPLITS):
         return None
     return state
 
@@ -89,6 +91,7 @@ def prepare_corpus(
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     max_tokens: int | None = None,
     options: SourceOptions | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> dict[str, Any]:
     """Tokenize INPUTS into out_dir (meta.json + train-NNNNN.bin / val-NNNNN.bin shards); return meta.
 
@@ -97,6 +100,7 @@ def prepare_corpus(
     split="auto": chars for a single document or too few to hold out whole, documents otherwise.
     workers: tokenizing processes (default: every core); the output is the same for any number.
     max_tokens: stop after this many tokens in all (a cap for huge streams).
+    tokenizer: GPT-2's by default (see gptforge.tokenizer.load_tokenizer for your own).
     The work happens in a sibling folder `.NAME.partial` renamed into place when complete, so
     out_dir appears whole or not at all. An interrupted prepare (Ctrl-C, kill, crash) keeps its
     work from the last checkpoint (each completed shard, and every minute): running the same
@@ -108,6 +112,7 @@ def prepare_corpus(
     require_int("workers", workers, optional=True)
     out = Path(out_dir)
     check_output_folder(out, overwrite)
+    tokenizer = tokenizer or gpt2()
 
     options = options or SourceOptions()
     sources = open_sources(inputs, options)
@@ -116,7 +121,7 @@ def prepare_corpus(
     split = resolve_split(split, n_docs, val_fraction, max_tokens)
     fingerprint = sha256(json.dumps(
         [2, [s.identity() for s in sources], split, val_fraction, seed, shard_tokens, max_tokens,
-         CHUNK_CHARS, options.text_field, options.hf_split], default=str).encode()).hexdigest()
+         CHUNK_CHARS, options.text_field, options.hf_split, tokenizer.describe()], default=str).encode()).hexdigest()
 
     work = out.parent / f".{out.name}.partial"
     try:
@@ -125,7 +130,7 @@ def prepare_corpus(
         raise UserError(f"cannot create the output folder next to {out}: {e.strerror or e}") from None
     lock = _lock(work)
     try:
-        state = _resume_state(work, fingerprint, shard_tokens)
+        state = _resume_state(work, fingerprint, shard_tokens, tokenizer)
         if state is None:
             for stale in work.iterdir():  # an older attempt at another job, or one with no checkpoint
                 if stale.name != ".lock":
@@ -134,9 +139,10 @@ def prepare_corpus(
             written = sum(state["tokens"].values())
             print(f"resuming an interrupted prepare of {out} ({written:,} tokens already written)",
                   file=sys.stderr)
-        meta = _prepare_in(work, sources, state, fingerprint, split=split, val_fraction=val_fraction,
+        meta = _prepare_in(work, sources, state, fingerprint, tokenizer, split=split, val_fraction=val_fraction,
                            seed=seed, n_docs=n_docs, workers=workers or default_workers(),
                            shard_tokens=shard_tokens, max_tokens=max_tokens, progress=progress)
+        tokenizer.save(work / TOKENIZER_DIR)
         (work / ".lock").unlink()
         replace_folder(work, out)
     except BaseException as error:
@@ -151,13 +157,14 @@ def prepare_corpus(
     return meta
 
 
-def _prepare_in(work: Path, sources: list[Source], state: dict[str, Any] | None, fingerprint: str, *,
+def _prepare_in(work: Path, sources: list[Source], state: dict[str, Any] | None, fingerprint: str,
+                tokenizer: Tokenizer, *,
                 split: str, val_fraction: float, seed: int, n_docs: int | None, workers: int,
                 shard_tokens: int, max_tokens: int | None, progress: bool) -> dict[str, Any]:
     """The streaming pipeline: read -> split -> tokenize (in order, on workers) -> append to shards."""
     state = state or {"pieces": 0, "characters": 0, "documents": 0, "last_document": -1,
                       "tokens": {s: 0 for s in SPLITS}, "docs": {s: 0 for s in SPLITS}}
-    writers = [ShardWriter(work, s, shard_tokens, state["tokens"][s]) for s in SPLITS]
+    writers = [ShardWriter(work, s, shard_tokens, state["tokens"][s], tokenizer.dtype) for s in SPLITS]
     docs = [state["docs"][s] for s in SPLITS]
     done, chars = state["pieces"], state["characters"]
     n_documents, last_doc = state["documents"], state["last_document"]
@@ -174,7 +181,7 @@ def _prepare_in(work: Path, sources: list[Source], state: dict[str, Any] | None,
     sizes = [s.size for s in sources]
     bar = tqdm(total=None if None in sizes else sum(sizes), unit="char", unit_scale=True, desc="tokenizing",
                disable=not progress)
-    pieces = encode_pieces(tag_blocks(sources, split, val_fraction, seed, n_docs), workers, docs,
+    pieces = encode_pieces(tag_blocks(sources, split, val_fraction, seed, n_docs), workers, docs, tokenizer,
                            skip=done, on_skip=bar.update)
     last_checkpoint = time.monotonic()
     try:
@@ -204,11 +211,11 @@ def _prepare_in(work: Path, sources: list[Source], state: dict[str, Any] | None,
     records = [s.record for s in sources]
     meta = {
         "format": "gptforge-corpus",
-        "format_version": 3,
-        "tokenizer": "gpt2",
-        "vocab_size": GPT2_VOCAB_SIZE,
-        "eot_id": EOT_ID,
-        "dtype": "uint16",
+        "format_version": 4,
+        "tokenizer": tokenizer.describe(),
+        "vocab_size": tokenizer.vocab_size,
+        "eot_id": tokenizer.eot_id,
+        "dtype": dtype_name(tokenizer.dtype),
         "byte_order": "little",
         "split": split,
         "val_fraction": val_fraction,

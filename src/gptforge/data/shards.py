@@ -1,7 +1,8 @@
-"""Token shards on disk: uint16 files written in order, read back as one memory-mapped stream.
+"""Token shards on disk: files of raw ids written in order, read back as one memory-mapped stream.
 
-A split of a prepared corpus is a list of raw little-endian uint16 files (`train-00000.bin`, ...),
-each `shard_tokens` long except the last. `ShardWriter` fills them one after the other without
+A split of a prepared corpus is a list of raw little-endian uint16 files (`train-00000.bin`, ...;
+uint32 for a vocabulary of more than 65,536 ids: see Tokenizer.dtype), each `shard_tokens` long
+except the last. `ShardWriter` fills them one after the other without
 holding more than one write in memory; `open_tokens` maps them and joins them into one 1-D array
 without reading them.
 """
@@ -16,7 +17,12 @@ import numpy as np
 
 from ..files import sha256_file
 
-TOKEN_DTYPE = np.dtype("<u2")  # GPT-2 ids (< 65536) stored little-endian on every platform
+TOKEN_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}  # little-endian on every platform
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """The name meta.json records for a shard dtype ("uint16" or "uint32")."""
+    return {v: k for k, v in TOKEN_DTYPES.items()}[np.dtype(dtype).newbyteorder("<")]
 
 
 def shard_name(split: str, index: int) -> str:
@@ -24,7 +30,7 @@ def shard_name(split: str, index: int) -> str:
 
 
 class ShardedTokens:
-    """Several token arrays (memory maps) that index like one 1-D uint16 array.
+    """Several token arrays (memory maps, of one dtype) that index like one 1-D array.
 
     Supports what training and evaluation use: len(), an int, a slice with step 1 or an integer
     array of any shape (fancy indexing, across shard boundaries), np.asarray() and .astype().
@@ -32,10 +38,10 @@ class ShardedTokens:
     """
 
     ndim = 1
-    dtype = TOKEN_DTYPE
 
     def __init__(self, arrays: list[np.ndarray]):
         self.arrays = [a for a in arrays if len(a)]
+        self.dtype = self.arrays[0].dtype if self.arrays else np.dtype("<u2")
         # offsets[s] is the position of shard s's first token in the joined stream.
         self.offsets = np.cumsum([0] + [len(a) for a in self.arrays], dtype=np.int64)
 
@@ -98,51 +104,53 @@ class ShardedTokens:
 TokenArray = Union[np.ndarray, ShardedTokens]
 
 
-def open_tokens(paths: list[Path], counts: list[int]) -> TokenArray:
+def open_tokens(paths: list[Path], counts: list[int], dtype: np.dtype = TOKEN_DTYPES["uint16"]) -> TokenArray:
     """Map token files of known lengths as one stream: a plain memmap when there is one file."""
-    arrays = [np.memmap(p, dtype=TOKEN_DTYPE, mode="r", shape=(c,)) for p, c in zip(paths, counts) if c]
+    arrays = [np.memmap(p, dtype=dtype, mode="r", shape=(c,)) for p, c in zip(paths, counts) if c]
     if not arrays:
-        return np.zeros(0, dtype=TOKEN_DTYPE)  # np.memmap cannot map an empty file
+        return np.zeros(0, dtype=dtype)  # np.memmap cannot map an empty file
     return arrays[0] if len(arrays) == 1 else ShardedTokens(arrays)
 
 
 class ShardWriter:
-    """Appends tokens to `folder/{split}-NNNNN.bin`, starting a new file every `shard_tokens`.
+    """Appends tokens (as `dtype`) to `folder/{split}-NNNNN.bin`, starting a new file every `shard_tokens`.
 
     `tokens` counts everything written so far; a writer can be reopened at any earlier count
     (after an interruption): complete shards are kept, the current one is cut back to that
     count and later ones are deleted. Files are plain appends, so memory stays one write.
     """
 
-    def __init__(self, folder: Path, split: str, shard_tokens: int, tokens: int = 0):
-        self.folder, self.split, self.shard_tokens = folder, split, shard_tokens
+    def __init__(self, folder: Path, split: str, shard_tokens: int, tokens: int = 0,
+                 dtype: np.dtype = TOKEN_DTYPES["uint16"]):
+        self.folder, self.split, self.shard_tokens, self.dtype = folder, split, shard_tokens, np.dtype(dtype)
         self.tokens = tokens
         current = tokens // shard_tokens
         for stale in folder.glob(f"{split}-*.bin"):  # written after the checkpoint we resume from
             if int(stale.stem.rsplit("-", 1)[1]) > current:
                 stale.unlink()
         self.file = open(self._path(current), "ab")
-        self.file.truncate((tokens % shard_tokens) * TOKEN_DTYPE.itemsize)
+        self.file.truncate((tokens % shard_tokens) * self.dtype.itemsize)
         self.file.seek(0, os.SEEK_END)
 
     def _path(self, index: int) -> Path:
         return self.folder / shard_name(self.split, index)
 
     @staticmethod
-    def resumable(folder: Path, split: str, shard_tokens: int, tokens: int) -> bool:
+    def resumable(folder: Path, split: str, shard_tokens: int, tokens: int, dtype: np.dtype) -> bool:
         """Whether the files a writer at `tokens` needs are on disk (complete shards full-sized)."""
         full, rest = divmod(tokens, shard_tokens)
         complete = [folder / shard_name(split, i) for i in range(full)]
         current = folder / shard_name(split, full)  # may hold more than `rest`: cut back on reopening
-        return (all(p.is_file() and p.stat().st_size == shard_tokens * TOKEN_DTYPE.itemsize for p in complete)
-                and current.is_file() and current.stat().st_size >= rest * TOKEN_DTYPE.itemsize)
+        size = np.dtype(dtype).itemsize
+        return (all(p.is_file() and p.stat().st_size == shard_tokens * size for p in complete)
+                and current.is_file() and current.stat().st_size >= rest * size)
 
     def write(self, tokens: np.ndarray) -> bool:
         """Append tokens; return True if a shard was completed."""
         completed = False
         while len(tokens):
             room = self.shard_tokens - self.tokens % self.shard_tokens
-            self.file.write(np.ascontiguousarray(tokens[:room], dtype=TOKEN_DTYPE).data)
+            self.file.write(np.ascontiguousarray(tokens[:room], dtype=self.dtype).data)
             self.tokens += min(room, len(tokens))
             tokens = tokens[room:]
             if self.tokens % self.shard_tokens == 0:  # full: the next token starts a new shard
@@ -164,5 +172,5 @@ class ShardWriter:
         if rest == 0:
             self._path(full).unlink(missing_ok=True)
         counts = [self.shard_tokens] * full + ([rest] if rest else [])
-        return [{"file": shard_name(self.split, i), "tokens": n, "bytes": n * TOKEN_DTYPE.itemsize,
+        return [{"file": shard_name(self.split, i), "tokens": n, "bytes": n * self.dtype.itemsize,
                  "sha256": sha256_file(self._path(i))} for i, n in enumerate(counts)]

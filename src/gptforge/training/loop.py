@@ -26,6 +26,7 @@ from ..data import prefetch
 from ..device import matmul_peak_flops
 from ..errors import UserError
 from ..evaluate import batch_loss
+from ..tokenizer import tokenizer_of
 from ..weights.checkpoint import save_checkpoint
 from .optim import lr_at, make_optimizer
 from .resume import Position, capture, restore
@@ -127,7 +128,7 @@ class Trainer:
         elif d.is_main:
             run.create()
         if d.is_main:
-            run.write_config({"model": model.config.to_dict(), "train": cfg.to_dict()})
+            run.write_config({"model": model.config.to_dict(), "train": cfg.to_dict()}, tokenizer_of(model))
         self.guard = UpdateGuard(device, self.scaler, self.position.step)
         self.skipped_before = self.position.skipped
         self.losses = (math.nan, math.nan)  # (train, val) of the latest evaluation

@@ -1,6 +1,8 @@
 """Pretraining: `gptforge train`. Windows over a token stream (gptforge.data.batches) through the
 shared training loop (training.loop), from a preset, from other weights (--init-from), or
-resumed from a run's checkpoint."""
+resumed from a run's checkpoint. The model carries its tokenizer (model.tokenizer): the
+checkpoint's or --init-from model's, else --tokenizer, else the prepared corpus's, else GPT-2's;
+a fresh model's vocabulary is that tokenizer's."""
 
 from __future__ import annotations
 
@@ -12,13 +14,14 @@ from safetensors.torch import load_file
 
 from .. import distributed
 from ..config import GPTConfig, TrainConfig
-from ..data import BatchLoader, load_splits
+from ..data import BatchLoader, corpus_tokenizer, load_splits
 from ..device import pick_device
 from ..errors import UserError
 from ..evaluate import mean_loss
 from ..generate import generate_text
 from ..model import GPT
-from ..weights.checkpoint import WEIGHTS, load_weights, read_checkpoint_config
+from ..tokenizer import Tokenizer, gpt2, load_tokenizer
+from ..weights.checkpoint import WEIGHTS, checkpoint_tokenizer, load_weights, read_checkpoint_config
 from ..weights.load import load_any, reshape
 from .loop import Trainer, TrainResult
 from .resume import resolve_run
@@ -42,11 +45,14 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     elif cfg.init_from:
         initial = initial_model(cfg, device)
         model_cfg = initial.config
-    else:
-        model_cfg = cfg.model_config()
-    task = WindowTask(cfg, model_cfg, d)  # data first: a bad corpus should fail before the run folder exists
+    tokenizer = _run_tokenizer(cfg, checkpoint, initial)
+    if checkpoint is None and initial is None:  # a new model: its vocabulary is its tokenizer's
+        model_cfg = dataclasses.replace(cfg.model_config(), vocab_size=tokenizer.vocab_size)
+    # Data first: a bad corpus (or one prepared with another tokenizer) fails before the run folder exists.
+    task = WindowTask(cfg, model_cfg, d, tokenizer)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = initial if initial is not None else GPT(model_cfg).to(device)
+    model.tokenizer = tokenizer
     if checkpoint is not None:  # before sharding and the optimizer: loading replaces parameters
         load_weights(model, load_file(checkpoint / WEIGHTS, device=str(device)), source=str(checkpoint))
     trainer = Trainer(cfg, run, model, task, task.total_steps, d, device, checkpoint, progress)
@@ -66,12 +72,13 @@ class WindowTask:
     evaluation: the mean loss of fixed train and val batches; its sample: a continuation of
     cfg.sample_prompt."""
 
-    def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig, d: distributed.Dist):
+    def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig, d: distributed.Dist, tokenizer: Tokenizer):
         self.cfg, self.d = cfg, d
         ctx, vocab = model_cfg.context_length, model_cfg.vocab_size
-        train_tokens, val_tokens = load_splits(cfg.data, cfg.val_fraction, verify=cfg.verify_data)
+        # Text is tokenized with the run's tokenizer; a corpus prepared with another is refused.
+        train_tokens, val_tokens, _ = load_splits(cfg.data, cfg.val_fraction, cfg.verify_data, tokenizer)
         if cfg.val_data:
-            val_tokens = load_splits(cfg.val_data, 0.0, verify=cfg.verify_data)[0]
+            val_tokens = load_splits(cfg.val_data, 0.0, cfg.verify_data, tokenizer)[0]
         self.train_tokens, self.val_tokens = len(train_tokens), len(val_tokens)
         # Each rank reads its own slice of every global batch; evaluation reads whole batches on
         # every rank (it is a small share of the work, and the result then needs no reduction).
@@ -111,6 +118,21 @@ class WindowTask:
         cfg = self.cfg
         return "".join(generate_text(model, cfg.sample_prompt, cfg.sample_tokens, temperature=cfg.sample_temperature,
                                      top_k=cfg.sample_top_k or None, seed=cfg.seed, include_prompt=True))
+
+
+def _run_tokenizer(cfg: TrainConfig, checkpoint: Path | None, initial: GPT | None) -> Tokenizer:
+    """The run's tokenizer: a resumed checkpoint's, or the --init-from model's (--tokenizer, if
+    given, must name the same), or --tokenizer, or a prepared --data corpus's, or GPT-2's."""
+    if checkpoint is not None:
+        return checkpoint_tokenizer(checkpoint)
+    given = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+    if initial is None:
+        return given or corpus_tokenizer(cfg.data) or gpt2()
+    own = tokenizer_of(initial)
+    if given is not None and not given.same_as(own):
+        raise UserError(f"--tokenizer {cfg.tokenizer} ({given.name}) is not the --init-from model's tokenizer "
+                        f"({own.name}); drop --tokenizer to use the model's")
+    return own
 
 
 def _loader(tokens, cfg: TrainConfig, ctx: int, what: str, **kwargs) -> BatchLoader:

@@ -1,7 +1,8 @@
 """The layout of a run folder, known here only:
 
     runs/NAME/
-      config.json              the resolved model + training config
+      config.json              the resolved model + training config, and the tokenizer's description
+      tokenizer/               the run's tokenizer (tokenizer.json + meta.json) unless it is GPT-2's
       metrics.jsonl            one row per evaluation
       loss.png                 the loss curves, redrawn at each evaluation
       checkpoints/step-XXXXXXXX/  (see gptforge.weights.checkpoint)
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import atomic_write, read_json, write_json
+from ..tokenizer import TOKENIZER_DIR, Tokenizer
 from ..weights.checkpoint import CHECKPOINTS, checkpoint_path, list_checkpoints
 
 CONFIG = "config.json"
@@ -59,8 +61,10 @@ class RunFolder:
         except OSError as e:
             raise UserError(f"cannot create run folder {self.path}: {e.strerror or e}") from None
 
-    def write_config(self, resolved: dict) -> None:
-        write_json(self.config_file, resolved)
+    def write_config(self, resolved: dict, tokenizer: Tokenizer) -> None:
+        """config.json, and the tokenizer's files next to it (the run is self-contained)."""
+        tokenizer.save(self.path / TOKENIZER_DIR)
+        write_json(self.config_file, {**resolved, "tokenizer": tokenizer.describe()})
 
     def read_config(self) -> dict:
         return read_json(self.config_file)

@@ -3,8 +3,12 @@
     step-00000100/
       model.safetensors   weights (a tied LM head is stored once, as tok_emb.weight)
       train_state.pt      optimizer, schedule, step, RNG states (optional; torch.load weights_only)
-      config.json         model + train config, and the sha256 of every other file; written last
+      tokenizer/          the model's tokenizer (tokenizer.json + meta.json) unless it is GPT-2's
+      config.json         model + train config, the tokenizer's description, and the sha256 of
+                          the weights and train state; written last
 
+A LoRA checkpoint has the same files, but model.safetensors holds only the adapter, and config.json
+records under "lora" its settings and its base model (path and weights sha256; see weights.load).
 A run folder keeps them as checkpoints/step-XXXXXXXX. This module is the checkpoint boundary of
 the model's vocabulary padding: weights and optimizer moments are saved with vocab_size rows
 (so a checkpoint does not depend on the padding) and padded again on load.
@@ -26,6 +30,7 @@ from ..files import atomic_folder, read_json, sha256_file
 from ..model import GPT
 from ..model.gpt import VOCAB_ROW_PARAMS, vocab_rows
 from ..model.lora import adapter_state
+from ..tokenizer import TOKENIZER_DIR, Tokenizer, tokenizer_from_record, tokenizer_of
 
 WEIGHTS = "model.safetensors"
 TRAIN_STATE = "train_state.pt"
@@ -48,12 +53,14 @@ def _moments(optimizer_state: dict, config: GPTConfig, padded: bool) -> None:
 
 def save_checkpoint(path: str | Path, model: GPT, train_config: dict | None = None,
                     train_state: dict | None = None, weights: dict | None = None) -> Path:
-    """Write a complete checkpoint folder at `path` (see atomic_folder). `weights` replaces
-    model.state_dict() (a sharded model's gathered full state, which still has padded rows).
-    A model with LoRA adapters (its `lora` attribute says how they were made, and from which base)
-    saves only the adapter, and that record (see weights.load.load_lora)."""
+    """Write a complete checkpoint folder at `path` (see atomic_folder), with the model's own
+    tokenizer (tokenizer_of). `weights` replaces model.state_dict() (a sharded model's gathered
+    full state, which still has padded rows). A model with LoRA adapters (its `lora` attribute
+    says how they were made, and from which base) saves only the adapter, and that record (see
+    weights.load.load_lora)."""
     path = Path(path)
     config = model.config
+    tokenizer = tokenizer_of(model)
     weights = model.state_dict() if weights is None else weights
     lora = getattr(model, "lora", None)
     if lora is not None:
@@ -72,10 +79,12 @@ def save_checkpoint(path: str | Path, model: GPT, train_config: dict | None = No
             _moments(train_state.get("optimizer", {}), config, padded=False)
             torch.save(train_state, tmp / TRAIN_STATE)
             files.append(TRAIN_STATE)
+        tokenizer.save(tmp / TOKENIZER_DIR)
         meta = {
             "format": "gptforge-checkpoint-v1",
             "model": config.to_dict(),
             "train": train_config or {},
+            "tokenizer": tokenizer.describe(),
             "files": {name: sha256_file(tmp / name) for name in files},
         }
         if lora is not None:
@@ -153,10 +162,19 @@ def load_weights(model: GPT, weights: dict[str, torch.Tensor], source: str) -> N
         model.lm_head.weight = model.tok_emb.weight  # re-tie after assign replaced the parameter
 
 
+def checkpoint_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer a checkpoint's model was trained with (GPT-2's for a checkpoint from before
+    tokenizers were recorded); refused in one line when its files are missing or altered."""
+    return tokenizer_from_record(read_checkpoint_config(path).get("tokenizer"), path / TOKENIZER_DIR,
+                                 f"checkpoint {path}")
+
+
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> GPT:
-    """The model of a checkpoint folder (weights verified against their sha256), in eval mode."""
+    """The model of a checkpoint folder (weights verified against their sha256), in eval mode,
+    with its tokenizer as `model.tokenizer`."""
     meta = read_checkpoint_config(path)
     config = GPTConfig.from_dict(meta["model"])
+    tokenizer = checkpoint_tokenizer(path)
     verify_checkpoint(path, (WEIGHTS,))
     try:
         weights = load_file(path / WEIGHTS, device=str(device))
@@ -165,6 +183,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> GPT:
     with torch.device("meta"):
         model = GPT(config)
     load_weights(model, weights, source=str(path / WEIGHTS))
+    model.tokenizer = tokenizer
     return model.eval()
 
 

@@ -27,7 +27,8 @@ from ..config import GPTConfig
 from ..errors import UserError, first_line
 from ..files import atomic_folder, check_output_folder, read_json
 from ..model import GPT
-from ..tokenizer import EOT_ID, EOT_TOKEN, GPT2_VOCAB_SIZE, _asset_path
+from ..tokenizer import EOT_TOKEN, BPETokenizer, Tokenizer, gpt2, tokenizer_of
+from ..tokenizer.gpt2_bpe import GPT2_VOCAB_SIZE, asset_path
 from .checkpoint import load_weights
 
 CONFIG = "config.json"
@@ -186,8 +187,22 @@ def _open_tensors(file: Path) -> dict[str, Callable[[], torch.Tensor]]:
     return {key: (lambda t=tensor: t) for key, tensor in state.items()}
 
 
+def read_tokenizer(folder: Path) -> Tokenizer:
+    """The tokenizer of a Hugging Face folder: ours when export_hf wrote a tokenizer.json for
+    PreTrainedTokenizerFast, else GPT-2's (with any additional special tokens its
+    tokenizer_config.json lists, which transformers adds after GPT-2's ids in that order)."""
+    config_path = folder / "tokenizer_config.json"
+    config = read_json(config_path) if config_path.is_file() else {}
+    if not isinstance(config, dict):
+        raise UserError(f"{config_path} is not a JSON object")
+    if config.get("tokenizer_class") == "PreTrainedTokenizerFast" and (folder / "tokenizer.json").is_file():
+        return BPETokenizer((folder / "tokenizer.json").read_bytes(), where=str(folder / "tokenizer.json"))
+    return gpt2().with_special_tokens([str(t) for t in config.get("additional_special_tokens") or []])
+
+
 def load_hf_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> GPT:
-    """A GPT with the weights of a Hugging Face GPT-2 folder (or hub id), in float32 and eval mode.
+    """A GPT with the weights of a Hugging Face GPT-2 folder (or hub id), in float32 and eval mode,
+    with the folder's tokenizer as `model.tokenizer` (see read_tokenizer).
 
     The model is built on the meta device and each tensor is read, transposed if needed and
     copied to `device` one at a time, so memory holds one copy of the weights plus one tensor.
@@ -228,13 +243,15 @@ def load_hf_model(name_or_path: str | Path, device: str | torch.device = "cpu") 
         weights[name] = torch.empty(shapes[name], dtype=torch.float32, device=device).copy_(tensor)
         del tensor, load
     load_weights(model, weights, source=str(folder))
+    model.tokenizer = read_tokenizer(folder)
     return model.eval()
 
 
 # --- writing -------------------------------------------------------------------------------------
 
-def hf_config(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict:
-    """transformers' GPT2Config for our model, as the dict that goes to config.json."""
+def hf_config(config: GPTConfig, dtype: torch.dtype = torch.float32, tokenizer: Tokenizer | None = None) -> dict:
+    """transformers' GPT2Config for our model (GPT-2's tokenizer unless told), as the dict that goes
+    to config.json."""
     out = {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -255,8 +272,9 @@ def hf_config(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict:
         "use_cache": True,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
-    if config.vocab_size > EOT_ID:  # the GPT-2 tokenizer's <|endoftext|> exists in this vocabulary
-        out.update(bos_token_id=EOT_ID, eos_token_id=EOT_ID)
+    eot_id = (tokenizer or gpt2()).eot_id
+    if config.vocab_size > eot_id:  # the tokenizer's <|endoftext|> exists in this vocabulary
+        out.update(bos_token_id=eot_id, eos_token_id=eot_id)
     return out
 
 
@@ -276,13 +294,23 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def _write_tokenizer(folder: Path, context_length: int) -> None:
-    """GPT-2's tokenizer files: our bundled BPE files under the names transformers expects."""
-    shutil.copyfile(_asset_path("encoder.json"), folder / "vocab.json")
-    shutil.copyfile(_asset_path("vocab.bpe"), folder / "merges.txt")
-    special = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN}
+def _write_tokenizer(folder: Path, tokenizer: Tokenizer, context_length: int) -> None:
+    """The tokenizer's files for transformers' AutoTokenizer: for GPT-2's, our bundled BPE files
+    under the names GPT2Tokenizer expects (any further special tokens listed, so they get the
+    same ids); for our own, its tokenizer.json for PreTrainedTokenizerFast."""
+    special: dict = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN}
+    if tokenizer.kind == "gpt2":
+        shutil.copyfile(asset_path("encoder.json"), folder / "vocab.json")
+        shutil.copyfile(asset_path("vocab.bpe"), folder / "merges.txt")
+        tokenizer_class = "GPT2Tokenizer"
+    else:
+        (folder / "tokenizer.json").write_bytes(tokenizer.json_bytes)
+        tokenizer_class = "PreTrainedTokenizerFast"
+    extra = [t for t in tokenizer.special_tokens if t != EOT_TOKEN]
+    if extra:
+        special["additional_special_tokens"] = extra
     tokenizer_config = {
-        "tokenizer_class": "GPT2Tokenizer",
+        "tokenizer_class": tokenizer_class,
         "model_max_length": context_length,
         "add_prefix_space": False,
         "add_bos_token": False,
@@ -295,15 +323,15 @@ def _write_tokenizer(folder: Path, context_length: int) -> None:
 
 
 def export_hf(model: GPT, out: str | Path, overwrite: bool = False) -> Path:
-    """Write `model` as a Hugging Face GPT-2 folder (config.json, model.safetensors and, for a
-    model with GPT-2's vocabulary, the tokenizer files), atomically."""
+    """Write `model` as a Hugging Face GPT-2 folder (config.json, model.safetensors and, when the
+    model's vocabulary holds its tokenizer's, the tokenizer files), atomically."""
     out = Path(out)
     check_output_folder(out, overwrite)
     with atomic_folder(out) as tmp:
         # transformers refuses a safetensors file without this metadata
         save_file(hf_state_dict(model), tmp / SAFETENSORS, metadata={"format": "pt"})
-        dtype = model.tok_emb.weight.dtype
-        (tmp / CONFIG).write_text(json.dumps(hf_config(model.config, dtype), indent=2) + "\n")
-        if model.config.vocab_size >= GPT2_VOCAB_SIZE:
-            _write_tokenizer(tmp, model.config.context_length)
+        dtype, tokenizer = model.tok_emb.weight.dtype, tokenizer_of(model)
+        (tmp / CONFIG).write_text(json.dumps(hf_config(model.config, dtype, tokenizer), indent=2) + "\n")
+        if model.config.vocab_size >= tokenizer.vocab_size:
+            _write_tokenizer(tmp, tokenizer, model.config.context_length)
     return out

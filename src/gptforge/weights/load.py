@@ -18,9 +18,11 @@ from ..files import sha256_file
 from ..model import GPT
 from ..model.lora import add_lora, load_adapter, merge_lora
 from ..model.vocab import grow_vocabulary
+from ..tokenizer import tokenizer_of
 from .checkpoint import (
     TIED_KEY,
     WEIGHTS,
+    checkpoint_tokenizer,
     is_complete,
     list_checkpoints,
     load_checkpoint,
@@ -74,6 +76,7 @@ def reshape(source: GPT, context_length: int, dropout: float) -> GPT:
     with torch.device("meta"):
         model = GPT(config)
     load_weights(model, weights, source="the initial weights")
+    model.tokenizer = tokenizer_of(source)
     return model
 
 
@@ -154,4 +157,5 @@ def load_lora(checkpoint: Path, device: str | torch.device = "cpu", base: str | 
     except ValueError as e:
         raise UserError(str(e)) from None
     model.lora = {**model.lora, "base": lora["base"]}
+    model.tokenizer = checkpoint_tokenizer(checkpoint)
     return model.eval()

@@ -1,18 +1,19 @@
+import pickle
 import random
 import sysconfig
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tiktoken
 import torch
 
-from gptforge.tokenizer import (
-    EOT_ID,
-    encode_prompt,
-    get_tokenizer,
-    ids_to_text,
-    text_to_ids,
-)
+from gptforge.tokenizer import CHAT_TOKENS, gpt2, ids_to_text, text_to_ids, tokenizer_from_record
+from gptforge.tokenizer import gpt2_bpe as module
+
+from helpers import random_unicode
+
+EOT_ID = 50256
 
 
 @pytest.fixture(scope="module")
@@ -41,20 +42,6 @@ def reference_encoding(tmp_path_factory):
             os.environ["TIKTOKEN_CACHE_DIR"] = old
 
 
-def random_unicode(rng: random.Random, n: int) -> str:
-    ranges = [(0x20, 0x7E), (0x0, 0x1F), (0xA0, 0x24F), (0x370, 0x3FF), (0x400, 0x4FF),
-              (0x590, 0x6FF), (0x900, 0x97F), (0x3040, 0x30FF), (0x4E00, 0x9FFF),
-              (0xAC00, 0xD7A3), (0x1F300, 0x1FAFF), (0x300, 0x36F), (0xE000, 0xF8FF),
-              (0x10000, 0x10FFFF)]
-    out = []
-    for _ in range(n):
-        lo, hi = rng.choice(ranges)
-        out.append(chr(rng.randint(lo, hi)))
-        if rng.random() < 0.15:
-            out.append(rng.choice([" ", "  ", "\n", "\t", "\r\n", "'s", "'ll", " 123", "..."]))
-    return "".join(out)
-
-
 def varied_text(megabytes: float) -> str:
     """Python's own source files (code, prose in docstrings, many languages in test data) plus
     random unicode, up to the given size."""
@@ -72,33 +59,37 @@ def varied_text(megabytes: float) -> str:
 
 
 def test_same_ids_as_tiktoken_gpt2(reference_encoding):
-    enc = get_tokenizer()
-    assert enc.n_vocab == reference_encoding.n_vocab == 50257
-    assert enc.eot_token == EOT_ID
+    tokenizer = gpt2()
+    enc = tokenizer.encoding
+    assert enc.n_vocab == reference_encoding.n_vocab == tokenizer.vocab_size == 50257
+    assert enc.eot_token == tokenizer.eot_id == EOT_ID and tokenizer.special_tokens == {"<|endoftext|>": EOT_ID}
     assert enc._pat_str == reference_encoding._pat_str
     text = varied_text(3)
     assert len(text) > 3_000_000
-    assert enc.encode_ordinary(text) == reference_encoding.encode_ordinary(text)
+    expected = reference_encoding.encode_ordinary(text)
+    assert tokenizer.encode(text) == expected
+    array = tokenizer.encode_array(text)
+    assert array.dtype == np.dtype("<u2") and array.tolist() == expected
     special = "a<|endoftext|>b"
     assert enc.encode(special, allowed_special="all") == reference_encoding.encode(special, allowed_special="all")
 
 
 def test_known_ids():
     # GPT-2 ids users know from the reference material
-    assert get_tokenizer().encode("Hello, I am") == [15496, 11, 314, 716]
+    assert gpt2().encode("Hello, I am") == [15496, 11, 314, 716]
     assert text_to_ids("Every effort moves you").tolist() == [[6109, 3626, 6100, 345]]
 
 
 def test_round_trips_arbitrary_unicode():
     rng = random.Random(1)
-    enc = get_tokenizer()
+    tokenizer = gpt2()
     for _ in range(200):
         text = random_unicode(rng, rng.randint(0, 300))
-        assert enc.decode(enc.encode_ordinary(text)) == text
+        assert tokenizer.decode(tokenizer.encode(text)) == text
 
 
 def test_every_byte_has_a_token_and_bytes_round_trip():
-    enc = get_tokenizer()
+    enc = gpt2().encoding
     for b in range(256):
         assert enc.decode_single_token_bytes(enc.encode_single_token(bytes([b]))) == bytes([b])
     rng = random.Random(2)
@@ -115,8 +106,8 @@ def test_a_special_token_s_text_is_always_plain_text():
     ordinary = text_to_ids("a<|endoftext|>b")
     assert EOT_ID not in ordinary[0].tolist()
     assert ids_to_text(ordinary) == "a<|endoftext|>b"
-    assert encode_prompt("<|endoftext|>") == get_tokenizer().encode_ordinary("<|endoftext|>")
-    assert encode_prompt("") == [EOT_ID]  # an empty prompt starts a document, as in training
+    assert gpt2().encode_prompt("<|endoftext|>") == gpt2().encoding.encode_ordinary("<|endoftext|>")
+    assert gpt2().encode_prompt("") == [EOT_ID]  # an empty prompt starts a document, as in training
 
 
 def test_text_to_ids_shape_and_dtype():
@@ -128,9 +119,42 @@ def test_text_to_ids_shape_and_dtype():
 
 
 def test_corrupt_asset_is_detected(tmp_path):
-    import gptforge.tokenizer as tok
-
     bad = tmp_path / "vocab.bpe"
     bad.write_bytes(b"#version: 0.2\nnot the real file\n")
     with pytest.raises(RuntimeError, match="corrupt"):
-        tok._check_sha256(str(bad), tok.VOCAB_BPE_SHA256)
+        module._check_sha256(str(bad), module.VOCAB_BPE_SHA256)
+
+
+def test_with_special_tokens_adds_ids_after_gpt2s_and_text_stays_plain(reference_encoding):
+    base = gpt2()
+    chat = base.with_special_tokens(CHAT_TOKENS)
+    assert base.vocab_size == 50257 and chat.vocab_size == 50259
+    assert chat.special_tokens == {"<|endoftext|>": 50256, "<|im_start|>": 50257, "<|im_end|>": 50258}
+    assert chat.with_special_tokens(CHAT_TOKENS) is chat and base.with_special_tokens(["<|endoftext|>"]) is base
+    # tiktoken given the same special tokens maps their text to the same ids (when asked to)...
+    reference = tiktoken.Encoding(name="chat", pat_str=reference_encoding._pat_str,
+                                  mergeable_ranks=reference_encoding._mergeable_ranks,
+                                  special_tokens=chat.special_tokens)
+    text = "<|im_start|>user\nhi there<|im_end|>\n"
+    assert reference.encode(text, allowed_special="all")[0] == 50257
+    # ...but gptforge never does: user text is plain text, the same ids as GPT-2's own.
+    assert chat.encode(text) == base.encode(text) == reference.encode_ordinary(text)
+    assert chat.decode([50257, 50258]) == "<|im_start|><|im_end|>" and chat.token_bytes(50257) == b""
+    assert chat.extends(base) and not base.extends(chat) and not chat.same_as(base)
+
+
+def test_the_description_rebuilds_it_and_it_pickles():
+    chat = gpt2().with_special_tokens(CHAT_TOKENS)
+    assert gpt2().describe() == {"name": "gpt2", "type": "gpt2", "vocab_size": 50257, "eot_id": 50256,
+                                 "special_tokens": {"<|endoftext|>": 50256}, "sha256": module.VOCAB_BPE_SHA256}
+    assert tokenizer_from_record(chat.describe(), Path("nowhere"), "a test").describe() == chat.describe()
+    assert tokenizer_from_record(None, Path("nowhere"), "an old checkpoint") is gpt2()
+    assert pickle.loads(pickle.dumps(chat)).describe() == chat.describe()
+
+
+def test_token_byte_lengths_are_the_utf8_lengths_and_zero_for_special_tokens(reference_encoding):
+    lengths = gpt2().with_special_tokens(CHAT_TOKENS).token_byte_lengths()
+    assert lengths.shape == (50259,) and lengths[50256] == lengths[50257] == lengths[50258] == 0
+    rng = random.Random(3)
+    for i in rng.sample(range(50256), 500):
+        assert lengths[i] == len(reference_encoding.decode_single_token_bytes(i))
