@@ -14,6 +14,7 @@ from .device import pick_device
 from .errors import UserError
 from .model import GPT, prepare_for_decoding
 from .tokenizer import tokenizer_of
+from .tokenizer.chat import end_of_turn, has_chat_template, render
 from .weights import load_any
 
 
@@ -118,22 +119,20 @@ def complete_ids(model: GPT, ids: list[int], max_new_tokens: int, eos_id: int | 
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  seed: int | None = None, use_cache: bool = True) -> list[int]:
     """The new ids of one continuation of `ids` (greedy by default), up to and without eos_id."""
-    idx = torch.tensor([ids], dtype=torch.long, device=next(model.parameters()).device)
-    generator = None if seed is None else torch.Generator(device=idx.device).manual_seed(seed)
     out = []
-    for tokens, _ in stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id, use_cache, generator):
+    for tokens, _ in _steps(model, ids, 1, max_new_tokens, temperature, top_k, top_p, seed, eos_id, use_cache):
         if int(tokens[0]) == eos_id:
             break
         out.append(int(tokens[0]))
     return out
 
 
-def prompt_ids(model: GPT, prompt: str, rows: int = 1) -> torch.Tensor:
-    """(rows, n) ids of a prompt for `model`, encoded by its own tokenizer (see
-    Tokenizer.encode_prompt), on its device. A prompt longer than the context is kept whole
-    (generation crops it), with a notice on stderr."""
+def prompt_ids(model: GPT, prompt: str | list[int], rows: int = 1) -> torch.Tensor:
+    """(rows, n) ids of a prompt for `model` (text is encoded by its own tokenizer, see
+    Tokenizer.encode_prompt; ids are taken as they are), on its device. A prompt longer than the
+    context is kept whole (generation crops it), with a notice on stderr."""
     tokenizer = tokenizer_of(model)
-    ids = tokenizer.encode_prompt(prompt)
+    ids = tokenizer.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
     if max(ids) >= model.config.vocab_size:  # e.g. a tiny test model from another tool
         raise UserError(f"the prompt has token ids the model does not know: its vocabulary has "
                         f"{model.config.vocab_size} ids, its tokenizer {tokenizer.name}'s has {tokenizer.vocab_size}")
@@ -145,37 +144,63 @@ def prompt_ids(model: GPT, prompt: str, rows: int = 1) -> torch.Tensor:
     return torch.tensor([ids] * rows, dtype=torch.long, device=device)
 
 
-def _steps(model: GPT, prompt: str, rows: int, max_new_tokens: int, temperature: float, top_k: int | None,
-           top_p: float | None, seed: int | None, stop_at_eos: bool, use_cache: bool):
+def _steps(model: GPT, prompt: str | list[int], rows: int, max_new_tokens: int, temperature: float,
+           top_k: int | None, top_p: float | None, seed: int | None, eos_id: int | None, use_cache: bool):
     idx = prompt_ids(model, prompt, rows)
     # A private generator: sampling never moves the global RNG (a training run's samples must not
     # change its dropout masks, or resuming would not be exact).
     generator = None if seed is None else torch.Generator(device=idx.device).manual_seed(seed)
-    return stream(model, idx, max_new_tokens, temperature, top_k, top_p,
-                  eos_id=tokenizer_of(model).eot_id if stop_at_eos else None, use_cache=use_cache,
+    return stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id=eos_id, use_cache=use_cache,
                   generator=generator)
+
+
+def _texts(model: GPT, steps, eos_id: int | None) -> Iterator[str]:
+    """The text of one row's tokens as they come, up to and without eos_id: a character split
+    across tokens is held back until complete (invalid UTF-8 becomes U+FFFD)."""
+    tokenizer = tokenizer_of(model)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for tokens, _ in steps:
+        token = int(tokens[0])
+        if token == eos_id:
+            break
+        if piece := decoder.decode(tokenizer.decode_bytes([token])):
+            yield piece
+    if tail := decoder.decode(b"", final=True):
+        yield tail
 
 
 def generate_text(model: GPT, prompt: str, max_new_tokens: int, temperature: float = 1.0,
                   top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                   stop_at_eos: bool = False, use_cache: bool = True, include_prompt: bool = False
                   ) -> Iterator[str]:
-    """Continue `prompt`, yielding the new text as it is produced: a character split across tokens
-    is held back until complete (invalid UTF-8 becomes U+FFFD). stop_at_eos ends at
-    <|endoftext|>, which is not yielded. The model's own tokenizer decodes (tokenizer_of)."""
-    tokenizer = tokenizer_of(model)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    """Continue `prompt`, yielding the new text as it is produced (see _texts). stop_at_eos ends
+    at <|endoftext|>, which is not yielded. The model's own tokenizer decodes (tokenizer_of)."""
+    eos_id = tokenizer_of(model).eot_id if stop_at_eos else None
     if include_prompt:
         yield prompt
-    for tokens, _ in _steps(model, prompt, 1, max_new_tokens, temperature, top_k, top_p, seed,
-                            stop_at_eos, use_cache):
-        token = int(tokens[0])
-        if stop_at_eos and token == tokenizer.eot_id:
-            break
-        if piece := decoder.decode(tokenizer.decode_bytes([token])):
-            yield piece
-    if tail := decoder.decode(b"", final=True):
-        yield tail
+    yield from _texts(model, _steps(model, prompt, 1, max_new_tokens, temperature, top_k, top_p, seed,
+                                    eos_id, use_cache), eos_id)
+
+
+def chat_prompt(model: GPT, messages: list[dict]) -> tuple[list[int], int]:
+    """(prompt ids, the id that ends the answer) of a conversation: for a chat model, the messages
+    through the chat template with the assistant's turn opened, ending at <|im_end|>; a base model
+    (no chat tokens) has no template, so it continues the messages' contents as plain text, one
+    per line, up to <|endoftext|>."""
+    tokenizer = tokenizer_of(model)
+    if has_chat_template(tokenizer):
+        return render(messages, tokenizer, add_generation_prompt=True)[0], end_of_turn(tokenizer)
+    return tokenizer.encode_prompt("\n".join(m["content"] for m in messages)), tokenizer.eot_id
+
+
+def chat_text(model: GPT, messages: list[dict], max_new_tokens: int, temperature: float = 1.0,
+              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+              use_cache: bool = True) -> Iterator[str]:
+    """The model's answer to a conversation ([{"role": "system" | "user" | "assistant",
+    "content": ...}, ...], see chat_prompt), yielded as it is produced."""
+    ids, stop = chat_prompt(model, messages)
+    yield from _texts(model, _steps(model, ids, 1, max_new_tokens, temperature, top_k, top_p, seed, stop,
+                                    use_cache), stop)
 
 
 def generate_texts(model: GPT, prompt: str, num_samples: int, max_new_tokens: int, temperature: float = 1.0,
@@ -185,7 +210,7 @@ def generate_texts(model: GPT, prompt: str, num_samples: int, max_new_tokens: in
     tokenizer = tokenizer_of(model)
     rows: list[list[int]] = [[] for _ in range(num_samples)]
     for tokens, alive in _steps(model, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
-                                seed, stop_at_eos, use_cache):
+                                seed, tokenizer.eot_id if stop_at_eos else None, use_cache):
         for i, token in enumerate(tokens.tolist()):
             if alive[i] and not (stop_at_eos and token == tokenizer.eot_id):
                 rows[i].append(token)

@@ -6,6 +6,7 @@ a fresh model's vocabulary is that tokenizer's."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from ..errors import UserError
 from ..evaluate import mean_loss
 from ..generate import generate_text
 from ..model import GPT
-from ..tokenizer import Tokenizer, gpt2, load_tokenizer
+from ..tokenizer import Tokenizer, gpt2, load_tokenizer, tokenizer_of
 from ..weights.checkpoint import WEIGHTS, checkpoint_tokenizer, load_weights, read_checkpoint_config
 from ..weights.load import load_any, reshape
 from .loop import Trainer, TrainResult
