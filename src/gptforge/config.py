@@ -293,7 +293,7 @@ class FinetuneConfig(TrainConfig):
     command: typing.ClassVar[str] = "finetune"
 
     data: str | None = None
-    """Instruction or chat records: a .json list or .jsonl file, a folder with train.* and val.*, builtin:NAME or hf:NAME."""
+    """Instruction or chat records: .json list or .jsonl file, folder of train.* and val.*, builtin:NAME, hf:NAME."""
     val_data: str | None = None
     """Separate validation records (default: DATA's val.* file, else --val-fraction of DATA)."""
     val_fraction: float = rule(0.1, minimum=0.0, below=1.0)
@@ -315,7 +315,7 @@ class FinetuneConfig(TrainConfig):
     sample_tokens: int = rule(100, minimum=1, resumable=True)
     """Most tokens of each printed sample answer."""
     template: Literal["chatml", "alpaca"] = "chatml"
-    """'chatml': turns between <|im_start|>/<|im_end|>, special tokens added to the vocabulary; 'alpaca': chapter 7's text template."""
+    """'chatml': turns between the special tokens <|im_start|>/<|im_end|> (added); 'alpaca': chapter 7's text."""
     train_on_prompt: bool = False
     """Train on every token, the prompt's too (default: only on the assistant's answers and their end token)."""
     lora_rank: int | None = rule(None, minimum=1)

@@ -6,8 +6,8 @@ import torch
 from gptforge.model.lora import (
     TARGETS,
     LoRALinear,
-    add_lora,
     adapter_state,
+    add_lora,
     load_adapter,
     merge_lora,
     trainable_count,
@@ -21,7 +21,9 @@ ALL = tuple(TARGETS)
 
 def adapted(tied=True, rows=True, targets=ALL, seed=0):
     """A tiny GPT grown by two ids, with adapters whose B and rows are random (as after training)."""
-    model = grow_vocabulary(random_gpt(seed, tie_embeddings=tied), 259) if rows else random_gpt(seed, tie_embeddings=tied)
+    model = random_gpt(seed, tie_embeddings=tied)
+    if rows:
+        model = grow_vocabulary(model, 259)
     add_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=targets, new_rows=(257, 259) if rows else None)
     with torch.no_grad():
         for name, p in model.named_parameters():

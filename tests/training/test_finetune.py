@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from gptforge.config import FinetuneConfig
 from gptforge.data.example_batches import IGNORE, ExampleBatches
 from gptforge.data.instructions import read_examples
-from gptforge.data.templates import encode_example
+from gptforge.data.templates import alpaca_prompt, encode_example, encode_examples
 from gptforge.errors import UserError
 from gptforge.evaluate import batch_loss
 from gptforge.model.vocab import grow_vocabulary
@@ -49,7 +49,7 @@ def settings(base, data_file, out, **fields):
 def test_masked_positions_contribute_nothing():
     """Changing the target of a prompt position changes no gradient; changing an answer's does;
     and the loss equals a plain re-computation over the answer positions."""
-    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=64), 50259).eval()
+    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=128), 50259).eval()
     tokenizer = gpt2().with_special_tokens(CHAT_TOKENS)
     example = read_examples("builtin:tasks-chat")[0][0]
     ids, loss = (np.array(a) for a in encode_example(example, tokenizer, "chatml"))
@@ -79,21 +79,25 @@ def test_masked_positions_contribute_nothing():
         expected = -torch.stack([logp[j - 1, ids[j]] for j in answer_positions]).mean()
         torch.testing.assert_close(batch_loss(model, inputs, targets), expected)
     assert (targets[0] != IGNORE).sum() == len(answer_positions)
+    # --train-on-prompt: every position is trained
+    [(all_ids, all_loss)], _, _ = encode_examples([example], tokenizer, "chatml", 128, train_on_prompt=True)
+    everything = ExampleBatches([(all_ids, all_loss)], 1).collate(np.array([0]))[1]
+    assert torch.equal(everything[0], torch.from_numpy(ids[1:]))
 
 
 # --- runs --------------------------------------------------------------------------------------
 
 def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, data, tmp_path):
-    cfg = FinetuneConfig(**settings(tiny_checkpoint, data / "tasks.json", tmp_path / "run", epochs=3,
+    cfg = FinetuneConfig(**settings(tiny_checkpoint, data / "tasks.json", tmp_path / "run", epochs=3, lr=3e-3,
                                     lr_schedule="cosine", warmup_steps=2))
     result = finetune(cfg, progress=False)
     history = rows(result.run_dir)
     assert history[0]["step"] == 0 and history[1]["step"] == 1  # before fine-tuning, then each evaluation
-    assert history[-1]["val_loss"] < history[0]["val_loss"] - 2.0
+    assert history[-1]["val_loss"] < history[0]["val_loss"] - 1.0  # a random tiny model: it learns slowly
     steps_per_epoch = (54 // 4)  # 60 records, 6 for validation
     assert result.step == 3 * steps_per_epoch
     # the schedule: warmup, then cosine to 0
-    assert history[1]["lr"] == pytest.approx(5e-4) and history[-1]["lr"] < 1e-4
+    assert history[1]["lr"] == pytest.approx(cfg.lr / 2) and history[-1]["lr"] < cfg.lr / 10
     checkpoint = result.checkpoint
     meta = json.loads((checkpoint / "config.json").read_text())
     assert meta["model"]["vocab_size"] == 50259
@@ -112,7 +116,9 @@ def test_resume_is_bitwise_exact(tiny_checkpoint, data, tmp_path, lora):
     straight = finetune(FinetuneConfig(**{**fields, "out": str(tmp_path / "a")}, max_steps=8), progress=False)
     finetune(FinetuneConfig(**{**fields, "out": str(tmp_path / "b")}, max_steps=4), progress=False)
     resumed = finetune(resume=tmp_path / "b", max_steps=8, progress=False)
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]
+    def strip(history):
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in history]
+
     assert strip(rows(resumed.run_dir)) == strip(rows(straight.run_dir))
     a = load_file(straight.checkpoint / "model.safetensors")
     b = load_file(resumed.checkpoint / "model.safetensors")
@@ -120,10 +126,21 @@ def test_resume_is_bitwise_exact(tiny_checkpoint, data, tmp_path, lora):
     assert all("lora_" in k or k.endswith("new_rows") for k in a) == lora
 
 
-def test_bf16_and_accumulation_train(tiny_checkpoint, data, tmp_path):
+def test_bf16_accumulation_and_truncation(tiny_checkpoint, data, tmp_path, capsys):
     cfg = FinetuneConfig(**settings(tiny_checkpoint, data / "tasks.json", tmp_path / "run", batch_size=2,
-                                    grad_accum=2, dtype="bfloat16", max_steps=6, template="alpaca"))
+                                    grad_accum=2, dtype="bfloat16", max_steps=6, template="alpaca",
+                                    context_length=52))
     result = finetune(cfg, progress=False)
+    # the examples longer than 53 ids (inputs and the last target) are counted, and those whose
+    # answer starts beyond the cut are left out
+    tokenizer = gpt2()
+    records = json.loads((data / "tasks.json").read_text())
+    prompts = [len(tokenizer.encode(alpaca_prompt(r))) for r in records]
+    totals = [len(tokenizer.encode(alpaca_prompt(r) + r["output"])) + 1 for r in records]
+    cut, left_out = sum(n > 53 for n in totals), sum(n >= 53 for n in prompts)
+    assert cut > left_out > 0
+    said = capsys.readouterr().out
+    assert f"{cut} example(s) longer than the context were cut to it, {left_out} of them left out" in said
     history = rows(result.run_dir)
     assert result.step == 6 and all(math.isfinite(r["train_loss"]) for r in history)
     assert history[-1]["val_loss"] < history[0]["val_loss"]

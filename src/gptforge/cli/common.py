@@ -46,3 +46,35 @@ def config_flags(args: argparse.Namespace, cls) -> dict:
 
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, cls, bundled: str) -> None:
+    """What a training command takes: --config (a file or one of the `bundled` configs),
+    --resume, one flag per field of `cls`, --no-progress."""
+    parser.add_argument("--config", metavar="FILE", help=f"TOML file of settings, or a bundled one: {bundled}")
+    parser.add_argument("--resume", metavar="RUN",
+                        help="continue RUN from its newest intact checkpoint, with its own config")
+    add_config_flags(parser, cls)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_job(args: argparse.Namespace, cls, job, default_settings=None) -> int:
+    """Start a training job (`job(config, progress=...)`, e.g. training.train) with the settings
+    of the defaults, then --config (else default_settings(flags), when given), then the flags; or
+    resume one (`job(resume=RUN, ...)`) with its own config and the flags that may change."""
+    from ..config import load_config_file
+    from ..errors import UserError
+
+    flags = config_flags(args, cls)
+    progress = False if args.no_progress else None
+    if args.resume:
+        if args.config:
+            raise UserError("--resume takes the run's own config; drop --config")
+        job(resume=args.resume, progress=progress, **flags)
+        return 0
+    if args.config:
+        settings = load_config_file(args.config, cls)
+    else:
+        settings = default_settings(flags) if default_settings else {}
+    job(cls.from_dict({**settings, **flags}), progress=progress)
+    return 0

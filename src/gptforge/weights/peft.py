@@ -37,7 +37,8 @@ HF_EMBEDDING = {"tok_emb": "transformer.wte", "lm_head": "lm_head"}
 
 def peft_state(adapter: dict, config: GPTConfig) -> dict:
     """Our adapter tensors under the names PEFT saves them with."""
-    module_names = {ours.removesuffix(".weight"): hf.removesuffix(".weight") for hf, (ours, _) in hf_names(config).items()}
+    module_names = {ours.removesuffix(".weight"): hf.removesuffix(".weight")
+                    for hf, (ours, _) in hf_names(config).items()}
     out = {}
     for key, tensor in adapter.items():
         module, _, kind = key.rpartition(".")  # "blocks.0.attn.qkv", "lora_A"
