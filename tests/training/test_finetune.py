@@ -214,3 +214,12 @@ def test_a_lora_run_refuses_another_base_on_resume(data, tmp_path):
     r = run_cli("finetune", "--resume", str(tmp_path / "run"), "--max-steps", "4")
     assert_user_error(r, "is a LoRA adapter for another base model")
     assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 1
+
+
+def test_the_bundled_recipes_load():
+    from gptforge.config import load_config_file
+
+    lora, full = (FinetuneConfig.from_dict(load_config_file(name, FinetuneConfig))
+                  for name in ("tasks-lora", "tasks-full"))
+    assert lora.data == full.data == "builtin:tasks" and lora.template == full.template == "chatml"
+    assert lora.lora_rank and full.lora_rank is None
