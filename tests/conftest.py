@@ -51,3 +51,47 @@ def tiny_bpe(tiny_bpe_dir):
     from gptforge.tokenizer import load_tokenizer
 
     return load_tokenizer(tiny_bpe_dir)
+
+
+@pytest.fixture(scope="session")
+def wide_bpe_dir(tmp_path_factory):
+    """A tokenizer folder whose ids do not fit in 16 bits: the 256 bytes at 70,000 and
+    up (after 69,997 unreachable filler tokens), 70,260 in all: every id it produces is above 65,535."""
+    from tokenizers import models
+
+    from gptforge.tokenizer import BPETokenizer
+    from gptforge.tokenizer.bpe import byte_alphabet
+    from gptforge.tokenizer.train import SPECIAL_TOKENS, empty_tokenizer
+
+    fillers = [f"\u0100\u0100{i}" for i in range(70_000 - len(SPECIAL_TOKENS))]
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(fillers) + tuple(sorted(byte_alphabet())))}
+    merges = [("t", "h"), ("th", "e"), ("Ġ", "the"), ("a", "n")]
+    for a, b in merges:
+        vocab[a + b] = len(vocab)
+    hf = empty_tokenizer()
+    hf.model = models.BPE(vocab=vocab, merges=merges)
+    hf.add_special_tokens(list(SPECIAL_TOKENS))
+    folder = tmp_path_factory.mktemp("wide") / "tokenizer"
+    BPETokenizer(hf.to_str().encode()).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def chat_model():
+    """A chat model: a random gpt2-tiny (context 64) whose tokenizer is GPT-2's plus the chat tokens,
+    so it has the chat template; its vocabulary holds every id of that tokenizer."""
+    from gptforge.tokenizer import CHAT_TOKENS, gpt2
+
+    tokenizer = gpt2().with_special_tokens(CHAT_TOKENS)
+    torch.manual_seed(1)
+    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=tokenizer.vocab_size)).eval()
+    model.tokenizer = tokenizer
+    return model
+
+
+@pytest.fixture(scope="session")
+def chat_checkpoint(chat_model, tmp_path_factory):
+    """chat_model saved as a checkpoint (its tokenizer recorded in config.json)."""
+    from gptforge.weights.checkpoint import save_checkpoint
+
+    return save_checkpoint(tmp_path_factory.mktemp("chat") / "checkpoint", chat_model)

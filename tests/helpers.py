@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import subprocess
@@ -128,3 +129,57 @@ def random_unicode(rng: random.Random, n: int) -> str:
         if rng.random() < 0.15:
             out.append(rng.choice([" ", "  ", "\n", "\t", "\r\n", "'s", "'ll", " 123", "..."]))
     return "".join(out)
+
+
+def greedy_tokens(model, messages: list[dict], max_tokens: int) -> list[int]:
+    """A chat model's greedy answer recomputed plainly: the template's prompt (issue 13's render), a
+    full forward pass per token (no cache), argmax, up to <|im_end|> or <|endoftext|> (left out)."""
+    import torch
+
+    from gptforge.tokenizer import tokenizer_of
+    from gptforge.tokenizer.chat import end_of_turn, render
+
+    tokenizer = tokenizer_of(model)
+    ids, _ = render(messages, tokenizer, add_generation_prompt=True)
+    new: list[int] = []
+    with torch.no_grad():
+        while len(new) < max_tokens and len(ids) + len(new) < model.config.context_length:
+            token = int(model(torch.tensor([ids + new]))[0, -1].argmax())
+            if token in (end_of_turn(tokenizer), tokenizer.eot_id):
+                break
+            new.append(token)
+    return new
+
+
+def early_end(model, messages: list[dict], max_tokens: int) -> tuple[int, str]:
+    """(token, answer): a token of the greedy answer after which turn_ends_after(model, token) makes
+    the answer end early (after its third token where it can), and that shorter answer's text."""
+    from gptforge.tokenizer import tokenizer_of
+    from gptforge.tokenizer.chat import render
+
+    last = render(messages, tokenizer_of(model), add_generation_prompt=True)[0][-1]
+    tokens = greedy_tokens(model, messages, max_tokens)
+    k = next((k for k in (*range(2, len(tokens)), 1, 0) if tokens[k] not in tokens[:k] and tokens[k] != last), None)
+    if k is None:  # a random model's answer may be the prompt's last token over and over: end at once
+        return last, ""
+    return tokens[k], tokenizer_of(model).decode(tokens[:k + 1])
+
+
+@contextlib.contextmanager
+def turn_ends_after(model, token: int):
+    """While inside: `model` ends its turn (<|im_end|> wins by far) right after it emits `token`."""
+    from gptforge.tokenizer import tokenizer_of
+    from gptforge.tokenizer.chat import end_of_turn
+
+    end = end_of_turn(tokenizer_of(model))
+
+    def boost(module, args, logits):  # logits (B, T, V): where the input was `token`, end the turn
+        logits = logits.clone()
+        logits[..., end] += (args[0] == token).to(logits.dtype) * 1e4
+        return logits
+
+    handle = model.register_forward_hook(boost)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -28,6 +28,10 @@ def test_bench_train_and_generate_smoke():
     train = json.loads(r.stdout)
     assert train["tokens_per_s"] > 0 and 0 < train["mfu"] < 1.5 and train["step_s"] > 0
     assert abs(train["tokens_per_s"] * train["step_s"] - 2 * 32) < 1e-6
+    modern = run_cli("bench", "train", "--preset", "gpt2-tiny", "--arch", "modern", "--optimizer", "muon",
+                     "--context-length", "32", "--steps", "2", "--device", "cpu")
+    assert modern.returncode == 0, modern.stderr
+    assert "(modern block, " in modern.stdout and "MuonAdamW" in modern.stdout and "MFU" in modern.stdout
     g = run_cli("bench", "generate", "--preset", "gpt2-tiny", "--new-tokens", "10", "--device", "cpu")
     assert g.returncode == 0, g.stderr
     assert "tokens/s" in g.stdout and "MFU" in g.stdout and "kv_cache=True" in g.stdout

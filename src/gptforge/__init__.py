@@ -4,8 +4,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .config import PRESETS, FinetuneConfig, GPTConfig, TrainConfig
 from .data import prepare_corpus
+from .chat import chat_text
 from .errors import UserError
-from .generate import chat_text, generate, generate_text, generate_texts
+from .generate import generate, generate_text, generate_texts
 from .model import GPT, prepare_for_decoding
 from .tokenizer import Tokenizer, ids_to_text, load_tokenizer, text_to_ids, tokenizer_of
 from .training import finetune, train

@@ -30,21 +30,24 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _model(preset: str, context_length: int | None, device: torch.device) -> GPT:
+def _model(preset: str, context_length: int | None, device: torch.device, arch: str | None = None) -> GPT:
     overrides = {"context_length": context_length} if context_length else {}
+    if arch:
+        overrides["arch"] = arch
     torch.manual_seed(0)
     return GPT(GPTConfig.from_preset(preset, **overrides)).to(device)
 
 
 def bench_train(preset: str = "gpt2-124m", context_length: int | None = 256, batch_size: int = 2,
                 steps: int = 10, warmup: int = 2, dtype: str = "float32", device: str = "auto",
-                compile: bool = False) -> dict:
-    """Median time of a full training step (forward, loss, backward, AdamW) on random tokens."""
+                compile: bool = False, arch: str | None = None, optimizer: str = "adamw") -> dict:
+    """Median time of a full training step (forward, loss, backward, optimizer) on random tokens,
+    with the preset's block or `arch`'s (gpt2, modern) and the trainer's AdamW or Muon."""
     dev = pick_device(device)
-    model = _model(preset, context_length, dev).train()
+    model = _model(preset, context_length, dev, arch).train()
     T = model.config.context_length
     step_model = torch.compile(model) if compile else model
-    optimizer = make_optimizer(model, TrainConfig(lr=1e-4), dev)  # the trainer's own optimizer
+    optimizer = make_optimizer(model, TrainConfig(lr=1e-4, optimizer=optimizer), dev)  # the trainer's own
     autocast = torch.autocast(dev.type, dtype=getattr(torch, dtype), enabled=dtype != "float32")
     x = torch.randint(0, model.config.vocab_size, (batch_size, T + 1), device=dev)
     times = []
@@ -63,7 +66,8 @@ def bench_train(preset: str = "gpt2-124m", context_length: int | None = 256, bat
     tokens_per_s = batch_size * T / step_s
     peak = matmul_peak_flops(dev, getattr(torch, dtype))
     achieved = model.flops_per_token(T) * tokens_per_s
-    return {"what": "train", "preset": preset, "context_length": T, "batch_size": batch_size,
+    return {"what": "train", "preset": preset, "arch": model.config.arch, "optimizer": type(optimizer).__name__,
+            "params": model.num_params(), "context_length": T, "batch_size": batch_size,
             "dtype": dtype, "device": str(dev), "steps": steps, "step_s": step_s,
             "tokens_per_s": tokens_per_s, "model_tflops": achieved / 1e12,
             "peak_tflops": peak / 1e12, "mfu": achieved / peak, "peak_memory_mb": _peak_memory_mb(dev)}
@@ -100,8 +104,8 @@ def bench_generate(preset: str = "gpt2-124m", prompt_tokens: int = 8, new_tokens
 
 def format_result(r: dict) -> str:
     if r["what"] == "train":
-        head = (f"train {r['preset']} T={r['context_length']} B={r['batch_size']} {r['dtype']} on "
-                f"{r['device']}")
+        head = (f"train {r['preset']} ({r['arch']} block, {r['params']:,} parameters, {r['optimizer']}) "
+                f"T={r['context_length']} B={r['batch_size']} {r['dtype']} on {r['device']}")
         rows = [(f"step time (median of {r['steps']})", f"{r['step_s'] * 1000:.1f} ms"),
                 ("tokens/s", f"{r['tokens_per_s']:,.0f}")]
     else:

@@ -8,6 +8,7 @@ from these classes, so adding a field here is the whole job of adding a flag.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -36,11 +37,18 @@ def _check_fields(config, flags: bool) -> None:
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value, kind = getattr(config, f.name), base_type(hints[f.name])
+        if value is None and kind is not hints[f.name]:  # an optional field left unset
+            continue
         name = f.name.replace("_", "-") if flags else f.name
         if typing.get_origin(kind) is Literal and value not in typing.get_args(kind):
             raise UserError(f"{name} must be one of {', '.join(typing.get_args(kind))}, got {value!r}")
+        if typing.get_origin(kind) is tuple:  # a repeatable choice: every item one of the Literal's
+            choices = typing.get_args(typing.get_args(kind)[0])
+            for item in value:
+                if item not in choices:
+                    raise UserError(f"{name} takes {', '.join(choices)}, got {item!r}")
         low = f.metadata.get("minimum")
-        if low is None or value is None:
+        if low is None:
             continue
         if kind is int:
             require_int(name, value, minimum=low)
@@ -67,7 +75,7 @@ def _from_dict(cls, data: dict, what: str):
 
 @dataclass
 class GPTConfig:
-    """Shape of a GPT-2-family model."""
+    """Shape of a GPT-2-family model, and which block it uses (GPT-2's, or a modern one)."""
 
     vocab_size: int = rule(GPT2_VOCAB_SIZE, minimum=1)
     """Number of token ids the model reads and predicts (50257 for the GPT-2 tokenizer)."""
@@ -83,8 +91,30 @@ class GPTConfig:
     """Dropout probability on embeddings, attention weights and residual branches (training only)."""
     qkv_bias: bool = False
     """Whether the query/key/value projection has a bias (True in OpenAI's GPT-2 weights)."""
-    tie_embeddings: bool = True
+    arch: Literal["gpt2", "modern"] = "gpt2"
+    """Block family giving the defaults of the switches below: 'gpt2' (exactly GPT-2) or 'modern' (Qwen3's block)."""
+    positions: Literal["learned", "rope"] | None = None
+    """Position information: 'learned' embeddings added to the input (GPT-2) or 'rope' (rotary, in attention)."""
+    rope_theta: float = rule(10000.0, minimum=0.0, strict=True)
+    """Base of the rotary embedding's frequencies (10000 as in RoFormer and Llama)."""
+    norm: Literal["layernorm", "rmsnorm"] | None = None
+    """Normalisation before each sub-block and at the end: 'layernorm' (GPT-2) or 'rmsnorm' (no mean, no bias)."""
+    norm_eps: float = rule(1e-5, minimum=0.0, strict=True)
+    """Epsilon added to the variance inside every norm."""
+    mlp: Literal["gelu", "swiglu", "relu2"] | None = None
+    """MLP kind: 'gelu' (GPT-2), 'swiglu' (gated SiLU, Llama/Qwen) or 'relu2' (squared ReLU, modded-nanogpt)."""
+    mlp_hidden: int | None = rule(None, minimum=1)
+    """MLP hidden width (default 4 * emb_dim; for swiglu 8/3 * emb_dim rounded up to a multiple of 64)."""
+    qk_norm: bool | None = None
+    """RMS-normalise each head's queries and keys before attention (Qwen3, modded-nanogpt)."""
+    bias: bool | None = None
+    """Biases in the attention output, the MLP and the LayerNorms (GPT-2 has them; qkv_bias is separate)."""
+    tie_embeddings: bool | None = None
     """Share one matrix between the token embedding and the LM head (GPT-2 does; saves vocab*emb_dim)."""
+    zero_init_proj: bool | None = None
+    """Start the attention and MLP output projections at zero, so every block starts as the identity."""
+    logit_softcap: float = rule(0.0, minimum=0.0)
+    """Squash the logits smoothly into (-c, c) with c * tanh(logits / c) (Gemma 2, modded-nanogpt); 0: off."""
     embedding_std: float = rule(0.02, minimum=0.0, strict=True)
     """Init std of the token and position embeddings (0.02 as GPT-2; 1.0 as PyTorch's nn.Embedding)."""
 
@@ -92,10 +122,25 @@ class GPTConfig:
         _check_fields(self, flags=False)
         if self.emb_dim % self.n_heads != 0:
             raise UserError(f"n_heads ({self.n_heads}) must divide emb_dim ({self.emb_dim}) evenly")
+        for name, value in ARCHS[self.arch].items():  # the switches left unset take the arch's choice
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.positions == "rope" and self.head_dim % 2:
+            raise UserError(f"rotary positions need an even head size, got {self.head_dim} "
+                            f"(emb_dim {self.emb_dim} / n_heads {self.n_heads})")
 
     @property
     def head_dim(self) -> int:
         return self.emb_dim // self.n_heads
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's hidden width: mlp_hidden, or the default for the MLP kind (see mlp_hidden)."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":  # two input matrices instead of one: 2/3 of the width, same parameters
+            return -(-8 * self.emb_dim // (3 * 64)) * 64
+        return 4 * self.emb_dim
 
     @property
     def padded_vocab_size(self) -> int:
@@ -120,6 +165,16 @@ class GPTConfig:
         return cls.from_dict({**PRESETS[canonical], **overrides})
 
 
+# What each block family sets for the switches a config leaves unset (None). 'modern' is Qwen3's
+# block, so it exports to transformers exactly (weights.hf): rotary positions, RMSNorm, a SwiGLU
+# MLP, QK-norm, no biases, an untied head; zero-initialised projections only change the start.
+ARCHS: dict[str, dict] = {
+    "gpt2": dict(positions="learned", norm="layernorm", mlp="gelu", qk_norm=False, bias=True,
+                 tie_embeddings=True, zero_init_proj=False),
+    "modern": dict(positions="rope", norm="rmsnorm", mlp="swiglu", qk_norm=True, bias=False,
+                   tie_embeddings=False, zero_init_proj=True),
+}
+
 # The four OpenAI GPT-2 sizes (qkv_bias on, as in the released weights; the reference recipes turn
 # it off when training from scratch) and two small presets for tests and CPU work.
 PRESETS: dict[str, dict] = {
@@ -131,6 +186,10 @@ PRESETS: dict[str, dict] = {
     "gpt2-mini": dict(context_length=256, emb_dim=256, n_heads=4, n_layers=4),
     # About 3.3M parameters: for unit tests.
     "gpt2-tiny": dict(context_length=64, emb_dim=64, n_heads=4, n_layers=2),
+    # The modern block at GPT-2 small's shape (head size 64), for a GPU: 162M parameters, 85M of
+    # them in the blocks as in GPT-2 small (SwiGLU's 8/3 width keeps the MLP's size), the rest the
+    # untied embedding and LM head.
+    "modern-124m": dict(arch="modern", context_length=1024, emb_dim=768, n_heads=12, n_layers=12),
 }
 # Other names users know the GPT-2 sizes by (the reference recipes call gpt2-medium "345M").
 PRESET_ALIASES = {
@@ -143,6 +202,7 @@ PRESET_ALIASES = {
 
 DTYPES = ("float32", "bfloat16", "float16")  # compute precisions, for train, generate and bench
 Dtype = Literal["float32", "bfloat16", "float16"]
+LogTarget = Literal["tensorboard", "wandb", "csv"]  # where --log sends a run's curves
 
 
 @dataclass
@@ -157,7 +217,8 @@ class TrainConfig:
     val_data: str | None = None
     """Separate validation text or prepared corpus (default: the val split of --data)."""
     tokenizer: str | None = None
-    """gpt2 or a folder from `gptforge tokenizer train`, for text --data (default: a corpus's own, else gpt2)."""
+    """For text --data: gpt2, a folder from `gptforge tokenizer train`, or bpe:N to train an N-id BPE on
+    the train split first (default: a prepared corpus's own tokenizer, else gpt2)."""
     out: str | None = None
     """Run folder for checkpoints, metrics.jsonl and loss.png (default: runs/<timestamp>)."""
     preset: str = "gpt2-mini"
@@ -178,8 +239,30 @@ class TrainConfig:
     """Share the token embedding with the LM head (default: the preset's, tied as in GPT-2)."""
     embedding_std: float | None = rule(None, minimum=0.0, strict=True, model=True)
     """Init std of the embeddings (default 0.02; the reference recipes' untied model uses 1.0)."""
+    arch: Literal["gpt2", "modern"] | None = rule(None, shape=True)
+    """Block family: 'gpt2', or 'modern' (rotary, RMSNorm, SwiGLU, QK-norm, no biases, untied, zero-init)."""
+    positions: Literal["learned", "rope"] | None = rule(None, shape=True)
+    """Override the arch's positions: 'learned' embeddings or 'rope' (rotary)."""
+    rope_theta: float | None = rule(None, minimum=0.0, strict=True, model=True)
+    """Base of the rotary frequencies (default 10000)."""
+    norm: Literal["layernorm", "rmsnorm"] | None = rule(None, shape=True)
+    """Override the arch's normalisation: 'layernorm' or 'rmsnorm'."""
+    norm_eps: float | None = rule(None, minimum=0.0, strict=True, model=True)
+    """Epsilon of every norm (default 1e-5)."""
+    mlp: Literal["gelu", "swiglu", "relu2"] | None = rule(None, shape=True)
+    """Override the arch's MLP: 'gelu', 'swiglu' (gated) or 'relu2' (squared ReLU)."""
+    mlp_hidden: int | None = rule(None, minimum=1, shape=True)
+    """MLP hidden width (default 4 * emb_dim, or 8/3 * emb_dim for swiglu)."""
+    qk_norm: bool | None = rule(None, shape=True)
+    """RMS-normalise each head's queries and keys (default: the arch's; on for modern)."""
+    bias: bool | None = rule(None, shape=True)
+    """Biases in the attention output, MLP and LayerNorms (default: the arch's; on for gpt2)."""
+    zero_init_proj: bool | None = rule(None, model=True)
+    """Start the blocks' output projections at zero (default: the arch's; on for modern)."""
+    logit_softcap: float | None = rule(None, minimum=0.0, model=True)
+    """Cap the logits smoothly at +-c with c * tanh(logits / c) (default 0: off)."""
     init_from: str | None = None
-    """Start from these weights (checkpoint, run folder, Hugging Face GPT-2 folder or hub id), new optimizer."""
+    """Start from these weights (checkpoint, run folder, Hugging Face folder or hub id), new optimizer."""
     batch_size: int = rule(8, minimum=1)
     """Windows per micro-batch (per process); an optimizer step sees batch_size * grad_accum."""
     grad_accum: int = rule(1, minimum=1)
@@ -194,8 +277,14 @@ class TrainConfig:
     """Passes over the training windows."""
     max_steps: int | None = rule(None, minimum=1, resumable=True)
     """Stop after this many optimizer steps in total, even mid-epoch."""
+    max_time: str | None = rule(None, resumable=True)
+    """Wall-clock budget of the whole job (90s, 10m, 2h; evaluations and saves included): stop in time."""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """'adamw', or 'muon': Muon for the blocks' weight matrices, AdamW for embeddings, head, gains, biases."""
     lr: float = rule(4e-4, minimum=0.0, strict=True)
     """Peak AdamW learning rate."""
+    muon_lr: float | None = rule(None, minimum=0.0, strict=True)
+    """Peak Muon learning rate, its update scaled to AdamW's size (Moonshot's rule; default: --lr)."""
     weight_decay: float = rule(0.1, minimum=0.0)
     """AdamW weight decay, applied to weight matrices and embeddings only (not biases or norms)."""
     lr_schedule: Literal["constant", "cosine"] = "constant"
@@ -240,9 +329,17 @@ class TrainConfig:
     """Compile the model with torch.compile (slow start, faster steps on GPUs)."""
     distributed: Literal["ddp", "fsdp"] = rule("ddp", resumable=True)
     """Under torchrun: 'ddp' (replicated weights) or 'fsdp' (FSDP2, sharded weights and optimizer)."""
+    log: tuple[LogTarget, ...] = rule((), resumable=True)
+    """Also log the curves, samples and config to tensorboard, wandb or csv (repeatable; rank 0 only)."""
+    wandb_project: str = rule("gptforge", resumable=True)
+    """W&B project of --log wandb (WANDB_MODE=offline keeps the run on disk)."""
 
     def __post_init__(self) -> None:
+        # A config file or JSON gives a list (or one name); keep a tuple, each target once.
+        self.log = tuple(dict.fromkeys([self.log] if isinstance(self.log, str) else self.log))
         _check_fields(self, flags=True)
+        if self.max_time is not None:
+            parse_duration(self.max_time, "max-time")  # a bad value fails here, before any work
         if self.distributed == "fsdp" and self.dtype == "float16":
             # Each rank's gradient scaler would see only its own shard of the gradients, so ranks
             # could skip different steps and their weights drift apart.
@@ -287,9 +384,10 @@ class FinetuneConfig(TrainConfig):
     chapter-7 recipe (lr 5e-5, 2 epochs, no dropout), and the data, template and LoRA settings."""
 
     # Pretraining settings a fine-tuning run does not use: no flags, and refused in a config file.
+    # The model's shape and make-up come from --init-from (initial_model refuses a shape that differs).
     cli_hidden: typing.ClassVar[tuple[str, ...]] = (
-        "preset", "emb_dim", "n_heads", "n_layers", "qkv_bias", "tie_embeddings", "embedding_std",
-        "stride", "sampling", "sample_prompt", "verify_data")
+        "preset", *TrainConfig.fields_where("shape"), "embedding_std", "rope_theta", "norm_eps", "zero_init_proj",
+        "logit_softcap", "tokenizer", "stride", "sampling", "sample_prompt", "verify_data")
     command: typing.ClassVar[str] = "finetune"
 
     data: str | None = None
@@ -341,6 +439,20 @@ class FinetuneConfig(TrainConfig):
     @classmethod
     def from_dict(cls, data: dict) -> "FinetuneConfig":
         return _from_dict(cls, data, "fine-tuning config key(s)")
+
+
+def parse_duration(text, name: str = "duration") -> float:
+    """Seconds in a duration such as '90s', '10m', '2h', '1.5h' or a bare number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    raw = str(text).strip().lower()
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in units else (raw, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise UserError(f"{name} must be a positive duration such as 90s, 10m or 2h, got {text!r}")
+    return seconds
 
 
 def field_docs(cls) -> dict[str, str]:

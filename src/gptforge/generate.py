@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import codecs
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -14,7 +14,6 @@ from .device import pick_device
 from .errors import UserError
 from .model import GPT, prepare_for_decoding
 from .tokenizer import tokenizer_of
-from .tokenizer.chat import end_of_turn, has_chat_template, render
 from .weights import load_any
 
 
@@ -119,8 +118,10 @@ def complete_ids(model: GPT, ids: list[int], max_new_tokens: int, eos_id: int | 
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  seed: int | None = None, use_cache: bool = True) -> list[int]:
     """The new ids of one continuation of `ids` (greedy by default), up to and without eos_id."""
+    idx = prompt_ids(model, ids)
     out = []
-    for tokens, _ in _steps(model, ids, 1, max_new_tokens, temperature, top_k, top_p, seed, eos_id, use_cache):
+    for tokens, _ in stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id=eos_id,
+                            use_cache=use_cache, generator=_generator(seed, idx.device)):
         if int(tokens[0]) == eos_id:
             break
         out.append(int(tokens[0]))
@@ -144,28 +145,79 @@ def prompt_ids(model: GPT, prompt: str | list[int], rows: int = 1) -> torch.Tens
     return torch.tensor([ids] * rows, dtype=torch.long, device=device)
 
 
-def _steps(model: GPT, prompt: str | list[int], rows: int, max_new_tokens: int, temperature: float,
-           top_k: int | None, top_p: float | None, seed: int | None, eos_id: int | None, use_cache: bool):
-    idx = prompt_ids(model, prompt, rows)
+def _generator(seed: int | None, device) -> torch.Generator | None:
     # A private generator: sampling never moves the global RNG (a training run's samples must not
     # change its dropout masks, or resuming would not be exact).
-    generator = None if seed is None else torch.Generator(device=idx.device).manual_seed(seed)
-    return stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id=eos_id, use_cache=use_cache,
-                  generator=generator)
+    return None if seed is None else torch.Generator(device=device).manual_seed(seed)
 
 
-def _texts(model: GPT, steps, eos_id: int | None) -> Iterator[str]:
-    """The text of one row's tokens as they come, up to and without eos_id: a character split
-    across tokens is held back until complete (invalid UTF-8 becomes U+FFFD)."""
+def _steps(model: GPT, prompt: str, rows: int, max_new_tokens: int, temperature: float, top_k: int | None,
+           top_p: float | None, seed: int | None, stop_at_eos: bool, use_cache: bool):
+    idx = prompt_ids(model, prompt, rows)
+    return stream(model, idx, max_new_tokens, temperature, top_k, top_p,
+                  eos_id=tokenizer_of(model).eot_id if stop_at_eos else None, use_cache=use_cache,
+                  generator=_generator(seed, idx.device))
+
+
+def token_bytes_of(model: GPT) -> Callable[[int], bytes]:
+    """The bytes of one token of `model`'s tokenizer (a special token as its text)."""
     tokenizer = tokenizer_of(model)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    for tokens, _ in steps:
+    return lambda token: tokenizer.decode_bytes([token])
+
+
+class TextPieces:
+    """Tokens in, text out as soon as it is final. A character split across tokens is held back
+    until complete (invalid UTF-8 becomes U+FFFD). With stop strings, text that could be the start
+    of one is held back until it is known not to be, and a stop string ends the text (it is not
+    part of it): `stopped` turns True and every later push returns "".
+    """
+
+    def __init__(self, token_bytes: Callable[[int], bytes], stop: Iterable[str] = ()):
+        self.token_bytes = token_bytes
+        self.stop = [s for s in stop if s]
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.held = ""  # decoded, not yet released: it may begin a stop string
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        if self.stopped:
+            return ""
+        return self._release(self.held + self.decoder.decode(self.token_bytes(token)), final=False)
+
+    def finish(self) -> str:
+        """The text still held back, once no token follows."""
+        if self.stopped:
+            return ""
+        return self._release(self.held + self.decoder.decode(b"", final=True), final=True)
+
+    def _release(self, text: str, final: bool) -> str:
+        found = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if found:
+            self.stopped, self.held = True, ""
+            return text[:min(found)]
+        keep = 0 if final else max((n for s in self.stop for n in range(1, len(s)) if text.endswith(s[:n])),
+                                   default=0)
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[:len(text) - keep]
+
+
+def stream_text(model: GPT, ids: list[int], max_new_tokens: int, temperature: float = 1.0,
+                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                stop_ids: Iterable[int] = (), use_cache: bool = True) -> Iterator[str]:
+    """Continue the token ids `ids`, yielding the new text as it becomes final (see TextPieces);
+    a token in stop_ids ends it and is not part of it."""
+    stops = set(stop_ids)
+    text = TextPieces(token_bytes_of(model))
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    for tokens, _ in stream(model, idx, max_new_tokens, temperature, top_k, top_p, use_cache=use_cache,
+                            generator=_generator(seed, device)):
         token = int(tokens[0])
-        if token == eos_id:
+        if token in stops:
             break
-        if piece := decoder.decode(tokenizer.decode_bytes([token])):
+        if piece := text.push(token):
             yield piece
-    if tail := decoder.decode(b"", final=True):
+    if tail := text.finish():
         yield tail
 
 
@@ -173,34 +225,13 @@ def generate_text(model: GPT, prompt: str, max_new_tokens: int, temperature: flo
                   top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                   stop_at_eos: bool = False, use_cache: bool = True, include_prompt: bool = False
                   ) -> Iterator[str]:
-    """Continue `prompt`, yielding the new text as it is produced (see _texts). stop_at_eos ends
-    at <|endoftext|>, which is not yielded. The model's own tokenizer decodes (tokenizer_of)."""
-    eos_id = tokenizer_of(model).eot_id if stop_at_eos else None
+    """Continue `prompt`, yielding the new text as it is produced (see TextPieces). stop_at_eos
+    ends at <|endoftext|>, which is not yielded. The model's own tokenizer decodes (tokenizer_of)."""
+    ids = prompt_ids(model, prompt)[0].tolist()
     if include_prompt:
         yield prompt
-    yield from _texts(model, _steps(model, prompt, 1, max_new_tokens, temperature, top_k, top_p, seed,
-                                    eos_id, use_cache), eos_id)
-
-
-def chat_prompt(model: GPT, messages: list[dict]) -> tuple[list[int], int]:
-    """(prompt ids, the id that ends the answer) of a conversation: for a chat model, the messages
-    through the chat template with the assistant's turn opened, ending at <|im_end|>; a base model
-    (no chat tokens) has no template, so it continues the messages' contents as plain text, one
-    per line, up to <|endoftext|>."""
-    tokenizer = tokenizer_of(model)
-    if has_chat_template(tokenizer):
-        return render(messages, tokenizer, add_generation_prompt=True)[0], end_of_turn(tokenizer)
-    return tokenizer.encode_prompt("\n".join(m["content"] for m in messages)), tokenizer.eot_id
-
-
-def chat_text(model: GPT, messages: list[dict], max_new_tokens: int, temperature: float = 1.0,
-              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-              use_cache: bool = True) -> Iterator[str]:
-    """The model's answer to a conversation ([{"role": "system" | "user" | "assistant",
-    "content": ...}, ...], see chat_prompt), yielded as it is produced."""
-    ids, stop = chat_prompt(model, messages)
-    yield from _texts(model, _steps(model, ids, 1, max_new_tokens, temperature, top_k, top_p, seed, stop,
-                                    use_cache), stop)
+    yield from stream_text(model, ids, max_new_tokens, temperature, top_k, top_p, seed,
+                           stop_ids=[tokenizer_of(model).eot_id] if stop_at_eos else (), use_cache=use_cache)
 
 
 def generate_texts(model: GPT, prompt: str, num_samples: int, max_new_tokens: int, temperature: float = 1.0,
@@ -210,7 +241,7 @@ def generate_texts(model: GPT, prompt: str, num_samples: int, max_new_tokens: in
     tokenizer = tokenizer_of(model)
     rows: list[list[int]] = [[] for _ in range(num_samples)]
     for tokens, alive in _steps(model, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
-                                seed, tokenizer.eot_id if stop_at_eos else None, use_cache):
+                                seed, stop_at_eos, use_cache):
         for i, token in enumerate(tokens.tolist()):
             if alive[i] and not (stop_at_eos and token == tokenizer.eot_id):
                 rows[i].append(token)

@@ -30,6 +30,7 @@ from helpers import (
     encode,
     joined,
     read_split,
+    run_cli,
     split_on_eot,
     write,
     write_docs,
@@ -261,7 +262,7 @@ class Stream(Source):
 
 def test_stream_of_unknown_length_splits_whole_documents_by_seed(tmp_path, monkeypatch):
     texts = [f"Document {i}: " + "some words here. " * (i % 5 + 1) for i in range(60)]
-    monkeypatch.setattr(prepare, "open_sources", lambda inputs, options=None: [Stream(texts)])
+    monkeypatch.setattr("gptforge.data.split.open_sources", lambda inputs, options=None: [Stream(texts)])
     encoded = [tuple(encode(t)) for t in texts]
 
     def val_docs(seed, name):
@@ -383,3 +384,52 @@ def test_training_reads_a_sharded_corpus(tmp_path):
                                max_steps=3, eval_every=2, eval_batches=2, sampling="random", device="cpu",
                                out=str(tmp_path / "run")), progress=False)
     assert result.step == 3 and np.isfinite(result.train_loss) and np.isfinite(result.val_loss)
+
+
+def test_prepare_with_your_own_tokenizer(tmp_path, tiny_bpe, tiny_bpe_dir):
+    texts = write_docs(tmp_path / "src", n=8)
+    out = tmp_path / "out"
+    result = run_cli("prepare", str(tmp_path / "src"), "--out", str(out), "--tokenizer", str(tiny_bpe_dir),
+                     "--val-fraction", "0.25", "--shard-tokens", "3000")
+    assert result.returncode == 0, result.stderr
+    assert f"tokenizer {tiny_bpe.name}, uint16" in result.stdout
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["tokenizer"] == tiny_bpe.describe() and meta["dtype"] == "uint16"
+    assert meta["vocab_size"] == 400 and meta["eot_id"] == tiny_bpe.eot_id == 0
+    assert (out / "tokenizer" / "tokenizer.json").read_bytes() == (tiny_bpe_dir / "tokenizer.json").read_bytes()
+    is_val = val_documents(len(texts), 0.25, 0)
+    for split, want in (("train", False), ("val", True)):
+        expected = []
+        for text in (t for t, v in zip(texts, is_val) if v == want):
+            expected += ([0] if expected else []) + tiny_bpe.encode(text)
+        assert read_split(out, split) == expected
+    corpus = load_corpus(out, verify=True)
+    assert corpus.tokenizer.same_as(tiny_bpe) and corpus.train.dtype == np.uint16
+    # The same corpus on one worker, and tokenized in memory, token for token.
+    prepare_corpus([str(tmp_path / "src")], tmp_path / "one", val_fraction=0.25, shard_tokens=3000,
+                   tokenizer=tiny_bpe, workers=1, progress=False)
+    assert all((tmp_path / "one" / s["file"]).read_bytes() == (out / s["file"]).read_bytes()
+               for s in meta["shards"]["train"] + meta["shards"]["val"])
+    train, val = tokenize([str(tmp_path / "src")], 0.25, split="documents", tokenizer=tiny_bpe)
+    assert train.tolist() == read_split(out, "train") and val.tolist() == read_split(out, "val")
+
+    (out / "tokenizer" / "tokenizer.json").write_bytes(b"{}")
+    with pytest.raises(UserError, match="does not match the sha256"):
+        load_corpus(out)
+
+
+def test_a_vocabulary_over_65536_ids_gets_uint32_shards(tmp_path, wide_bpe_dir):
+    from gptforge.tokenizer import load_tokenizer
+
+    wide = load_tokenizer(wide_bpe_dir)
+    assert wide.vocab_size == 70_260 and wide.dtype == np.dtype("<u4")
+    texts = write_docs(tmp_path / "src", n=3)
+    meta = prepare_corpus([str(tmp_path / "src")], tmp_path / "out", val_fraction=0.0, tokenizer=wide,
+                          shard_tokens=5000, progress=False)
+    assert meta["dtype"] == "uint32" and all(s["bytes"] == 4 * s["tokens"] for s in meta["shards"]["train"])
+    expected = wide.encode(texts[0]) + [wide.eot_id] + wide.encode(texts[1]) + [wide.eot_id] + wide.encode(texts[2])
+    text_ids = [i for i in expected if i != wide.eot_id]
+    assert min(text_ids) >= 70_000 and max(text_ids) >= 70_256  # bytes and merges, far above 65,535
+    corpus = load_corpus(tmp_path / "out", verify=True)
+    assert corpus.train.dtype == np.dtype("<u4") and np.asarray(corpus.train).tolist() == expected
+    assert wide.decode(np.asarray(corpus.train)[:50].tolist()) == wide.decode(expected[:50])

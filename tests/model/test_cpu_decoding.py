@@ -78,3 +78,35 @@ def test_decoding_linear_splits_k_and_matches_f_linear(rows, with_bias, monkeypa
         small = weight[:1024]
         torch.testing.assert_close(linear(x, small), torch.nn.functional.linear(x, small), atol=1e-5, rtol=1e-5)
     assert len(calls) <= 1
+
+
+def test_packed_weights_serve_batches_with_the_same_logits():
+    """pack_for_batches: two rows or more go through oneDNN's blocked copy of each large weight
+    (the LM head included) with the logits of the plain model; one row keeps the split product."""
+    from gptforge.model import pack_for_batches
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    model = prepare_for_decoding(random_gpt(6, vocab_size=2048, emb_dim=256))
+    idx = torch.randint(0, 2048, (3, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain, one_row = model(idx), model(idx[:1, :1])
+    pack_for_batches(model)
+    assert model.blocks[0].mlp.fc.packed is not None and model.lm_head.packed is not None
+    assert model.blocks[0].attn.out_proj.packed is None  # 256 x 256: below 2^17 elements, left alone
+    calls = []
+    real = torch.ops.mkldnn._linear_pointwise
+    with torch.no_grad():
+        torch.ops.mkldnn._linear_pointwise = lambda *a: calls.append(a[0].shape) or real(*a)
+        try:
+            packed = model(idx)
+            n = len(calls)
+            single = model(idx[:1, :1])
+        finally:
+            torch.ops.mkldnn._linear_pointwise = real
+    torch.testing.assert_close(packed, plain, atol=1e-4, rtol=1e-4)
+    assert n == 2 * 3 + 1  # per block: qkv, fc, mlp out; and the head (the attention out is too small)
+    assert len(calls) == n and torch.equal(single, one_row)  # one row: never the packed path
+    with torch.enable_grad():  # training never takes it
+        model(idx, targets=idx).backward()
+    assert len(calls) == n

@@ -55,6 +55,44 @@ def test_kv_cache_matches_full_forward(tiny_model, tiny_config):
         assert (incremental - full).abs().max().item() < 1e-5
 
 
+def test_rows_at_their_own_lengths_match_each_row_alone(tiny_model, tiny_config):
+    """A batch whose rows sit at different positions (continuous batching) gives each row the
+    logits it gets alone: positions, the per-row writes and the mask that hides a shorter row's
+    stale keys."""
+    torch.manual_seed(3)
+    V, ctx = tiny_config.vocab_size, tiny_config.context_length
+    prompts = [torch.randint(0, V, (1, n)) for n in (3, 11, 7)]
+    follow = torch.randint(0, V, (3, 6))
+    alone = [tiny_model(torch.cat([p, follow[i:i + 1]], dim=1))[:, p.size(1):] for i, p in enumerate(prompts)]
+
+    cache = tiny_model.new_cache(3)
+    garbage = torch.randint(0, V, (3, ctx - 8))  # stale keys past every row's end: must stay unseen
+    tiny_model(garbage, cache)
+    for i, p in enumerate(prompts):  # one prefill per row, into its slot
+        row = cache.rows(i, i + 1, [0])
+        tiny_model(p, row)
+        assert row.lengths == [p.size(1)]
+    lengths = [p.size(1) for p in prompts]
+    batch = cache.rows(0, 3, lengths)
+    steps = [tiny_model(follow[:, t:t + 1], batch) for t in range(follow.size(1))]
+    assert batch.lengths == [n + follow.size(1) for n in lengths]
+    together = torch.cat(steps, dim=1)  # (3, 6, V)
+    for i in range(3):
+        assert (together[i] - alone[i][0]).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="different lengths"):
+        batch.pos
+
+
+def test_copy_row_moves_a_conversation_to_another_slot(tiny_model, tiny_config):
+    torch.manual_seed(4)
+    idx = torch.randint(0, tiny_config.vocab_size, (1, 9))
+    cache = tiny_model.new_cache(2)
+    tiny_model(idx[:, :8], cache.rows(1, 2, [0]))
+    cache.copy_row(1, 0, 8)
+    moved = tiny_model(idx[:, 8:], cache.rows(0, 1, [8]))
+    assert (moved[0, -1] - tiny_model(idx)[0, -1]).abs().max().item() < 1e-5
+
+
 def test_input_longer_than_context_is_refused(tiny_model, tiny_config):
     with pytest.raises(ValueError, match="longer than the model's context length"):
         tiny_model(torch.zeros(1, tiny_config.context_length + 1, dtype=torch.long))
@@ -95,14 +133,15 @@ def test_dropout_only_in_training_mode(tiny_config):
     assert not torch.allclose(model(idx), model(idx))
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
 @pytest.mark.parametrize("tie", [True, False])
-def test_vocab_padding_is_invisible_outside_the_model(tie, tmp_path):
+def test_vocab_padding_is_invisible_outside_the_model(tie, arch, tmp_path):
     from safetensors.torch import load_file
 
     from gptforge.weights.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    config = GPTConfig.from_preset("gpt2-tiny", context_length=16, tie_embeddings=tie)
+    config = GPTConfig.from_preset("gpt2-tiny", context_length=16, tie_embeddings=tie, arch=arch)
     model = GPT(config)
     assert config.vocab_size == 50257 and config.padded_vocab_size == 50304
     assert model.tok_emb.weight.shape == (50304, config.emb_dim) == model.lm_head.weight.shape

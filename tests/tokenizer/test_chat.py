@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from gptforge.generate import chat_prompt, complete_ids
+from gptforge.chat import answer_prompt
+from gptforge.generate import complete_ids
 from gptforge.model.vocab import grow_vocabulary
 from gptforge.tokenizer import CHAT_TOKENS, gpt2
 from gptforge.tokenizer.chat import end_of_turn, has_chat_template, render
@@ -52,8 +53,8 @@ def test_a_base_tokenizer_has_no_template():
     with pytest.raises(ValueError, match="no chat tokens"):
         render(CONVERSATIONS[0], gpt2())
     model = random_gpt(0, vocab_size=50257, context_length=64)  # a base model continues plain text
-    ids, stop = chat_prompt(model, CONVERSATIONS[0][:1])
-    assert ids == gpt2().encode("What is 2 plus 3?") and stop == gpt2().eot_id
+    ids, stops = answer_prompt(model, CONVERSATIONS[0][:1])
+    assert ids == gpt2().encode("What is 2 plus 3?") and stops == {gpt2().eot_id}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,9 @@ def test_transformers_generate_continues_like_ours(export):
     config = json.loads((folder / "generation_config.json").read_text())
     assert config["eos_token_id"] == [50258, 50256]
     hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
-    prompt, stop = chat_prompt(model, CONVERSATIONS[1][:4])
+    prompt, stops = answer_prompt(model, CONVERSATIONS[1][:4])
+    stop = end_of_turn(CHAT)
+    assert stops == {stop, CHAT.eot_id}
     ours = complete_ids(model, prompt, 12, eos_id=stop)
     with torch.no_grad():
         out = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()

@@ -11,7 +11,7 @@ from gptforge.errors import UserError
 from gptforge.tokenizer import load_tokenizer
 from gptforge.tokenizer.train import train_tokenizer
 
-from helpers import write, write_docs
+from helpers import assert_user_error, run_cli, write, write_docs
 
 
 def test_the_same_inputs_give_a_byte_identical_tokenizer(tmp_path, text, tiny_bpe_dir):
@@ -43,3 +43,16 @@ def test_a_vocab_size_out_of_range_is_refused(tmp_path, text, vocab, fragment):
     with pytest.raises(UserError, match=fragment):
         train_tokenizer([str(text)], tmp_path / "tok", vocab_size=vocab, progress=False)
     assert not (tmp_path / "tok").exists()
+
+
+def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, text):
+    empty = write(tmp_path / "empty.txt", "")
+    out = tmp_path / "tok"
+    base = ["tokenizer", "train", "--out", str(out)]
+    assert_user_error(run_cli(*base, str(empty), "--vocab-size", "300"), "the corpus is empty")
+    assert_user_error(run_cli(*base, str(text), "--vocab-size", "100"), "vocab size must be between 259")
+    assert_user_error(run_cli(*base, str(tmp_path / "missing.txt"), "--vocab-size", "300"), "no such file")
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt"]
+    write(out / "keep.txt", "precious")
+    assert_user_error(run_cli(*base, str(text), "--vocab-size", "300"), "not empty")
+    assert (out / "keep.txt").read_text() == "precious"

@@ -121,3 +121,27 @@ def test_a_dying_rank_brings_the_job_down(text, tmp_path):
     _, err = proc.communicate(timeout=120)  # no hang: torchrun stops the other rank too
     assert proc.returncode != 0
     assert "Signal 9" in err or "SIGKILL" in err or "exitcode" in err
+
+
+def test_muon_under_ddp_and_fsdp_equals_one_process_and_resumes(text, tmp_path):
+    """Muon with AdamW: DDP gives one process's run with accumulation; FSDP2 too (torch's Muon
+    orthogonalises a sharded matrix as a whole: the DTensor matmuls gather what they need; only the
+    bfloat16 rounding order differs); and a DDP run resumed mid-way is the uninterrupted one."""
+    muon = {"--arch": "modern", "--optimizer": "muon", "--lr": 3e-3}
+    reference = tmp_path / "ref"
+    assert single("train", *common(text, reference, **muon, **{"--grad-accum": 2})).returncode == 0
+    for mode in ("ddp", "fsdp"):
+        r = torchrun("train", *common(text, tmp_path / mode, **muon, **{"--distributed": mode}))
+        assert r.returncode == 0, r.stderr[-3000:]
+        ra, rb = rows(tmp_path / mode), rows(reference)
+        assert [r["step"] for r in ra] == [r["step"] for r in rb]
+        tolerance = 1e-5 if mode == "ddp" else 1e-4
+        for x, y in zip(ra, rb):
+            assert abs(x["train_loss"] - y["train_loss"]) <= tolerance * abs(y["train_loss"]), (mode, x, y)
+        assert ra[-1]["train_loss"] < ra[0]["train_loss"] - 0.05  # it trains
+    resumed = tmp_path / "resumed"
+    assert torchrun("train", *common(text, resumed, **muon, **{"--max-steps": 3})).returncode == 0
+    second = torchrun("train", "--resume", str(resumed), "--max-steps", "6", "--no-progress")
+    assert second.returncode == 0, second.stderr[-3000:]
+    by_step = {r["step"]: r["train_loss"] for r in rows(resumed)}
+    assert all(by_step[r["step"]] == r["train_loss"] for r in rows(tmp_path / "ddp"))  # bit for bit

@@ -111,6 +111,7 @@ def test_sigint_checkpoints_exits_0_and_resume_matches_an_uninterrupted_run(text
     assert "Resume with: gptforge train --resume" in out
     stopped_at = len(rows(run))
     assert 5 <= stopped_at < 60
+    assert json.loads((run / "status.json").read_text())["state"] == "interrupted"
     assert (run / "checkpoints" / f"step-{stopped_at:08d}" / "config.json").exists()
 
     resumed = subprocess.run(cli + ["--resume", str(run), "--no-progress"], capture_output=True,
@@ -118,6 +119,7 @@ def test_sigint_checkpoints_exits_0_and_resume_matches_an_uninterrupted_run(text
     assert resumed.returncode == 0, resumed.stderr
     strip = lambda rs: [(r["step"], r["train_loss"], r["val_loss"]) for r in rs]
     assert strip(rows(run)) == strip(rows(straight))
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
 
 
 @pytest.mark.slow

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from gptforge.errors import UserError
-from gptforge.training.plot import loss_figure, plot_losses, plot_run, read_metrics
+from gptforge.training.plot import compare_figure, loss_figure, plot_losses, plot_run, plot_runs, read_metrics
+
+from helpers import run_cli
 
 pytest.importorskip("matplotlib")
 
@@ -117,3 +119,21 @@ def test_missing_matplotlib_is_a_user_error(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"pip install 'gptforge\[plot\]'"):
         plot_losses([row(0)], tmp_path / "p.png")
     assert not list(tmp_path.iterdir())
+
+
+def test_several_runs_overlay_their_val_curves_against_tokens(tmp_path):
+    write_metrics(tmp_path / "small", [row(s) for s in range(0, 30, 5)])
+    write_metrics(tmp_path / "big", [{**row(s), "tokens_seen": 3 * row(s)["tokens_seen"]} for s in range(0, 20, 5)])
+    write_metrics(tmp_path / "noval", [row(s, val=None) for s in range(0, 10, 5)])
+    fig = compare_figure({name: read_metrics(tmp_path / name) for name in ("small", "big", "noval")})
+    (ax,) = fig.axes
+    lines = {line.get_label(): line.get_data() for line in ax.get_lines()}
+    assert list(lines) == ["small", "big", "noval (train)"]
+    assert list(lines["big"][0]) == [3 * row(s)["tokens_seen"] for s in range(0, 20, 5)]
+    assert list(lines["small"][1]) == [row(s)["val_loss"] for s in range(0, 30, 5)]
+    assert ax.get_xlabel() == "tokens seen"
+    done = run_cli("plot", str(tmp_path / "small"), str(tmp_path / "big"), "--out", str(tmp_path / "both.png"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "both.png").read_bytes()[:8] == PNG_SIGNATURE
+    with pytest.raises(UserError, match="no such run folder"):
+        plot_runs([tmp_path / "small", tmp_path / "missing"], tmp_path / "x.png")

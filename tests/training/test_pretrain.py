@@ -8,12 +8,13 @@ from safetensors.torch import load_file
 
 import gptforge.training.loop as loop
 from gptforge.config import TrainConfig, load_config_file
-from gptforge.data import read_documents
+from gptforge.data import prepare_corpus, read_documents
 from gptforge.errors import UserError
 from gptforge.generate import generate_text
-from gptforge.tokenizer import gpt2
+from gptforge.tokenizer import gpt2, load_tokenizer
+from gptforge.tokenizer.train import train_on_train_split
 from gptforge.training import train
-from gptforge.training.optim import lr_at, make_optimizer
+from gptforge.training.optim import lr_factor, make_optimizer
 from gptforge.training.step import UpdateGuard
 from gptforge.weights import load_any
 
@@ -98,13 +99,13 @@ def test_resume_crosses_an_epoch_boundary_with_shuffling(story, tmp_path):
 
 
 def test_lr_schedules():
-    cfg = TrainConfig(lr=1.0, warmup_steps=4, lr_schedule="cosine", min_lr=0.1)
-    lrs = [lr_at(s, cfg, 14) for s in range(14)]
-    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
-    assert lrs[4] == pytest.approx(1.0) and lrs[-1] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.9)))
+    cfg = TrainConfig(lr=2.0, warmup_steps=4, lr_schedule="cosine", min_lr=0.2)
+    lrs = [2.0 * lr_factor(s, cfg, 14) for s in range(14)]
+    assert lrs[:4] == [0.5, 1.0, 1.5, 2.0]
+    assert lrs[4] == pytest.approx(2.0) and lrs[-1] == pytest.approx(0.2 + 0.9 * (1 + math.cos(math.pi * 0.9)))
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
-    assert lr_at(100, cfg, 14) == pytest.approx(0.1)
-    assert lr_at(7, TrainConfig(lr=0.5), 10) == 0.5
+    assert lr_factor(100, cfg, 14) == pytest.approx(0.1)
+    assert lr_factor(7, TrainConfig(lr=0.5), 10) == 1.0
 
 
 def test_weight_decay_only_on_matrices():
@@ -202,6 +203,25 @@ def test_bundled_configs_resolve():
     assert quick.data == "builtin:shakespeare" and quick.preset == "gpt2-mini"
     with pytest.raises(UserError, match="bundled configs"):
         load_config_file("no-such-recipe")
+
+
+def test_the_gpu_speedrun_config_runs_on_a_cpu_at_a_tiny_size(text, tmp_path):
+    """speedrun-gpu as a user would run it (its bfloat16 autocast, Muon, cosine schedule and time
+    budget), with only the shape shrunk and compilation off, so it runs here in seconds."""
+    from gptforge.config import load_config_file
+
+    settings = load_config_file("speedrun-gpu")
+    full = TrainConfig.from_dict(settings)
+    assert full.model_config().arch == "modern" and full.optimizer == "muon" and full.max_time == "10m"
+    assert full.model_config().n_layers == 12 and full.model_config().emb_dim == 768
+    small = dict(n_layers=2, emb_dim=32, n_heads=2, context_length=32, batch_size=2, max_steps=3, eval_every=3,
+                 eval_batches=1, compile=False, device="cpu", data=str(text), out=str(tmp_path / "run"))
+    result = train(TrainConfig.from_dict({**settings, **small}), progress=False)
+    assert result.step == 3 and math.isfinite(result.val_loss)
+    model = load_any(result.run_dir)
+    assert model.config.arch == "modern" and model.config.positions == "rope" and not model.config.tie_embeddings
+    state = torch.load(result.checkpoint / "train_state.pt", weights_only=True)
+    assert "momentum_buffer" in state["optimizer"]["state"]["blocks.0.attn.qkv.weight"]  # Muon's
 
 
 def test_init_from_continues_pretraining_with_a_new_optimizer(story, tmp_path):
@@ -342,3 +362,41 @@ def test_a_run_with_its_own_tokenizer_carries_it_everywhere(story, tmp_path, tin
     assert_user_error(run_cli("train", "--resume", str(run), "--max-steps", "6"), "whose files are missing")
     assert_user_error(run_cli("generate", "--checkpoint", str(run), "--prompt", "x"), "whose files are missing")
     assert snapshot(run) == before
+
+
+def test_a_corpus_prepared_with_another_tokenizer_is_refused(story, tmp_path, tiny_bpe, tiny_bpe_dir):
+    prepare_corpus([str(story)], tmp_path / "ours", tokenizer=tiny_bpe, progress=False)
+    prepare_corpus([str(story)], tmp_path / "gpt2", progress=False)
+    run = tmp_path / "run"
+    result = train(TrainConfig(**tiny(data=str(tmp_path / "ours"), context_length=32, max_steps=2, out=str(run))),
+                   progress=False)
+    model = load_any(run)  # the corpus's tokenizer, its vocabulary, copied into the run
+    assert model.config.vocab_size == 400 and model.tokenizer.same_as(tiny_bpe) and result.step == 2
+    assert json.loads((run / "config.json").read_text())["tokenizer"]["sha256"] == tiny_bpe.sha256
+
+    before = snapshot(run)
+    shutil.rmtree(tmp_path / "ours")
+    shutil.copytree(tmp_path / "gpt2", tmp_path / "ours")  # the same path, prepared again with GPT-2's
+    assert_user_error(run_cli("train", "--resume", str(run), "--max-steps", "4"),
+                      "was prepared with tokenizer gpt2, but this run uses " + tiny_bpe.name)
+    base = ["train", "--preset", "gpt2-tiny", "--context-length", "32", "--max-steps", "2", "--no-progress"]
+    assert_user_error(run_cli(*base, "--init-from", str(run), "--data", str(tmp_path / "gpt2"),
+                              "--out", str(tmp_path / "never")), "was prepared with tokenizer gpt2")
+    assert_user_error(run_cli(*base, "--tokenizer", str(tiny_bpe_dir), "--data", str(tmp_path / "gpt2"),
+                              "--out", str(tmp_path / "never")), "was prepared with tokenizer gpt2")
+    assert_user_error(run_cli(*base, "--init-from", str(run), "--tokenizer", "gpt2", "--data", str(story),
+                              "--out", str(tmp_path / "never")), "is not the --init-from model's tokenizer")
+    assert snapshot(run) == before and not (tmp_path / "never").exists()
+
+
+def test_tokenizer_bpe_n_trains_one_on_the_train_split_first(story, tmp_path):
+    run = tmp_path / "run"
+    train(TrainConfig(**tiny(data=str(story), tokenizer="bpe:300", context_length=32, max_steps=2, out=str(run))),
+          progress=False)
+    tokenizer = load_tokenizer(run / "tokenizer")
+    text = story.read_text()
+    expected = train_on_train_split(str(story), 0.1, 300, progress=False)
+    assert tokenizer.same_as(expected) and load_any(run).config.vocab_size == 300
+    assert tokenizer.meta["training"]["characters"] == int(0.9 * len(text))  # the val text stays unseen
+    assert_user_error(run_cli("train", "--data", str(story), "--tokenizer", "bpe:many", "--out", str(tmp_path / "x")),
+                      "write bpe:N")

@@ -55,14 +55,15 @@ def test_compile_trains_like_eager(text, tmp_path):
     assert compiled.train_loss == pytest.approx(eager.train_loss, abs=1e-3)
 
 
-def test_the_model_compiles_to_one_graph():
+@pytest.mark.parametrize("arch", ["gpt2", "modern"])
+def test_the_model_compiles_to_one_graph(arch):
     """torch.compile sees the whole forward (and loss) as one graph: a break would split it into
     pieces that cannot be fused across, as a per-call host query once did in model.linear."""
     import torch._dynamo as dynamo
 
     from gptforge import GPT, GPTConfig
 
-    model = GPT(GPTConfig.from_preset("gpt2-tiny", context_length=16)).train()
+    model = GPT(GPTConfig.from_preset("gpt2-tiny", context_length=16, arch=arch)).train()
     x = torch.randint(0, 50257, (2, 16))
     assert dynamo.explain(model)(x, targets=x).graph_break_count == 0
     with torch.no_grad():

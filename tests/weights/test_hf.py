@@ -288,12 +288,12 @@ class RunsCode:
 def break_folder(folder: Path, how: str, marker: Path) -> str:
     """Make a broken Hugging Face folder; return the fragment the error message must contain."""
     model = hf_model()
-    if how == "llama":
+    if how == "mistral":
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps(
-            {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32}))
+            {"model_type": "mistral", "architectures": ["MistralForCausalLM"], "hidden_size": 32}))
         save_file({"model.embed_tokens.weight": torch.zeros(4, 4)}, folder / "model.safetensors")
-        return "is not a GPT-2 model"
+        return "is not a model gptforge can read (config.json says model_type 'mistral'"
     if how == "no-weights":
         model.config.save_pretrained(folder)
         return "has no weights"
@@ -323,7 +323,7 @@ def break_folder(folder: Path, how: str, marker: Path) -> str:
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["llama", "no-weights", "not-gpt2-shaped", "shape",
+@pytest.mark.parametrize("how", ["mistral", "no-weights", "not-gpt2-shaped", "shape",
                                  "missing-layer", "truncated", "pickle"])
 def test_bad_hugging_face_folders_are_refused(tmp_path, how):
     marker = tmp_path / "code-ran"

@@ -23,11 +23,12 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 
 
-def lora_checkpoint(tmp_path, tied=True, rows=True, targets=("qkv", "attn_out", "mlp_in", "mlp_out")):
+def lora_checkpoint(tmp_path, tied=True, rows=True, targets=("qkv", "attn_out", "mlp_in", "mlp_out"), arch="gpt2"):
     """A base checkpoint, and a LoRA checkpoint on it whose adapter is random (as after training)."""
-    base = random_gpt(0, qkv_bias=True, tie_embeddings=tied)
+    shape = dict(qkv_bias=True) if arch == "gpt2" else dict(arch=arch)
+    base = random_gpt(0, tie_embeddings=tied, **shape)
     base_path = save_checkpoint(tmp_path / "base", base)
-    model = grow_vocabulary(random_gpt(0, qkv_bias=True, tie_embeddings=tied), 259) if rows else base
+    model = grow_vocabulary(random_gpt(0, tie_embeddings=tied, **shape), 259) if rows else base
     add_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=targets, new_rows=(257, 259) if rows else None)
     torch.manual_seed(1)
     with torch.no_grad():
@@ -72,12 +73,13 @@ def test_another_base_is_refused_in_one_line(tmp_path):
         load_any(path)
 
 
-@pytest.mark.parametrize("tied,rows", [(True, True), (False, True), (True, False)])
-def test_peft_loads_the_export_and_computes_our_logits(tmp_path, tied, rows):
-    base_path, path, model = lora_checkpoint(tmp_path, tied, rows)
+@pytest.mark.parametrize("tied,rows,arch", [(True, True, "gpt2"), (False, True, "gpt2"), (True, False, "gpt2"),
+                                            (False, True, "modern")])  # modern: Qwen3, fused qkv and SwiGLU split
+def test_peft_loads_the_export_and_computes_our_logits(tmp_path, tied, rows, arch):
+    base_path, path, model = lora_checkpoint(tmp_path, tied, rows, arch=arch)
     export_hf(load_any(base_path), tmp_path / "base-hf")
     export_peft(path, tmp_path / "peft")
-    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base-hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base-hf")
     if rows:
         hf.resize_token_embeddings(259)
     reference = peft.PeftModel.from_pretrained(hf, tmp_path / "peft").eval()

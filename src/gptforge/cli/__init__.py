@@ -10,10 +10,11 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import bench, convert, evaluate, finetune, generate, plot, prepare, train
+from . import bench, chat, convert, evaluate, finetune, generate, plot, prepare, runs, serve, tokenizer, train
 from .common import Parser
 
-COMMANDS = (prepare, train, finetune, evaluate, generate, convert, plot, bench)  # in the order --help lists them
+# in the order --help lists them
+COMMANDS = (tokenizer, prepare, train, finetune, evaluate, generate, chat, serve, convert, runs, plot, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

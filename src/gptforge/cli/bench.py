@@ -1,4 +1,4 @@
-"""`gptforge bench`: Time a training step (forward, loss, backward, AdamW on random tokens) or greedy
+"""`gptforge bench`: Time a training step (forward, loss, backward, AdamW or Muon on random tokens) or greedy
 generation, and report tokens/s, memory and model FLOPs utilisation against a matmul peak measured
 on the spot (see gptforge/bench.py for the formula)."""
 
@@ -26,6 +26,10 @@ def add_arguments(p) -> None:
     p.add_argument("--no-kv-cache", action="store_true", help="generate by full recompute")
     p.add_argument("--dtype", choices=DTYPES, default="float32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (train)")
+    p.add_argument("--arch", choices=("gpt2", "modern"), default=None,
+                   help="block family on the preset's shape (train; default: the preset's)")
+    p.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw",
+                   help="the trainer's optimizer to step (train; default: adamw)")
     add_device(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
@@ -38,7 +42,8 @@ def run(args) -> int:
         require_int("--" + name.replace("_", "-"), getattr(args, name), optional=True)
     if args.what == "train":
         result = bench_train(args.preset, args.context_length, args.batch_size or 2, args.steps,
-                             dtype=args.dtype, device=args.device, compile=args.compile)
+                             dtype=args.dtype, device=args.device, compile=args.compile, arch=args.arch,
+                             optimizer=args.optimizer)
     else:
         result = bench_generate(args.preset, args.prompt_tokens, args.new_tokens, args.batch_size or 1,
                                 dtype=args.dtype, device=args.device, use_cache=not args.no_kv_cache)

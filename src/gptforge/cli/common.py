@@ -28,12 +28,15 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             continue
         flag = "--" + field.name.replace("_", "-")
         kind = base_type(hints[field.name])
-        default = "" if field.default is None else f" (default: {field.default})"
+        default = "" if field.default in (None, ()) else f" (default: {field.default})"
         kwargs = dict(dest=field.name, default=argparse.SUPPRESS, help=docs.get(field.name, "") + default)
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(kind) is Literal:
             parser.add_argument(flag, choices=typing.get_args(kind), **kwargs)
+        elif typing.get_origin(kind) is tuple:  # tuple[Literal[...], ...]: the flag repeats
+            choices = typing.get_args(typing.get_args(kind)[0])
+            parser.add_argument(flag, action="append", choices=choices, **kwargs)
         else:
             parser.add_argument(flag, type=kind, metavar=field.name.split("_")[-1].upper(), **kwargs)
 
@@ -42,6 +45,33 @@ def config_flags(args: argparse.Namespace, cls) -> dict:
     """The config fields the user set on the command line."""
     names = {f.name for f in dataclasses.fields(cls)}
     return {k: v for k, v in vars(args).items() if k in names}
+
+
+def add_source_flags(p: argparse.ArgumentParser) -> None:
+    """How INPUTs other than plain text files are read (see gptforge.data.sources.SourceOptions)."""
+    p.add_argument("--text-field", default="text", metavar="NAME",
+                   help="column with the text in .jsonl / .parquet files and hf: datasets (default: text)")
+    p.add_argument("--hf-split", default="train", metavar="NAME",
+                   help="split of an hf: dataset to read (default: train)")
+    p.add_argument("--gutenberg-top", type=int, default=0, metavar="N",
+                   help="also take the first N books of Project Gutenberg's popular list")
+    p.add_argument("--mirror", default=None, metavar="URL",
+                   help="Project Gutenberg site or mirror for gutenberg: books (default: https://www.gutenberg.org)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="where downloads are kept (default: ~/.cache/gptforge)")
+    p.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="retries of a download after a server error or dropped connection (default: 3)")
+
+
+def source_options(args: argparse.Namespace):
+    """The SourceOptions of the flags add_source_flags added."""
+    from ..data import SourceOptions
+
+    options = SourceOptions(text_field=args.text_field, hf_split=args.hf_split, cache_dir=args.cache_dir,
+                            retries=args.retries, gutenberg_top=args.gutenberg_top)
+    if args.mirror:
+        options.mirror = args.mirror
+    return options
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:
@@ -59,22 +89,60 @@ def add_run_arguments(parser: argparse.ArgumentParser, cls, bundled: str) -> Non
 
 
 def run_job(args: argparse.Namespace, cls, job, default_settings=None) -> int:
-    """Start a training job (`job(config, progress=...)`, e.g. training.train) with the settings
-    of the defaults, then --config (else default_settings(flags), when given), then the flags; or
-    resume one (`job(resume=RUN, ...)`) with its own config and the flags that may change."""
+    """Start a training job (`job(config, progress=..., started=...)`, e.g. training.train) with the
+    settings of the defaults, then --config (else default_settings(flags), when given), then the flags;
+    or resume one (`job(resume=RUN, ...)`) with its own config and the flags that may change."""
     from ..config import load_config_file
     from ..errors import UserError
+    from ..training.budget import process_start
 
+    started = process_start()  # a --max-time budget covers Python's and torch's start-up too
     flags = config_flags(args, cls)
     progress = False if args.no_progress else None
     if args.resume:
         if args.config:
             raise UserError("--resume takes the run's own config; drop --config")
-        job(resume=args.resume, progress=progress, **flags)
+        job(resume=args.resume, progress=progress, started=started, **flags)
         return 0
     if args.config:
         settings = load_config_file(args.config, cls)
     else:
         settings = default_settings(flags) if default_settings else {}
-    job(cls.from_dict({**settings, **flags}), progress=progress)
+    job(cls.from_dict({**settings, **flags}), progress=progress, started=started)
     return 0
+
+
+def add_model_source(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """--checkpoint PATH, or --preset NAME --random-init (seeded by --seed)."""
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", "--hf", dest="checkpoint", metavar="PATH",
+                     help="checkpoint folder, run folder, Hugging Face GPT-2 folder, or a hub id when "
+                          "online (--hf is another name for it)")
+    src.add_argument("--preset", metavar="NAME", help="model preset (with --random-init)")
+    parser.add_argument("--random-init", action="store_true",
+                        help="use randomly initialised weights for --preset (seeded by --seed)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help=seed_help)
+
+
+def model_from_args(args: argparse.Namespace, dtype: str = "float32"):
+    """The model add_model_source's flags name, ready to decode."""
+    from ..errors import UserError
+    from ..generate import model_for_generation
+
+    if args.preset and not args.random_init:
+        raise UserError("--preset needs --random-init (trained weights come from --checkpoint)")
+    if args.random_init and not args.preset:
+        raise UserError("--random-init needs --preset NAME")
+    return model_for_generation(args.checkpoint, args.preset, args.seed, args.device, dtype)
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int, temperature: float, top_k: int) -> None:
+    """--max-new-tokens, --temperature, --top-k, --top-p with the command's defaults."""
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
+                        help=f"most tokens to generate (default: {max_new_tokens})")
+    parser.add_argument("--temperature", type=float, default=temperature, metavar="T",
+                        help=f"sampling temperature; 0 is greedy decoding (default: {temperature})")
+    parser.add_argument("--top-k", type=int, default=top_k, metavar="K",
+                        help=f"sample only from the K most likely tokens (default: {top_k}; 0 turns it off)")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P",
+                        help="sample only from the smallest set of tokens with probability >= P")

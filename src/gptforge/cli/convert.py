@@ -1,18 +1,19 @@
-"""`gptforge convert`: Convert a Hugging Face GPT-2 folder (e.g. OpenAI's released weights) to a
-gptforge checkpoint; a checkpoint to a folder that transformers' GPT2LMHeadModel.from_pretrained
-and AutoTokenizer.from_pretrained read (a LoRA checkpoint is merged into its base first); a LoRA
-checkpoint to a plain checkpoint with the adapter merged in; or a LoRA adapter to the PEFT format."""
+"""`gptforge convert`: Convert a Hugging Face GPT-2, Llama or Qwen3 folder (e.g. OpenAI's released
+GPT-2 weights) to a gptforge checkpoint; a checkpoint to a folder that transformers'
+AutoModelForCausalLM (GPT-2 for GPT-2's block, Llama or Qwen3 for the modern one) and AutoTokenizer
+read (a LoRA checkpoint is merged into its base first); a LoRA checkpoint to a plain checkpoint with
+the adapter merged in; or a LoRA adapter to the PEFT format."""
 
 from __future__ import annotations
 
 NAME = "convert"
-HELP = "weights from or to the Hugging Face format; merge or export LoRA adapters"
+HELP = "weights from or to the Hugging Face format (GPT-2, Llama, Qwen3); merge or export LoRA adapters"
 
 
 def add_arguments(p) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--from-hf", metavar="DIR",
-                     help="Hugging Face GPT-2 folder (config.json + model.safetensors or "
+                     help="Hugging Face GPT-2, Llama or Qwen3 folder (config.json + model.safetensors or "
                           "pytorch_model.bin), or a hub id such as gpt2 when online")
     src.add_argument("--to-hf", metavar="CHECKPOINT", help="checkpoint or run folder to export")
     src.add_argument("--merge-lora", metavar="CHECKPOINT",

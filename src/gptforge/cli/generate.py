@@ -7,21 +7,14 @@ from __future__ import annotations
 import sys
 
 from ..config import DTYPES
-from ..errors import UserError
-from .common import add_device
+from .common import add_device, add_model_source, add_sampling_flags, model_from_args
 
 NAME = "generate"
 HELP = "continue a prompt with a trained or randomly initialised model"
 
 
 def add_arguments(p) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", "--hf", dest="checkpoint", metavar="PATH",
-                     help="checkpoint folder, run folder, Hugging Face GPT-2 folder, or a hub id when "
-                          "online (--hf is another name for it)")
-    src.add_argument("--preset", metavar="NAME", help="model preset (with --random-init)")
-    p.add_argument("--random-init", action="store_true",
-                   help="use randomly initialised weights for --preset (seeded by --seed)")
+    add_model_source(p, "seed for sampling and for --random-init weights (default: random)")
     p.add_argument("--prompt", required=True,
                    help="text to continue, always read as plain text ('' starts from <|endoftext|>)")
     p.add_argument("--chat", action="store_true",
@@ -29,16 +22,7 @@ def add_arguments(p) -> None:
                         "template): print its answer, which ends at its end-of-turn token (a model "
                         "without the chat tokens continues the text instead)")
     p.add_argument("--system", metavar="TEXT", help="with --chat: a system message before the user's")
-    p.add_argument("--max-new-tokens", type=int, default=50, metavar="N",
-                   help="number of tokens to generate (default: 50)")
-    p.add_argument("--temperature", type=float, default=0.8, metavar="T",
-                   help="sampling temperature; 0 is greedy decoding (default: 0.8)")
-    p.add_argument("--top-k", type=int, default=200, metavar="K",
-                   help="sample only from the K most likely tokens (default: 200; 0 turns it off)")
-    p.add_argument("--top-p", type=float, default=None, metavar="P",
-                   help="sample only from the smallest set of tokens with probability >= P")
-    p.add_argument("--seed", type=int, default=None, metavar="S",
-                   help="seed for sampling and for --random-init weights (default: random)")
+    add_sampling_flags(p, max_new_tokens=50, temperature=0.8, top_k=200)
     p.add_argument("--stop-at-eos", action="store_true",
                    help="stop a sample when it produces <|endoftext|>")
     p.add_argument("--no-kv-cache", action="store_true",
@@ -53,21 +37,19 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..chat import chat_text
     from ..checks import require_int
-    from ..generate import chat_text, check_sampling_args, generate_text, generate_texts, model_for_generation
+    from ..errors import UserError
+    from ..generate import check_sampling_args, generate_text, generate_texts
 
     top_k = args.top_k or None
     check_sampling_args(args.temperature, top_k, args.top_p, args.max_new_tokens)
     require_int("--num-samples", args.num_samples)
-    if args.preset and not args.random_init:
-        raise UserError("--preset needs --random-init (trained weights come from --checkpoint)")
-    if args.random_init and not args.preset:
-        raise UserError("--random-init needs --preset NAME")
     if args.system is not None and not args.chat:
         raise UserError("--system goes with --chat")
     if args.chat and args.num_samples != 1:
         raise UserError("--chat gives one answer; drop --num-samples")
-    model = model_for_generation(args.checkpoint, args.preset, args.seed, args.device, args.dtype)
+    model = model_from_args(args, args.dtype)
     out = sys.stdout
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system is not None else [])

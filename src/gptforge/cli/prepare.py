@@ -1,11 +1,14 @@
-"""`gptforge prepare`: Tokenize INPUTs into a corpus folder: uint16 token shards train-00000.bin, ...,
-val-00000.bin, ... and meta.json. Each file, book, work or row is one document; documents are
+"""`gptforge prepare`: Tokenize INPUTs into a corpus folder: token shards train-00000.bin, ...,
+val-00000.bin, ... (uint16, or uint32 for a vocabulary over 65,536) and meta.json, with GPT-2's
+tokenizer or your own (--tokenizer). Each file, book, work or row is one document; documents are
 joined with <|endoftext|>. Streams in bounded memory on every core; an interrupted prepare resumes
 when the same command is run again."""
 
 from __future__ import annotations
 
 import sys
+
+from .common import add_source_flags, source_options
 
 NAME = "prepare"
 HELP = "tokenize text into a corpus folder (token shards + meta.json)"
@@ -30,35 +33,24 @@ def add_arguments(p) -> None:
                    help="tokens per shard file (default: 100,000,000 = 200 MB)")
     p.add_argument("--max-tokens", type=int, default=None, metavar="N",
                    help="stop after N tokens in all (e.g. a sample of a huge hf: dataset)")
-    p.add_argument("--text-field", default="text", metavar="NAME",
-                   help="column with the text in .jsonl / .parquet files and hf: datasets (default: text)")
-    p.add_argument("--hf-split", default="train", metavar="NAME",
-                   help="split of an hf: dataset to read (default: train)")
-    p.add_argument("--gutenberg-top", type=int, default=0, metavar="N",
-                   help="also take the first N books of Project Gutenberg's popular list")
-    p.add_argument("--mirror", default=None, metavar="URL",
-                   help="Project Gutenberg site or mirror for gutenberg: books (default: https://www.gutenberg.org)")
-    p.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="where downloads are kept (default: ~/.cache/gptforge)")
-    p.add_argument("--retries", type=int, default=3, metavar="N",
-                   help="retries of a download after a server error or dropped connection (default: 3)")
+    p.add_argument("--tokenizer", default="gpt2", metavar="NAME_OR_DIR",
+                   help="gpt2, or a folder from `gptforge tokenizer train` (copied into the corpus) (default: gpt2)")
+    add_source_flags(p)
 
 
 def run(args) -> int:
-    from ..data import SourceOptions, prepare_corpus
+    from ..data import prepare_corpus
+    from ..tokenizer import load_tokenizer
 
-    options = SourceOptions(text_field=args.text_field, hf_split=args.hf_split, cache_dir=args.cache_dir,
-                            retries=args.retries, gutenberg_top=args.gutenberg_top)
-    if args.mirror:
-        options.mirror = args.mirror
     meta = prepare_corpus(args.inputs, args.out, val_fraction=args.val_fraction, split=args.split,
                           seed=args.seed, overwrite=args.overwrite, progress=sys.stderr.isatty(),
                           workers=args.workers, shard_tokens=args.shard_tokens, max_tokens=args.max_tokens,
-                          options=options)
+                          options=source_options(args), tokenizer=load_tokenizer(args.tokenizer))
     tokens, docs = meta["tokens"], meta["documents"]
     n_shards = sum(len(s) for s in meta["shards"].values())
     print(f"wrote {args.out}: {tokens['train']:,} train and {tokens['val']:,} val tokens in {n_shards} shard(s) "
-          f"from {docs['total']} document(s), {meta['characters']:,} characters (split by {meta['split']})")
+          f"from {docs['total']} document(s), {meta['characters']:,} characters (split by {meta['split']}; "
+          f"tokenizer {meta['tokenizer']['name']}, {meta['dtype']})")
     if meta["truncated"]:
         print(f"note: stopped at --max-tokens {meta['max_tokens']:,}")
     if meta["replaced_invalid_utf8"]:

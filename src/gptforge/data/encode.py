@@ -27,8 +27,8 @@ import numpy as np
 from ..errors import UserError
 from ..tokenizer import Tokenizer, gpt2
 from ..tokenizer.gpt2_bpe import GPT2Tokenizer
-from .sources import open_sources, warn_replaced
-from .split import resolve_split, tag_blocks
+from .sources import warn_replaced
+from .split import open_split, tag_blocks
 
 # Tokenize about this many characters per piece (and per task sent to a worker): large enough
 # that sending it costs nothing next to tokenizing it, small enough that a few in flight per
@@ -189,10 +189,7 @@ def tokenize(inputs: list[str] | str, val_fraction: float = 0.0, split: str = "c
     from tqdm import tqdm
 
     tokenizer = tokenizer or gpt2()
-    sources = open_sources(inputs, options)
-    counts = [s.count for s in sources]
-    n_docs = None if None in counts else sum(counts)
-    split = resolve_split(split, n_docs, val_fraction, None)
+    sources, split, n_docs = open_split(inputs, val_fraction, split, options)
     parts: tuple[list, list] = ([], [])
     chars = 0
     with tqdm(unit="char", unit_scale=True, desc="tokenizing", disable=not progress) as bar:

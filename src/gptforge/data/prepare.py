@@ -32,8 +32,8 @@ from ..files import check_output_folder, replace_folder, write_json
 from ..tokenizer import TOKENIZER_DIR, Tokenizer, gpt2
 from .encode import CHUNK_CHARS, check_corpus, default_workers, encode_pieces
 from .shards import ShardWriter, dtype_name
-from .sources import Source, SourceOptions, open_sources, warn_replaced
-from .split import SPLITS, resolve_split, tag_blocks
+from .sources import Source, SourceOptions, warn_replaced
+from .split import SPLITS, open_split, tag_blocks
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB per shard file
 CHECKPOINT_SECONDS = 60.0  # an interrupted prepare loses at most this much work (or one shard)
@@ -115,10 +115,7 @@ def prepare_corpus(
     tokenizer = tokenizer or gpt2()
 
     options = options or SourceOptions()
-    sources = open_sources(inputs, options)
-    counts = [s.count for s in sources]
-    n_docs = None if None in counts else sum(counts)
-    split = resolve_split(split, n_docs, val_fraction, max_tokens)
+    sources, split, n_docs = open_split(inputs, val_fraction, split, options, max_tokens)
     fingerprint = sha256(json.dumps(
         [2, [s.identity() for s in sources], split, val_fraction, seed, shard_tokens, max_tokens,
          CHUNK_CHARS, options.text_field, options.hf_split, tokenizer.describe()], default=str).encode()).hexdigest()

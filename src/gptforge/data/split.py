@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from ..errors import UserError
-from .sources import Source
+from .sources import Source, SourceOptions, open_sources
 
 SPLITS = ("train", "val")
 SPLIT_MODES = ("auto", "chars", "documents")
@@ -46,6 +46,16 @@ def resolve_split(split: str, n_docs: int | None, val_fraction: float, max_token
         raise UserError("--split chars needs the whole corpus up front; with --max-tokens or an hf: stream "
                         "use --split documents")
     return split
+
+
+def open_split(inputs: list[str] | str, val_fraction: float, split: str, options: SourceOptions | None = None,
+               max_tokens: int | None = None) -> tuple[list[Source], str, int | None]:
+    """The sources of INPUTs, the split mode `split` resolves to for them, and their number of
+    documents (None for a stream)."""
+    sources = open_sources(inputs, options)
+    counts = [s.count for s in sources]
+    n_docs = None if None in counts else sum(counts)
+    return sources, resolve_split(split, n_docs, val_fraction, max_tokens), n_docs
 
 
 def tag_blocks(sources: list[Source], split: str, val_fraction: float, seed: int,

@@ -14,7 +14,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           packed: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, with a faster path for decoding on CPUs.
 
     For a few rows of x against a column-major weight (see prepare_for_decoding), MKL's
@@ -25,8 +26,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     1.3x at 256 x 1024); in bfloat16 oneDNN's batched matmul loses to its plain one. Everything
     else (training, autocast, GPUs, larger batches) is plain F.linear, decided before anything that
     would break a torch.compile graph.
+
+    `packed`, the weight in oneDNN's blocked layout (see pack_for_batches), serves two rows or more
+    when gradients are off: a batch of decoding rows, or a prompt being prefilled.
     """
     K, N = weight.shape[1], weight.shape[0]
+    if packed is not None and not torch.is_grad_enabled() and x.shape[-1] == K and x.numel() > K:
+        rows = x.reshape(-1, K).contiguous()
+        return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "").view(*x.shape[:-1], N)
     if (torch.is_grad_enabled() or weight.stride(0) != 1 or x.device.type != "cpu"
             or weight.dtype != torch.float32 or torch.is_autocast_enabled("cpu")
             or weight.numel() < 2**17 or x.shape[-1] != K or not 0 < x.numel() <= 4 * K):
@@ -46,8 +53,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 class Linear(nn.Linear):
     """nn.Linear (same parameters and names) computed by `linear` above."""
 
+    packed: torch.Tensor | None = None  # set by pack_for_batches
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.packed)
 
 
 
@@ -71,4 +80,30 @@ def prepare_for_decoding(model: nn.Module, dtype: torch.dtype | None = None) -> 
             for module in model.modules():
                 if isinstance(module, nn.Linear):  # the tied LM head is the embedding's Parameter
                     module.weight.data = module.weight.data.t().contiguous().t()
+    return model
+
+
+def pack_for_batches(model: nn.Module) -> nn.Module:
+    """Give every large linear weight of a float32 CPU model (the LM head included) a second copy
+    in oneDNN's blocked layout, which `linear` uses for two rows or more: a batch of sequences
+    decoded together (serve/engine.py), or a prompt being prefilled. One row keeps the split
+    matrix-vector product above.
+
+    On the 2-core machine measured, 8 rows through gpt2-124m's weights take 0.12-0.33 ms per
+    768 x 2304 or 3072 x 768 matmul instead of 0.4-0.7 ms (MKL's small-M GEMM), and 4.5 ms instead of
+    16 ms for the LM head. It costs one more copy of those weights in memory,
+    and must be redone if the weights change. Weights below 2^17 elements, other dtypes and devices,
+    and builds without oneDNN are left alone.
+    """
+    weight = next(model.parameters())
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return model
+    reorder = torch.ops.mkldnn._reorder_linear_weight
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, Linear) and module.weight.numel() >= 2**17:
+                module.packed = reorder(module.weight.detach().contiguous(), 8)
+        head, vocab = getattr(model, "lm_head", None), getattr(getattr(model, "config", None), "vocab_size", None)
+        if head is not None and vocab is not None and head.weight.numel() >= 2**17:
+            head.packed = reorder(head.weight.detach()[:vocab].contiguous(), 8)
     return model

@@ -1,4 +1,10 @@
-"""The GPT-2 model: token + position embeddings, pre-LayerNorm blocks, tied LM head, KV cache."""
+"""The GPT model: token embeddings, pre-norm transformer blocks, an LM head, and a KV cache.
+
+With the default config it is exactly GPT-2 (learned positions, LayerNorm, GELU MLP, biases, tied
+head); the config's switches swap in the parts of a modern block (model.layers): rotary positions,
+RMSNorm, a SwiGLU or squared-ReLU MLP, QK-norm, no biases, an untied head, zero-initialised output
+projections and soft-capped logits.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +16,70 @@ import torch.nn.functional as F
 
 from ..config import GPTConfig
 from .cpu_decoding import Linear, linear
+from .layers import MLP, apply_rotary, make_norm, rotary_angles
 
 
 class KVCache:
-    """Pre-allocated keys and values of every layer, for incremental decoding.
+    """Pre-allocated keys and values of every layer, for incremental decoding, each row at its own
+    length (a batch of independent conversations: see serve/engine.py).
 
     Buffers are allocated once at (batch, n_heads, context_length, head_dim) per layer, so decoding
-    writes into place instead of concatenating a growing tensor at every step.
+    writes into place instead of concatenating a growing tensor at every step. `lengths` says how
+    many positions of each row are filled; a row's next tokens go at its own length. Positions past
+    a row's length may hold stale keys from an earlier use: attention never looks at them.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
         shape = (batch_size, config.n_heads, config.context_length, config.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.pos = 0  # number of positions already filled
+        self.lengths = [0] * batch_size  # positions filled in each row, kept on the host
         self.capacity = config.context_length
 
+    @property
+    def pos(self) -> int:
+        """The length every row shares (a batch decoded in lock step)."""
+        if len(set(self.lengths)) != 1:
+            raise ValueError(f"the rows of this cache have different lengths: {self.lengths}")
+        return self.lengths[0]
+
     def reset(self) -> None:
-        self.pos = 0
+        self.lengths = [0] * len(self.lengths)
+
+    def rows(self, start: int, stop: int, lengths: list[int]) -> KVCache:
+        """Rows start..stop-1 as a cache of their own with the given lengths, sharing this one's
+        memory: a forward pass on it writes into these rows."""
+        view = object.__new__(KVCache)
+        view.keys = [k[start:stop] for k in self.keys]
+        view.values = [v[start:stop] for v in self.values]
+        view.lengths = list(lengths)
+        view.capacity = self.capacity
+        return view
+
+    def copy_row(self, src: int, dst: int, length: int) -> None:
+        """Move row src's first `length` positions into row dst (to keep the live rows together)."""
+        for buffers in (self.keys, self.values):
+            for b in buffers:
+                b[dst, :, :length] = b[src, :, :length]
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) at their positions (B, T) and return every row's keys and
+        values up to the longest row's new end, (B, nh, end, hs)."""
+        T = k.size(2)
+        end = max(self.lengths) + T
+        if len(set(self.lengths)) == 1:  # lock step: one slice per layer
+            start = self.lengths[0]
+            self.keys[layer][:, :, start:end] = k
+            self.values[layer][:, :, start:end] = v
+        else:  # (B, T) index pairs into the (B, ctx) grid of positions, heads carried along
+            rows = torch.arange(k.size(0), device=k.device)[:, None]
+            self.keys[layer].transpose(1, 2)[rows, positions] = k.transpose(1, 2)
+            self.values[layer].transpose(1, 2)[rows, positions] = v.transpose(1, 2)
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.lengths = [length + n for length in self.lengths]
 
 
 class CausalSelfAttention(nn.Module):
@@ -35,29 +87,39 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_heads = config.n_heads
         self.qkv = Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
-        self.out_proj = Linear(config.emb_dim, config.emb_dim)
+        self.out_proj = Linear(config.emb_dim, config.emb_dim, bias=config.bias)
+        # QK-norm: one gain per head dimension, shared by the heads (as Qwen3)
+        self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: tuple | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, nh, T, hs)
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads) for t in self.qkv(x).split(C, dim=2))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, T, nh, hs) -> (B, nh, T, hs)
+        if rope is not None:  # keys are cached rotated: a key's angle is fixed by its position
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
 
         mask, is_causal = None, True
         if cache is not None:
-            start, end = cache.pos, cache.pos + T
-            cache.keys[layer][:, :, start:end] = k
-            cache.values[layer][:, :, start:end] = v
-            k, v = cache.keys[layer][:, :, :end], cache.values[layer][:, :, :end]  # (B, nh, end, hs)
-            if T == 1:
+            k, v = cache.write(layer, k, v, positions)  # (B, nh, end, hs)
+            start = cache.lengths[0]
+            if len(set(cache.lengths)) > 1:
+                # Rows at different lengths: query t of row b sees the keys at positions up to its
+                # own, which also hides whatever a shorter row has past its end.
+                is_causal = False
+                mask = (torch.arange(k.size(2), device=x.device) <= positions[:, :, None])[:, None]
+            elif T == 1:
                 is_causal = False  # one new query may look at every cached key
             elif start > 0:
                 # SDPA's is_causal aligns the mask to the top-left corner, which is wrong when the
                 # queries are the last T of `end` keys; spell the mask out instead.
                 is_causal = False
-                mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
 
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=is_causal,
@@ -67,34 +129,24 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.out_proj(y))
 
 
-class MLP(nn.Module):
-    def __init__(self, config: GPTConfig):
-        super().__init__()
-        self.fc = Linear(config.emb_dim, 4 * config.emb_dim)
-        self.gelu = nn.GELU(approximate="tanh")  # GPT-2's GELU is the tanh approximation
-        self.out_proj = Linear(4 * config.emb_dim, config.emb_dim)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.out_proj(self.gelu(self.fc(x))))
-
-
 class Block(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln1 = nn.LayerNorm(config.emb_dim)
+        self.ln1 = make_norm(config, config.emb_dim)
         self.attn = CausalSelfAttention(config)
-        self.ln2 = nn.LayerNorm(config.emb_dim)
+        self.ln2 = make_norm(config, config.emb_dim)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache, layer)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: tuple | None = None,
+                cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), positions, rope, cache, layer)
         return x + self.mlp(self.ln2(x))
 
 
 class GPT(nn.Module):
-    """Decoder-only GPT-2. forward: (B, T) int64 ids -> (B, T, vocab_size) logits, or with
-    targets (B, T) the mean cross-entropy.
+    """Decoder-only GPT. forward: (B, T) int64 ids -> (B, T, vocab_size) logits, or with
+    targets (B, T) the mean cross-entropy; with head=False the last block's output (B, T, emb_dim)
+    (a prefix run only to fill a KV cache skips the LM head, its costliest matmul).
 
     The token embedding and LM head have config.padded_vocab_size rows (a multiple of 64). The
     padding rows stay zero, get no logits outside the training loss (where they are masked to
@@ -106,10 +158,11 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.padded_vocab_size, config.emb_dim)
-        self.pos_emb = nn.Embedding(config.context_length, config.emb_dim)
+        learned = config.positions == "learned"  # else rotary, computed in attention
+        self.pos_emb = nn.Embedding(config.context_length, config.emb_dim) if learned else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.final_norm = nn.LayerNorm(config.emb_dim)
+        self.final_norm = make_norm(config, config.emb_dim)
         self.lm_head = nn.Linear(config.emb_dim, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
@@ -118,23 +171,26 @@ class GPT(nn.Module):
         self.register_load_state_dict_pre_hook(_add_vocab_padding)
 
     def reset_parameters(self) -> None:
-        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, and residual projections scaled
-        by 1/sqrt(2 * n_layers) so the residual stream's variance does not grow with depth.
+        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit gains, and residual
+        projections scaled by 1/sqrt(2 * n_layers) so the residual stream's variance does not grow
+        with depth (or zero, with zero_init_proj: every block then starts as the identity).
         Embeddings use config.embedding_std (an untied LM head keeps 0.02)."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=self.config.embedding_std)
-            if isinstance(module, nn.Linear) and module.bias is not None:
+            if isinstance(module, (nn.Linear, nn.LayerNorm)) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-            if isinstance(module, nn.LayerNorm):
+            if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
         residual_std = 0.02 / math.sqrt(2 * self.config.n_layers)
         for block in self.blocks:
-            nn.init.normal_(block.attn.out_proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.mlp.out_proj.weight, mean=0.0, std=residual_std)
+            for proj in (block.attn.out_proj, block.mlp.out_proj):
+                if self.config.zero_init_proj:
+                    nn.init.zeros_(proj.weight)
+                else:
+                    nn.init.normal_(proj.weight, mean=0.0, std=residual_std)
         if self.config.tie_embeddings:  # the Linear loop above re-drew the shared matrix
             nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.config.embedding_std)
         with torch.no_grad():
@@ -142,43 +198,64 @@ class GPT(nn.Module):
             self.lm_head.weight[self.config.vocab_size:] = 0.0
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
-                targets: torch.Tensor | None = None) -> torch.Tensor:
+                targets: torch.Tensor | None = None, head: bool = True) -> torch.Tensor:
         if idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(idx.shape)}")
         B, T = idx.shape
-        start = cache.pos if cache is not None else 0
-        if start + T > self.config.context_length:
+        longest = max(cache.lengths) if cache is not None else 0
+        if longest + T > self.config.context_length:
             raise ValueError(
-                f"sequence of length {start + T} is longer than the model's context length "
+                f"sequence of length {longest + T} is longer than the model's context length "
                 f"({self.config.context_length}); crop the input to the last "
                 f"{self.config.context_length} tokens"
             )
-        pos = torch.arange(start, start + T, device=idx.device)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        positions = self.positions(B, T, cache, idx.device)  # (B, T)
+        x = self.tok_emb(idx)  # (B, T, C)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        else:  # rotary: the angles of these positions, shared by every layer
+            rope = rotary_angles(positions, self.config.head_dim, self.config.rope_theta)
+        x = self.drop(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
+            x = block(x, positions, rope, cache, layer)
         if cache is not None:
-            cache.pos += T
+            cache.advance(T)
+        if not head:  # filling a cache whose logits nobody reads: the LM head is skipped, (B, T, C) out
+            return x
         x = self.final_norm(x)
-        V = self.config.vocab_size
+        V, cap = self.config.vocab_size, self.config.logit_softcap
         if targets is None:  # only the real vocabulary's rows: padded ids never get a logit
-            return linear(x, self.lm_head.weight[:V])  # (B, T, V)
+            logits = linear(x, self.lm_head.weight[:V], packed=getattr(self.lm_head, "packed", None))  # (B, T, V)
+            return cap * torch.tanh(logits / cap) if cap else logits
         # The matmul with aligned shapes, (B, T, padded V); a bias of -inf gives the padded ids
-        # no probability, hence no gradient, inside the same addmm.
+        # no probability, hence no gradient (inside the same addmm when nothing is capped).
         mask = x.new_zeros(self.config.padded_vocab_size)
         mask[V:] = float("-inf")
-        logits = F.linear(x, self.lm_head.weight, mask)
+        if cap:
+            logits = cap * torch.tanh(F.linear(x, self.lm_head.weight) / cap) + mask
+        else:
+            logits = F.linear(x, self.lm_head.weight, mask)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    @staticmethod
+    def positions(B: int, T: int, cache: KVCache | None, device) -> torch.Tensor:
+        """(B, T) int64: the position of each input token, each row continuing from its own length
+        in the cache (0 without one)."""
+        steps = torch.arange(T, device=device)
+        if cache is None or len(set(cache.lengths)) == 1:
+            return (steps + (cache.lengths[0] if cache is not None else 0)).expand(B, T)
+        return torch.tensor(cache.lengths, device=device)[:, None] + steps
 
     def num_params(self, include_embeddings: bool = True) -> int:
         """Parameter count, tied weights counted once. Without embeddings it leaves out the token
-        and position tables (the count scaling laws use)."""
+        and learned position tables (the count scaling laws use)."""
         c = self.config
         padding = (c.padded_vocab_size - c.vocab_size) * c.emb_dim  # per padded matrix
         n = sum(p.numel() for p in self.parameters())  # parameters() yields a tied tensor once
         n -= padding * (1 if c.tie_embeddings else 2)
         if not include_embeddings:
-            n -= c.vocab_size * c.emb_dim + self.pos_emb.weight.numel()
+            n -= c.vocab_size * c.emb_dim + (c.context_length * c.emb_dim if c.positions == "learned" else 0)
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:

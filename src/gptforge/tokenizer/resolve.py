@@ -20,10 +20,14 @@ TOKENIZER_DIR = "tokenizer"  # the subfolder of a corpus, run or checkpoint that
 
 
 def load_tokenizer(spec: str | Path) -> Tokenizer:
-    """"gpt2" (GPT-2's, bundled) or a tokenizer folder (tokenizer.json + meta.json, checked)."""
+    """"gpt2" (GPT-2's, bundled) or a tokenizer folder (tokenizer.json + meta.json, checked), or a
+    corpus, run or checkpoint folder that holds one in its tokenizer/ subfolder."""
     if str(spec) == "gpt2":
         return gpt2()
-    return load_folder(Path(spec).expanduser())
+    folder = Path(spec).expanduser()
+    if not (folder / "tokenizer.json").is_file() and (folder / TOKENIZER_DIR / "tokenizer.json").is_file():
+        folder = folder / TOKENIZER_DIR
+    return load_folder(folder)
 
 
 def tokenizer_from_record(description: dict[str, Any] | None, folder: Path, what: str) -> Tokenizer:

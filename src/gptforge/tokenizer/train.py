@@ -10,8 +10,9 @@ chat template's, which get the first ids.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib import metadata
+from itertools import groupby
 from pathlib import Path
 
 from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
@@ -48,16 +49,34 @@ def check_vocab_size(vocab_size: int) -> None:
                         f"and 2^32 = {MAX_VOCAB:,}, got {vocab_size!r}")
 
 
-def _pieces(sources, safe_cut, bar: tqdm, chars: list[int]) -> Iterator[str]:
-    """Every document of every source, cut into pieces at points where the pattern splits anyway."""
+def learn(documents: Iterable[Iterable[str]], vocab_size: int, progress: bool = True,
+          total: int | None = None) -> BPETokenizer:
+    """A byte-level BPE of `vocab_size` ids (special tokens included) learned from documents, each
+    given as text blocks; its meta records the settings. Refuses text-less input."""
     from ..data.encode import cut_pieces
 
-    for source in sources:
-        for document in source.documents():
-            for piece in cut_pieces(document.blocks, PIECE_CHARS, safe_cut):
-                chars[0] += len(piece)
+    check_vocab_size(vocab_size)
+    hf = empty_tokenizer()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=MIN_FREQUENCY, show_progress=progress,
+                                  special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    chars = 0
+
+    def pieces(bar: tqdm) -> Iterator[str]:
+        nonlocal chars
+        for blocks in documents:  # cut where the pattern splits anyway: the counts stay exact
+            for piece in cut_pieces(blocks, PIECE_CHARS, BPETokenizer.safe_cut):
+                chars += len(piece)
                 bar.update(len(piece))
                 yield piece
+
+    with tqdm(total=total, unit="char", unit_scale=True, desc="reading", disable=not progress) as bar:
+        hf.train_from_iterator(pieces(bar), trainer)
+    if chars == 0:
+        raise UserError("the corpus is empty: the inputs contain no text")
+    training = {"vocab_size": vocab_size, "min_frequency": MIN_FREQUENCY, "pattern": PATTERN, "characters": chars,
+                "tokenizers_version": metadata.version("tokenizers")}
+    return BPETokenizer(hf.to_str(pretty=True).encode(), {"training": training})
 
 
 def train_tokenizer(inputs: list[str] | str, out: str | os.PathLike, vocab_size: int, options=None,
@@ -71,22 +90,27 @@ def train_tokenizer(inputs: list[str] | str, out: str | os.PathLike, vocab_size:
     out = Path(out)
     check_output_folder(out, overwrite)
     sources = open_sources(inputs, options)
-    hf = empty_tokenizer()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=MIN_FREQUENCY, show_progress=progress,
-                                  special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     sizes = [s.size for s in sources]
-    chars = [0]
-    with tqdm(total=None if None in sizes else sum(sizes), unit="char", unit_scale=True, desc="reading",
-              disable=not progress) as bar:
-        hf.train_from_iterator(_pieces(sources, BPETokenizer.safe_cut, bar, chars), trainer)
-    if chars[0] == 0:
-        raise UserError("the corpus is empty: the inputs contain no text")
+    documents = (document.blocks for source in sources for document in source.documents())
+    tokenizer = learn(documents, vocab_size, progress, None if None in sizes else sum(sizes))
     warn_replaced(sources)
-    meta = {"sources": [s.record for s in sources],
-            "training": {"vocab_size": vocab_size, "min_frequency": MIN_FREQUENCY, "pattern": PATTERN,
-                         "characters": chars[0], "tokenizers_version": metadata.version("tokenizers")}}
-    tokenizer = BPETokenizer(hf.to_str(pretty=True).encode(), meta)
+    tokenizer.meta["sources"] = [s.record for s in sources]
     with atomic_folder(out) as tmp:
         tokenizer.save(tmp)
+    return tokenizer
+
+
+def train_on_train_split(data: str, val_fraction: float, vocab_size: int, progress: bool = True) -> BPETokenizer:
+    """A byte-level BPE learned from the text a run trains on (`train --tokenizer bpe:N`): the
+    train split of text --data, split by characters as training splits it, so the validation
+    text stays unseen."""
+    from ..data.split import open_split, tag_blocks
+
+    check_vocab_size(vocab_size)
+    sources, split, n_docs = open_split([data], val_fraction, "chars")
+    train_blocks = (t for t in tag_blocks(sources, split, val_fraction, 0, n_docs) if t[1] == 0)
+    documents = ((block for _, _, block in group) for _, group in groupby(train_blocks, key=lambda t: t[0]))
+    tokenizer = learn(documents, vocab_size, progress)
+    tokenizer.meta["sources"] = [s.record for s in sources]
+    tokenizer.meta["training"]["text"] = f"the train split of {data} (val_fraction {val_fraction}, by characters)"
     return tokenizer

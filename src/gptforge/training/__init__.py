@@ -2,7 +2,8 @@
 
     loop.py        the loop, its periodic jobs, clean stops
     step.py        one optimizer step (micro-batches, clipping, non-finite guard)
-    optim.py       the optimizer and the learning-rate schedule
+    optim.py       the optimizer (AdamW, or Muon with AdamW) and the learning-rate schedule
+    budget.py      the job's clock and the --max-time plan (when to sync, when to stop)
     resume.py      the exact-resume contract (position, RNG, optimizer, scaler) and run resolution
     run_folder.py  the layout of a run folder
     plot.py        loss curves of a run

@@ -37,8 +37,9 @@ SAMPLES = 2  # val examples answered in each printed sample
 
 
 def finetune(config: FinetuneConfig | None = None, *, resume: str | Path | None = None,
-             progress: bool | None = None, **fields) -> TrainResult:
-    """Fine-tune a model; mirrors `gptforge finetune`.
+             progress: bool | None = None, started: float | None = None, **fields) -> TrainResult:
+    """Fine-tune a model; mirrors `gptforge finetune`. `started`: when the job began, for
+    --max-time (default: now; see training.budget).
 
     `finetune(init_from="runs/base", data="tasks.jsonl", lora_rank=8)` starts a run;
     `finetune(resume="runs/ft", epochs=3)` continues one from its newest intact checkpoint.
@@ -53,7 +54,7 @@ def finetune(config: FinetuneConfig | None = None, *, resume: str | Path | None 
     torch.manual_seed(cfg.seed)  # the same LoRA initialisation on every rank
     model = resumed_model(checkpoint, device) if checkpoint is not None else initial_finetune_model(cfg, device)
     task = FinetuneTask(cfg, model, train_examples, val_examples, d)
-    trainer = Trainer(cfg, run, model, task, task.total_steps, d, device, checkpoint, progress)
+    trainer = Trainer(cfg, run, model, task, task.total_steps, d, device, checkpoint, progress, started=started)
     trainable, total = trainable_count(model)
     how = f"LoRA rank {cfg.lora_rank} on {cfg.lora_targets}" if cfg.lora_rank else "full fine-tuning"
     trainer.say(f"model: {cfg.init_from}, {trainable:,} of {total:,} parameters trainable ({how}), "

@@ -21,14 +21,16 @@ import torch
 from tqdm import tqdm
 
 from .. import distributed
-from ..config import TrainConfig
+from ..config import TrainConfig, parse_duration
 from ..data import prefetch
 from ..device import matmul_peak_flops
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..evaluate import batch_loss
 from ..tokenizer import tokenizer_of
 from ..weights.checkpoint import save_checkpoint
-from .optim import lr_at, make_optimizer
+from .budget import Clock
+from .loggers import LogHub, check_packages, open_loggers
+from .optim import lr_factor, make_optimizer, set_lr
 from .resume import Position, capture, restore
 from .run_folder import RunFolder
 from .step import UpdateGuard, optimizer_step
@@ -50,6 +52,10 @@ class Task(Protocol):
     def sample(self, model: torch.nn.Module) -> str:
         """A text that shows what the model does now."""
 
+    # Optional: UTF-8 bytes per val token of the evaluated batches, which turns the val loss into
+    # bits per byte (comparable across tokenizers); absent or None when unknown.
+    val_bytes_per_token: float | None
+
 
 @dataclass
 class TrainResult:
@@ -62,6 +68,7 @@ class TrainResult:
     train_loss: float
     val_loss: float
     interrupted: bool = False  # stopped by Ctrl-C / SIGTERM, after saving a checkpoint
+    wall_s: float = 0.0  # the whole job's wall time when it ended, earlier sessions included
 
 
 class Diverged(UserError):
@@ -98,14 +105,17 @@ class GracefulStop:
 
 class Trainer:
     """One run of the loop. Its state is `position` (a Position), which the checkpoints written
-    by `save` hold together with the weights, optimizer, scaler and RNG states (training.resume)."""
+    by `save` hold together with the weights, optimizer, scaler and RNG states (training.resume).
+    `started` is the time.monotonic() reading at which the job began (default: now); a
+    --max-time budget counts from there (training.budget)."""
 
     def __init__(self, cfg: TrainConfig, run: RunFolder, model: torch.nn.Module, task: Task,
                  total_steps: int, d: distributed.Dist, device: torch.device,
                  resume_from: Path | None = None, progress: bool | None = None,
-                 loss_fn: Callable | None = None):
+                 loss_fn: Callable | None = None, started: float | None = None):
         self.cfg, self.run, self.model, self.task, self.d, self.device = cfg, run, model, task, d, device
         self.total_steps, self.loss_fn, self.progress = total_steps, loss_fn or batch_loss, progress
+        check_packages(cfg.log)  # a missing logging package fails before the run folder exists
         self.say = tqdm.write if d.is_main else (lambda *args, **kwargs: None)  # rank 0 speaks for the job
         self.wrapped = distributed.wrap(model, d, cfg.distributed, device)
         self.optimizer = make_optimizer(model, cfg, device)
@@ -127,15 +137,53 @@ class Trainer:
                      f"epoch {self.position.epoch + 1})")
         elif d.is_main:
             run.create()
+        resolved = {"model": model.config.to_dict(), "train": cfg.to_dict()}
+        self.log = LogHub([])  # the loggers of --log, on rank 0
         if d.is_main:
-            run.write_config({"model": model.config.to_dict(), "train": cfg.to_dict()}, tokenizer_of(model))
+            run.write_config(resolved, tokenizer_of(model))
+            run.write_status("running", step=self.position.step)
+            self.log = open_loggers(cfg.log, run, self.position.step, resolved, cfg.wandb_project)
         self.guard = UpdateGuard(device, self.scaler, self.position.step)
         self.skipped_before = self.position.skipped
         self.losses = (math.nan, math.nan)  # (train, val) of the latest evaluation
         self.stop, self.stopping, self.bar = GracefulStop(), False, None
         self.say(f"run folder: {run}")
+        self._start_clock(started)
+
+    def _start_clock(self, started: float | None) -> None:
+        """The job's clock, and with --max-time the budget it plans against (training.budget)."""
+        cfg, p = self.cfg, self.position
+        budget = parse_duration(cfg.max_time, "max-time") if cfg.max_time else None
+        eval_steps = 2 * cfg.eval_batches * self.d.world_size / 3  # forward passes cost ~1/3 of a step
+        save_bytes = 3 * sum(w.numel() * w.element_size() for w in self.model.parameters())  # + 2 moments
+        self.clock = Clock(budget, p.wall_s, time.monotonic() if started is None else started, p.step,
+                           eval_steps, save_bytes)
+        if budget is not None:
+            self.say(f"time budget {cfg.max_time}: {max(0.0, budget - self.clock.now()):.0f} s left, ending "
+                     f"with an evaluation and a checkpoint; a run on the clock is not bitwise reproducible "
+                     f"(a step-based one is)")
 
     def fit(self) -> TrainResult:
+        """Train, and record in the run folder's status how it ended."""
+        try:
+            result = self._fit()
+        except BaseException as e:
+            state = ("diverged" if isinstance(e, Diverged) else
+                     "interrupted" if isinstance(e, (KeyboardInterrupt, SystemExit)) else "failed")
+            self._record(state, error=first_line(e))
+            raise
+        finally:
+            self.log.close()
+        self._record("interrupted" if result.interrupted else "finished")
+        return result
+
+    def _record(self, state: str, **details) -> None:
+        if self.d.is_main:
+            p = self.position
+            self.run.write_status(state, step=p.step, tokens_seen=p.tokens_seen, elapsed_s=round(p.elapsed_s, 3),
+                                  **details)
+
+    def _fit(self) -> TrainResult:
         """The loop: optimizer steps, epoch after epoch, until total_steps or a stop."""
         p, cfg, model = self.position, self.cfg, self.model
         model.train()
@@ -145,15 +193,14 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: fp32 range, ~8x the speed
             torch.backends.cudnn.allow_tf32 = True
         with self.stop, self._progress_bar():
-            while p.step < self.total_steps and not self.stopping:
+            while p.step < self.total_steps and not (self.stopping or self.clock.out_of_time):
                 self._start_window()
                 with contextlib.closing(prefetch(self.task.batches(p.epoch, start=p.batch),
                                                  pin=self.device.type == "cuda")) as batches:
                     while p.batch + cfg.grad_accum <= self.task.batches_per_epoch:
                         step_start = time.perf_counter()
-                        for group in self.optimizer.param_groups:
-                            group["lr"] = lr_at(p.step, cfg, self.total_steps)
-                        loss, tokens = optimizer_step(step_model, self.wrapped, batches, cfg.grad_accum,
+                        self._set_lr()
+                        loss, grad_norm, tokens = optimizer_step(step_model, self.wrapped, batches, cfg.grad_accum,
                                                       self.loss_fn, self.optimizer, params, self.guard,
                                                       cfg.grad_clip, self.autocast, self.d, self.device)
                         p.step, p.batch = p.step + 1, p.batch + cfg.grad_accum
@@ -163,20 +210,20 @@ class Trainer:
                                                         (cfg.eval_every, cfg.sample_every, cfg.save_every))
                         evaluating = evaluating or p.step == 1
                         if self._sync_due() or evaluating or sampling or saving:
-                            self._sync(loss)  # waits for the device
+                            self._sync(loss, grad_norm, evaluating, sampling, saving)  # waits for the device
                         p.elapsed_s += time.perf_counter() - step_start
                         if evaluating:
-                            self.evaluate()
+                            self._timed("evaluate", self.evaluate)
                         if sampling:
-                            self.say(f"sample at step {p.step}: {self.task.sample(model)!r}")
+                            self._timed("sample", self.sample, f"at step {p.step}")
                         if saving:
-                            self.save()
-                        if p.step >= self.total_steps or self.stopping:
+                            self._timed("save", self.save)
+                        if p.step >= self.total_steps or self.stopping or self.clock.out_of_time:
                             break
                         if evaluating or sampling or saving:  # their time is not training time
                             self._start_window()
-                if p.batch + cfg.grad_accum > self.task.batches_per_epoch:  # the epoch is done
-                    self.say(f"sample after epoch {p.epoch + 1}: {self.task.sample(model)!r}")
+                if self._epoch_done():
+                    self._timed("sample", self.sample, f"after epoch {p.epoch + 1}")
                     p.epoch, p.batch = p.epoch + 1, 0
         return self._finish()
 
@@ -185,21 +232,38 @@ class Trainer:
     def _due(self, every: int) -> bool:
         return bool(every) and self.position.step % every == 0
 
+    def _epoch_done(self) -> bool:
+        return self.position.batch + self.cfg.grad_accum > self.task.batches_per_epoch
+
+    def _set_lr(self) -> None:
+        """The learning rate of the coming update, from the run's progress in steps and in time."""
+        p = self.position
+        set_lr(self.optimizer, self.cfg, lr_factor(p.step, self.cfg, self.total_steps, self.clock.progress(p.step)))
+
+    def _timed(self, job: str, work: Callable, *args) -> None:
+        """Run a periodic job, recording its cost for the time budget."""
+        start = time.monotonic()
+        work(*args)
+        self.clock.measured(job, time.monotonic() - start)
+
     def _sync_due(self) -> bool:
         """Host syncs happen every SYNC_EVERY steps, at the last step and the end of an epoch, and
         before anything that reads the state. A single process also syncs as soon as it is asked
         to stop; ranks wait for the next sync point, where they agree (a signal may have reached
         only some of them, and a rank stopping alone would hang the others)."""
         p = self.position
-        return (p.step % SYNC_EVERY == 0 or p.step == self.total_steps
-                or p.batch + self.cfg.grad_accum > self.task.batches_per_epoch
+        return (p.step % SYNC_EVERY == 0 or p.step == self.total_steps or self._epoch_done()
+                or p.step == self.clock.next_sync  # a time budget's plan (training.budget)
                 or (self.stop.requested is not None and not self.d.enabled))
 
-    def _sync(self, loss: torch.Tensor) -> None:
-        """Read the step's loss and the update guard; stop a diverged run; agree on stopping."""
+    def _sync(self, loss: torch.Tensor, grad_norm: torch.Tensor, evaluating: bool, sampling: bool,
+              saving: bool) -> None:
+        """Read the step's loss, gradient norm and the update guard; stop a diverged run; agree on
+        stopping, on the clock (rank 0's) and the time budget's plan; log the training scalars."""
         p, guard = self.position, self.guard
-        loss_now, count, first_step, first_loss, first_norm = torch.cat(
-            [loss.detach().float().view(1), guard.count.view(1), guard.first]).tolist()
+        loss_now, norm, count, first_step, first_loss, first_norm = torch.cat(
+            [loss.detach().float().view(1), grad_norm.detach().float().view(1), guard.count.view(1),
+             guard.first]).tolist()
         p.skipped = self.skipped_before + int(count)
         if count > guard.reported:
             if not self.cfg.skip_nonfinite:
@@ -211,16 +275,26 @@ class Trainer:
             self.say(f"step {p.step}: {int(count) - guard.reported} update(s) with a non-finite loss "
                      f"or gradient skipped since the last report ({p.skipped} so far)")
             guard.reported = int(count)
-        self.stopping = self.stop.requested is not None
-        if self.d.enabled:
-            self.stopping = distributed.all_sum([float(self.stopping)], self.d, self.device)[0] > 0
-            if self.stopping and not self.stop.requested:
-                self.stop.requested = "a signal to another rank"
         now = time.perf_counter()
         tokens_per_s = (p.tokens_seen - self.window[1]) / (now - self.window[0])
-        self.window = (now, p.tokens_seen)
-        self.bar.set_postfix(loss=f"{loss_now:.3f}", tok_s=f"{tokens_per_s:,.0f}",
-                             mfu=f"{100 * self.flops_per_token * tokens_per_s / self.peak_flops:.0f}%")
+        step_s = (now - self.window[0]) / max(1, p.step - self.window[2])
+        self.window = (now, p.tokens_seen, p.step)
+        reading = self.clock.reading(step_s)
+        shared = [float(self.stop.requested is not None), *(reading if self.d.is_main else [0.0] * len(reading))]
+        shared = distributed.all_sum(shared, self.d, self.device)  # rank 0's clock for all; any rank's stop
+        self.stopping = shared[0] > 0
+        if self.stopping and not self.stop.requested:
+            self.stop.requested = "a signal to another rank"
+        due = [job for job, now_due in (("evaluate", evaluating), ("save", saving),
+                                        ("sample", sampling or self._epoch_done())) if now_due]
+        self.clock.agree(p.step, shared[1:], due, SYNC_EVERY)
+        if self.clock.budget_s is not None:
+            self.bar.total = p.step + self.clock.steps_left(p.step)
+        mfu = self.flops_per_token * tokens_per_s / self.peak_flops
+        self.bar.set_postfix(loss=f"{loss_now:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{100 * mfu:.0f}%")
+        self.log.scalars(p.step, {"train/loss": loss_now, "train/lr": self.optimizer.param_groups[0]["lr"],
+                                  "train/grad_norm": norm, "train/tokens_per_s": tokens_per_s, "train/mfu": mfu,
+                                  "train/tokens_seen": p.tokens_seen, "train/skipped_updates": p.skipped})
 
     def evaluate(self) -> None:
         """Train and val loss now: a metrics row, a line, a redrawn plot."""
@@ -231,16 +305,28 @@ class Trainer:
         if not self.d.is_main:
             return
         train_loss, val_loss = self.losses
+        val = None if math.isnan(val_loss) else val_loss
+        bytes_per_token = getattr(self.task, "val_bytes_per_token", None)
+        val_bpb = val / math.log(2) / bytes_per_token if val is not None and bytes_per_token else None
         epoch = p.epoch + p.batch / self.task.batches_per_epoch
         self.run.append_metrics({
             "step": p.step, "epoch": epoch, "tokens_seen": p.tokens_seen, "train_loss": train_loss,
-            "val_loss": None if math.isnan(val_loss) else val_loss,
-            "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(p.elapsed_s, 3)})
+            "val_loss": val, "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(p.elapsed_s, 3),
+            **({"val_bpb": val_bpb} if val_bpb is not None else {})})
+        self.log.scalars(p.step, {"eval/train_loss": train_loss, "eval/val_loss": val, "eval/val_bpb": val_bpb})
         self.say(f"epoch {epoch:.2f} step {p.step:>6}: train loss {train_loss:.3f}, val loss {val_loss:.3f}")
         _redraw_plot(self.run)
 
+    def sample(self, when: str) -> None:
+        """A sample of the task's, printed and logged."""
+        text = self.task.sample(self.model)
+        self.say(f"sample {when}: {text!r}")
+        self.log.text(self.position.step, "sample", text)
+
     def save(self) -> None:
         """A checkpoint of this step (every rank takes part in gathering the state; rank 0 writes)."""
+        self.log.flush()  # first: what a checkpoint's steps logged is on disk before it exists
+        self.position.wall_s = self.clock.now()  # rank 0's is the one written
         weights, state = capture(self.position, self.model, self.optimizer, self.scaler, self.d)
         path = self.run.checkpoint(self.position.step)
         if not self.d.is_main:  # the gathered state is complete on rank 0 only
@@ -258,26 +344,29 @@ class Trainer:
     def _finish(self) -> TrainResult:
         """The last evaluation and checkpoint (unless this step has them), and the summary."""
         p = self.position
+        if self.clock.out_of_time:
+            self.say(f"time budget {self.cfg.max_time} used: stopping at step {p.step} "
+                     f"({self.clock.now():.0f} s so far) for the final evaluation and checkpoint")
         if not self.stopping and self.evaluated_step != p.step:
             self.evaluate()
         if self.checkpoint is None or self.checkpoint.name != self.run.checkpoint(p.step).name:
             self.save()
         result = TrainResult(self.run.path, self.checkpoint, p.step, p.tokens_seen, *self.losses,
-                             interrupted=self.stopping)
+                             interrupted=self.stopping, wall_s=self.clock.now())
         if self.stopping:
             self.say(f"stopped by {self.stop.requested} at step {p.step}; checkpoint {self.checkpoint}. "
                      f"Resume with: gptforge {self.cfg.command} --resume {self.run}")
             return result
         skipped = f", {p.skipped} update(s) skipped as non-finite" if p.skipped else ""
-        self.say(f"done: step {p.step}, {p.tokens_seen:,} tokens, train loss {self.losses[0]:.3f}, "
-                 f"val loss {self.losses[1]:.3f}{skipped}; checkpoint {self.checkpoint}")
+        self.say(f"done: step {p.step} after {result.wall_s:.0f} s, {p.tokens_seen:,} tokens, train loss "
+                 f"{self.losses[0]:.3f}, val loss {self.losses[1]:.3f}{skipped}; checkpoint {self.checkpoint}")
         return result
 
     # --- progress ------------------------------------------------------------------------------
 
     def _start_window(self) -> None:
         """Start a new tokens/s measurement (after work that is not training)."""
-        self.window = (time.perf_counter(), self.position.tokens_seen)
+        self.window = (time.perf_counter(), self.position.tokens_seen, self.position.step)
 
     @contextlib.contextmanager
     def _progress_bar(self):
@@ -285,9 +374,9 @@ class Trainer:
         self.bar = tqdm(total=self.total_steps, initial=self.position.step, unit="step", dynamic_ncols=True,
                         disable=None if show is None else not show, file=sys.stderr)
         # MFU: the model's FLOP/s over what a large matmul reaches here, per rank. Only when the
-        # bar is shown: on a CPU a float16 matmul is emulated and takes seconds to time.
+        # bar is shown or logged: on a CPU a float16 matmul is emulated and takes seconds to time.
         self.peak_flops = (matmul_peak_flops(self.device, getattr(torch, self.cfg.dtype)) * self.d.world_size
-                           if not self.bar.disable else math.inf)
+                           if not self.bar.disable or self.log else math.inf)
         self.flops_per_token = self.model.flops_per_token(self.model.config.context_length)
         try:
             yield self.bar

@@ -6,7 +6,6 @@ Agg canvas: no window ever opens, and the pyplot backend of a program that impor
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -17,7 +16,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..files import atomic_file
-from .run_folder import METRICS, PLOT
+from .run_folder import METRICS, PLOT, is_number, parse_metrics
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -27,49 +26,35 @@ def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a run folder's metrics.jsonl (or of that file itself), in file order.
 
     A last line that is not valid JSON is what a crash mid-write leaves, and is skipped quietly;
-    a bad line elsewhere (a crash, then a resume appending after it) is skipped with a warning.
+    a bad line elsewhere (damage to the file) is skipped with a warning.
     """
     path = Path(path)
     file = path / METRICS if path.is_dir() else path
     if not file.is_file():
         raise UserError(f"no metrics file at {file}; has the run evaluated at least once?")
     try:
-        lines = file.read_text(encoding="utf-8", errors="replace").splitlines()
+        rows, bad = parse_metrics(file)
     except OSError as e:
         raise UserError(f"cannot read {file}: {e.strerror or e}") from None
-    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
-    rows = []
-    for k, (lineno, line) in enumerate(numbered):
-        try:
-            row = json.loads(line)  # json reads NaN, which json.dumps writes for a NaN loss
-        except json.JSONDecodeError:
-            row = None
-        if isinstance(row, dict) and all(_is_number(row.get(k)) for k in ("step", "epoch", "tokens_seen")):
-            rows.append(row)
-        elif k < len(numbered) - 1:
-            print(f"warning: {file}:{lineno}: skipping a line that is not a metrics row", file=sys.stderr)
+    for lineno in bad:
+        print(f"warning: {file}:{lineno}: skipping a line that is not a metrics row", file=sys.stderr)
     if not rows:
         raise UserError(f"{file} holds no metrics rows")
     return rows
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _loss(row: dict[str, Any], key: str) -> float:
     value = row.get(key)
-    return float(value) if _is_number(value) else math.nan  # null (no val split) plots as a gap
+    return float(value) if is_number(value) else math.nan  # null (no val split) plots as a gap
 
 
 def loss_figure(rows: list[dict[str, Any]], title: str | None = None) -> Figure:
     """The matplotlib Figure (with an Agg canvas) of train/val loss against epochs and tokens."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import EngFormatter, MaxNLocator
-    except ImportError:
-        raise UserError("plotting needs matplotlib: pip install 'gptforge[plot]'") from None
+    _require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter, MaxNLocator
+
     if not rows:
         raise UserError("no metrics rows to plot")
 
@@ -108,12 +93,24 @@ def loss_figure(rows: list[dict[str, Any]], title: str | None = None) -> Figure:
 
 def plot_losses(rows: list[dict[str, Any]], out_path: str | os.PathLike, title: str | None = None) -> Path:
     """Write the loss plot as a PNG, atomically: a crash never leaves a half-written file."""
-    fig = loss_figure(rows, title)
+    return _save(loss_figure(rows, title), out_path)
+
+
+def _save(fig: Figure, out_path: str | os.PathLike) -> Path:
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     return out
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+        import matplotlib.ticker  # noqa: F401
+    except ImportError:
+        raise UserError("plotting needs matplotlib: pip install 'gptforge[plot]'") from None
 
 
 def plot_run(run_dir: str | os.PathLike) -> Path:
@@ -122,3 +119,43 @@ def plot_run(run_dir: str | os.PathLike) -> Path:
     if not run.is_dir():
         raise UserError(f"no such run folder: {run}")
     return plot_losses(read_metrics(run), run / PLOT, title=run.resolve().name)
+
+
+def compare_figure(runs: dict[str, list[dict[str, Any]]]) -> Figure:
+    """One Figure with each run's val loss against tokens seen (its train loss, dashed, when it
+    has no validation split), so runs of different batch sizes and lengths line up."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, rows in runs.items():
+        by_step = {row["step"]: row for row in rows}  # the latest row of a step wins, as above
+        rows = [by_step[s] for s in sorted(by_step)]
+        tokens = np.array([float(r["tokens_seen"]) for r in rows])
+        val = np.array([_loss(r, "val_loss") for r in rows])
+        if np.isnan(val).all():
+            ax.plot(tokens, [_loss(r, "train_loss") for r in rows], linestyle="--", label=f"{name} (train)")
+        else:
+            ax.plot(tokens, val, marker=".", label=name)
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("val loss (nats/token)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right")
+    return fig
+
+
+def plot_runs(run_dirs: list[str | os.PathLike], out_path: str | os.PathLike) -> Path:
+    """Several runs' val curves in one PNG (see compare_figure), written atomically."""
+    _require_matplotlib()
+    runs = {}
+    for run_dir in run_dirs:
+        run = Path(run_dir)
+        if not run.is_dir():
+            raise UserError(f"no such run folder: {run}")
+        name = run.resolve().name
+        runs[name if name not in runs else str(run)] = read_metrics(run)
+    return _save(compare_figure(runs), out_path)

@@ -8,34 +8,42 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
+from itertools import islice
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from tqdm import tqdm
 
 from .. import distributed
 from ..config import GPTConfig, TrainConfig
-from ..data import BatchLoader, corpus_tokenizer, load_splits
+from ..data import BatchLoader, corpus_tokenizer, is_corpus, load_splits
 from ..device import pick_device
 from ..errors import UserError
-from ..evaluate import mean_loss
+from ..evaluate import bytes_per_token, mean_loss
 from ..generate import generate_text
 from ..model import GPT
 from ..tokenizer import Tokenizer, gpt2, load_tokenizer, tokenizer_of
+from ..tokenizer.train import train_on_train_split
 from ..weights.checkpoint import WEIGHTS, checkpoint_tokenizer, load_weights, read_checkpoint_config
 from ..weights.load import load_any, reshape
 from .loop import Trainer, TrainResult
 from .resume import resolve_run
 
+TRAIN_PREFIX = "bpe:"  # --tokenizer bpe:N: train an N-id tokenizer on the run's text first
+
 
 def train(config: TrainConfig | None = None, *, resume: str | Path | None = None,
-          progress: bool | None = None, **fields) -> TrainResult:
+          progress: bool | None = None, started: float | None = None, **fields) -> TrainResult:
     """Train a GPT; mirrors `gptforge train`.
 
     `train(data="notes.txt", max_steps=100)` starts a run; `train(resume="runs/x", max_steps=200)`
     continues one from its newest intact checkpoint with its own config (training-length and
     logging fields may change). `progress=None` shows the progress bar only on a terminal.
+    A --max-time budget counts from `started` (a time.monotonic() reading; default: this call).
     """
+    started = time.monotonic() if started is None else started
     cfg, run, checkpoint = resolve_run(config, resume, fields)
     d, device = distributed.setup(pick_device(cfg.device))
     # No teardown on an exception: its barrier would wait for ranks that may be blocked in another
@@ -46,7 +54,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     elif cfg.init_from:
         initial = initial_model(cfg, device)
         model_cfg = initial.config
-    tokenizer = _run_tokenizer(cfg, checkpoint, initial)
+    tokenizer = _run_tokenizer(cfg, checkpoint, initial, tqdm.write if d.is_main else lambda *_: None)
     if checkpoint is None and initial is None:  # a new model: its vocabulary is its tokenizer's
         model_cfg = dataclasses.replace(cfg.model_config(), vocab_size=tokenizer.vocab_size)
     # Data first: a bad corpus (or one prepared with another tokenizer) fails before the run folder exists.
@@ -56,7 +64,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     model.tokenizer = tokenizer
     if checkpoint is not None:  # before sharding and the optimizer: loading replaces parameters
         load_weights(model, load_file(checkpoint / WEIGHTS, device=str(device)), source=str(checkpoint))
-    trainer = Trainer(cfg, run, model, task, task.total_steps, d, device, checkpoint, progress)
+    trainer = Trainer(cfg, run, model, task, task.total_steps, d, device, checkpoint, progress, started=started)
     origin = cfg.init_from if cfg.init_from else cfg.preset
     ranks = f" x {d.world_size} processes ({cfg.distributed})" if d.enabled else ""
     trainer.say(f"model: {model.num_params():,} parameters ({origin}, context {model_cfg.context_length}) "
@@ -75,6 +83,10 @@ class WindowTask:
 
     def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig, d: distributed.Dist, tokenizer: Tokenizer):
         self.cfg, self.d = cfg, d
+        # An evaluation batch holds as many windows as an optimizer step of the whole job, read as
+        # micro-batches, so --grad-accum 4 --batch-size 2 reports the same losses as --batch-size
+        # 8, and 2 processes the same as --grad-accum 2.
+        self.eval_batches = cfg.eval_batches * cfg.grad_accum * d.world_size
         ctx, vocab = model_cfg.context_length, model_cfg.vocab_size
         # Text is tokenized with the run's tokenizer; a corpus prepared with another is refused.
         train_tokens, val_tokens, _ = load_splits(cfg.data, cfg.val_fraction, cfg.verify_data, tokenizer)
@@ -92,10 +104,14 @@ class WindowTask:
         # A fixed set of training batches, so evaluations are comparable.
         self.train_eval = _loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
                                   shuffle=True, seed=cfg.seed + 1, drop_last=True, vocab_size=vocab)
-        self.val = None
+        self.val, self.val_bytes_per_token = None, None
         if len(val_tokens) > 0:
             self.val = _loader(val_tokens, cfg, ctx, "validation split", stride=ctx, shuffle=False,
                                drop_last=False, vocab_size=vocab)
+            # Of the batches evaluate() reads: their val loss in bits per byte (metrics "val_bpb").
+            self.val_bytes_per_token = bytes_per_token(
+                (targets.numpy() for _, targets in islice(self.val.batches(0), self.eval_batches)),
+                tokenizer.token_byte_lengths())
         self.steps_per_epoch = self.train.num_batches // cfg.grad_accum
         # A last partial step's batches are dropped.
         self.batches_per_epoch = self.steps_per_epoch * cfg.grad_accum
@@ -107,10 +123,7 @@ class WindowTask:
         return self.train.batches(epoch, start=start)
 
     def evaluate(self, model: torch.nn.Module) -> tuple[float, float]:
-        # An evaluation batch holds as many windows as an optimizer step of the whole job, read as
-        # micro-batches, so --grad-accum 4 --batch-size 2 reports the same losses as --batch-size
-        # 8, and 2 processes the same as --grad-accum 2.
-        n = self.cfg.eval_batches * self.cfg.grad_accum * self.d.world_size
+        n = self.eval_batches
         device = next(model.parameters()).device
         val = mean_loss(model, self.val.batches(0), n, device) if self.val else math.nan
         return mean_loss(model, self.train_eval.batches(0), n, device), val
@@ -121,12 +134,24 @@ class WindowTask:
                                      top_k=cfg.sample_top_k or None, seed=cfg.seed, include_prompt=True))
 
 
-def _run_tokenizer(cfg: TrainConfig, checkpoint: Path | None, initial: GPT | None) -> Tokenizer:
+def _run_tokenizer(cfg: TrainConfig, checkpoint: Path | None, initial: GPT | None, say) -> Tokenizer:
     """The run's tokenizer: a resumed checkpoint's, or the --init-from model's (--tokenizer, if
-    given, must name the same), or --tokenizer, or a prepared --data corpus's, or GPT-2's."""
+    given, must name the same), or --tokenizer (bpe:N: trained now on the train split of text
+    --data), or a prepared --data corpus's, or GPT-2's."""
     if checkpoint is not None:
         return checkpoint_tokenizer(checkpoint)
-    given = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
+    given = None
+    if cfg.tokenizer and cfg.tokenizer.startswith(TRAIN_PREFIX):
+        size = cfg.tokenizer.removeprefix(TRAIN_PREFIX)
+        if not size.isdigit():
+            raise UserError(f"--tokenizer {cfg.tokenizer}: write bpe:N with N the vocabulary size, e.g. bpe:4096")
+        if is_corpus(cfg.data):
+            raise UserError(f"--tokenizer {cfg.tokenizer} trains a tokenizer on text --data, but {cfg.data} is a "
+                            "prepared corpus (it has its own tokenizer)")
+        say(f"training a {int(size):,}-id byte-level BPE on the train split of {cfg.data}")
+        given = train_on_train_split(cfg.data, cfg.val_fraction, int(size), progress=False)
+    elif cfg.tokenizer:
+        given = load_tokenizer(cfg.tokenizer)
     if initial is None:
         return given or corpus_tokenizer(cfg.data) or gpt2()
     own = tokenizer_of(initial)

@@ -42,6 +42,7 @@ class Position:
     batch: int = 0  # next batch index within the epoch
     tokens_seen: int = 0
     elapsed_s: float = 0.0  # training wall time, summed over resumed sessions
+    wall_s: float = 0.0  # the whole job's wall time (start-up, evaluations, saves too), all sessions
     skipped: int = 0  # updates skipped for a non-finite loss or gradient (--skip-nonfinite)
 
 

@@ -5,14 +5,21 @@
       tokenizer/               the run's tokenizer (tokenizer.json + meta.json) unless it is GPT-2's
       metrics.jsonl            one row per evaluation
       loss.png                 the loss curves, redrawn at each evaluation
+      status.json              running / finished / interrupted / diverged / failed, and which process
       checkpoints/step-XXXXXXXX/  (see gptforge.weights.checkpoint)
+      events.out.tfevents.*, log.csv, wandb/   with --log (see training.loggers)
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
+import socket
+import time
 from pathlib import Path
+from typing import Any
 
 from ..errors import UserError
 from ..files import atomic_write, read_json, write_json
@@ -22,6 +29,8 @@ from ..weights.checkpoint import CHECKPOINTS, checkpoint_path, list_checkpoints
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 PLOT = "loss.png"
+STATUS = "status.json"
+STATES = ("running", "finished", "interrupted", "diverged", "failed")  # what status.json can say
 
 
 class RunFolder:
@@ -29,21 +38,11 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.config_file, self.metrics_file = self.path / CONFIG, self.path / METRICS
+        self.plot_file, self.status_file = self.path / PLOT, self.path / STATUS
 
     def __str__(self) -> str:
         return str(self.path)
-
-    @property
-    def config_file(self) -> Path:
-        return self.path / CONFIG
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / METRICS
-
-    @property
-    def plot_file(self) -> Path:
-        return self.path / PLOT
 
     def checkpoint(self, step: int) -> Path:
         return checkpoint_path(self.path, step)
@@ -51,6 +50,24 @@ class RunFolder:
     def checkpoints(self) -> list[Path]:
         """Its complete checkpoints, oldest first."""
         return list_checkpoints(self.path)
+
+    def write_status(self, state: str, **details: Any) -> None:
+        """Record what the run is doing (one of STATES) and which process says so: a process killed
+        with SIGKILL cannot update this file, so a reader checks whether that process still lives
+        (see process_alive) before believing "running"."""
+        assert state in STATES, state
+        pid = os.getpid()
+        write_json(self.status_file, {"state": state, "pid": pid, "host": socket.gethostname(),
+                                      "process_started": process_start_time(pid), "updated": time.time(),
+                                      **details})
+
+    def read_status(self) -> dict | None:
+        """status.json's contents, or None when the run has none (or an unreadable one)."""
+        try:
+            status = json.loads(self.status_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return status if isinstance(status, dict) else None
 
     def holds_a_run(self) -> bool:
         return (self.path / CHECKPOINTS).exists() or self.metrics_file.exists()
@@ -102,3 +119,58 @@ class RunFolder:
         inspection, and the newest complete one is never deleted."""
         for old in self.checkpoints()[:-max(keep, 1)]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def parse_metrics(file: Path) -> tuple[list[dict], list[int]]:
+    """A metrics.jsonl's rows, in file order, and the line numbers of lines that are not a metrics
+    row (a half-written last line, what a crash mid-write leaves, is left out of both)."""
+    lines = Path(file).read_text(encoding="utf-8", errors="replace").splitlines()
+    numbered = [(i, line) for i, line in enumerate(lines, 1) if line.strip()]
+    rows, bad = [], []
+    for k, (lineno, line) in enumerate(numbered):
+        try:
+            row = json.loads(line)  # json reads NaN, which json.dumps writes for a NaN loss
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict) and all(is_number(row.get(key)) for key in ("step", "epoch", "tokens_seen")):
+            rows.append(row)
+        elif k < len(numbered) - 1:
+            bad.append(lineno)
+    return rows, bad
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def finite_or_none(value: Any) -> float | None:
+    """A metrics value as a finite float, or None (null, NaN, inf, not a number)."""
+    return float(value) if is_number(value) and math.isfinite(value) else None
+
+
+def process_start_time(pid: int) -> int | None:
+    """When a process started, in clock ticks since boot (Linux /proc; None elsewhere). With the
+    pid it names one process: a pid alone may be reused by another one later."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name in (...) may hold spaces
+
+
+def process_alive(status: dict) -> bool | None:
+    """Whether the process a status names still runs: None when it ran on another host (unknowable
+    from here), else True or False."""
+    if status.get("host") != socket.gethostname():
+        return None
+    pid = status.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        pass
+    started = status.get("process_started")
+    return started is None or process_start_time(pid) in (None, started)

@@ -45,7 +45,7 @@ class UpdateGuard:
             optimizer.found_inf = found_inf
             optimizer.step()
             del optimizer.found_inf
-        elif finite.item():  # an optimizer without a skip input: one host sync per step
+        elif finite.item():  # an optimizer without a skip input (MuonAdamW, MPS): one host sync per step
             optimizer.step()
         self.scaler.update()
 
@@ -53,15 +53,15 @@ class UpdateGuard:
 def optimizer_step(step_model: torch.nn.Module, wrapped: torch.nn.Module, batches: Iterator[tuple],
                    grad_accum: int, loss_fn: Callable, optimizer: torch.optim.Optimizer, params: list,
                    guard: UpdateGuard, grad_clip: float, autocast, d: distributed.Dist,
-                   device: torch.device) -> tuple[torch.Tensor, int]:
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One optimizer step over `grad_accum` micro-batches from `batches`.
 
     A micro-batch is (inputs, targets) of (B, T) ids, or (inputs, targets, tokens) when some
     inputs are padding (tokens: how many are real). loss_fn(model, inputs, targets) gives the
     micro-batch's mean loss; params are the trainable parameters (their gradient norm is
     clipped). Returns the step's loss (a device scalar: the mean of the
-    micro-batch means, averaged over ranks) and the tokens it read on all ranks. Queues work
-    only: nothing here waits for the device.
+    micro-batch means, averaged over ranks), its gradient norm before clipping (a device scalar)
+    and the tokens it read on all ranks. Queues work only: nothing here waits for the device.
     """
     optimizer.zero_grad(set_to_none=True)
     loss, tokens = torch.zeros((), device=device), 0
@@ -82,4 +82,4 @@ def optimizer_step(step_model: torch.nn.Module, wrapped: torch.nn.Module, batche
     # Every rank sees the job's loss, so all ranks take the same skip decisions.
     loss = distributed.mean_over_ranks(loss, d)
     guard.step(optimizer, loss, grad_norm)
-    return loss, tokens
+    return loss, grad_norm, tokens

@@ -1,5 +1,5 @@
-"""Weights in and out: our checkpoints (checkpoint.py), the Hugging Face GPT-2 format (hf.py), and
-`load_any` (load.py), which takes any of them by path."""
+"""Weights in and out: our checkpoints (checkpoint.py), the Hugging Face format (hf.py; GPT-2, Llama
+and Qwen3 as hf_archs.py maps them), and `load_any` (load.py), which takes any of them by path."""
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .hf import export_hf, load_hf_model

@@ -1,11 +1,11 @@
-"""GPT-2 weights in and out of the Hugging Face format (the folders transformers' GPT2LMHeadModel
-reads and writes), so users can start from OpenAI's released weights and take their models to
-the tools that read that format.
+"""Weights in and out of the Hugging Face format (the folders transformers reads and writes), so
+users can start from OpenAI's released GPT-2 weights and take their models to the tools that read
+that format: GPT-2 models as GPT2LMHeadModel, the modern block as Llama or Qwen3 (hf_archs says
+which configs match which architecture, and where each tensor goes).
 
-A Hugging Face GPT-2 folder holds config.json and model.safetensors or pytorch_model.bin (or shards
-of either, listed in an .index.json). Its tensors differ from ours only in names and in the layout
-of its Conv1D layers, which store (in, out) where nn.Linear stores (out, in). transformers is not
-needed here; the tests use it as the independent reference.
+A Hugging Face folder holds config.json and model.safetensors or pytorch_model.bin (or shards of
+either, listed in an .index.json). transformers is not needed here; the tests use it as the
+independent reference.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ..tokenizer import EOT_TOKEN, BPETokenizer, Tokenizer, gpt2, tokenizer_of
 from ..tokenizer.chat import CHAT_TEMPLATE_JINJA, end_of_turn, has_chat_template
 from ..tokenizer.gpt2_bpe import GPT2_VOCAB_SIZE, asset_path
 from .checkpoint import load_weights
+from .hf_archs import hf_config, hf_family, parse_hf_config, tensor_map
 
 CONFIG = "config.json"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -39,26 +40,6 @@ PT_BIN, PT_BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)")
 # What a hub id looks like ("gpt2", "openai-community/gpt2-xl"); anything else is only a path.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-
-
-def hf_names(config: GPTConfig) -> dict[str, tuple[str, bool]]:
-    """Hugging Face name (without the "transformer." prefix) -> (our name, is a Conv1D weight)."""
-    names = {
-        "wte.weight": ("tok_emb.weight", False),
-        "wpe.weight": ("pos_emb.weight", False),
-        "ln_f.weight": ("final_norm.weight", False),
-        "ln_f.bias": ("final_norm.bias", False),
-    }
-    layers = (("ln_1", "ln1", False), ("attn.c_attn", "attn.qkv", True),
-              ("attn.c_proj", "attn.out_proj", True), ("ln_2", "ln2", False),
-              ("mlp.c_fc", "mlp.fc", True), ("mlp.c_proj", "mlp.out_proj", True))
-    for i in range(config.n_layers):
-        for hf, ours, conv in layers:
-            names[f"h.{i}.{hf}.weight"] = (f"blocks.{i}.{ours}.weight", conv)
-            names[f"h.{i}.{hf}.bias"] = (f"blocks.{i}.{ours}.bias", False)
-    if not config.tie_embeddings:  # a tied head is wte itself; transformers does not store it
-        names["lm_head.weight"] = ("lm_head.weight", False)
-    return names
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -103,9 +84,8 @@ def resolve_hf_folder(name_or_path: str | Path) -> Path:
                         f"Hugging Face Hub ({reason}); {advice}") from None
 
 
-def read_hf_config(folder: Path) -> GPTConfig:
-    """Our config for a transformers GPT-2 config.json; variants our model cannot run are refused
-    rather than loaded into a model that would compute something else."""
+def read_hf_config(folder: Path) -> tuple[GPTConfig, str]:
+    """Our config and the architecture family of a Hugging Face folder (see hf_archs)."""
     path = folder / CONFIG
     raw = read_json(path, ": not a Hugging Face model folder")
     if not isinstance(raw, dict):
@@ -113,34 +93,7 @@ def read_hf_config(folder: Path) -> GPTConfig:
     if "model_type" not in raw:
         raise UserError(f"{folder} is not a Hugging Face model folder (its config.json names no "
                         "model_type)")
-    if raw["model_type"] != "gpt2":
-        raise UserError(f"{folder} is not a GPT-2 model (config.json says model_type "
-                        f"{raw['model_type']!r}); only GPT-2 weights can be converted")
-
-    def get(key: str, default):  # transformers' GPT2Config defaults for absent or null fields
-        return default if raw.get(key) is None else raw[key]
-
-    emb = get("n_embd", 768)
-    unsupported = [
-        (get("n_inner", 4 * emb) != 4 * emb, "n_inner other than 4 * n_embd"),
-        (get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"),
-         f"activation_function {raw.get('activation_function')!r} (only GPT-2's tanh GELU)"),
-        (get("layer_norm_epsilon", 1e-5) != 1e-5, "layer_norm_epsilon other than 1e-5"),
-        (not get("scale_attn_weights", True), "scale_attn_weights false"),
-        (get("scale_attn_by_inverse_layer_idx", False), "scale_attn_by_inverse_layer_idx"),
-        (get("add_cross_attention", False), "add_cross_attention"),
-    ]
-    for bad, what in unsupported:
-        if bad:
-            raise UserError(f"{path}: gptforge's GPT-2 does not support {what}")
-    try:
-        return GPTConfig(vocab_size=get("vocab_size", GPT2_VOCAB_SIZE),
-                         context_length=get("n_positions", 1024), emb_dim=emb,
-                         n_heads=get("n_head", 12), n_layers=get("n_layer", 12),
-                         dropout=get("resid_pdrop", 0.1), qkv_bias=True,
-                         tie_embeddings=bool(get("tie_word_embeddings", True)))
-    except UserError as e:
-        raise UserError(f"{path}: {e}") from None
+    return parse_hf_config(raw, path)
 
 
 def _weight_files(folder: Path) -> list[Path]:
@@ -202,18 +155,19 @@ def read_tokenizer(folder: Path) -> Tokenizer:
 
 
 def load_hf_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> GPT:
-    """A GPT with the weights of a Hugging Face GPT-2 folder (or hub id), in float32 and eval mode,
-    with the folder's tokenizer as `model.tokenizer` (see read_tokenizer).
+    """A GPT with the weights of a Hugging Face GPT-2, Llama or Qwen3 folder (or hub id), in
+    float32 and eval mode, with the folder's tokenizer as `model.tokenizer` (see read_tokenizer).
 
     The model is built on the meta device and each tensor is read, transposed if needed and
     copied to `device` one at a time, so memory holds one copy of the weights plus one tensor.
     """
     folder = resolve_hf_folder(name_or_path)
-    config = read_hf_config(folder)
+    config, family = read_hf_config(folder)
     with torch.device("meta"):
         model = GPT(config)  # shapes only; the tensors loaded below replace its parameters
     shapes = {name: t.shape for name, t in model.state_dict().items()}
-    names = hf_names(config)
+    mapping = tensor_map(config, family)
+    names = {hf: ours for ours, (parts, _) in mapping.items() for hf in parts}
 
     loaders: dict[str, tuple[Path, Callable[[], torch.Tensor]]] = {}
     for file in _weight_files(folder):
@@ -230,19 +184,23 @@ def load_hf_model(name_or_path: str | Path, device: str | torch.device = "cpu") 
                         f"{missing[:3]}, unexpected {unexpected[:3]}")
 
     weights: dict[str, torch.Tensor] = {}
-    for hf_name, (name, conv) in names.items():
-        file, load = loaders.pop(hf_name)
-        with _reading(file):
-            tensor = load()
-        want = shapes[name][::-1] if conv else shapes[name]
-        if tensor.shape != want:
-            raise UserError(f"{file}: {hf_name} has shape {tuple(tensor.shape)}, but config.json "
-                            f"implies {tuple(want)}")
-        if conv:
-            tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
-        # A fresh contiguous float32 copy; the source tensor (or its mapped pages) is then dropped.
-        weights[name] = torch.empty(shapes[name], dtype=torch.float32, device=device).copy_(tensor)
-        del tensor, load
+    for name, (parts, conv) in mapping.items():
+        want = shapes[name][::-1] if conv else (shapes[name][0] // len(parts), *shapes[name][1:])
+        tensors = []
+        for hf_name in parts:
+            file, load = loaders.pop(hf_name)
+            with _reading(file):
+                tensor = load()
+            if tensor.shape != want:
+                raise UserError(f"{file}: {hf_name} has shape {tuple(tensor.shape)}, but config.json "
+                                f"implies {tuple(want)}")
+            tensors.append(tensor.t() if conv else tensor)  # Conv1D (in, out) -> Linear (out, in)
+            del tensor, load
+        # A fresh contiguous float32 copy; the source tensors (or their mapped pages) are then dropped.
+        weights[name] = torch.empty(shapes[name], dtype=torch.float32, device=device)
+        for rows, tensor in zip(weights[name].chunk(len(parts)), tensors):  # parts stack by rows
+            rows.copy_(tensor)
+        del tensors
     load_weights(model, weights, source=str(folder))
     model.tokenizer = read_tokenizer(folder)
     return model.eval()
@@ -250,48 +208,21 @@ def load_hf_model(name_or_path: str | Path, device: str | torch.device = "cpu") 
 
 # --- writing -------------------------------------------------------------------------------------
 
-def hf_config(config: GPTConfig, dtype: torch.dtype = torch.float32, tokenizer: Tokenizer | None = None) -> dict:
-    """transformers' GPT2Config for our model (GPT-2's tokenizer unless told), as the dict that goes
-    to config.json."""
-    out = {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": config.vocab_size,
-        "n_positions": config.context_length,
-        "n_embd": config.emb_dim,
-        "n_layer": config.n_layers,
-        "n_head": config.n_heads,
-        "n_inner": None,
-        "activation_function": "gelu_new",
-        "resid_pdrop": config.dropout,
-        "embd_pdrop": config.dropout,
-        "attn_pdrop": config.dropout,
-        "layer_norm_epsilon": 1e-5,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "tie_word_embeddings": config.tie_embeddings,
-        "use_cache": True,
-        "torch_dtype": str(dtype).removeprefix("torch."),
-    }
-    eot_id = (tokenizer or gpt2()).eot_id
-    if config.vocab_size > eot_id:  # the tokenizer's <|endoftext|> exists in this vocabulary
-        out.update(bos_token_id=eot_id, eos_token_id=eot_id)
-    return out
-
-
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """Our weights under GPT2LMHeadModel's names and layouts, as contiguous CPU tensors."""
+    """Our weights under the names and layouts of the matching transformers model (see hf_archs),
+    as contiguous CPU tensors; a bias our model does not have is written as zeros."""
     ours = model.state_dict()
+    family = hf_family(model.config)
+    prefix = "transformer." if family == "gpt2" else ""
     out = {}
-    for hf_name, (name, conv) in hf_names(model.config).items():
+    for name, (parts, conv) in tensor_map(model.config, family).items():
         if name in ours:
             tensor = ours[name].detach().cpu()
-        else:  # no qkv bias: GPT-2 always has one, and a zero bias is exactly equivalent
-            tensor = torch.zeros(3 * model.config.emb_dim, dtype=model.tok_emb.weight.dtype)
-        if conv:
-            tensor = tensor.t()  # Linear (out, in) -> Conv1D (in, out)
-        key = hf_name if hf_name.startswith("lm_head") else "transformer." + hf_name
-        out[key] = tensor.contiguous()
+        else:  # no bias: a zero bias is exactly equivalent
+            tensor = torch.zeros(ours[name.removesuffix("bias") + "weight"].shape[0], dtype=model.tok_emb.weight.dtype)
+        for hf_name, part in zip(parts, tensor.chunk(len(parts))):
+            key = hf_name if hf_name.startswith("lm_head") else prefix + hf_name
+            out[key] = (part.t() if conv else part).contiguous()  # Linear (out, in) -> Conv1D (in, out)
     return out
 
 
@@ -330,9 +261,12 @@ def _write_tokenizer(folder: Path, tokenizer: Tokenizer, context_length: int) ->
 
 
 def export_hf(model: GPT, out: str | Path, overwrite: bool = False) -> Path:
-    """Write `model` as a Hugging Face GPT-2 folder (config.json, model.safetensors and, when the
-    model's vocabulary holds its tokenizer's, the tokenizer files), atomically."""
+    """Write `model` as a Hugging Face folder of the matching architecture (config.json,
+    model.safetensors and, when the model's vocabulary holds its tokenizer's, the tokenizer
+    files), atomically. A model no transformers architecture computes is refused
+    (weights.hf_archs.hf_family)."""
     out = Path(out)
+    hf_family(model.config)  # refuse before touching anything
     check_output_folder(out, overwrite)
     with atomic_folder(out) as tmp:
         # transformers refuses a safetensors file without this metadata

@@ -53,7 +53,7 @@ def load_any(path: str | Path, device: str | torch.device = "cpu", base: str | P
     """A model in eval mode from any of: a gptforge checkpoint folder (its weights checked
     against their sha256), a run folder (its newest checkpoint), a LoRA checkpoint or run (its
     base model, found where it was or at `base`, with the adapter merged in), a Hugging Face
-    GPT-2 folder, or a Hugging Face hub id (fetched when online, or from the cache)."""
+    GPT-2, Llama or Qwen3 folder, or a Hugging Face hub id (fetched when online, or from the cache)."""
     resolved = Path(resolve_model_path(path))
     if resolved.exists() and not is_hf_folder(resolved):
         if "lora" in read_checkpoint_config(resolved):
@@ -63,16 +63,17 @@ def load_any(path: str | Path, device: str | torch.device = "cpu", base: str | P
 
 
 def reshape(source: GPT, context_length: int, dropout: float) -> GPT:
-    """`source`'s weights in a model with a context of `context_length` (at most its own: the
-    first positions' embeddings are kept, which is how a shorter-context run reuses GPT-2) and
-    another dropout."""
+    """`source`'s weights in a model with a context of `context_length` and another dropout. With
+    learned positions the context is at most the model's own (the first positions' embeddings are
+    kept, which is how a shorter-context run reuses GPT-2); rotary positions have no such limit."""
     src = source.config
-    if context_length > src.context_length:
+    if context_length > src.context_length and src.positions == "learned":
         raise UserError(f"--context-length {context_length} is longer than the --init-from model's "
                         f"{src.context_length} (it has no position embeddings beyond that)")
     config = dataclasses.replace(src, context_length=context_length, dropout=dropout)
     weights = {k: v for k, v in source.state_dict().items() if not (k == TIED_KEY and src.tie_embeddings)}
-    weights["pos_emb.weight"] = weights["pos_emb.weight"][:context_length]
+    if "pos_emb.weight" in weights:
+        weights["pos_emb.weight"] = weights["pos_emb.weight"][:context_length]
     with torch.device("meta"):
         model = GPT(config)
     load_weights(model, weights, source="the initial weights")

@@ -1,4 +1,4 @@
-"""Evaluation: loss of batches, and loss / perplexity / bits per byte of a whole token stream.
+"""Loss of batches, and loss / perplexity / bits per byte of a whole token stream.
 
 Bits per byte divides the total loss by the UTF-8 size of the predicted text instead of by the
 number of tokens, so it compares models with different tokenizers (and is what text-compression
@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .data import as_token_array, is_corpus, load_corpus, tokenize
-from .data.split import SPLITS
-from .device import pick_device
-from .errors import UserError
-from .tokenizer import tokenizer_of
-from .weights import load_any, resolve_model_path
+from ..data import as_token_array, is_corpus, load_corpus, tokenize
+from ..data.split import SPLITS
+from ..device import pick_device
+from ..errors import UserError
+from ..tokenizer import tokenizer_of
+from ..weights import load_any, resolve_model_path
 
 
 def batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -35,7 +35,7 @@ def batch_loss(model: torch.nn.Module, inputs: torch.Tensor, targets: torch.Tens
 
 
 @contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
     """Dropout off and no autograd inside; the caller's train/eval mode comes back afterwards."""
     was_training = model.training
     model.eval()
@@ -61,7 +61,7 @@ def mean_loss(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torc
         raise ValueError(f"num_batches must be >= 0 or None, got {num_batches}")
     device = torch.device(device) if device is not None else _model_device(model)
     total, count = 0.0, 0
-    with _eval_mode(model):
+    with eval_mode(model):
         for inputs, targets in islice(batches, num_batches):
             total += batch_loss(model, inputs.to(device), targets.to(device)).item()
             count += 1
@@ -79,6 +79,19 @@ def perplexity(loss: float) -> float:
 def bits_per_byte(total_nats: float, n_bytes: int) -> float:
     """Total loss in nats over the bytes it predicted, in bits per byte (NaN for zero bytes)."""
     return total_nats / (math.log(2) * n_bytes) if n_bytes > 0 else float("nan")
+
+
+def bytes_per_token(batches: Iterable, byte_lengths: np.ndarray) -> float | None:
+    """UTF-8 bytes per token of some (B, T) batches of ids, given each id's byte length (a
+    tokenizer's token_byte_lengths()); None when there are no tokens or an id has no known text.
+    Turns a loss in nats/token into bits per byte: loss / ln 2 / this."""
+    n_tokens = n_bytes = 0
+    for ids in batches:
+        ids = np.asarray(ids)
+        if ids.size and ids.max() >= len(byte_lengths):
+            return None
+        n_tokens, n_bytes = n_tokens + ids.size, n_bytes + int(byte_lengths[ids].sum())
+    return n_bytes / n_tokens if n_tokens else None
 
 
 def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, batch_size: int = 8,
@@ -108,7 +121,7 @@ def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, batch_size: int 
         groups.append((np.array([n_full * L]), rest))
 
     total_nats, n_bytes = 0.0, 0  # Python floats/ints: float64 and exact accumulation
-    with _eval_mode(model):
+    with eval_mode(model):
         for group_starts, length in tqdm(groups, desc="evaluating", unit="batch", disable=not progress):
             rows = tokens[group_starts[:, None] + np.arange(length + 1)].astype(np.int64)  # (B, length+1)
             if rows.max() >= max_id:

@@ -1,0 +1,192 @@
+"""Talking to a model: chat-template prompts and stop tokens (shared by `gptforge chat` and the
+server), a conversation trimmed to fit the context, and the terminal chat loop.
+
+A model whose tokenizer has the chat tokens (tokenizer/chat.py) is a chat model: a conversation is
+rendered through its template and an answer ends at <|im_end|>. Any other is a base model: it
+continues plain text, and an answer ends at <|endoftext|>.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TextIO
+
+from .errors import UserError
+from .generate import generate_text, stream_text
+from .model import GPT
+from .tokenizer import tokenizer_of
+from .tokenizer.chat import end_of_turn, has_chat_template, render
+
+
+def has_chat(model: GPT) -> bool:
+    """Whether `model` has a chat template (its tokenizer knows the chat tokens)."""
+    return has_chat_template(tokenizer_of(model))
+
+
+def chat_prompt(model: GPT, messages: list[dict]) -> list[int]:
+    """The ids of a conversation (role/content dicts) ending with the assistant's generation prompt.
+    Contents are plain text: typing a chat token's text never makes the token."""
+    ids, _ = render(messages, tokenizer_of(model), add_generation_prompt=True)
+    return list(ids)
+
+
+def stop_ids(model: GPT, chat: bool) -> frozenset[int]:
+    """The tokens that end an answer: <|endoftext|>, and <|im_end|> for a chat."""
+    tokenizer = tokenizer_of(model)
+    if not chat:
+        return frozenset({tokenizer.eot_id})
+    return frozenset({tokenizer.eot_id, end_of_turn(tokenizer)})
+
+
+
+def answer_prompt(model: GPT, messages: list[dict]) -> tuple[list[int], frozenset[int]]:
+    """(prompt ids, the ids that end the answer) of a conversation: a chat model's through its
+    template (chat_prompt); a base model has none, so it continues the messages' contents as plain
+    text, one per line, up to <|endoftext|>."""
+    chat = has_chat(model)
+    if chat:
+        ids = chat_prompt(model, messages)
+    else:
+        ids = tokenizer_of(model).encode_prompt("\n".join(m["content"] for m in messages))
+    return ids, stop_ids(model, chat)
+
+
+def chat_text(model: GPT, messages: list[dict], max_new_tokens: int, temperature: float = 1.0,
+              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+              use_cache: bool = True) -> Iterator[str]:
+    """The model's answer to a conversation ([{"role": "system" | "user" | "assistant",
+    "content": ...}, ...], see answer_prompt), yielded as it is produced."""
+    ids, stops = answer_prompt(model, messages)
+    yield from stream_text(model, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids=stops,
+                           use_cache=use_cache)
+
+class Conversation:
+    """The system prompt and the turns so far; prompt() renders them with a new user message,
+    dropping the oldest turns when the whole would not fit the context with `answer_room` tokens
+    left for the answer."""
+
+    def __init__(self, model: GPT, system: str | None = None, answer_room: int = 256):
+        self.model, self.system = model, system
+        self.context = model.config.context_length
+        self.room = min(answer_room, self.context // 2)
+        self.turns: list[dict] = []
+
+    def reset(self) -> None:
+        self.turns = []
+
+    def _messages(self) -> list[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.turns
+
+    def prompt(self, text: str) -> tuple[list[int], int]:
+        """The ids for the conversation followed by user message `text`, and the number of earlier
+        messages dropped (for good) to fit. Raises UserError if the message alone does not fit."""
+        self.turns.append({"role": "user", "content": text})
+        dropped = 0
+        while True:
+            ids = chat_prompt(self.model, self._messages())
+            if len(ids) + self.room <= self.context or len(self.turns) == 1:
+                break
+            del self.turns[:2]  # the oldest question and its answer
+            dropped += 2
+        if len(ids) >= self.context:
+            self.turns.pop()
+            raise UserError(f"that message is too long: with the system prompt it takes {len(ids)} tokens, "
+                            f"and the model's context holds {self.context}")
+        return ids, dropped
+
+    def answered(self, text: str) -> None:
+        self.turns.append({"role": "assistant", "content": text})
+
+
+@dataclass
+class ChatSettings:
+    """How `gptforge chat` answers."""
+
+    max_new_tokens: int = 256
+    """Longest answer, in tokens."""
+    temperature: float = 0.7
+    """Sampling temperature; 0 is greedy."""
+    top_k: int | None = 50
+    """Sample only from the k most likely tokens (None: all)."""
+    top_p: float | None = None
+    """Sample only from the smallest set of tokens with probability >= top_p."""
+    seed: int | None = None
+    """Seed of the first answer (each later answer uses the next one); None: random."""
+    system: str | None = None
+    """The system prompt."""
+
+
+HELP = "commands: /reset (new conversation), /system TEXT (set the system prompt), /exit; Ctrl-C stops an answer"
+
+
+def chat_in_terminal(model: GPT, settings: ChatSettings, read=input, out: TextIO = sys.stdout) -> None:
+    """The terminal conversation: read a line, stream the answer, until /exit or end of input.
+    A base model continues each line as plain text instead. Ctrl-C stops the current answer."""
+    chat = has_chat(model)
+    conversation = Conversation(model, settings.system, settings.max_new_tokens)
+    if chat:
+        out.write(f"Chat with the model ({HELP}).\n")
+    else:
+        out.write("This is a base model without a chat template: plain continuation mode, each line you type "
+                  "is continued as text (/exit to leave).\n")
+    told_trimmed, turn = False, 0
+    while True:
+        try:
+            line = read("you> ")
+        except EOFError:
+            out.write("\n")
+            return
+        except KeyboardInterrupt:
+            out.write("\n(/exit or Ctrl-D to leave)\n")
+            continue
+        command, _, argument = line.strip().partition(" ")
+        if command == "/exit":
+            return
+        if command == "/reset":
+            conversation.reset()
+            out.write("(new conversation)\n")
+            continue
+        if command == "/system":
+            conversation.system = argument.strip() or None
+            conversation.reset()
+            out.write("(system prompt set; new conversation)\n" if chat else "(no system prompt for a base model)\n")
+            continue
+        if not line.strip():
+            continue
+        seed = None if settings.seed is None else settings.seed + turn
+        turn += 1
+        if not chat:
+            _show(generate_text(model, line, settings.max_new_tokens, settings.temperature, settings.top_k,
+                                settings.top_p, seed, stop_at_eos=True), out)
+            continue
+        try:
+            ids, dropped = conversation.prompt(line)
+        except UserError as e:
+            out.write(f"({e})\n")
+            continue
+        if dropped and not told_trimmed:
+            out.write(f"(the conversation no longer fits the model's context of {conversation.context} tokens: "
+                      "the oldest turns are dropped from now on)\n")
+            told_trimmed = True
+        budget = min(settings.max_new_tokens, conversation.context - len(ids))
+        pieces = stream_text(model, ids, budget, settings.temperature, settings.top_k, settings.top_p, seed,
+                             stop_ids=stop_ids(model, chat=True))
+        conversation.answered(_show(pieces, out))
+
+
+def _show(pieces, out: TextIO) -> str:
+    """Write an answer as it streams; Ctrl-C stops it. Returns what was written."""
+    written = []
+    out.write("model> ")
+    try:
+        for piece in pieces:
+            out.write(piece)
+            out.flush()
+            written.append(piece)
+    except KeyboardInterrupt:
+        out.write(" [stopped]")
+    out.write("\n")
+    out.flush()
+    return "".join(written)

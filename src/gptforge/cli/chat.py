@@ -1,0 +1,35 @@
+"""`gptforge chat`: Talk to a model in the terminal. A chat model (one with a chat template) answers
+through its template, with the conversation so far; a base model continues each line as plain
+text. Commands: /reset, /system TEXT, /exit. Ctrl-C stops an answer."""
+
+from __future__ import annotations
+
+from ..config import DTYPES
+from .common import add_device, add_model_source, add_sampling_flags, model_from_args
+
+NAME = "chat"
+HELP = "talk to a model in the terminal"
+
+
+def add_arguments(p) -> None:
+    add_model_source(p, "seed for sampling (each answer uses the next one) and --random-init weights "
+                        "(default: random)")
+    p.add_argument("--system", default=None, metavar="TEXT", help="system prompt (chat models)")
+    add_sampling_flags(p, max_new_tokens=256, temperature=0.7, top_k=50)
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="precision of the weights (default: float32)")
+    add_device(p)
+
+
+def run(args) -> int:
+    from ..chat import ChatSettings, chat_in_terminal
+    from ..checks import require_int
+    from ..generate import check_sampling_args
+
+    top_k = args.top_k or None
+    check_sampling_args(args.temperature, top_k, args.top_p)
+    require_int("--max-new-tokens", args.max_new_tokens)
+    model = model_from_args(args, args.dtype)
+    chat_in_terminal(model, ChatSettings(args.max_new_tokens, args.temperature, top_k, args.top_p, args.seed,
+                                         args.system))
+    return 0

@@ -1,0 +1,369 @@
+"""The HTTP side of `gptforge serve`: OpenAI-compatible routes over the engine, the web chat page at
+`/`, and `serve()`, which runs it all under uvicorn.
+
+Every request is checked before it reaches the engine; a bad one gets an OpenAI-style JSON error
+with the right status and changes nothing. Prompts are plain text (never token ids, so a special
+token cannot be smuggled in), and no request names a file, a model path or code to run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import time
+from importlib import resources
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..chat import chat_prompt, has_chat, stop_ids
+from ..errors import UserError
+from ..generate import TextPieces, token_bytes_of
+from ..model import GPT
+from ..tokenizer import tokenizer_of
+from .engine import Engine, QueueFull, Sampling, Sequence
+from .protocol import ApiError, ChatRequest, CompletionRequest, Reply, SamplingFields, parse, usage
+
+MAX_BODY_BYTES = 1 << 20  # far more text than any context we serve holds
+DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
+
+
+class Service:
+    """What the routes share: the model and its name, the engine, the API key (None: open)."""
+
+    def __init__(self, model: GPT, name: str, api_key: str | None = None, max_batch: int = 8,
+                 max_queue: int = 64):
+        self.model, self.name, self.api_key = model, name, api_key
+        self.engine = Engine(model, max_batch=max_batch, max_queue=max_queue)
+        self.context = model.config.context_length
+        self.chat = has_chat(model)
+        self.token_bytes = token_bytes_of(model)
+        self.created = int(time.time())
+
+    def card(self) -> dict:
+        """The model as /v1/models lists it (context_length and chat are extensions)."""
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "gptforge",
+                "context_length": self.context, "chat": self.chat}
+
+    def authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                           code="invalid_api_key")
+
+    def check_model(self, name: str) -> None:
+        if name != self.name:
+            raise ApiError(404, f"the model '{name}' does not exist; this server has '{self.name}'",
+                           param="model", code="model_not_found")
+
+    def budget(self, prompt_tokens: int, requested: int | None, default: int | None,
+               fields: tuple[str, str] = ("prompt", "max_tokens")) -> int:
+        """max_tokens for a prompt: the request's, else the default, else the rest of the context.
+        `fields` name the prompt and the limit in the errors."""
+        if prompt_tokens >= self.context:
+            raise ApiError(400, f"the prompt has {prompt_tokens} tokens; this model's context is "
+                                f"{self.context} tokens, with room needed for the answer", param=fields[0],
+                           code="context_length_exceeded")
+        room = self.context - prompt_tokens
+        if requested is not None and requested > room:
+            raise ApiError(400, f"{fields[1]} ({requested}) plus the prompt ({prompt_tokens} tokens) exceeds "
+                                f"this model's context of {self.context} tokens (at most {room} here)",
+                           param=fields[1], code="context_length_exceeded")
+        return requested if requested is not None else min(default or room, room)
+
+
+class Run:
+    """One request's sequences (n per prompt) in the engine, and their text as it becomes final."""
+
+    def __init__(self, service: Service, prompts: list[list[int]], fields: SamplingFields,
+                 max_tokens: list[int], stops: frozenset[int]):
+        self.service, self.prompts = service, prompts
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.stop_strings = fields.stop_strings()
+        loop = asyncio.get_running_loop()
+        n = fields.n or 1
+        self.sequences = []
+        for p, ids in enumerate(prompts):
+            for j in range(n):
+                sampling = Sampling(max_tokens=max_tokens[p], temperature=_or(fields.temperature, 1.0),
+                                    top_k=fields.top_k or None, top_p=fields.top_p,
+                                    seed=None if fields.seed is None else fields.seed + j, stop_ids=stops)
+                self.sequences.append(Sequence(ids, sampling, self._emitter(loop, len(self.sequences))))
+        self.tokens = [0] * len(self.sequences)
+
+    def _emitter(self, loop: asyncio.AbstractEventLoop, index: int):
+        def emit(token, reason):  # runs in the engine's thread
+            try:
+                loop.call_soon_threadsafe(self.events.put_nowait, (index, token, reason))
+            except RuntimeError:  # the event loop is gone (shutting down): nobody is listening
+                pass
+        return emit
+
+    def submit(self) -> None:
+        try:
+            self.service.engine.submit(self.sequences)
+        except QueueFull as e:
+            raise ApiError(503, f"the server is busy: {e}; retry shortly", type="server_error",
+                           code="server_overloaded", headers={"Retry-After": "1"}) from None
+        except UserError as e:
+            raise ApiError(400, str(e)) from None
+
+    def cancel(self) -> None:
+        self.service.engine.cancel(self.sequences)
+
+    async def updates(self):
+        """Yield (choice index, new text, finish reason or None) as the text becomes final."""
+        pieces: list[TextPieces | None] = [TextPieces(self.service.token_bytes, self.stop_strings)
+                                           for _ in self.sequences]
+        while any(p is not None for p in pieces):
+            index, token, reason = await self.events.get()
+            text = pieces[index]
+            if text is None:  # closed by a stop string; this is its cancellation arriving
+                continue
+            if token is not None:
+                self.tokens[index] += 1
+                piece = text.push(token)
+                if text.stopped:
+                    pieces[index] = None
+                    self.service.engine.cancel([self.sequences[index]])
+                    yield index, piece, "stop"
+                elif piece:
+                    yield index, piece, None
+                continue
+            pieces[index] = None
+            if reason == "error":
+                raise ApiError(500, "internal error while generating", type="server_error")
+            if reason == "cancelled":
+                raise ApiError(503, "the server is shutting down", type="server_error")
+            yield index, text.finish(), reason
+
+    def usage(self) -> dict:
+        return usage(sum(len(p) for p in self.prompts), sum(self.tokens))
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events that notice a client leaving at once (not at the next write): the
+    stream is cancelled, and with it the request's sequences."""
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope, receive, send) -> None:
+        async with anyio.create_task_group() as group:
+            async def respond():
+                await self.stream_response(send)
+                group.cancel_scope.cancel()
+            group.start_soon(respond)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _stream(run: Run, reply: Reply, include_usage: bool):
+    try:
+        if reply.chat:  # OpenAI opens each chat choice with its role
+            yield _sse(reply.chunk([reply.choice(i, "", None, chunk=True, first=True)
+                                    for i in range(len(run.sequences))]))
+        try:
+            async for index, text, reason in run.updates():
+                if text or reason:
+                    yield _sse(reply.chunk([reply.choice(index, text, reason, chunk=True)]))
+        except ApiError as e:
+            yield _sse(e.body())
+        else:
+            if include_usage:
+                yield _sse(reply.chunk([], usage=run.usage()))
+        yield "data: [DONE]\n\n"
+    finally:
+        run.cancel()
+
+
+async def _until_disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _respond(request: Request, run: Run, reply: Reply, fields: SamplingFields):
+    run.submit()
+    if fields.stream:
+        return EventStream(_stream(run, reply, bool(fields.stream_options and fields.stream_options.include_usage)),
+                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    texts, reasons = [""] * len(run.sequences), [""] * len(run.sequences)
+
+    async def collect():
+        async for index, text, reason in run.updates():
+            texts[index] += text
+            reasons[index] = reason or reasons[index]
+
+    work, gone = asyncio.ensure_future(collect()), asyncio.ensure_future(_until_disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():  # the client left (or the server is stopping): free its rows
+            work.cancel()
+            run.cancel()
+    if work.cancelled():
+        return Response(status_code=499)  # nobody is there to read it
+    work.result()  # raises the ApiError the generation ended with, if any
+    return JSONResponse(reply.complete(texts, reasons, run.usage()))
+
+
+def build_app(service: Service) -> Starlette:
+    """The ASGI application: routes, error handlers, the body-size limit, the engine's lifetime."""
+
+    async def completions(request: Request):
+        service.authorize(request)
+        req = parse(CompletionRequest, await request.body())
+        service.check_model(req.model)
+        texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not texts:
+            raise ApiError(400, "prompt must not be an empty list", param="prompt")
+        tokenizer = tokenizer_of(service.model)
+        prompts = [tokenizer.encode_prompt(t) for t in texts]
+        budgets = [service.budget(len(p), req.max_tokens, DEFAULT_COMPLETION_TOKENS) for p in prompts]
+        run = Run(service, prompts, req, budgets, stop_ids(service.model, chat=False))
+        return await _respond(request, run, Reply(service.name, chat=False), req)
+
+    async def chat_completions(request: Request):
+        service.authorize(request)
+        req = parse(ChatRequest, await request.body())
+        service.check_model(req.model)
+        if not service.chat:
+            raise ApiError(400, f"'{service.name}' is a base model without a chat template: use /v1/completions",
+                           param="messages")
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages]
+        prompt = chat_prompt(service.model, messages)
+        field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        budget = service.budget(len(prompt), getattr(req, field), None, ("messages", field))
+        run = Run(service, [prompt], req, [budget],
+                  stop_ids(service.model, chat=True))
+        return await _respond(request, run, Reply(service.name, chat=True), req)
+
+    async def models(request: Request):
+        service.authorize(request)
+        return JSONResponse({"object": "list", "data": [service.card()]})
+
+    async def model(request: Request):
+        service.authorize(request)
+        service.check_model(request.path_params["name"])
+        return JSONResponse(service.card())
+
+    async def health(request: Request):
+        return JSONResponse({"status": "ok", "model": service.name, **service.engine.load()})
+
+    async def page(request: Request):
+        return HTMLResponse(resources.files("gptforge.serve").joinpath("static/chat.html").read_text("utf-8"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        service.engine.start()
+        try:
+            yield
+        finally:
+            service.engine.stop()
+
+    routes = [Route("/", page), Route("/health", health), Route("/v1/models", models),
+              Route("/v1/models/{name:path}", model),
+              Route("/v1/completions", completions, methods=["POST"]),
+              Route("/v1/chat/completions", chat_completions, methods=["POST"])]
+    handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error}
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    return BodyLimit(app, MAX_BODY_BYTES)
+
+
+def _error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+async def _api_error(request, exc: ApiError):
+    return _error_response(exc)
+
+
+async def _http_error(request, exc: HTTPException):
+    kind = "not_found" if exc.status_code == 404 else None
+    return _error_response(ApiError(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}",
+                                    code=kind, headers=exc.headers))
+
+
+async def _internal_error(request, exc: Exception):
+    return _error_response(ApiError(500, "internal server error", type="server_error"))
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413, whether announced by its
+    Content-Length or only found while reading (chunked)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_large = ApiError(413, f"the request body is larger than {self.limit} bytes", code="body_too_large")
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            return await _error_response(too_large if declared.isdigit() else
+                                         ApiError(400, "bad Content-Length header"))(scope, receive, send)
+        seen = 0
+
+        async def counted():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise too_large
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def serve(model: GPT, name: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          max_batch: int = 8, max_queue: int = 64) -> None:
+    """Serve `model` until Ctrl-C or SIGTERM (uvicorn's graceful shutdown: running requests get a
+    few seconds, then the engine stops and every open stream ends)."""
+    import signal
+    import socket
+
+    import uvicorn
+
+    service = Service(model, name, api_key, max_batch, max_queue)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    print(f"gptforge serve: '{name}' ({'chat' if service.chat else 'base'} model, context {service.context}) "
+          f"on http://{shown}:{bound}  (web chat at /, API at /v1; Ctrl-C stops)", flush=True)
+    config = uvicorn.Config(build_app(service), log_level="warning", timeout_graceful_shutdown=3,
+                            access_log=False)
+    # uvicorn shuts down gracefully on the first SIGINT/SIGTERM, then re-raises that signal to the
+    # handler found at start: make it a no-op, so a requested stop ends with exit code 0.
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda *_: None) for s in stops}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    print("gptforge serve: stopped", flush=True)

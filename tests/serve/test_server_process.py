@@ -1,0 +1,59 @@
+"""`gptforge serve` as a user runs it: a subprocess on a free 127.0.0.1 port, stopped by Ctrl-C
+(SIGINT) or SIGTERM, in the middle of a streamed answer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+
+import httpx
+import pytest
+
+from helpers import assert_user_error, run_cli
+from server_helpers import start
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_the_server_stops_cleanly_on_a_signal(tiny_checkpoint, sig):
+    proc, url = start(tiny_checkpoint, "--model-name", "tiny")
+    try:
+        assert httpx.get(url + "/health", timeout=30).json()["model"] == "tiny"
+        body = {"model": "tiny", "prompt": "Hi", "max_tokens": 5, "temperature": 0}
+        assert httpx.post(url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["finish_reason"]
+        # a streamed answer is running when the signal comes
+        events = []
+        with httpx.stream("POST", url + "/v1/completions", json={**body, "max_tokens": 60, "stream": True},
+                          timeout=60) as response:
+            lines = response.iter_lines()
+            events.append(next(lines))
+            proc.send_signal(sig)
+            reader = threading.Thread(target=lambda: events.extend(lines), daemon=True)
+            reader.start()
+            out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "stopped" in out and "Traceback" not in err
+        assert events[0].startswith("data: ")
+        with pytest.raises(httpx.ConnectError):  # the port is closed
+            httpx.get(url + "/health", timeout=5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_the_server_listens_on_localhost_by_default(tiny_checkpoint):
+    proc, url = start(tiny_checkpoint)
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        name = os.path.basename(str(tiny_checkpoint))
+        assert httpx.get(url + "/v1/models", timeout=30).json()["data"][0]["id"] == name
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+
+
+def test_serve_refuses_bad_flags_in_one_line(tiny_checkpoint):
+    assert_user_error(run_cli("serve", "--checkpoint", str(tiny_checkpoint), "--max-batch", "0"), "--max-batch")
+    assert_user_error(run_cli("serve", "--checkpoint", "no/such/run"), "no such checkpoint")
+    assert_user_error(run_cli("serve", "--preset", "gpt2-tiny"), "--random-init")

@@ -1,0 +1,153 @@
+"""`gptforge chat` as a user meets it: in a terminal (pexpect), typing, Ctrl-C, /exit; a chat model
+through its template (answers recomputed by a plain greedy loop over issue 13's render)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pexpect
+import pytest
+
+from gptforge.generate import generate_text
+from gptforge.tokenizer import tokenizer_of
+from gptforge.tokenizer.chat import render
+from gptforge.weights import load_any
+
+from helpers import early_end, greedy_tokens, turn_ends_after
+
+# The CLI with every forward pass slowed down, so an answer is still streaming when Ctrl-C comes.
+SLOW_CLI = ("import sys, time; from gptforge.model import GPT; forward = GPT.forward; "
+            "GPT.forward = lambda self, *a, **k: (time.sleep(0.05), forward(self, *a, **k))[1]; "
+            "from gptforge.cli import main; sys.exit(main(sys.argv[1:]))")
+
+
+def reference(checkpoint, prompt, n):
+    model = load_any(checkpoint)
+    return "".join(generate_text(model, prompt, n, temperature=0.0, stop_at_eos=True))
+
+
+def spawn(*args, slow=False):
+    argv = ["-c", SLOW_CLI] if slow else ["-m", "gptforge"]
+    return pexpect.spawn(sys.executable, argv + ["chat", *args], encoding="utf-8", timeout=60,
+                         dimensions=(50, 400))
+
+
+def answer_line(child) -> str:
+    """The text after "model> " up to the end of its line."""
+    child.expect_exact("model> ")
+    child.expect_exact("\r\n")
+    return child.before
+
+
+def test_a_base_model_continues_each_line_and_ctrl_c_stops_only_the_answer(tiny_checkpoint):
+    child = spawn("--checkpoint", str(tiny_checkpoint), "--temperature", "0", "--max-new-tokens", "40", slow=True)
+    child.expect_exact("plain continuation mode")
+    child.expect_exact("you> ")
+    child.sendline("Hello there")
+    child.expect_exact("model> ")
+    child.expect(r"\S")  # the answer has begun
+    child.sendintr()
+    child.expect_exact("[stopped]")
+    child.expect_exact("you> ")  # still running, ready for the next line
+    child.sendline("Hello there")
+    assert answer_line(child) == reference(tiny_checkpoint, "Hello there", 40)
+    child.expect_exact("you> ")
+    child.sendintr()  # at the prompt: a hint, not an exit
+    child.expect_exact("/exit or Ctrl-D to leave")
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_chat_reads_piped_input_to_the_end(tiny_checkpoint):
+    out = subprocess.run([sys.executable, "-m", "gptforge", "chat", "--checkpoint", str(tiny_checkpoint),
+                          "--temperature", "0", "--max-new-tokens", "8"],
+                         input="Once upon\nOnce upon\n", capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    answers = [line.split("model> ", 1)[1] for line in out.stdout.splitlines() if "model> " in line]
+    expected = reference(tiny_checkpoint, "Once upon", 8)
+    assert answers == [expected, expected]  # a base model: no history, the same continuation twice
+
+
+@pytest.mark.parametrize("args, fragment", [(["--temperature", "-1"], "temperature"),
+                                            (["--max-new-tokens", "0"], "--max-new-tokens")])
+def test_bad_flags_are_one_line(tiny_checkpoint, args, fragment):
+    from helpers import assert_user_error, run_cli
+
+    assert_user_error(run_cli("chat", "--checkpoint", str(tiny_checkpoint), *args), fragment)
+
+
+# A chat model (its tokenizer has the chat tokens): answers through the template, with the history.
+
+def talk(model, lines, max_new_tokens=8, system=None) -> tuple[list[str], str]:
+    """chat_in_terminal fed `lines`: (the answers, everything written)."""
+    from gptforge.chat import ChatSettings, chat_in_terminal
+
+    out, pending = io.StringIO(), iter(lines)
+
+    def read(prompt):
+        out.write(prompt)
+        try:
+            return next(pending)
+        except StopIteration:
+            raise EOFError from None
+
+    chat_in_terminal(model, ChatSettings(max_new_tokens, 0.0, None, None, None, system), read=read, out=out)
+    return answers(out.getvalue()), out.getvalue()
+
+
+def answers(transcript: str) -> list[str]:
+    """The answers of a transcript: what follows "model> " up to the next "you> " (less its newline)."""
+    return [part.split("model> ", 1)[1][:-1] for part in transcript.split("you> ") if "model> " in part]
+
+
+def test_a_chat_model_answers_through_its_template_with_the_history(chat_model):
+    def ref(messages):
+        return tokenizer_of(chat_model).decode(greedy_tokens(chat_model, messages, 8))
+
+    got, transcript = talk(chat_model, ["What is a fox?", "And a dog?", "/system Be brief.", "Hi", "/reset", "Hi"])
+    assert transcript.startswith("Chat with the model") and "plain continuation" not in transcript
+    first = [{"role": "user", "content": "What is a fox?"}]
+    a1 = ref(first)
+    a2 = ref([*first, {"role": "assistant", "content": a1}, {"role": "user", "content": "And a dog?"}])
+    a3 = ref([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert got == [a1, a2, a3, a3]  # /system starts over with it; /reset keeps it
+
+
+def test_a_chat_answer_ends_at_the_end_of_its_turn(chat_model):
+    messages = [{"role": "user", "content": "What is a fox?"}]
+    token, expected = early_end(chat_model, messages, 20)
+    with turn_ends_after(chat_model, token):
+        got, _ = talk(chat_model, ["What is a fox?"], max_new_tokens=20)
+    assert got == [expected]
+
+
+def test_the_oldest_turns_are_dropped_to_fit_and_it_is_said_once(chat_model):
+    lines = [f"Tell me about the river, the old stone bridge and the town number {i}" for i in range(5)]
+    got, transcript = talk(chat_model, lines)
+    assert transcript.count("no longer fits the model's context of 64 tokens") == 1
+    turns, dropped, tokenizer = [], 0, tokenizer_of(chat_model)
+    for line, answer in zip(lines, got, strict=True):  # the rule: drop the oldest question and answer
+        turns.append({"role": "user", "content": line})  # until the prompt leaves 8 tokens for the answer
+        while len(render(turns, tokenizer, add_generation_prompt=True)[0]) + 8 > 64:
+            del turns[:2]
+            dropped += 2
+        assert answer == tokenizer.decode(greedy_tokens(chat_model, turns, 8))
+        turns.append({"role": "assistant", "content": answer})
+    assert dropped >= 4
+
+
+def test_chat_with_a_chat_checkpoint_in_a_subprocess(chat_checkpoint):
+    model = load_any(chat_checkpoint)  # its tokenizer comes back with it
+    out = subprocess.run([sys.executable, "-m", "gptforge", "chat", "--checkpoint", str(chat_checkpoint),
+                          "--temperature", "0", "--max-new-tokens", "6"],
+                         input="Hi\nHi\n", capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Chat with the model")
+    hi = [{"role": "user", "content": "Hi"}]
+    a1 = tokenizer_of(model).decode(greedy_tokens(model, hi, 6))
+    a2 = tokenizer_of(model).decode(greedy_tokens(model, [*hi, {"role": "assistant", "content": a1}, *hi], 6))
+    assert answers(out.stdout) == [a1, a2]
