@@ -1,14 +1,15 @@
-"""gptforge: pretrain GPT-2-family language models from scratch, on a CPU or many GPUs."""
+"""gptforge: pretrain and fine-tune GPT-2-family language models from scratch, on a CPU or many GPUs."""
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .config import PRESETS, GPTConfig, TrainConfig
+from .config import PRESETS, FinetuneConfig, GPTConfig, TrainConfig
 from .data import prepare_corpus
+from .chat import chat_text
 from .errors import UserError
 from .generate import generate, generate_text, generate_texts
 from .model import GPT, prepare_for_decoding
 from .tokenizer import Tokenizer, ids_to_text, load_tokenizer, text_to_ids, tokenizer_of
-from .training import train
+from .training import finetune, train
 from .weights import load_any
 
 load_model = load_any  # the name earlier releases used
@@ -18,6 +19,7 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["GPT", "GPTConfig", "PRESETS", "Tokenizer", "TrainConfig", "UserError", "generate", "generate_text",
-           "generate_texts", "ids_to_text", "load_any", "load_model", "load_tokenizer", "prepare_corpus",
+__all__ = ["FinetuneConfig", "GPT", "GPTConfig", "PRESETS", "Tokenizer", "TrainConfig", "UserError", "chat_text",
+           "finetune", "generate", "generate_text", "generate_texts", "ids_to_text", "load_any", "load_model",
+           "load_tokenizer", "prepare_corpus",
            "prepare_for_decoding", "text_to_ids", "tokenizer_of", "train", "__version__"]

@@ -9,6 +9,7 @@ continues plain text, and an answer ends at <|endoftext|>.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -38,6 +39,28 @@ def stop_ids(model: GPT, chat: bool) -> frozenset[int]:
         return frozenset({tokenizer.eot_id})
     return frozenset({tokenizer.eot_id, end_of_turn(tokenizer)})
 
+
+
+def answer_prompt(model: GPT, messages: list[dict]) -> tuple[list[int], frozenset[int]]:
+    """(prompt ids, the ids that end the answer) of a conversation: a chat model's through its
+    template (chat_prompt); a base model has none, so it continues the messages' contents as plain
+    text, one per line, up to <|endoftext|>."""
+    chat = has_chat(model)
+    if chat:
+        ids = chat_prompt(model, messages)
+    else:
+        ids = tokenizer_of(model).encode_prompt("\n".join(m["content"] for m in messages))
+    return ids, stop_ids(model, chat)
+
+
+def chat_text(model: GPT, messages: list[dict], max_new_tokens: int, temperature: float = 1.0,
+              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+              use_cache: bool = True) -> Iterator[str]:
+    """The model's answer to a conversation ([{"role": "system" | "user" | "assistant",
+    "content": ...}, ...], see answer_prompt), yielded as it is produced."""
+    ids, stops = answer_prompt(model, messages)
+    yield from stream_text(model, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids=stops,
+                           use_cache=use_cache)
 
 class Conversation:
     """The system prompt and the turns so far; prompt() renders them with a new user message,

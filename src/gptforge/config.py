@@ -209,6 +209,9 @@ LogTarget = Literal["tensorboard", "wandb", "csv"]  # where --log sends a run's 
 class TrainConfig:
     """Everything a training run needs; the CLI flags, config files and run folders map onto it."""
 
+    cli_hidden: typing.ClassVar[tuple[str, ...]] = ()  # fields that get no command-line flag
+    command: typing.ClassVar[str] = "train"  # the command that runs (and resumes) it
+
     data: str = "builtin:shakespeare"
     """Prepared corpus folder, or text to split 90/10 by characters (file, folder, glob, builtin:NAME)."""
     val_data: str | None = None
@@ -360,6 +363,82 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         return _from_dict(cls, data, "training config key(s)")
+
+
+LORA_TARGETS = ("qkv", "attn_out", "mlp_in", "mlp_out")  # the projections of a block LoRA can adapt
+
+
+def lora_targets(spec: str | list | tuple) -> tuple[str, ...]:
+    """'qkv,mlp_in' (or a list of names) -> ('qkv', 'mlp_in'), in LORA_TARGETS's order."""
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    unknown = [n for n in names if n not in LORA_TARGETS]
+    if unknown or not names:
+        raise UserError(f"unknown LoRA target(s) {', '.join(unknown) or '(none given)'}; "
+                        f"choose among {', '.join(LORA_TARGETS)}")
+    return tuple(n for n in LORA_TARGETS if n in names)
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """A fine-tuning run: TrainConfig's loop settings with the defaults of the "LLMs from scratch"
+    chapter-7 recipe (lr 5e-5, 2 epochs, no dropout), and the data, template and LoRA settings."""
+
+    # Pretraining settings a fine-tuning run does not use: no flags, and refused in a config file.
+    # The model's shape and make-up come from --init-from (initial_model refuses a shape that differs).
+    cli_hidden: typing.ClassVar[tuple[str, ...]] = (
+        "preset", *TrainConfig.fields_where("shape"), "embedding_std", "rope_theta", "norm_eps", "zero_init_proj",
+        "logit_softcap", "tokenizer", "stride", "sampling", "sample_prompt", "verify_data")
+    command: typing.ClassVar[str] = "finetune"
+
+    data: str | None = None
+    """Instruction or chat records: .json list or .jsonl file, folder of train.* and val.*, builtin:NAME, hf:NAME."""
+    val_data: str | None = None
+    """Separate validation records (default: DATA's val.* file, else --val-fraction of DATA)."""
+    val_fraction: float = rule(0.1, minimum=0.0, below=1.0)
+    """Share of the examples held out for validation (drawn by --seed) when DATA is one file."""
+    max_examples: int | None = rule(None, minimum=1)
+    """Read at most this many records of each file or dataset."""
+    dropout: float | None = rule(0.0, minimum=0.0, below=1.0, model=True)
+    """Dropout probability while training (None: the --init-from model's)."""
+    lr: float = rule(5e-5, minimum=0.0, strict=True)
+    """Peak AdamW learning rate."""
+    epochs: int = rule(2, minimum=1, resumable=True)
+    """Passes over the training examples."""
+    batch_size: int = rule(8, minimum=1)
+    """Examples per micro-batch (per process), padded to the longest of them."""
+    eval_every: int = rule(20, minimum=0, resumable=True)
+    """Evaluate the masked train and val loss every this many steps (0: only at the start and end)."""
+    eval_batches: int = rule(10, minimum=1, resumable=True)
+    """Batches (of batch_size * grad_accum examples) of each split per evaluation."""
+    sample_tokens: int = rule(100, minimum=1, resumable=True)
+    """Most tokens of each printed sample answer."""
+    template: Literal["chatml", "alpaca"] = "chatml"
+    """'chatml': turns between the special tokens <|im_start|>/<|im_end|> (added); 'alpaca': chapter 7's text."""
+    train_on_prompt: bool = False
+    """Train on every token, the prompt's too (default: only on the assistant's answers and their end token)."""
+    lora_rank: int | None = rule(None, minimum=1)
+    """Train LoRA adapters of this rank on a frozen model (default: full fine-tuning)."""
+    lora_alpha: float = rule(16.0, minimum=0.0, strict=True)
+    """LoRA scale: the update is multiplied by alpha / rank."""
+    lora_dropout: float = rule(0.05, minimum=0.0, below=1.0)
+    """Dropout on the input of the LoRA update."""
+    lora_targets: str = "qkv,attn_out,mlp_in,mlp_out"
+    """Projections that get adapters, comma-separated: qkv, attn_out (attention), mlp_in, mlp_out."""
+    response_tokens: int = rule(200, minimum=0, resumable=True)
+    """Most tokens of each answer in responses.jsonl, written after training (0: do not write it)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        defaults = TrainConfig()
+        for name in self.cli_hidden:
+            if getattr(self, name) != getattr(defaults, name):
+                raise UserError(f"{name} is a pretraining setting; a fine-tuning run takes its model "
+                                "from --init-from and its data from --data")
+        self.lora_targets = ",".join(lora_targets(self.lora_targets))
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FinetuneConfig":
+        return _from_dict(cls, data, "fine-tuning config key(s)")
 
 
 def parse_duration(text, name: str = "duration") -> float:

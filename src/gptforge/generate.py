@@ -114,12 +114,26 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx.clone()
 
 
-def prompt_ids(model: GPT, prompt: str, rows: int = 1) -> torch.Tensor:
-    """(rows, n) ids of a prompt for `model`, encoded by its own tokenizer (see
-    Tokenizer.encode_prompt), on its device. A prompt longer than the context is kept whole
-    (generation crops it), with a notice on stderr."""
+def complete_ids(model: GPT, ids: list[int], max_new_tokens: int, eos_id: int | None = None,
+                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, use_cache: bool = True) -> list[int]:
+    """The new ids of one continuation of `ids` (greedy by default), up to and without eos_id."""
+    idx = prompt_ids(model, ids)
+    out = []
+    for tokens, _ in stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id=eos_id,
+                            use_cache=use_cache, generator=_generator(seed, idx.device)):
+        if int(tokens[0]) == eos_id:
+            break
+        out.append(int(tokens[0]))
+    return out
+
+
+def prompt_ids(model: GPT, prompt: str | list[int], rows: int = 1) -> torch.Tensor:
+    """(rows, n) ids of a prompt for `model` (text is encoded by its own tokenizer, see
+    Tokenizer.encode_prompt; ids are taken as they are), on its device. A prompt longer than the
+    context is kept whole (generation crops it), with a notice on stderr."""
     tokenizer = tokenizer_of(model)
-    ids = tokenizer.encode_prompt(prompt)
+    ids = tokenizer.encode_prompt(prompt) if isinstance(prompt, str) else list(prompt)
     if max(ids) >= model.config.vocab_size:  # e.g. a tiny test model from another tool
         raise UserError(f"the prompt has token ids the model does not know: its vocabulary has "
                         f"{model.config.vocab_size} ids, its tokenizer {tokenizer.name}'s has {tokenizer.vocab_size}")

@@ -17,6 +17,11 @@ def add_arguments(p) -> None:
     add_model_source(p, "seed for sampling and for --random-init weights (default: random)")
     p.add_argument("--prompt", required=True,
                    help="text to continue, always read as plain text ('' starts from <|endoftext|>)")
+    p.add_argument("--chat", action="store_true",
+                   help="--prompt is the user's message to a chat model (one fine-tuned with the chat "
+                        "template): print its answer, which ends at its end-of-turn token (a model "
+                        "without the chat tokens continues the text instead)")
+    p.add_argument("--system", metavar="TEXT", help="with --chat: a system message before the user's")
     add_sampling_flags(p, max_new_tokens=50, temperature=0.8, top_k=200)
     p.add_argument("--stop-at-eos", action="store_true",
                    help="stop a sample when it produces <|endoftext|>")
@@ -32,16 +37,31 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..chat import chat_text
     from ..checks import require_int
+    from ..errors import UserError
     from ..generate import check_sampling_args, generate_text, generate_texts
 
     top_k = args.top_k or None
     check_sampling_args(args.temperature, top_k, args.top_p, args.max_new_tokens)
     require_int("--num-samples", args.num_samples)
+    if args.system is not None and not args.chat:
+        raise UserError("--system goes with --chat")
+    if args.chat and args.num_samples != 1:
+        raise UserError("--chat gives one answer; drop --num-samples")
     model = model_from_args(args, args.dtype)
+    out = sys.stdout
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system is not None else [])
+        for piece in chat_text(model, messages + [{"role": "user", "content": args.prompt}], args.max_new_tokens,
+                               temperature=args.temperature, top_k=top_k, top_p=args.top_p, seed=args.seed,
+                               use_cache=not args.no_kv_cache):
+            out.write(piece)
+            out.flush()
+        out.write("\n")
+        return 0
     sampling = dict(temperature=args.temperature, top_k=top_k, top_p=args.top_p, seed=args.seed,
                     stop_at_eos=args.stop_at_eos, use_cache=not args.no_kv_cache)
-    out = sys.stdout
     if args.num_samples == 1:  # streamed as it comes
         for piece in generate_text(model, args.prompt, args.max_new_tokens, include_prompt=True, **sampling):
             out.write(piece)

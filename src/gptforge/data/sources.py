@@ -310,7 +310,8 @@ class HFDataset(Source):
     def identity(self) -> Any:
         return self.record
 
-    def documents(self) -> Iterator[Document]:
+    def rows(self) -> Iterator[dict]:
+        """The dataset's rows as they arrive (fine-tuning reads whole records)."""
         rows = iter(self.dataset)
         index = 0
         while True:
@@ -320,10 +321,14 @@ class HFDataset(Source):
                 break
             except Exception as e:  # a download failing mid-stream
                 raise UserError(f"reading {self.spec} failed at row {index}: {first_line(e)}") from None
-            where = f"{self.spec} row {index}"
             index += 1
-            yield Document(where, [_row_text(row, self.field, where)])
+            yield row
         self.record["rows"] = index
+
+    def documents(self) -> Iterator[Document]:
+        for index, row in enumerate(self.rows()):
+            where = f"{self.spec} row {index}"
+            yield Document(where, [_row_text(row, self.field, where)])
 
 
 def expand_input(spec: str) -> list[Path]:

@@ -8,9 +8,11 @@
     run_folder.py  the layout of a run folder
     plot.py        loss curves of a run
     pretrain.py    `gptforge train`
+    finetune.py    `gptforge finetune` (instruction and chat data, full or LoRA)
 """
 
+from .finetune import finetune
 from .loop import Diverged, Trainer, TrainResult
 from .pretrain import train
 
-__all__ = ["Diverged", "TrainResult", "Trainer", "train"]
+__all__ = ["Diverged", "TrainResult", "Trainer", "finetune", "train"]

@@ -355,7 +355,7 @@ class Trainer:
                              interrupted=self.stopping, wall_s=self.clock.now())
         if self.stopping:
             self.say(f"stopped by {self.stop.requested} at step {p.step}; checkpoint {self.checkpoint}. "
-                     f"Resume with: gptforge train --resume {self.run}")
+                     f"Resume with: gptforge {self.cfg.command} --resume {self.run}")
             return result
         skipped = f", {p.skipped} update(s) skipped as non-finite" if p.skipped else ""
         self.say(f"done: step {p.step} after {result.wall_s:.0f} s, {p.tokens_seen:,} tokens, train loss "

@@ -26,8 +26,8 @@ from ..generate import generate_text
 from ..model import GPT
 from ..tokenizer import Tokenizer, gpt2, load_tokenizer, tokenizer_of
 from ..tokenizer.train import train_on_train_split
-from ..weights.checkpoint import TIED_KEY, WEIGHTS, checkpoint_tokenizer, load_weights, read_checkpoint_config
-from ..weights.load import load_any
+from ..weights.checkpoint import WEIGHTS, checkpoint_tokenizer, load_weights, read_checkpoint_config
+from ..weights.load import load_any, reshape
 from .loop import Trainer, TrainResult
 from .resume import resolve_run
 
@@ -52,7 +52,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     if checkpoint is not None:  # the run's model, whatever preset or weights it started from
         model_cfg = GPTConfig.from_dict(read_checkpoint_config(checkpoint)["model"])
     elif cfg.init_from:
-        initial = _initial_model(cfg, device)
+        initial = initial_model(cfg, device)
         model_cfg = initial.config
     tokenizer = _run_tokenizer(cfg, checkpoint, initial, tqdm.write if d.is_main else lambda *_: None)
     if checkpoint is None and initial is None:  # a new model: its vocabulary is its tokenizer's
@@ -168,9 +168,9 @@ def _loader(tokens, cfg: TrainConfig, ctx: int, what: str, **kwargs) -> BatchLoa
         raise UserError(f"{what}: {e}") from None
 
 
-def _initial_model(cfg: TrainConfig, device: torch.device) -> GPT:
-    """The --init-from weights with the run's dropout, and its context cropped if asked: the
-    first positions' embeddings are kept, which is how a shorter-context run reuses GPT-2."""
+def initial_model(cfg: TrainConfig, device: torch.device) -> GPT:
+    """The --init-from weights with the run's dropout, and its context cropped if asked (see
+    weights.load.reshape)."""
     source = load_any(cfg.init_from, device)  # checkpoint, run, HF folder or hub id
     src = source.config
     for name in TrainConfig.fields_where("shape"):
@@ -178,18 +178,5 @@ def _initial_model(cfg: TrainConfig, device: torch.device) -> GPT:
         if wanted is not None and wanted != getattr(src, name):
             raise UserError(f"--{name.replace('_', '-')} {wanted} does not match the --init-from model's "
                             f"{getattr(src, name)}; drop it to use the model's shape")
-    ctx = cfg.context_length or src.context_length
-    if ctx > src.context_length and src.positions == "learned":
-        raise UserError(f"--context-length {ctx} is longer than the --init-from model's "
-                        f"{src.context_length} (it has no position embeddings beyond that)")
-    model_cfg = dataclasses.replace(src, context_length=ctx,
-                                    dropout=src.dropout if cfg.dropout is None else cfg.dropout)
-    weights = {k: v for k, v in source.state_dict().items()
-               if not (k == TIED_KEY and src.tie_embeddings)}
-    if "pos_emb.weight" in weights:
-        weights["pos_emb.weight"] = weights["pos_emb.weight"][:ctx]
-    with torch.device("meta"):
-        model = GPT(model_cfg)
-    load_weights(model, weights, source=str(cfg.init_from))
-    model.tokenizer = tokenizer_of(source)
-    return model
+    return reshape(source, cfg.context_length or src.context_length,
+                   src.dropout if cfg.dropout is None else cfg.dropout)

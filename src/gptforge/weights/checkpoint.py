@@ -7,6 +7,8 @@
       config.json         model + train config, the tokenizer's description, and the sha256 of
                           the weights and train state; written last
 
+A LoRA checkpoint has the same files, but model.safetensors holds only the adapter, and config.json
+records under "lora" its settings and its base model (path and weights sha256; see weights.load).
 A run folder keeps them as checkpoints/step-XXXXXXXX. This module is the checkpoint boundary of
 the model's vocabulary padding: weights and optimizer moments are saved with vocab_size rows
 (so a checkpoint does not depend on the padding) and padded again on load.
@@ -15,6 +17,7 @@ the model's vocabulary padding: weights and optimizer moments are saved with voc
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -26,6 +29,7 @@ from ..errors import UserError, first_line
 from ..files import atomic_folder, read_json, sha256_file
 from ..model import GPT
 from ..model.gpt import VOCAB_ROW_PARAMS, vocab_rows
+from ..model.lora import adapter_state
 from ..tokenizer import TOKENIZER_DIR, Tokenizer, tokenizer_from_record, tokenizer_of
 
 WEIGHTS = "model.safetensors"
@@ -51,14 +55,24 @@ def save_checkpoint(path: str | Path, model: GPT, train_config: dict | None = No
                     train_state: dict | None = None, weights: dict | None = None) -> Path:
     """Write a complete checkpoint folder at `path` (see atomic_folder), with the model's own
     tokenizer (tokenizer_of). `weights` replaces model.state_dict() (a sharded model's gathered
-    full state, which still has padded rows)."""
+    full state, which still has padded rows). A model with LoRA adapters (its `lora` attribute
+    says how they were made, and from which base) saves only the adapter, and that record (see
+    weights.load.load_lora)."""
     path = Path(path)
     config = model.config
     tokenizer = tokenizer_of(model)
+    weights = model.state_dict() if weights is None else weights
+    lora = getattr(model, "lora", None)
+    if lora is not None:
+        if "base" not in lora:
+            raise ValueError("a LoRA model is saved with its base model's identity in model.lora['base'] "
+                             "(see weights.load.base_identity)")
+        weights = adapter_state(weights, config.tie_embeddings)
+        base = lora["base"]
+        lora = {**lora, "base": {**base, "relative": os.path.relpath(base["path"], path.resolve())}}
     with atomic_folder(path) as tmp:
         weights = {k: (vocab_rows(v, config, padded=False) if k in VOCAB_ROW_PARAMS else v).detach().contiguous().cpu()
-                   for k, v in (model.state_dict() if weights is None else weights).items()
-                   if not (k == TIED_KEY and config.tie_embeddings)}
+                   for k, v in weights.items() if not (k == TIED_KEY and config.tie_embeddings)}
         save_file(weights, tmp / WEIGHTS)
         files = [WEIGHTS]
         if train_state is not None:
@@ -73,6 +87,8 @@ def save_checkpoint(path: str | Path, model: GPT, train_config: dict | None = No
             "tokenizer": tokenizer.describe(),
             "files": {name: sha256_file(tmp / name) for name in files},
         }
+        if lora is not None:
+            meta["lora"] = lora
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n")  # last: marks it complete
     return path
 

@@ -28,6 +28,7 @@ from ..errors import UserError, first_line
 from ..files import atomic_folder, check_output_folder, read_json
 from ..model import GPT
 from ..tokenizer import EOT_TOKEN, BPETokenizer, Tokenizer, gpt2, tokenizer_of
+from ..tokenizer.chat import CHAT_TEMPLATE_JINJA, end_of_turn, has_chat_template
 from ..tokenizer.gpt2_bpe import GPT2_VOCAB_SIZE, asset_path
 from .checkpoint import load_weights
 from .hf_archs import hf_config, hf_family, parse_hf_config, tensor_map
@@ -228,7 +229,9 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 def _write_tokenizer(folder: Path, tokenizer: Tokenizer, context_length: int) -> None:
     """The tokenizer's files for transformers' AutoTokenizer: for GPT-2's, our bundled BPE files
     under the names GPT2Tokenizer expects (any further special tokens listed, so they get the
-    same ids); for our own, its tokenizer.json for PreTrainedTokenizerFast."""
+    same ids); for our own, its tokenizer.json for PreTrainedTokenizerFast. A chat model's also
+    carry the chat template (CHAT_TEMPLATE_JINJA, for apply_chat_template) and a
+    generation_config.json whose end tokens include <|im_end|>."""
     special: dict = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN}
     if tokenizer.kind == "gpt2":
         shutil.copyfile(asset_path("encoder.json"), folder / "vocab.json")
@@ -249,6 +252,10 @@ def _write_tokenizer(folder: Path, tokenizer: Tokenizer, context_length: int) ->
         "clean_up_tokenization_spaces": False,
         **special,
     }
+    if has_chat_template(tokenizer):  # the same template as ours, and generation ends each answer
+        tokenizer_config["chat_template"] = CHAT_TEMPLATE_JINJA
+        generation = {"bos_token_id": tokenizer.eot_id, "eos_token_id": [end_of_turn(tokenizer), tokenizer.eot_id]}
+        (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
