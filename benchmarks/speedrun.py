@@ -15,6 +15,12 @@ just before it: the machines these run on drift by +-15% in a day.
     python benchmarks/speedrun.py                          # every row, 10 minutes each
     python benchmarks/speedrun.py --budget 30s --rows baseline,modern    # a smoke run
     python benchmarks/speedrun.py --list                   # the rows and what they change
+    python benchmarks/speedrun.py --base bpe-4k,modern --rows baseline,muon   # knobs on a new baseline
+
+`--base` stacks rows' knobs under every row (the baseline included), so a second round measures
+each knob against the first round's winner. A slower machine is emulated with one thread on one
+core (`taskset -c 0 env OMP_NUM_THREADS=1 python benchmarks/speedrun.py ...`): the rows' training
+processes inherit both, and the matmul figure is measured the same way.
 
 Rows, configs (TOML, one per row), run folders and results.jsonl go under --out.
 """
@@ -31,11 +37,11 @@ from pathlib import Path
 import torch
 
 from gptforge.config import TrainConfig, load_config_file, parse_duration
-from gptforge.data import load_splits, read_documents
+from gptforge.data import load_splits
 from gptforge.device import matmul_peak_flops
 from gptforge.evaluate import evaluate_tokens
+from gptforge.generate import generate_text
 from gptforge.tokenizer import tokenizer_of
-from gptforge.tokenizer.train import train_tokenizer
 from gptforge.weights import load_any
 
 DATA = "builtin:shakespeare"
@@ -71,53 +77,38 @@ ROWS: dict[str, dict] = {
     "layers-6": dict(n_layers=6),
     "width-128": dict(emb_dim=128, n_heads=2),
     "width-384": dict(emb_dim=384, n_heads=6),
-    # the tokenizer's size: a byte-level BPE trained on the training split (GPT-2's has 50257 ids)
-    "bpe-1k": dict(tokenizer_vocab=1024),
-    "bpe-4k": dict(tokenizer_vocab=4096),
-    "bpe-16k": dict(tokenizer_vocab=16384),
+    # the tokenizer: a byte-level BPE of N ids trained on the train split at the start of the run,
+    # inside its budget (GPT-2's has 50257 ids)
+    "bpe-1k": dict(tokenizer="bpe:1024"),
+    "bpe-4k": dict(tokenizer="bpe:4096"),
+    "bpe-16k": dict(tokenizer="bpe:16384"),
 }
 
 
-def tokenizer_for(knobs: dict, out: Path) -> str | None:
-    """The --tokenizer of a row with a `tokenizer_vocab` knob: a BPE of that many ids trained on
-    the training split alone (the first 90% of the characters, as training splits them), so no
-    held-out text shapes the vocabulary. Bits per byte keeps rows with different tokenizers comparable."""
-    vocab = knobs.get("tokenizer_vocab")
-    if vocab is None:
-        return None
-    folder = out / f"tokenizer-{vocab}"
-    if not folder.exists():
-        texts = [text for _, text in read_documents(DATA)]
-        left = int(0.9 * sum(map(len, texts)))
-        split = out / "tokenizer-training-text"
-        split.mkdir(exist_ok=True)
-        for i, text in enumerate(texts):
-            if left > 0:
-                (split / f"{i:03d}.txt").write_text(text[:left])
-            left -= len(text)
-        train_tokenizer(str(split), folder, vocab, progress=False)
-    return str(folder)
+def row_knobs(name: str, base: list[str]) -> dict:
+    """Everything a row changes from the bundled recipe: the --base rows' knobs, then its own."""
+    knobs: dict = {}
+    for row in [*base, name]:
+        knobs.update(ROWS[row])
+    return knobs
 
 
-def row_config(name: str, budget: str, out: Path) -> Path:
+def row_config(name: str, budget: str, out: Path, base: list[str]) -> Path:
     """The row's whole training config as a TOML file (also a record of what the row ran)."""
     settings = load_config_file(BASELINE)
     settings.pop("max_steps", None)  # the clock decides
-    knobs = {k: v for k, v in ROWS[name].items() if k != "tokenizer_vocab"}
+    knobs = row_knobs(name, base)
     settings.update(epochs=1000, max_time=budget, save_every=0, sample_every=0, out=str(out / name), data=DATA,
                     **knobs)
-    tokenizer = tokenizer_for(ROWS[name], out)
-    if tokenizer:
-        settings["tokenizer"] = tokenizer
     TrainConfig.from_dict(settings)  # a bad row fails here, before any training
     path = out / f"{name}.toml"
     path.write_text("".join(f"{key} = {json.dumps(value)}\n" for key, value in settings.items()))
     return path
 
 
-def run_row(name: str, budget: str, out: Path, device: str) -> dict:
+def run_row(name: str, budget: str, out: Path, device: str, base: list[str]) -> dict:
     gflops = matmul_peak_flops(torch.device("cpu"), torch.float32, n=2048) / 1e9
-    config = row_config(name, budget, out)
+    config = row_config(name, budget, out, base)
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "gptforge", "train", "--config", str(config), "--device", device,
                            "--no-progress"], capture_output=True, text=True)
@@ -128,41 +119,56 @@ def run_row(name: str, budget: str, out: Path, device: str) -> dict:
     model = load_any(out / name, device="cpu")
     val_tokens = load_splits(DATA, 0.1, tokenizer=tokenizer_of(model))[1]  # the row's own tokenizer's
     score = evaluate_tokens(model, val_tokens, batch_size=8)
-    return {"row": name, "knobs": ROWS[name], "budget_s": parse_duration(budget), "wall_s": round(wall, 1),
-            "steps": metrics[-1]["step"], "tokens_seen": metrics[-1]["tokens_seen"],
+    last = metrics[-1]
+    sample = "".join(generate_text(model, "ROMEO.\n", 60, temperature=0.8, top_k=40, seed=123, include_prompt=True))
+    return {"row": name, "knobs": ROWS[name], "base": base, "budget_s": parse_duration(budget),
+            "wall_s": round(wall, 1), "steps": last["step"], "tokens_seen": last["tokens_seen"],
+            "tokens_per_s": round(last["tokens_seen"] / last["elapsed_s"]),  # training steps' time only
             "params": model.num_params(), "val_bpb": score["bits_per_byte"], "val_loss": score["loss"],
-            "matmul_gflops": round(gflops, 1)}
+            "matmul_gflops": round(gflops, 1), "sample": sample}
 
 
 def table(results: list[dict]) -> str:
     base = next((r for r in results if r["row"] == "baseline" and "val_bpb" in r), None)
-    lines = ["| row | changes | steps | tokens | wall (s) | val bits/byte | vs baseline | fp32 matmul GFLOP/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | changes | params | steps | tokens | tokens/s | wall (s) | val bits/byte | vs baseline "
+             "| fp32 matmul GFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['row']} | failed: {r['error']} | | | | | | {r['matmul_gflops']:.0f} |")
+            lines.append(f"| {r['row']} | failed: {r['error']} | | | | | | | | {r['matmul_gflops']:.0f} |")
             continue
-        changes = ", ".join(f"{k}={v}" for k, v in r["knobs"].items()) or "(the quickstart recipe)"
+        changes = ", ".join(f"{k}={v}" for k, v in r["knobs"].items()) or "(the baseline)"
         delta = f"{r['val_bpb'] - base['val_bpb']:+.3f}" if base else ""
-        lines.append(f"| {r['row']} | {changes} | {r['steps']} | {r['tokens_seen']:,} | {r['wall_s']:.0f} | "
-                     f"{r['val_bpb']:.3f} | {delta} | {r['matmul_gflops']:.0f} |")
-    return "\n".join(lines)
+        lines.append(f"| {r['row']} | {changes} | {r['params'] / 1e6:.1f}M | {r['steps']} | {r['tokens_seen']:,} | "
+                     f"{r['tokens_per_s']:,} | {r['wall_s']:.0f} | {r['val_bpb']:.3f} | {delta} | "
+                     f"{r['matmul_gflops']:.0f} |")
+    samples = [f"{r['row']}: {r['sample']!r}" for r in results if "sample" in r]
+    return "\n".join(lines + ["", "Samples (60 tokens after 'ROMEO.\\n', temperature 0.8, top-k 40, seed 123):",
+                                *samples])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", default="10m", help="wall-clock budget per row (default: 10m)")
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows (default: all; see --list)")
+    p.add_argument("--base", default="", help="comma-separated rows whose knobs every row starts from "
+                   "(default: none, the bundled shakespeare-cpu recipe)")
     p.add_argument("--rerun-baseline", action="store_true", help="run the baseline again at the end")
     p.add_argument("--device", default="cpu", help="device for training (default: cpu)")
     p.add_argument("--out", default="runs/speedrun", help="folder for configs, runs and results.jsonl")
     p.add_argument("--list", action="store_true", help="print the rows and exit")
+    p.add_argument("--table", action="store_true", help="print the table of --out's results.jsonl (rows run "
+                   "by several invocations, e.g. one per core) and exit")
     args = p.parse_args()
     if args.list:
         print("\n".join(f"{name:<12} {knobs or '(the baseline)'}" for name, knobs in ROWS.items()))
         return
+    if args.table:
+        lines = (Path(args.out) / "results.jsonl").read_text().splitlines()
+        print(table(sorted((json.loads(line) for line in lines), key=lambda r: r["row"] != "baseline")))
+        return
     names = [n for n in args.rows.split(",") if n]
-    unknown = [n for n in names if n not in ROWS]
+    base = [n for n in args.base.split(",") if n]
+    unknown = [n for n in names + base if n not in ROWS]
     if unknown:
         raise SystemExit(f"unknown rows: {', '.join(unknown)} (see --list)")
     if "baseline" in names:  # the reference for every other row, run first
@@ -174,17 +180,18 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"speedrun: {len(names)} row(s) of {args.budget} on {DATA}, scored on its whole held-out tenth, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; baseline: {BASELINE}"
+          f"{' + ' + ' + '.join(base) if base else ''}", flush=True)
     results = []
     for i, name in enumerate(names):
         if (out / name).exists():  # a rerun of a row (the baseline at the end) gets a fresh folder
             name_dir = out / f"{name}-{i}"
             ROWS[name_dir.name] = ROWS[name]
             name = name_dir.name
-        results.append(run_row(name, args.budget, out, args.device))
+        results.append(run_row(name, args.budget, out, args.device, base))
         with open(out / "results.jsonl", "a") as f:
             f.write(json.dumps({**results[-1], "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
-        print(table(results[-1:]).splitlines()[-1], flush=True)
+        print(table(results[-1:]).splitlines()[2], flush=True)
     print()
     print(table(results))
 

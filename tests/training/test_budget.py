@@ -67,6 +67,21 @@ def test_the_clock_plans_syncs_and_stops_before_the_final_jobs():
     assert clock.progress(14) == pytest.approx((52.5 + 4) / available)  # one step time per update since
     clock.agree(20, [available - 0.5, 1.0, 2.0, 3.0, -1.0], due=[], sync_every=10)
     assert clock.out_of_time  # less than one step is left before the final jobs
+    # The first sync's step time includes warm-up: it alone never ends the run while time is left.
+    def cold_start():
+        clock = Clock(30.0, used_s=0.0, started=time.monotonic(), step=0, eval_steps=2.0, save_bytes=1e6)
+        clock.agree(1, [20.0, 9.0, 1.0, 0.1, -1.0], due=[], sync_every=10)  # 8.125 s left, a 9 s first step
+        assert not clock.out_of_time and clock.next_sync == 2
+        return clock
+    warm = cold_start()
+    warm.agree(2, [21.0, 1.0, 1.0, 0.1, -1.0], due=[], sync_every=10)  # the second step took 1 s
+    assert not warm.out_of_time and warm.next_sync == 2 + int(7.125 / 2)
+    slow = cold_start()
+    slow.agree(2, [29.0, 9.0, 1.0, 0.1, -1.0], due=[], sync_every=10)  # still 9 s a step: nothing fits
+    assert slow.out_of_time
+    late = Clock(30.0, used_s=0.0, started=time.monotonic(), step=0, eval_steps=2.0, save_bytes=1e6)
+    late.agree(1, [29.0, 9.0, 1.0, 0.1, -1.0], due=[], sync_every=10)  # past the final jobs' start already
+    assert late.out_of_time
     no_budget = Clock(None, 0.0, time.monotonic(), 0, 2.0, 1e6)
     no_budget.agree(10, [5.0, 1.0, -1.0, -1.0, -1.0], due=[], sync_every=10)
     assert no_budget.next_sync is None and no_budget.progress(10) == 0.0 and not no_budget.out_of_time

@@ -51,6 +51,7 @@ class Clock:
         self.synced = (step, used_s)  # (step, job time after that step's periodic jobs)
         self.next_sync = step + 1 if budget_s is not None else None  # a first sync after one step
         self.out_of_time = False
+        self.warm = False  # whether a step after the first has been timed
 
     def now(self) -> float:
         """Seconds of the whole job so far, on this process's clock."""
@@ -83,8 +84,14 @@ class Clock:
         if self.budget_s is None:
             return
         left = self.available() - after_jobs  # seconds of training steps still affordable
+        first, self.warm = not self.warm, True
         if left < self.step_s:
-            self.out_of_time = True
+            if first and left > 0:
+                # The first step also pays for warm-up (allocations, first-call set-up), often
+                # several times a later step's cost: time one more before deciding none fits.
+                self.next_sync = step + 1
+            else:
+                self.out_of_time = True
             return
         # Sync again within half of what is left: the last steps are checked ever more closely,
         # so a slower step near the end overruns by a fraction of a step, not by many.
