@@ -45,7 +45,7 @@ from gptforge.tokenizer import tokenizer_of
 from gptforge.weights import load_any
 
 DATA = "builtin:shakespeare"
-BASELINE = "shakespeare-cpu"  # the bundled quickstart recipe, trained on the clock instead of 300 steps
+BASELINE = "shakespeare-cpu"  # the quickstart before the speedrun, trained on the clock instead of 300 steps
 
 # One knob at a time: each row is the baseline with these fields changed.
 ROWS: dict[str, dict] = {
@@ -65,8 +65,10 @@ ROWS: dict[str, dict] = {
     "muon": dict(optimizer="muon"),
     "lr-x0.5": dict(lr=1e-3),
     "lr-x2": dict(lr=4e-3),
+    "lr-x4": dict(lr=8e-3),
     "constant-lr": dict(lr_schedule="constant"),
     "no-warmup": dict(warmup_steps=0),
+    "eval-every-100": dict(eval_every=100),  # fewer evaluations: more of the budget for training
     # batch size and context length
     "batch-4": dict(batch_size=4),
     "batch-16": dict(batch_size=16),
@@ -76,6 +78,7 @@ ROWS: dict[str, dict] = {
     "layers-2": dict(n_layers=2),
     "layers-6": dict(n_layers=6),
     "width-128": dict(emb_dim=128, n_heads=2),
+    "width-192": dict(emb_dim=192, n_heads=3),
     "width-384": dict(emb_dim=384, n_heads=6),
     # the tokenizer: a byte-level BPE of N ids trained on the train split at the start of the run,
     # inside its budget (GPT-2's has 50257 ids)
@@ -93,9 +96,9 @@ def row_knobs(name: str, base: list[str]) -> dict:
     return knobs
 
 
-def row_config(name: str, budget: str, out: Path, base: list[str]) -> Path:
+def row_config(name: str, budget: str, out: Path, base: list[str], baseline: str) -> Path:
     """The row's whole training config as a TOML file (also a record of what the row ran)."""
-    settings = load_config_file(BASELINE)
+    settings = load_config_file(baseline)
     settings.pop("max_steps", None)  # the clock decides
     knobs = row_knobs(name, base)
     settings.update(epochs=1000, max_time=budget, save_every=0, sample_every=0, out=str(out / name), data=DATA,
@@ -106,9 +109,9 @@ def row_config(name: str, budget: str, out: Path, base: list[str]) -> Path:
     return path
 
 
-def run_row(name: str, budget: str, out: Path, device: str, base: list[str]) -> dict:
+def run_row(name: str, budget: str, out: Path, device: str, base: list[str], baseline: str) -> dict:
     gflops = matmul_peak_flops(torch.device("cpu"), torch.float32, n=2048) / 1e9
-    config = row_config(name, budget, out, base)
+    config = row_config(name, budget, out, base, baseline)
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "gptforge", "train", "--config", str(config), "--device", device,
                            "--no-progress"], capture_output=True, text=True)
@@ -121,7 +124,7 @@ def run_row(name: str, budget: str, out: Path, device: str, base: list[str]) -> 
     score = evaluate_tokens(model, val_tokens, batch_size=8)
     last = metrics[-1]
     sample = "".join(generate_text(model, "ROMEO.\n", 60, temperature=0.8, top_k=40, seed=123, include_prompt=True))
-    return {"row": name, "knobs": ROWS[name], "base": base, "budget_s": parse_duration(budget),
+    return {"row": name, "knobs": ROWS[name], "baseline": baseline, "base": base, "budget_s": parse_duration(budget),
             "wall_s": round(wall, 1), "steps": last["step"], "tokens_seen": last["tokens_seen"],
             "tokens_per_s": round(last["tokens_seen"] / last["elapsed_s"]),  # training steps' time only
             "params": model.num_params(), "val_bpb": score["bits_per_byte"], "val_loss": score["loss"],
@@ -150,6 +153,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--budget", default="10m", help="wall-clock budget per row (default: 10m)")
     p.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows (default: all; see --list)")
+    p.add_argument("--baseline", default=BASELINE, help=f"bundled config or TOML file the rows start from "
+                   f"(default: {BASELINE}; speedrun-cpu is the recipe this benchmark found)")
     p.add_argument("--base", default="", help="comma-separated rows whose knobs every row starts from "
                    "(default: none, the bundled shakespeare-cpu recipe)")
     p.add_argument("--rerun-baseline", action="store_true", help="run the baseline again at the end")
@@ -180,7 +185,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"speedrun: {len(names)} row(s) of {args.budget} on {DATA}, scored on its whole held-out tenth, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; baseline: {BASELINE}"
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; baseline: {args.baseline}"
           f"{' + ' + ' + '.join(base) if base else ''}", flush=True)
     results = []
     for i, name in enumerate(names):
@@ -188,7 +193,7 @@ def main() -> None:
             name_dir = out / f"{name}-{i}"
             ROWS[name_dir.name] = ROWS[name]
             name = name_dir.name
-        results.append(run_row(name, args.budget, out, args.device, base))
+        results.append(run_row(name, args.budget, out, args.device, base, args.baseline))
         with open(out / "results.jsonl", "a") as f:
             f.write(json.dumps({**results[-1], "date": time.strftime("%Y-%m-%d %H:%M")}) + "\n")
         print(table(results[-1:]).splitlines()[2], flush=True)

@@ -193,14 +193,18 @@ def test_cli_train_eval_plot_generate(story, tmp_path):
 
 
 def test_bundled_configs_resolve():
+    from gptforge.cli.train import QUICKSTART
     from gptforge.config import load_config_file
 
     verdict = TrainConfig.from_dict(load_config_file("the-verdict")).model_config()
     assert (verdict.n_layers, verdict.context_length, verdict.dropout, verdict.qkv_bias) == (12, 256, 0.1, False)
     medium = TrainConfig.from_dict(load_config_file("gutenberg-345m"))
     assert (medium.model_config().n_layers, medium.seed, medium.lr, medium.batch_size) == (24, 246, 2e-4, 8)
-    quick = TrainConfig.from_dict(load_config_file("shakespeare-cpu"))
-    assert quick.data == "builtin:shakespeare" and quick.preset == "gpt2-mini"
+    old_quick = TrainConfig.from_dict(load_config_file("shakespeare-cpu"))
+    assert old_quick.data == "builtin:shakespeare" and old_quick.max_steps == 300
+    quick = TrainConfig.from_dict(load_config_file(QUICKSTART))  # `gptforge train` with no arguments
+    assert quick.data == "builtin:shakespeare" and quick.tokenizer == "bpe:4096" and quick.max_time == "5m"
+    assert quick.model_config().arch == "modern" and quick.optimizer == "muon"
     with pytest.raises(UserError, match="bundled configs"):
         load_config_file("no-such-recipe")
 
