@@ -3,6 +3,9 @@ run leaves, and bad input."""
 
 import json
 import math
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,11 +23,16 @@ from gptforge.tokenizer import CHAT_TOKENS, gpt2
 from gptforge.training.finetune import RESPONSES, finetune
 from gptforge.weights import load_any
 
-from helpers import assert_user_error, random_gpt, run_cli
+from helpers import assert_user_error, random_gpt, run_cli, wait_for
 
 
 def rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def strip(history):
+    """metrics.jsonl rows without their wall-clock times."""
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in history]
 
 
 def settings(base, data_file, out, **fields):
@@ -105,14 +113,46 @@ def test_resume_is_bitwise_exact(tiny_checkpoint, finetune_data, tmp_path, lora)
     straight = finetune(FinetuneConfig(**{**fields, "out": str(tmp_path / "a")}, max_steps=8), progress=False)
     finetune(FinetuneConfig(**{**fields, "out": str(tmp_path / "b")}, max_steps=4), progress=False)
     resumed = finetune(resume=tmp_path / "b", max_steps=8, progress=False)
-    def strip(history):
-        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in history]
-
     assert strip(rows(resumed.run_dir)) == strip(rows(straight.run_dir))
     a = load_file(straight.checkpoint / "model.safetensors")
     b = load_file(resumed.checkpoint / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert all("lora_" in k or k.endswith("new_rows") for k in a) == lora
+
+
+def test_ctrl_c_checkpoints_and_resume_ends_like_an_uninterrupted_run(tiny_checkpoint, finetune_data, tmp_path):
+    """SIGINT to `gptforge finetune` mid-run (LoRA, dropout on, so the RNG state matters): exit 0
+    with a checkpoint of the step it stopped at and the status "interrupted", no responses yet;
+    --resume then ends bit for bit where a run that was never interrupted does."""
+    fields = settings(tiny_checkpoint, finetune_data / "chat.jsonl", tmp_path / "straight", batch_size=2,
+                      eval_every=5, save_every=0, max_steps=20, sample_tokens=2, response_tokens=6, lora_rank=4,
+                      lora_dropout=0.1, dropout=0.1)
+    straight = finetune(FinetuneConfig(**fields), progress=False).run_dir  # in this process: no start-up
+
+    run = tmp_path / "run"
+    flags = [x for k, v in {**fields, "out": run}.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    proc = subprocess.Popen([sys.executable, "-m", "gptforge", "finetune", *flags, "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    assert wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2)  # steps 0 and 1
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"Resume with: gptforge finetune --resume {run}" in out
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted" and 1 <= status["step"] < 20
+    checkpoint = run / "checkpoints" / f"step-{status['step']:08d}"
+    assert all("lora_" in k or k.endswith("new_rows") for k in load_file(checkpoint / "model.safetensors"))
+    assert not (run / RESPONSES).exists()  # written only by a run that reaches its end
+
+    r = run_cli("finetune", "--resume", str(run), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert strip(rows(run)) == strip(rows(straight))
+    a = load_file(straight / "checkpoints" / "step-00000020" / "model.safetensors")
+    b = load_file(run / "checkpoints" / "step-00000020" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (run / RESPONSES).read_text() == (straight / RESPONSES).read_text()
 
 
 def test_bf16_accumulation_and_truncation(tiny_checkpoint, finetune_data, tmp_path, capsys):
