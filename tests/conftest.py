@@ -37,6 +37,21 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def finetune_data(tmp_path_factory):
+    """60 instruction records (tasks.json) and 40 conversations (chat.jsonl) of the shipped sets."""
+    import json
+
+    from gptforge.data.instructions import read_examples
+
+    folder = tmp_path_factory.mktemp("ft-data")
+    tasks, _ = read_examples("builtin:tasks")
+    (folder / "tasks.json").write_text(json.dumps([e.instruction for e in tasks[:60]]))
+    chats, _ = read_examples("builtin:tasks-chat")
+    (folder / "chat.jsonl").write_text("".join(json.dumps({"messages": e.messages}) + "\n" for e in chats[:40]))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_bpe_dir(text, tmp_path_factory):
     """A folder from `gptforge tokenizer train`: a byte-level BPE of 400 ids trained on `text`."""
     from gptforge.tokenizer.train import train_tokenizer

@@ -7,6 +7,7 @@ import json
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,16 @@ EOT_ID = gpt2().eot_id  # GPT-2's <|endoftext|>, which the corpora in these test
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gptforge", *args], capture_output=True, text=True,
                           timeout=timeout, **kwargs)
+
+
+def wait_for(predicate, timeout: float = 120) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def assert_user_error(result: subprocess.CompletedProcess, fragment: str, code: int = 2) -> None:

@@ -48,6 +48,11 @@ def from_env() -> Dist:
     return Dist(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
+def describe(d: Dist, mode: str) -> str:
+    """' x N processes (ddp)' under torchrun, '' in one process: for a job's summary line."""
+    return f" x {d.world_size} processes ({mode})" if d.enabled else ""
+
+
 def setup(device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group torchrun prepared; each rank gets its own GPU (LOCAL_RANK)."""
     d = from_env()

@@ -8,7 +8,12 @@ import sys
 import time
 
 import pytest
+import torch
 from safetensors.torch import load_file
+
+from gptforge.model.lora import is_adapter_key
+from gptforge.training.finetune import RESPONSES
+from gptforge.weights import load_any
 
 from helpers import run_cli
 
@@ -18,11 +23,14 @@ pytestmark = pytest.mark.slow
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: one thread each
 
 
-def common(text, out, **extra):
-    args = {"--data": text, "--preset": "gpt2-tiny", "--context-length": 32, "--batch-size": 2,
-            "--dropout": 0.0, "--lr": 1e-3, "--eval-every": 2, "--eval-batches": 2, "--save-every": 3,
-            "--max-steps": 6, "--device": "cpu", "--out": out, **extra}
+def flags(args: dict) -> list[str]:
     return [str(x) for kv in args.items() for x in kv] + ["--no-progress"]
+
+
+def common(text, out, **extra):
+    return flags({"--data": text, "--preset": "gpt2-tiny", "--context-length": 32, "--batch-size": 2,
+                  "--dropout": 0.0, "--lr": 1e-3, "--eval-every": 2, "--eval-batches": 2, "--save-every": 3,
+                  "--max-steps": 6, "--device": "cpu", "--out": out, **extra})
 
 
 def torchrun(*args, timeout=300):
@@ -145,3 +153,55 @@ def test_muon_under_ddp_and_fsdp_equals_one_process_and_resumes(text, tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     by_step = {r["step"]: r["train_loss"] for r in rows(resumed)}
     assert all(by_step[r["step"]] == r["train_loss"] for r in rows(tmp_path / "ddp"))  # bit for bit
+
+
+# --- fine-tuning ---------------------------------------------------------------------------------
+
+LORA = {"--lora-rank": 4, "--lora-dropout": 0.0}  # no dropout: each rank draws its own masks
+
+
+def finetune_flags(base, data, out, lora, **extra):
+    return flags({"--init-from": base, "--data": data / "chat.jsonl", "--batch-size": 2, "--lr": 1e-3,
+                  "--eval-every": 2, "--eval-batches": 1, "--save-every": 3, "--max-steps": 6,
+                  "--sample-tokens": 4, "--response-tokens": 4, "--seed": 1, "--device": "cpu", "--out": out,
+                  **(LORA if lora else {}), **extra})
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["full", "lora"])
+def finetune_reference(request, tiny_checkpoint, finetune_data, tmp_path_factory):
+    """One process, 2 examples x accumulation 2: what two ranks of 2 examples read together
+    (data.example_batches deals batch k of an epoch to rank k mod 2)."""
+    lora = request.param
+    out = tmp_path_factory.mktemp("ft-ref") / "run"
+    r = single("finetune", *finetune_flags(tiny_checkpoint, finetune_data, out, lora, **{"--grad-accum": 2}))
+    assert r.returncode == 0, r.stderr
+    return lora, out
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_finetuning_in_two_processes_equals_one_with_accumulation(tiny_checkpoint, finetune_data, tmp_path,
+                                                                    finetune_reference, mode):
+    """Full and LoRA fine-tuning under DDP and FSDP2: the same losses, real (unpadded) token
+    counts summed over ranks, weights and answers as one process (under FSDP the gradient clipping
+    after the step-0 evaluation covers the root's parameters too); a run folder load_any reads,
+    whose LoRA checkpoints hold the adapter only. The LoRA run under FSDP stops at step 3 and
+    resumes under torchrun (load_lora, then the sharded optimizer state)."""
+    lora, reference = finetune_reference
+    run = tmp_path / "run"
+    split = lora and mode == "fsdp"
+    r = torchrun("finetune", *finetune_flags(tiny_checkpoint, finetune_data, run, lora, **{"--distributed": mode},
+                                             **({"--max-steps": 3} if split else {})))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("run folder:") == 1 and "x 2 processes" in r.stdout
+    if split:
+        r = torchrun("finetune", "--resume", str(run), "--max-steps", "6", "--no-progress")
+        assert r.returncode == 0, r.stderr[-3000:]
+        kept = [row for row in rows(run) if row["step"] != 3]  # the first session's final evaluation
+        (run / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in kept))
+    assert_same_run(run, reference)
+    assert (run / RESPONSES).read_text() == (reference / RESPONSES).read_text()
+    for checkpoint in (run / "checkpoints").iterdir():
+        assert all(is_adapter_key(k) for k in load_file(checkpoint / "model.safetensors")) == lora
+    ours, theirs = load_any(run), load_any(reference)
+    ids = torch.randint(0, ours.config.vocab_size, (1, 12))
+    torch.testing.assert_close(ours(ids), theirs(ids), rtol=0, atol=1e-4)

@@ -3,6 +3,9 @@ run leaves, and bad input."""
 
 import json
 import math
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,22 +23,16 @@ from gptforge.tokenizer import CHAT_TOKENS, gpt2
 from gptforge.training.finetune import RESPONSES, finetune
 from gptforge.weights import load_any
 
-from helpers import assert_user_error, random_gpt, run_cli
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """60 instruction records and 40 conversations of the shipped sets, as files."""
-    folder = tmp_path_factory.mktemp("ft-data")
-    tasks, _ = read_examples("builtin:tasks")
-    (folder / "tasks.json").write_text(json.dumps([e.instruction for e in tasks[:60]]))
-    chats, _ = read_examples("builtin:tasks-chat")
-    (folder / "chat.jsonl").write_text("".join(json.dumps({"messages": e.messages}) + "\n" for e in chats[:40]))
-    return folder
+from helpers import assert_user_error, random_gpt, run_cli, wait_for
 
 
 def rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def strip(history):
+    """metrics.jsonl rows without their wall-clock times."""
+    return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in history]
 
 
 def settings(base, data_file, out, **fields):
@@ -87,8 +84,8 @@ def test_masked_positions_contribute_nothing():
 
 # --- runs --------------------------------------------------------------------------------------
 
-def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, data, tmp_path):
-    cfg = FinetuneConfig(**settings(tiny_checkpoint, data / "tasks.json", tmp_path / "run", epochs=3, lr=3e-3,
+def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, finetune_data, tmp_path):
+    cfg = FinetuneConfig(**settings(tiny_checkpoint, finetune_data / "tasks.json", tmp_path / "run", epochs=3, lr=3e-3,
                                     lr_schedule="cosine", warmup_steps=2))
     result = finetune(cfg, progress=False)
     history = rows(result.run_dir)
@@ -110,15 +107,12 @@ def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, dat
 
 
 @pytest.mark.parametrize("lora", [False, True])
-def test_resume_is_bitwise_exact(tiny_checkpoint, data, tmp_path, lora):
+def test_resume_is_bitwise_exact(tiny_checkpoint, finetune_data, tmp_path, lora):
     extra = {"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.1} if lora else {}
-    fields = settings(tiny_checkpoint, data / "chat.jsonl", None, dropout=0.1, eval_every=1, **extra)
+    fields = settings(tiny_checkpoint, finetune_data / "chat.jsonl", None, dropout=0.1, eval_every=1, **extra)
     straight = finetune(FinetuneConfig(**{**fields, "out": str(tmp_path / "a")}, max_steps=8), progress=False)
     finetune(FinetuneConfig(**{**fields, "out": str(tmp_path / "b")}, max_steps=4), progress=False)
     resumed = finetune(resume=tmp_path / "b", max_steps=8, progress=False)
-    def strip(history):
-        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in history]
-
     assert strip(rows(resumed.run_dir)) == strip(rows(straight.run_dir))
     a = load_file(straight.checkpoint / "model.safetensors")
     b = load_file(resumed.checkpoint / "model.safetensors")
@@ -126,15 +120,50 @@ def test_resume_is_bitwise_exact(tiny_checkpoint, data, tmp_path, lora):
     assert all("lora_" in k or k.endswith("new_rows") for k in a) == lora
 
 
-def test_bf16_accumulation_and_truncation(tiny_checkpoint, data, tmp_path, capsys):
-    cfg = FinetuneConfig(**settings(tiny_checkpoint, data / "tasks.json", tmp_path / "run", batch_size=2,
+def test_ctrl_c_checkpoints_and_resume_ends_like_an_uninterrupted_run(tiny_checkpoint, finetune_data, tmp_path):
+    """SIGINT to `gptforge finetune` mid-run (LoRA, dropout on, so the RNG state matters): exit 0
+    with a checkpoint of the step it stopped at and the status "interrupted", no responses yet;
+    --resume then ends bit for bit where a run that was never interrupted does."""
+    fields = settings(tiny_checkpoint, finetune_data / "chat.jsonl", tmp_path / "straight", batch_size=2,
+                      eval_every=5, save_every=0, max_steps=20, sample_tokens=2, response_tokens=6, lora_rank=4,
+                      lora_dropout=0.1, dropout=0.1)
+    straight = finetune(FinetuneConfig(**fields), progress=False).run_dir  # in this process: no start-up
+
+    run = tmp_path / "run"
+    flags = [x for k, v in {**fields, "out": run}.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    proc = subprocess.Popen([sys.executable, "-m", "gptforge", "finetune", *flags, "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    assert wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2)  # steps 0 and 1
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert f"Resume with: gptforge finetune --resume {run}" in out
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "interrupted" and 1 <= status["step"] < 20
+    checkpoint = run / "checkpoints" / f"step-{status['step']:08d}"
+    assert all("lora_" in k or k.endswith("new_rows") for k in load_file(checkpoint / "model.safetensors"))
+    assert not (run / RESPONSES).exists()  # written only by a run that reaches its end
+
+    r = run_cli("finetune", "--resume", str(run), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert strip(rows(run)) == strip(rows(straight))
+    a = load_file(straight / "checkpoints" / "step-00000020" / "model.safetensors")
+    b = load_file(run / "checkpoints" / "step-00000020" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (run / RESPONSES).read_text() == (straight / RESPONSES).read_text()
+
+
+def test_bf16_accumulation_and_truncation(tiny_checkpoint, finetune_data, tmp_path, capsys):
+    cfg = FinetuneConfig(**settings(tiny_checkpoint, finetune_data / "tasks.json", tmp_path / "run", batch_size=2,
                                     grad_accum=2, dtype="bfloat16", max_steps=6, template="alpaca",
                                     context_length=52))
     result = finetune(cfg, progress=False)
     # the examples longer than 53 ids (inputs and the last target) are counted, and those whose
     # answer starts beyond the cut are left out
     tokenizer = gpt2()
-    records = json.loads((data / "tasks.json").read_text())
+    records = json.loads((finetune_data / "tasks.json").read_text())
     prompts = [len(tokenizer.encode(alpaca_prompt(r))) for r in records]
     totals = [len(tokenizer.encode(alpaca_prompt(r) + r["output"])) + 1 for r in records]
     cut, left_out = sum(n > 53 for n in totals), sum(n >= 53 for n in prompts)
@@ -147,9 +176,9 @@ def test_bf16_accumulation_and_truncation(tiny_checkpoint, data, tmp_path, capsy
     assert json.loads((result.checkpoint / "config.json").read_text())["model"]["vocab_size"] == 50257
 
 
-def test_the_lora_workflow_on_the_command_line(tiny_checkpoint, data, tmp_path):
+def test_the_lora_workflow_on_the_command_line(tiny_checkpoint, finetune_data, tmp_path):
     run = tmp_path / "run"
-    r = run_cli("finetune", "--init-from", str(tiny_checkpoint), "--data", str(data / "chat.jsonl"),
+    r = run_cli("finetune", "--init-from", str(tiny_checkpoint), "--data", str(finetune_data / "chat.jsonl"),
                 "--out", str(run), "--lora-rank", "4", "--lr", "3e-3", "--batch-size", "4", "--max-steps", "6",
                 "--eval-every", "3", "--response-tokens", "6", "--device", "cpu", "--no-progress")
     assert r.returncode == 0, r.stderr
@@ -192,8 +221,8 @@ def test_bad_data_is_one_line_and_writes_nothing(tiny_checkpoint, tmp_path, name
     assert not (tmp_path / "run").exists()
 
 
-def test_bad_settings_are_one_line(tiny_checkpoint, data, tmp_path):
-    common = ["--data", str(data / "tasks.json"), "--out", str(tmp_path / "run"), "--device", "cpu"]
+def test_bad_settings_are_one_line(tiny_checkpoint, finetune_data, tmp_path):
+    common = ["--data", str(finetune_data / "tasks.json"), "--out", str(tmp_path / "run"), "--device", "cpu"]
     assert_user_error(run_cli("finetune", "--init-from", str(tiny_checkpoint), "--lora-rank", "0", *common),
                       "lora-rank must be")
     assert_user_error(run_cli("finetune", "--init-from", str(tiny_checkpoint), "--lora-targets", "c_attn", *common),
@@ -204,11 +233,11 @@ def test_bad_settings_are_one_line(tiny_checkpoint, data, tmp_path):
         FinetuneConfig(stride=4)
 
 
-def test_a_lora_run_refuses_another_base_on_resume(data, tmp_path):
+def test_a_lora_run_refuses_another_base_on_resume(finetune_data, tmp_path):
     from gptforge.weights.checkpoint import save_checkpoint
 
     base = save_checkpoint(tmp_path / "base", random_gpt(0, vocab_size=50257, context_length=64))
-    fields = settings(base, data / "tasks.json", tmp_path / "run", lora_rank=2, max_steps=2)
+    fields = settings(base, finetune_data / "tasks.json", tmp_path / "run", lora_rank=2, max_steps=2)
     finetune(FinetuneConfig(**fields), progress=False)
     save_checkpoint(base, random_gpt(1, vocab_size=50257, context_length=64))  # another model in its place
     r = run_cli("finetune", "--resume", str(tmp_path / "run"), "--max-steps", "4")

@@ -16,6 +16,8 @@ from gptforge.config import TrainConfig
 from gptforge.errors import UserError
 from gptforge.training import Diverged, train
 
+from helpers import wait_for
+
 
 def rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -83,15 +85,6 @@ def test_a_failing_save_keeps_the_previous_checkpoint(text, tmp_path, monkeypatc
     assert load_model(tmp_path / "run").config.context_length == 32
 
 
-def _wait_for(predicate, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_sigint_checkpoints_exits_0_and_resume_matches_an_uninterrupted_run(text, tmp_path):
     args = ["--data", str(text), "--preset", "gpt2-tiny", "--context-length", "32", "--batch-size", "2",
             "--dropout", "0.1", "--lr", "1e-3", "--eval-every", "1", "--eval-batches", "1",
@@ -104,7 +97,7 @@ def test_sigint_checkpoints_exits_0_and_resume_matches_an_uninterrupted_run(text
     proc = subprocess.Popen(cli + args + ["--out", str(run)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     metrics = run / "metrics.jsonl"
-    assert _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 5)
+    assert wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 5)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
@@ -138,7 +131,7 @@ def test_kill_9_anywhere_then_resume_reaches_the_uninterrupted_losses(text, tmp_
     began = time.monotonic()
     proc = subprocess.Popen(cli + args + ["--out", str(straight)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)
-    assert _wait_for(lambda: (straight / "config.json").exists() or proc.poll() is not None, timeout=600)
+    assert wait_for(lambda: (straight / "config.json").exists() or proc.poll() is not None, timeout=600)
     startup = time.monotonic() - began  # python + torch + data: ~1.5 s on a fast machine, more on a slow one
     assert proc.wait(timeout=600) == 0
 

@@ -58,7 +58,7 @@ def finetune(config: FinetuneConfig | None = None, *, resume: str | Path | None 
     trainable, total = trainable_count(model)
     how = f"LoRA rank {cfg.lora_rank} on {cfg.lora_targets}" if cfg.lora_rank else "full fine-tuning"
     trainer.say(f"model: {cfg.init_from}, {trainable:,} of {total:,} parameters trainable ({how}), "
-                f"template {cfg.template}, on {device}")
+                f"template {cfg.template}, on {device}{distributed.describe(d, cfg.distributed)}")
     trainer.say(task.describe())
     if checkpoint is None:
         trainer.evaluate()  # step 0: where fine-tuning starts from

@@ -118,6 +118,10 @@ class Trainer:
         check_packages(cfg.log)  # a missing logging package fails before the run folder exists
         self.say = tqdm.write if d.is_main else (lambda *args, **kwargs: None)  # rank 0 speaks for the job
         self.wrapped = distributed.wrap(model, d, cfg.distributed, device)
+        # The trainable parameters, taken now: FSDP2 swaps a module's registered parameters for
+        # unsharded copies during a forward and leaves the root's so after one without backward
+        # (an evaluation), and those copies never get a gradient.
+        self.params = [w for w in model.parameters() if w.requires_grad]
         self.optimizer = make_optimizer(model, cfg, device)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
@@ -147,6 +151,7 @@ class Trainer:
         self.skipped_before = self.position.skipped
         self.losses = (math.nan, math.nan)  # (train, val) of the latest evaluation
         self.stop, self.stopping, self.bar = GracefulStop(), False, None
+        self.rank_tokens = 0  # tokens this rank read since the last sync
         self.say(f"run folder: {run}")
         self._start_clock(started)
 
@@ -188,7 +193,6 @@ class Trainer:
         p, cfg, model = self.position, self.cfg, self.model
         model.train()
         step_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped  # shares the parameters
-        params = [w for w in model.parameters() if w.requires_grad]
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: fp32 range, ~8x the speed
             torch.backends.cudnn.allow_tf32 = True
@@ -201,10 +205,13 @@ class Trainer:
                         step_start = time.perf_counter()
                         self._set_lr()
                         loss, grad_norm, tokens = optimizer_step(step_model, self.wrapped, batches, cfg.grad_accum,
-                                                      self.loss_fn, self.optimizer, params, self.guard,
+                                                      self.loss_fn, self.optimizer, self.params, self.guard,
                                                       cfg.grad_clip, self.autocast, self.d, self.device)
                         p.step, p.batch = p.step + 1, p.batch + cfg.grad_accum
-                        p.tokens_seen += tokens
+                        # Ranks of padded batches read different counts: this rank's stands in for
+                        # every rank's until the next sync adds up the real ones.
+                        p.tokens_seen += tokens * self.d.world_size
+                        self.rank_tokens += tokens
                         self.bar.update(1)
                         evaluating, sampling, saving = (self._due(every) for every in
                                                         (cfg.eval_every, cfg.sample_every, cfg.save_every))
@@ -276,18 +283,21 @@ class Trainer:
                      f"or gradient skipped since the last report ({p.skipped} so far)")
             guard.reported = int(count)
         now = time.perf_counter()
-        tokens_per_s = (p.tokens_seen - self.window[1]) / (now - self.window[0])
         step_s = (now - self.window[0]) / max(1, p.step - self.window[2])
-        self.window = (now, p.tokens_seen, p.step)
         reading = self.clock.reading(step_s)
-        shared = [float(self.stop.requested is not None), *(reading if self.d.is_main else [0.0] * len(reading))]
+        shared = [float(self.stop.requested is not None), float(self.rank_tokens),
+                  *(reading if self.d.is_main else [0.0] * len(reading))]
         shared = distributed.all_sum(shared, self.d, self.device)  # rank 0's clock for all; any rank's stop
+        p.tokens_seen += int(shared[1]) - self.rank_tokens * self.d.world_size  # every rank's real count
+        self.rank_tokens = 0
+        tokens_per_s = (p.tokens_seen - self.window[1]) / (now - self.window[0])
+        self.window = (now, p.tokens_seen, p.step)
         self.stopping = shared[0] > 0
         if self.stopping and not self.stop.requested:
             self.stop.requested = "a signal to another rank"
         due = [job for job, now_due in (("evaluate", evaluating), ("save", saving),
                                         ("sample", sampling or self._epoch_done())) if now_due]
-        self.clock.agree(p.step, shared[1:], due, SYNC_EVERY)
+        self.clock.agree(p.step, shared[2:], due, SYNC_EVERY)
         if self.clock.budget_s is not None:
             self.bar.total = p.step + self.clock.steps_left(p.step)
         mfu = self.flops_per_token * tokens_per_s / self.peak_flops

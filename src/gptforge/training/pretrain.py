@@ -66,9 +66,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
         load_weights(model, load_file(checkpoint / WEIGHTS, device=str(device)), source=str(checkpoint))
     trainer = Trainer(cfg, run, model, task, task.total_steps, d, device, checkpoint, progress, started=started)
     origin = cfg.init_from if cfg.init_from else cfg.preset
-    ranks = f" x {d.world_size} processes ({cfg.distributed})" if d.enabled else ""
     trainer.say(f"model: {model.num_params():,} parameters ({origin}, context {model_cfg.context_length}) "
-                f"on {device}{ranks}")
+                f"on {device}{distributed.describe(d, cfg.distributed)}")
     trainer.say(f"data: {task.train_tokens:,} train / {task.val_tokens:,} val tokens; {task.steps_per_epoch} "
                 f"steps per epoch, {task.total_steps} steps in total")
     result = trainer.fit()

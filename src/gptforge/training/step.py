@@ -61,7 +61,7 @@ def optimizer_step(step_model: torch.nn.Module, wrapped: torch.nn.Module, batche
     micro-batch's mean loss; params are the trainable parameters (their gradient norm is
     clipped). Returns the step's loss (a device scalar: the mean of the
     micro-batch means, averaged over ranks), its gradient norm before clipping (a device scalar)
-    and the tokens it read on all ranks. Queues work only: nothing here waits for the device.
+    and the tokens this rank read. Queues work only: nothing here waits for the device.
     """
     optimizer.zero_grad(set_to_none=True)
     loss, tokens = torch.zeros((), device=device), 0
@@ -73,7 +73,7 @@ def optimizer_step(step_model: torch.nn.Module, wrapped: torch.nn.Module, batche
             micro_loss = loss_fn(step_model, inputs, targets) / grad_accum
         guard.scaler.scale(micro_loss).backward()
         loss += micro_loss.detach()
-        tokens += (batch[2] if len(batch) > 2 else inputs.numel()) * d.world_size
+        tokens += batch[2] if len(batch) > 2 else inputs.numel()
     guard.scaler.unscale_(optimizer)
     max_norm = grad_clip if grad_clip > 0 else math.inf  # inf: measure the norm, never clip
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
