@@ -89,7 +89,7 @@ ROWS: dict[str, dict] = {
 
 
 def row_knobs(name: str, base: list[str]) -> dict:
-    """Everything a row changes from the bundled recipe: the --base rows' knobs, then its own."""
+    """Everything a row changes from the --baseline config: the --base rows' knobs, then its own."""
     knobs: dict = {}
     for row in [*base, name]:
         knobs.update(ROWS[row])
@@ -156,7 +156,7 @@ def main() -> None:
     p.add_argument("--baseline", default=BASELINE, help=f"bundled config or TOML file the rows start from "
                    f"(default: {BASELINE}; speedrun-cpu is the recipe this benchmark found)")
     p.add_argument("--base", default="", help="comma-separated rows whose knobs every row starts from "
-                   "(default: none, the bundled shakespeare-cpu recipe)")
+                   "(default: none: the --baseline config as it is)")
     p.add_argument("--rerun-baseline", action="store_true", help="run the baseline again at the end")
     p.add_argument("--device", default="cpu", help="device for training (default: cpu)")
     p.add_argument("--out", default="runs/speedrun", help="folder for configs, runs and results.jsonl")
