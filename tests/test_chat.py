@@ -19,7 +19,7 @@ from helpers import early_end, greedy_tokens, turn_ends_after
 
 # The CLI with every forward pass slowed down, so an answer is still streaming when Ctrl-C comes.
 SLOW_CLI = ("import sys, time; from gptforge.model import GPT; forward = GPT.forward; "
-            "GPT.forward = lambda self, *a, **k: (time.sleep(0.05), forward(self, *a, **k))[1]; "
+            "GPT.forward = lambda self, *a, **k: (time.sleep(0.2), forward(self, *a, **k))[1]; "
             "from gptforge.cli import main; sys.exit(main(sys.argv[1:]))")
 
 
