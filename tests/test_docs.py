@@ -20,7 +20,7 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*")
 # `gptforge CMD ...` (or `python -m gptforge CMD`, `torchrun ... -m gptforge CMD`) up to the end of
 # that command: a comment, a pipe, `&&` or `;`.
-COMMAND = re.compile(r"\bgptforge ([a-z]+)((?:[^#|&;`\n]|#(?! ))*)")
+COMMAND = re.compile(r"\bgptforge ([A-Za-z]+)((?:[^#|&;`\n]|#(?! ))*)")
 # Flags of other programs that the guides show in passing, outside a gptforge command.
 FOREIGN = {"--index-url", "--logdir", "--local-dir", "--nproc_per_node", "--standalone", "--nnodes",
            "--node_rank", "--rdzv_backend", "--rdzv_endpoint", "--model", "--model_args", "--tasks",
@@ -94,6 +94,8 @@ def test_the_commands_shown_exist_with_their_flags():
             shown = False
             for name, rest in COMMAND.findall(piece):
                 shown = True
+                if name.isupper():  # `gptforge CMD --help`: a placeholder, not a command
+                    continue
                 if name not in commands:
                     wrong.append(f"{page.name}: gptforge {name}: no such command")
                     continue
