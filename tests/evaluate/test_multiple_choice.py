@@ -182,7 +182,7 @@ def test_a_random_model_scores_near_chance(random_model):
 
 
 def lm_eval_task(folder: Path, data: Path) -> str:
-    """A task YAML as the README's recipe writes it: lm-evaluation-harness's own hellaswag task
+    """A task YAML as docs/evaluate.md's recipe writes it: lm-evaluation-harness's own hellaswag task
     (its cleaning, prompt and metrics) reading a local JSONL file."""
     import lm_eval
 

@@ -1,7 +1,7 @@
 """The web chat page in a real headless browser (Debian's chromium driven by playwright): type,
 watch the answer stream, stop it, start over, with no request leaving the server's origin.
 
-GPTFORGE_SCREENSHOT=PATH keeps the screenshot (the README's is made this way)."""
+GPTFORGE_SCREENSHOT=PATH keeps the screenshot (docs/web-chat.png is made this way)."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def test_reference_recipe_overfits_on_a_tiny_model(story, tmp_path):
     """The reference recipe (ctx 256, batch 2, stride = ctx, 10 epochs, eval every 5 steps on 5
     batches, constant LR, dropout 0.1, no qkv bias, the reference's untied N(0, 1) embeddings) on
     a small model, as CI can afford: it starts near ln(50257) and ends overfitting the story.
-    The full-size run (gpt2-124m) is recorded in the README."""
+    The full-size run (gpt2-124m) is recorded in benchmarks/README.md."""
     recipe = load_config_file("the-verdict")
     recipe.update(preset="gpt2-tiny", emb_dim=128, lr=3e-3, device="cpu", data=str(story),
                   out=str(tmp_path / "run"))
