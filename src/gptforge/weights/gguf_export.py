@@ -105,6 +105,7 @@ def write_gguf(model: GPT, out: str | Path, type: str = "f32", sampling: Samplin
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[type]
     with atomic_file(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[family.upper()]])
+        writer.add_type("model")
         writer.add_name(name)
         writer.add_file_type(file_type)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
