@@ -332,15 +332,21 @@ def llama_of(path, n_ctx: int):
                            seed=0)
 
 
+def sharpened(model: GPT) -> GPT:
+    """`model` with larger logits, so its greedy choices are not near-ties that float rounding
+    (llama.cpp's kernels against torch's) could flip."""
+    with torch.no_grad():
+        (model.tok_emb if model.config.tie_embeddings else model.lm_head).weight.mul_(4)
+    return model
+
+
 @pytest.mark.parametrize("family,tok", CASES)
 def test_llama_cpp_tokenizes_and_decodes_greedily_as_we_do(tmp_path, tokenizers, family, tok):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     from gptforge.generate import generate
 
     tokenizer = tokenizers[tok]
-    model = model_of(family, tokenizer, context_length=64)
-    with torch.no_grad():  # a sharper model than random noise, so greedy choices are not near-ties
-        model.lm_head.weight.mul_(4) if not model.config.tie_embeddings else model.tok_emb.weight.mul_(2)
+    model = sharpened(model_of(family, tokenizer, context_length=64))
     llm = llama_of(write_gguf(model, tmp_path / "m.gguf", "f32"), 64)
     for text in [MULTILINGUAL, *PROMPTS]:
         assert llm.tokenize(text.encode(), add_bos=False, special=False) == tokenizer.encode(text), text
@@ -348,7 +354,7 @@ def test_llama_cpp_tokenizes_and_decodes_greedily_as_we_do(tmp_path, tokenizers,
         ids = tokenizer.encode(prompt)
         ours = generate(model, torch.tensor([ids]), max_new_tokens=12, temperature=0.0)[0, len(ids):].tolist()
         theirs = []
-        for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
             theirs.append(token)
             if len(theirs) == 12:
                 break
@@ -359,9 +365,9 @@ def test_llama_cpp_chat_completion_answers_as_our_chat(tmp_path, tiny_bpe):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
     from gptforge.chat import chat_text
 
-    model = model_of("qwen3", tiny_bpe, context_length=64)
+    model = sharpened(model_of("qwen3", tiny_bpe, context_length=64))
     llm = llama_of(write_gguf(model, tmp_path / "chat.gguf", "f32"), 64)
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a play?"}]
     ours = "".join(chat_text(model, messages, max_new_tokens=10, temperature=0.0))
-    answer = llm.create_chat_completion(messages=messages, max_tokens=10, temperature=0.0, top_k=1)
+    answer = llm.create_chat_completion(messages=messages, max_tokens=10, temperature=0.0, top_k=1, repeat_penalty=1.0)
     assert answer["choices"][0]["message"]["content"] == ours
