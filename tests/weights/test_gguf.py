@@ -10,6 +10,7 @@ our row i + head_dim/2; its "qwen3" rotates halves (LLAMA_ROPE_TYPE_NEOX), rows 
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,7 +160,7 @@ def test_q8_0_falls_back_to_f16_for_rows_of_partial_blocks(tmp_path, tiny_bpe):
 
 
 def gpt2_token_texts() -> list[str]:
-    encoder = json.loads(open(asset_path("encoder.json"), encoding="utf-8").read())
+    encoder = json.loads(Path(asset_path("encoder.json")).read_text(encoding="utf-8"))
     return [t for t, _ in sorted(encoder.items(), key=lambda item: item[1])]
 
 
@@ -188,7 +189,7 @@ def test_metadata_describes_the_model_and_its_tokenizer(tmp_path, tokenizers, fa
     if tok.startswith("gpt2"):
         assert keys["tokenizer.ggml.pre"] == "gpt-2"
         assert tokens[:50257] == gpt2_token_texts()
-        merges = open(asset_path("vocab.bpe"), encoding="utf-8").read().split("\n")[1:-1]
+        merges = Path(asset_path("vocab.bpe")).read_text(encoding="utf-8").split("\n")[1:-1]
     else:
         assert keys["tokenizer.ggml.pre"] == "llama-bpe"
         doc = json.loads(tokenizer.json_bytes)
@@ -242,7 +243,7 @@ def test_the_named_pre_tokenizer_splits_text_as_ours(ours, llama_cpp):
 def render_go(template: str, messages: list[dict]) -> str:
     """The one Go text/template construct CHAT_TEMPLATE_GO uses, rendered: text, a range over
     .Messages whose body uses .Role and .Content, text after it."""
-    head, body, tail = re.fullmatch(r"\{\{- range \.Messages \}\}(.*)\{\{ end \}\}(.*)", template, re.S).group(0, 1, 2)
+    body, tail = re.fullmatch(r"\{\{- range \.Messages \}\}(.*)\{\{ end \}\}(.*)", template, re.DOTALL).groups()
     rendered = "".join(body.replace("{{ .Role }}", m["role"]).replace("{{ .Content }}", m["content"]) for m in messages)
     return rendered + tail
 
@@ -252,7 +253,7 @@ def test_modelfile_templates_the_chat_as_ours(tmp_path, tiny_bpe):
 
     write_gguf(model_of("qwen3", tiny_bpe), tmp_path / "chat.gguf", "q8_0", Sampling(0.7, 50, None))
     text = (tmp_path / "Modelfile").read_text()
-    template = re.search(r'TEMPLATE """(.*?)"""', text, re.S).group(1)
+    template = re.search(r'TEMPLATE """(.*?)"""', text, re.DOTALL).group(1)
     assert template == CHAT_TEMPLATE_GO
     assert text.splitlines()[0] == "FROM ./chat.gguf"
     assert 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|endoftext|>"' in text

@@ -13,8 +13,8 @@ to f16 for a matrix whose rows are not whole 32-value blocks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
