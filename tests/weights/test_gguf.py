@@ -308,9 +308,10 @@ def test_cli_merges_a_lora_checkpoint_and_refuses_to_overwrite(tmp_path, tiny_bp
     assert result.returncode == 0, result.stderr
     assert "Modelfile" in result.stdout and read(out)[0]["general.file_type"] == 7
     before = out.read_bytes()
-    for args, fragment in [([], "--overwrite"), (["--out", str(out.parent)], "is a folder")]:
-        args = args or ["--out", str(out)]
-        assert main(["convert", "--to-gguf", str(path), *args]) == 2
+    for args, fragment in [(["--to-gguf", str(path), "--out", str(out)], "--overwrite"),
+                           (["--to-gguf", str(path), "--out", str(out.parent)], "is a folder"),
+                           (["--to-hf", str(path), "--out", str(tmp_path / "hf"), "--type", "q8_0"], "--to-gguf")]:
+        assert main(["convert", *args]) == 2
         assert fragment in capsys.readouterr().err
     assert out.read_bytes() == before
     assert main(["convert", "--to-gguf", str(path), "--out", str(out), "--overwrite"]) == 0

@@ -29,7 +29,7 @@ def add_arguments(p) -> None:
                      help="LoRA checkpoint or run whose adapter to write in the PEFT format "
                           "(adapter_config.json + adapter_model.safetensors)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write (with --to-gguf: the .gguf file)")
-    p.add_argument("--type", default="f32", choices=("f32", "f16", "bf16", "q8_0"),
+    p.add_argument("--type", choices=("f32", "f16", "bf16", "q8_0"),
                    help="with --to-gguf: how the matrices are stored (norms and biases stay f32; default f32)")
     p.add_argument("--base", metavar="MODEL",
                    help="the base model of a LoRA checkpoint, when it is no longer where training "
@@ -38,6 +38,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
+    from ..errors import UserError
     from ..files import check_output_folder
     from ..weights import export_hf, load_any, load_hf_model, save_checkpoint
     from ..weights.load import lora_checkpoint
@@ -45,6 +46,8 @@ def run(args) -> int:
 
     if args.to_gguf:
         return _to_gguf(args)
+    if args.type:
+        raise UserError("--type is for --to-gguf")
     check_output_folder(args.out, args.overwrite)  # before a load that may take minutes
     if args.to_peft:
         export_peft(args.to_peft, args.out, overwrite=args.overwrite)
@@ -82,7 +85,8 @@ def _to_gguf(args) -> int:
         raise UserError(f"no such folder: {out.parent}")
     model = load_any(args.to_gguf, base=args.base)
     chat = ChatSettings()  # `gptforge chat`'s defaults travel with the model
-    write_gguf(model, out, args.type, Sampling(chat.temperature, chat.top_k, chat.top_p), name=Path(args.to_gguf).name)
-    print(f"wrote {out} ({args.type}, {out.stat().st_size / 1e6:,.1f} MB) and {out.parent / MODELFILE}: "
+    write_gguf(model, out, args.type or "f32", Sampling(chat.temperature, chat.top_k, chat.top_p),
+               name=Path(args.to_gguf).name)
+    print(f"wrote {out} ({args.type or 'f32'}, {out.stat().st_size / 1e6:,.1f} MB) and {out.parent / MODELFILE}: "
           f"`ollama create NAME -f {out.parent / MODELFILE}` makes an Ollama model of it")
     return 0
