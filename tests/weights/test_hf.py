@@ -408,3 +408,36 @@ def test_train_init_from_a_hugging_face_folder(tmp_path):
     wpe = source.transformer.wpe.weight.detach()[:32]
     assert not torch.equal(trained.pos_emb.weight, wpe)  # trained on from there...
     assert (trained.pos_emb.weight - wpe).abs().max() < 0.05  # ...not from scratch
+
+
+# llama.cpp's convert_hf_to_gguf.py names a BPE tokenizer's pre-tokenizer by the sha256 of str(ids) that
+# AutoTokenizer gives for this text (get_vocab_base_pre in its conversion/base.py); this hash is the one
+# it names "gpt-2" (openai-community/gpt2). A GPT-2 config.json without n_ctx stopped it with KeyError.
+LLAMA_CPP_CHECK_TEXT = (
+    '\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis co'
+    'ncatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអា'
+    'ច😁 ?我想在apple工作1314151天～ ------======= нещо на Български \'\'\'\'\'\'```````""""......!!!!'
+    "!!?????? I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like "
+    "some tea? We'Ve a'lL"
+)
+LLAMA_CPP_GPT2_HASH = "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454"
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_gpt2_export_has_what_llama_cpp_s_converter_reads(tmp_path, chat):
+    import hashlib
+
+    from transformers import AutoConfig
+
+    tokenizer = gpt2().with_special_tokens(CHAT_TOKENS if chat else ())
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=48, emb_dim=8, n_heads=2, n_layers=1))
+    model.tokenizer = tokenizer
+    export_hf(model, tmp_path / "hf")
+    config = AutoConfig.from_pretrained(tmp_path / "hf").to_dict()  # as the converter reads it
+    assert (config["n_ctx"], config["n_embd"], config["n_head"], config["n_layer"]) == (48, 8, 2, 1)
+    assert config["layer_norm_epsilon"] == 1e-5 and config["vocab_size"] == tokenizer.vocab_size
+    hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    hf_tokenizer.save_pretrained(tmp_path / "resaved")  # and once transformers has saved it again
+    for folder in ("hf", "resaved"):
+        ids = AutoTokenizer.from_pretrained(tmp_path / folder).encode(LLAMA_CPP_CHECK_TEXT)
+        assert hashlib.sha256(str(ids).encode()).hexdigest() == LLAMA_CPP_GPT2_HASH, folder

@@ -29,6 +29,13 @@ CHAT_TEMPLATE_JINJA = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+# The same template in Go's text/template, for an Ollama Modelfile's TEMPLATE: Ollama always asks for
+# the assistant's answer, so the generation prompt comes unconditionally.
+CHAT_TEMPLATE_GO = (
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+    "<|im_start|>assistant\n"
+)
+
 
 def has_chat_template(tokenizer: Tokenizer) -> bool:
     """Whether the tokenizer has the chat template's special tokens."""

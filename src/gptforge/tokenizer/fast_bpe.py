@@ -28,7 +28,7 @@ from typing import Any
 import tiktoken
 
 
-def _pipeline_is_plain(doc: dict[str, Any], pattern: str) -> bool:
+def pipeline_is_plain(doc: dict[str, Any], pattern: str) -> bool:
     """Whether tokenizer.json's pipeline is the one tiktoken reproduces (see the module docstring)."""
     model = doc.get("model") or {}
     split, byte_level = {}, {}
@@ -62,7 +62,7 @@ def tiktoken_twin(doc: dict[str, Any], table: list[bytes], specials: dict[str, i
     """A tiktoken Encoding giving exactly the ids of the `tokenizers` BPE in `doc` (tokenizer.json,
     parsed; `table`: the bytes of every id; `pattern`: the split it must use) on every text,
     special tokens' text staying text, if the module docstring's checks prove it; None otherwise."""
-    if not _pipeline_is_plain(doc, pattern):
+    if not pipeline_is_plain(doc, pattern):
         return None
     special_ids = set(specials.values())
     ranks = {token: i for i, token in enumerate(table) if i not in special_ids}

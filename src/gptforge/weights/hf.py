@@ -208,22 +208,27 @@ def load_hf_model(name_or_path: str | Path, device: str | torch.device = "cpu") 
 
 # --- writing -------------------------------------------------------------------------------------
 
-def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """Our weights under the names and layouts of the matching transformers model (see hf_archs),
-    as contiguous CPU tensors; a bias our model does not have is written as zeros."""
+def hf_tensors(model: GPT) -> Iterator[tuple[str, torch.Tensor, bool]]:
+    """(name, tensor, conv) for every tensor of the matching transformers model (see hf_archs): its
+    name there, the tensor in our nn.Linear layout (out, in) on the CPU, and whether transformers
+    stores it transposed (GPT-2's Conv1D); a bias our model does not have comes as zeros."""
     ours = model.state_dict()
     family = hf_family(model.config)
     prefix = "transformer." if family == "gpt2" else ""
-    out = {}
     for name, (parts, conv) in tensor_map(model.config, family).items():
         if name in ours:
             tensor = ours[name].detach().cpu()
         else:  # no bias: a zero bias is exactly equivalent
             tensor = torch.zeros(ours[name.removesuffix("bias") + "weight"].shape[0], dtype=model.tok_emb.weight.dtype)
         for hf_name, part in zip(parts, tensor.chunk(len(parts))):
-            key = hf_name if hf_name.startswith("lm_head") else prefix + hf_name
-            out[key] = (part.t() if conv else part).contiguous()  # Linear (out, in) -> Conv1D (in, out)
-    return out
+            yield (hf_name if hf_name.startswith("lm_head") else prefix + hf_name), part, conv
+
+
+def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Our weights under the names and layouts of the matching transformers model, as contiguous
+    CPU tensors."""
+    # Linear (out, in) -> Conv1D (in, out)
+    return {key: (part.t() if conv else part).contiguous() for key, part, conv in hf_tensors(model)}
 
 
 def _write_tokenizer(folder: Path, tokenizer: Tokenizer, context_length: int) -> None:

@@ -109,7 +109,13 @@ def hf_config(config: GPTConfig, dtype: torch.dtype = torch.float32, tokenizer: 
         out.update(n_positions=config.context_length, n_embd=config.emb_dim, n_layer=config.n_layers,
                    n_head=config.n_heads, n_inner=config.mlp_hidden, activation_function="gelu_new",
                    resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-                   layer_norm_epsilon=config.norm_eps, scale_attn_weights=True)
+                   layer_norm_epsilon=config.norm_eps, scale_attn_weights=True,
+                   # The rest of what GPT2Config writes; n_ctx (OpenAI's own config.json has it) is
+                   # what llama.cpp's convert_hf_to_gguf.py reads as GPT-2's context length.
+                   n_ctx=config.context_length, reorder_and_upcast_attn=False,
+                   scale_attn_by_inverse_layer_idx=False, add_cross_attention=False,
+                   summary_type="cls_index", summary_use_proj=True, summary_activation=None,
+                   summary_proj_to_labels=True, summary_first_dropout=0.1)
     else:
         theta = config.rope_theta
         out.update(hidden_size=config.emb_dim, intermediate_size=config.mlp_width,
