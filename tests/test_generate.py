@@ -8,7 +8,7 @@ from gptforge.config import GPTConfig
 from gptforge.errors import UserError
 from gptforge.generate import generate, sample_next, stream, top_k_filter, top_p_filter
 
-from helpers import random_gpt
+from helpers import assert_user_error, random_gpt, run_cli
 
 NEG_INF = float("-inf")
 
@@ -54,11 +54,37 @@ def test_sampling_follows_the_distribution_and_the_seed():
 
 
 @pytest.mark.parametrize("kwargs", [dict(temperature=-0.1), dict(temperature=math.nan), dict(top_p=0.0),
-                                    dict(top_p=1.01), dict(top_k=0), dict(max_new_tokens=-1)])
+                                    dict(top_p=1.01), dict(top_k=0), dict(max_new_tokens=-1),
+                                    dict(temperature=1e-300), dict(top_p=1e-300)])
 def test_bad_sampling_arguments(tiny_model, kwargs):
     args = {"max_new_tokens": 3, **kwargs}
     with pytest.raises(UserError):
         generate(tiny_model, torch.zeros(1, 2, dtype=torch.long), **args)
+
+
+@pytest.mark.parametrize("seed", [2**64, -2**63 - 1])
+def test_a_seed_torch_cannot_take_is_a_user_error(seed):
+    from gptforge.generate import check_seed
+
+    with pytest.raises(UserError, match="seed"):
+        check_seed(seed)
+    check_seed(2**64 - 1)  # the ends of the range torch takes are fine
+    check_seed(-2**63)
+
+
+@pytest.mark.parametrize("flag, value", [("--temperature", "1e-300"), ("--top-p", "1e-300"),
+                                         ("--seed", str(2**64)), ("--seed", str(-2**63 - 1))])
+def test_generate_refuses_sampling_values_it_cannot_use_in_one_line(flag, value):
+    result = run_cli("generate", "--preset", "gpt2-tiny", "--random-init", "--prompt", "Hi",
+                     "--max-new-tokens", "2", f"{flag}={value}")
+    assert_user_error(result, flag.lstrip("-"))
+
+
+def test_one_row_with_nan_logits_fails_alone_in_the_sampler():
+    logits = torch.zeros(2, 5)
+    logits[1, 2] = math.nan
+    with pytest.raises(FloatingPointError, match="row 1"):
+        sample_next(logits, temperature=1.0)
 
 
 class Scripted(nn.Module):

@@ -17,14 +17,39 @@ from .tokenizer import tokenizer_of
 from .weights import load_any
 
 
+# The one rule for sampling values, shared by the CLI and the server (which names its fields).
+# A temperature below MIN_TEMPERATURE is greedy decoding in all but name, and above it logits / T
+# stays finite in float32 for any logit below 1e32 (at 1e-300 the divisor rounds to 0 and every
+# probability becomes NaN). The most likely token has probability >= 1/vocabulary >= 1e-6 for any
+# vocabulary up to a million ids, so a top-p below MIN_TOP_P keeps that one token anyway, while one
+# that rounds to 0 in float32 would drop it too and leave nothing to sample.
+MIN_TEMPERATURE = 1e-6
+MIN_TOP_P = 1e-6
+SEED_RANGE = (-2**63, 2**64 - 1)  # what torch's generators take; seed s and s + 2**64 are the same
+
+
+def check_temperature(value: float, name: str = "temperature") -> None:
+    if not (value == 0.0 or value >= MIN_TEMPERATURE):  # also catches NaN
+        raise UserError(f"{name} must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {value}")
+
+
+def check_top_p(value: float | None, name: str = "top-p") -> None:
+    if value is not None and not MIN_TOP_P <= value <= 1.0:
+        raise UserError(f"{name} must be in [{MIN_TOP_P:g}, 1], got {value}")
+
+
+def check_seed(value: int | None, name: str = "seed") -> None:
+    if value is not None and not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise UserError(f"{name} must be an integer from -2**63 to 2**64 - 1, got {value}")
+
+
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None,
-                        max_new_tokens: int = 0) -> None:
-    if not temperature >= 0.0:  # also catches NaN
-        raise UserError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+                        max_new_tokens: int = 0, seed: int | None = None) -> None:
+    check_temperature(temperature)
     if top_k is not None and top_k < 1:
         raise UserError(f"top-k must be a positive integer, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise UserError(f"top-p must be in (0, 1], got {top_p}")
+    check_top_p(top_p)
+    check_seed(seed)
     if max_new_tokens < 0:
         raise UserError(f"max-new-tokens must be >= 0, got {max_new_tokens}")
 
@@ -60,6 +85,9 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
     probs = torch.softmax(logits, dim=-1)
+    finite = torch.isfinite(probs).all(dim=-1)  # (B,); NaN/inf logits (a broken model) end here
+    if not bool(finite.all()):  # multinomial would fail every row at once (on a GPU, the whole process)
+        raise FloatingPointError(f"row {int((~finite).nonzero()[0])} has non-finite probabilities")
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
