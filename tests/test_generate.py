@@ -1,4 +1,6 @@
 import math
+import random
+import threading
 
 import pytest
 import torch
@@ -151,3 +153,45 @@ def test_generate_restores_training_mode():
     model = random_gpt(3, dropout=0.2).train()
     generate(model, torch.zeros(1, 1, dtype=torch.long), 2)
     assert model.training
+
+
+def pieces_of(chunks, stops):
+    """(released text, stopped) when `chunks` arrive one token each through TextPieces."""
+    from gptforge.generate import TextPieces
+
+    vocab = {i: c.encode() for i, c in enumerate(chunks)}
+    text = TextPieces(vocab.__getitem__, stops)
+    out = "".join(text.push(i) for i in range(len(chunks))) + text.finish()
+    return out, text.stopped
+
+
+def first_stop(text, stops):
+    """Brute force: the text before the stop string that is completed first (the longest if two
+    end at the same character), or the whole text."""
+    for end in range(1, len(text) + 1):
+        ending = [s for s in stops if s and text[:end].endswith(s)]
+        if ending:
+            return text[:end - max(map(len, ending))], True
+    return text, False
+
+
+def test_stop_strings_cut_where_the_first_one_completes_however_the_text_is_split():
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choice("ab") for _ in range(rng.randint(0, 14)))
+        stops = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(0, 3))]
+        cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, max(0, len(text) - 1)))) if text else []
+        chunks = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)]) if j > i]
+        assert pieces_of(chunks, stops) == first_stop(text, stops), (chunks, stops)
+
+
+def test_a_long_stop_string_costs_time_linear_in_the_new_text():
+    """A 200 000-character stop string over 40 tokens: a per-token scan of its prefixes is quadratic
+    in its length (hours here); the automaton takes milliseconds. 60 s is a bound no load reaches."""
+    done = []
+    worker = threading.Thread(target=lambda: done.append(pieces_of(["a"] * 40 + ["b"], ["a" * 200_000])),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert done == [("a" * 40 + "b", False)]
+    assert pieces_of(["a" * 5, "a" * 5], ["a" * 10]) == ("", True)
