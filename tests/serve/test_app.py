@@ -193,7 +193,11 @@ def post(url, path, body, **kw):
 def assert_error(response, status, *fragments, param=None):
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    assert {"message", "type", "param", "code"} <= set(error)
+    if error["code"] == "context_length_exceeded":  # the sizes a client trims by
+        assert set(error) - {"message", "type", "param", "code"} == {"context_length", "prompt_tokens"}
+    else:
+        assert set(error) == {"message", "type", "param", "code"}
     for fragment in fragments:
         assert fragment in error["message"], error["message"]
     if param is not None:
@@ -242,6 +246,7 @@ def test_context_limits_are_named(base_server):
     error = assert_error(post(url, "/v1/completions", {**GOOD, "max_tokens": 64}), 400,
                          "exceeds this model's context of 64 tokens", f"at most {64 - n}", param="max_tokens")
     assert error["code"] == "context_length_exceeded"
+    assert (error["context_length"], error["prompt_tokens"]) == (64, n)
     assert post(url, "/v1/completions", {**GOOD, "max_tokens": 64 - n}).status_code == 200  # exactly full is fine
 
 

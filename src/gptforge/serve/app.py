@@ -82,15 +82,17 @@ class Service:
                fields: tuple[str, str] = ("prompt", "max_tokens")) -> int:
         """max_tokens for a prompt: the request's, else the default, else the rest of the context.
         `fields` name the prompt and the limit in the errors."""
+        # how many tokens the prompt has, against the context: the web page trims its conversation by them
+        sizes = {"context_length": self.context, "prompt_tokens": prompt_tokens}
         if prompt_tokens >= self.context:
             raise ApiError(400, f"the prompt has {prompt_tokens} tokens; this model's context is "
                                 f"{self.context} tokens, with room needed for the answer", param=fields[0],
-                           code="context_length_exceeded")
+                           code="context_length_exceeded", details=sizes)
         room = self.context - prompt_tokens
         if requested is not None and requested > room:
             raise ApiError(400, f"{fields[1]} ({requested}) plus the prompt ({prompt_tokens} tokens) exceeds "
                                 f"this model's context of {self.context} tokens (at most {room} here)",
-                           param=fields[1], code="context_length_exceeded")
+                           param=fields[1], code="context_length_exceeded", details=sizes)
         return requested if requested is not None else min(default or room, room)
 
 

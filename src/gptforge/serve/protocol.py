@@ -18,16 +18,19 @@ MAX_CHOICES = 16
 
 
 class ApiError(Exception):
-    """An OpenAI-style error: the HTTP status and the body's "error" object."""
+    """An OpenAI-style error: the HTTP status and the body's "error" object. `details` are extra
+    fields of that object (OpenAI's clients ignore them), for clients that act on the error."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None, headers: dict | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict | None = None,
+                 details: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers or {}
+        self.headers, self.details = headers or {}, details or {}
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,
+                          **self.details}}
 
 
 class _Strict(BaseModel):
