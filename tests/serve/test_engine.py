@@ -204,7 +204,7 @@ def test_a_row_whose_sampling_fails_fails_alone(model, broken):
         bad, bad_out = seqs[1]
         bad.sampling = Sampling(max_tokens=12, **{"temperature": 1.0, **broken})
         engine.submit([s for s, _ in seqs])
-        wait = lambda: all(o.reason for _, o in seqs)  # noqa: E731
+        wait = lambda: all(o.reason for _, o in seqs)
         deadline = time.monotonic() + 60
         while not wait() and time.monotonic() < deadline:
             time.sleep(0.01)

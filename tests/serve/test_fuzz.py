@@ -156,7 +156,7 @@ def _error_class(response, is_object: bool, sent_json: bool) -> tuple:
                                  HealthCheck.function_scoped_fixture])
 @given(sent=REQUESTS)
 def test_no_request_gets_a_5xx_or_hurts_a_well_formed_one(fuzzed, sent):
-    service, app, expected, tally = fuzzed
+    _, app, expected, tally = fuzzed
     (method, path), headers, (body, is_object) = sent
     content = json.dumps(body).encode() if is_object else body
     hostile, good = asyncio.run(_beside(app, (method, path, headers, content)))

@@ -9,9 +9,9 @@ import time
 
 import httpx
 import pytest
-
-from server_helpers import serving, wait_until
 from test_app import GOOD, assert_error, post
+
+from server_helpers import serving
 
 
 def test_a_host_that_is_not_this_server_is_refused_when_no_key_is_set(base_server, base_model):
@@ -82,3 +82,22 @@ def test_startup_says_whether_a_key_is_required_and_warns_when_open_to_the_netwo
     assert "API key required" in startup_notes("0.0.0.0", "k")[0] and len(startup_notes("0.0.0.0", "k")) == 1
     open_notes = startup_notes("0.0.0.0", None)
     assert len(open_notes) == 2 and "warning" in open_notes[1] and "--api-key" in open_notes[1]
+
+
+def test_a_body_that_never_arrives_gets_408(base_model, monkeypatch):
+    import gptforge.serve.app as app
+
+    monkeypatch.setattr(app, "BODY_TIMEOUT_S", 0.5)
+    with serving(base_model) as (url, service):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"model\": ")
+            s.settimeout(30)
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+                if b"}}" in reply:
+                    break
+        assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive" in reply, reply
+        assert service.engine.load()["waiting"] == 0

@@ -88,13 +88,13 @@ def test_one_hostile_request_fails_alone_and_huge_stop_strings_are_refused(tiny_
         assert httpx.get(url + "/health", timeout=5).json()["running"] == 0
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     assert "Traceback" not in err, err
 
 
 def test_serve_refuses_an_empty_api_key_and_says_whether_one_is_required(tiny_checkpoint):
     assert_user_error(run_cli("serve", "--checkpoint", str(tiny_checkpoint), "--api-key", ""), "--api-key")
-    proc, url = start(tiny_checkpoint, "--api-key", "k")
+    proc, _ = start(tiny_checkpoint, "--api-key", "k")
     try:
         notes = proc.stdout.readline()
         assert "API key required" in notes
