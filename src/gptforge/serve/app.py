@@ -15,6 +15,7 @@ import ipaddress
 import json
 import sys
 import time
+from dataclasses import dataclass
 from importlib import resources
 
 import anyio
@@ -43,8 +44,6 @@ class Service:
 
     def __init__(self, model: GPT, name: str, api_key: str | None = None, max_batch: int = 8,
                  max_queue: int = 64):
-        if api_key is not None and not api_key.strip():
-            raise UserError("the API key is empty (an unset variable?): give a key, or none to run open")
         self.model, self.name, self.api_key = model, name, api_key
         self.engine = Engine(model, max_batch=max_batch, max_queue=max_queue)
         self.context = model.config.context_length
@@ -94,6 +93,19 @@ class Service:
                                 f"this model's context of {self.context} tokens (at most {room} here)",
                            param=fields[1], code="context_length_exceeded", details=sizes)
         return requested if requested is not None else min(default or room, room)
+
+
+@dataclass
+class Prepared:
+    """A request checked and tokenized, ready to become a Run."""
+
+    request: SamplingFields
+    prompts: list[list[int]]
+    budgets: list[int]  # max_tokens of each prompt
+    stops: frozenset[int]  # token ids that end an answer
+
+    def run(self, service: Service) -> Run:
+        return Run(service, self.prompts, self.request, self.budgets, self.stops)
 
 
 class Run:
@@ -147,7 +159,7 @@ class Run:
                 continue
             if token is not None:
                 self.tokens[index] += 1
-                piece = text.push(token)
+                piece = text.push(token)  # on the loop, but cheap: linear in the token's text (TextPieces)
                 if text.stopped:
                     pieces[index] = None
                     self.service.engine.cancel([self.sequences[index]])
@@ -253,7 +265,7 @@ def build_app(service: Service) -> Starlette:
 
     # Parsing, validating and tokenizing a body of up to 1 MB is CPU work: it runs in a worker
     # thread, so the event loop (every stream, /health) never waits for it.
-    def prepare_completion(body: bytes) -> Run:
+    def prepare_completion(body: bytes) -> Prepared:
         req = parse(CompletionRequest, body)
         service.check_model(req.model)
         texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
@@ -263,9 +275,9 @@ def build_app(service: Service) -> Starlette:
         tokenizer = tokenizer_of(service.model)
         prompts = [tokenizer.encode_prompt(t) for t in texts]
         budgets = [service.budget(len(p), req.max_tokens, DEFAULT_COMPLETION_TOKENS) for p in prompts]
-        return req, prompts, budgets, stop_ids(service.model, chat=False)
+        return Prepared(req, prompts, budgets, stop_ids(service.model, chat=False))
 
-    def prepare_chat(body: bytes):
+    def prepare_chat(body: bytes) -> Prepared:
         req = parse(ChatRequest, body)
         service.check_model(req.model)
         if not service.chat:
@@ -277,17 +289,17 @@ def build_app(service: Service) -> Starlette:
         prompt = chat_prompt(service.model, messages)
         field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         budget = service.budget(len(prompt), getattr(req, field), None, ("messages", field))
-        return req, [prompt], [budget], stop_ids(service.model, chat=True)
+        return Prepared(req, [prompt], [budget], stop_ids(service.model, chat=True))
 
     async def completions(request: Request):
         service.authorize(request)
-        req, prompts, budgets, stops = await anyio.to_thread.run_sync(prepare_completion, await _body(request))
-        return await _respond(request, Run(service, prompts, req, budgets, stops), Reply(service.name, chat=False), req)
+        ready = await anyio.to_thread.run_sync(prepare_completion, await _body(request))
+        return await _respond(request, ready.run(service), Reply(service.name, chat=False), ready.request)
 
     async def chat_completions(request: Request):
         service.authorize(request)
-        req, prompts, budgets, stops = await anyio.to_thread.run_sync(prepare_chat, await _body(request))
-        return await _respond(request, Run(service, prompts, req, budgets, stops), Reply(service.name, chat=True), req)
+        ready = await anyio.to_thread.run_sync(prepare_chat, await _body(request))
+        return await _respond(request, ready.run(service), Reply(service.name, chat=True), ready.request)
 
     async def models(request: Request):
         service.authorize(request)
