@@ -1,4 +1,6 @@
 import math
+import random
+import threading
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ from gptforge.config import GPTConfig
 from gptforge.errors import UserError
 from gptforge.generate import generate, sample_next, stream, top_k_filter, top_p_filter
 
-from helpers import random_gpt
+from helpers import assert_user_error, random_gpt, run_cli
 
 NEG_INF = float("-inf")
 
@@ -54,11 +56,37 @@ def test_sampling_follows_the_distribution_and_the_seed():
 
 
 @pytest.mark.parametrize("kwargs", [dict(temperature=-0.1), dict(temperature=math.nan), dict(top_p=0.0),
-                                    dict(top_p=1.01), dict(top_k=0), dict(max_new_tokens=-1)])
+                                    dict(top_p=1.01), dict(top_k=0), dict(max_new_tokens=-1),
+                                    dict(temperature=1e-300), dict(top_p=1e-300)])
 def test_bad_sampling_arguments(tiny_model, kwargs):
     args = {"max_new_tokens": 3, **kwargs}
     with pytest.raises(UserError):
         generate(tiny_model, torch.zeros(1, 2, dtype=torch.long), **args)
+
+
+@pytest.mark.parametrize("seed", [2**64, -2**63 - 1])
+def test_a_seed_torch_cannot_take_is_a_user_error(seed):
+    from gptforge.generate import check_seed
+
+    with pytest.raises(UserError, match="seed"):
+        check_seed(seed)
+    check_seed(2**64 - 1)  # the ends of the range torch takes are fine
+    check_seed(-2**63)
+
+
+@pytest.mark.parametrize("flag, value", [("--temperature", "1e-300"), ("--top-p", "1e-300"),
+                                         ("--seed", str(2**64)), ("--seed", str(-2**63 - 1))])
+def test_generate_refuses_sampling_values_it_cannot_use_in_one_line(flag, value):
+    result = run_cli("generate", "--preset", "gpt2-tiny", "--random-init", "--prompt", "Hi",
+                     "--max-new-tokens", "2", f"{flag}={value}")
+    assert_user_error(result, flag.lstrip("-"))
+
+
+def test_one_row_with_nan_logits_fails_alone_in_the_sampler():
+    logits = torch.zeros(2, 5)
+    logits[1, 2] = math.nan
+    with pytest.raises(FloatingPointError, match="row 1"):
+        sample_next(logits, temperature=1.0)
 
 
 class Scripted(nn.Module):
@@ -125,3 +153,45 @@ def test_generate_restores_training_mode():
     model = random_gpt(3, dropout=0.2).train()
     generate(model, torch.zeros(1, 1, dtype=torch.long), 2)
     assert model.training
+
+
+def pieces_of(chunks, stops):
+    """(released text, stopped) when `chunks` arrive one token each through TextPieces."""
+    from gptforge.generate import TextPieces
+
+    vocab = {i: c.encode() for i, c in enumerate(chunks)}
+    text = TextPieces(vocab.__getitem__, stops)
+    out = "".join(text.push(i) for i in range(len(chunks))) + text.finish()
+    return out, text.stopped
+
+
+def first_stop(text, stops):
+    """Brute force: the text before the stop string that is completed first (the longest if two
+    end at the same character), or the whole text."""
+    for end in range(1, len(text) + 1):
+        ending = [s for s in stops if s and text[:end].endswith(s)]
+        if ending:
+            return text[:end - max(map(len, ending))], True
+    return text, False
+
+
+def test_stop_strings_cut_where_the_first_one_completes_however_the_text_is_split():
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choice("ab") for _ in range(rng.randint(0, 14)))
+        stops = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(0, 3))]
+        cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, max(0, len(text) - 1)))) if text else []
+        chunks = [text[i:j] for i, j in zip([0, *cuts], [*cuts, len(text)]) if j > i]
+        assert pieces_of(chunks, stops) == first_stop(text, stops), (chunks, stops)
+
+
+def test_a_long_stop_string_costs_time_linear_in_the_new_text():
+    """A 200 000-character stop string over 40 tokens: a per-token scan of its prefixes is quadratic
+    in its length (hours here); the automaton takes milliseconds. 60 s is a bound no load reaches."""
+    done = []
+    worker = threading.Thread(target=lambda: done.append(pieces_of(["a"] * 40 + ["b"], ["a" * 200_000])),
+                              daemon=True)
+    worker.start()
+    worker.join(60)
+    assert done == [("a" * 40 + "b", False)]
+    assert pieces_of(["a" * 5, "a" * 5], ["a" * 10]) == ("", True)

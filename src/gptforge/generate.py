@@ -17,14 +17,39 @@ from .tokenizer import tokenizer_of
 from .weights import load_any
 
 
+# The one rule for sampling values, shared by the CLI and the server (which names its fields).
+# A temperature below MIN_TEMPERATURE is greedy decoding in all but name, and above it logits / T
+# stays finite in float32 for any logit below 1e32 (at 1e-300 the divisor rounds to 0 and every
+# probability becomes NaN). The most likely token has probability >= 1/vocabulary >= 1e-6 for any
+# vocabulary up to a million ids, so a top-p below MIN_TOP_P keeps that one token anyway, while one
+# that rounds to 0 in float32 would drop it too and leave nothing to sample.
+MIN_TEMPERATURE = 1e-6
+MIN_TOP_P = 1e-6
+SEED_RANGE = (-2**63, 2**64 - 1)  # what torch's generators take; seed s and s + 2**64 are the same
+
+
+def check_temperature(value: float, name: str = "temperature") -> None:
+    if not (value == 0.0 or value >= MIN_TEMPERATURE):  # also catches NaN
+        raise UserError(f"{name} must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {value}")
+
+
+def check_top_p(value: float | None, name: str = "top-p") -> None:
+    if value is not None and not MIN_TOP_P <= value <= 1.0:
+        raise UserError(f"{name} must be in [{MIN_TOP_P:g}, 1], got {value}")
+
+
+def check_seed(value: int | None, name: str = "seed") -> None:
+    if value is not None and not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
+        raise UserError(f"{name} must be an integer from -2**63 to 2**64 - 1, got {value}")
+
+
 def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None,
-                        max_new_tokens: int = 0) -> None:
-    if not temperature >= 0.0:  # also catches NaN
-        raise UserError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+                        max_new_tokens: int = 0, seed: int | None = None) -> None:
+    check_temperature(temperature)
     if top_k is not None and top_k < 1:
         raise UserError(f"top-k must be a positive integer, got {top_k}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise UserError(f"top-p must be in (0, 1], got {top_p}")
+    check_top_p(top_p)
+    check_seed(seed)
     if max_new_tokens < 0:
         raise UserError(f"max-new-tokens must be >= 0, got {max_new_tokens}")
 
@@ -60,6 +85,9 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     if top_p is not None:
         logits = top_p_filter(logits, top_p)
     probs = torch.softmax(logits, dim=-1)
+    finite = torch.isfinite(probs).all(dim=-1)  # (B,); NaN/inf logits (a broken model) end here
+    if not bool(finite.all()):  # multinomial would fail every row at once (on a GPU, the whole process)
+        raise FloatingPointError(f"row {int((~finite).nonzero()[0])} has non-finite probabilities")
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
@@ -169,12 +197,19 @@ class TextPieces:
     """Tokens in, text out as soon as it is final. A character split across tokens is held back
     until complete (invalid UTF-8 becomes U+FFFD). With stop strings, text that could be the start
     of one is held back until it is known not to be, and a stop string ends the text (it is not
-    part of it): `stopped` turns True and every later push returns "".
+    part of it): `stopped` turns True and every later push returns "". The first stop string to
+    be completed wins, however the text was split into tokens.
+
+    Each stop string is matched by a Knuth-Morris-Pratt automaton: every new character costs O(1)
+    amortised per stop string, so a push is linear in its new text, whatever the stop strings'
+    lengths (a suffix scan per token is quadratic in them, which froze the server at 1 MB).
     """
 
     def __init__(self, token_bytes: Callable[[int], bytes], stop: Iterable[str] = ()):
         self.token_bytes = token_bytes
         self.stop = [s for s in stop if s]
+        self.fallback = [_kmp_fallback(s) for s in self.stop]
+        self.matched = [0] * len(self.stop)  # stop string i's longest prefix ending the text so far
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.held = ""  # decoded, not yet released: it may begin a stop string
         self.stopped = False
@@ -182,23 +217,44 @@ class TextPieces:
     def push(self, token: int) -> str:
         if self.stopped:
             return ""
-        return self._release(self.held + self.decoder.decode(self.token_bytes(token)), final=False)
+        return self._release(self.decoder.decode(self.token_bytes(token)), final=False)
 
     def finish(self) -> str:
         """The text still held back, once no token follows."""
         if self.stopped:
             return ""
-        return self._release(self.held + self.decoder.decode(b"", final=True), final=True)
+        return self._release(self.decoder.decode(b"", final=True), final=True)
 
-    def _release(self, text: str, final: bool) -> str:
-        found = [i for i in (text.find(s) for s in self.stop) if i >= 0]
-        if found:
-            self.stopped, self.held = True, ""
-            return text[:min(found)]
-        keep = 0 if final else max((n for s in self.stop for n in range(1, len(s)) if text.endswith(s[:n])),
-                                   default=0)
+    def _release(self, new: str, final: bool) -> str:
+        text = self.held + new
+        for pos, char in enumerate(new, start=len(self.held)):
+            ended = [i for i in range(len(self.stop)) if self._advance(i, char)]
+            if ended:  # the longest of those ending here starts first
+                self.stopped, self.held = True, ""
+                return text[:pos + 1 - max(len(self.stop[i]) for i in ended)]
+        keep = 0 if final else max(self.matched, default=0)
         self.held = text[len(text) - keep:] if keep else ""
         return text[:len(text) - keep]
+
+    def _advance(self, i: int, char: str) -> bool:
+        """Feed one character to stop string i's automaton; True when it has just matched whole."""
+        s, k, fallback = self.stop[i], self.matched[i], self.fallback[i]
+        while k and s[k] != char:
+            k = fallback[k - 1]
+        k += s[k] == char
+        self.matched[i] = k
+        return k == len(s)
+
+
+def _kmp_fallback(s: str) -> list[int]:
+    """fallback[k] is the length of the longest proper prefix of s[:k + 1] that is also its suffix."""
+    fallback, k = [0] * len(s), 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = fallback[k - 1]
+        k += s[i] == s[k]
+        fallback[i] = k
+    return fallback
 
 
 def stream_text(model: GPT, ids: list[int], max_new_tokens: int, temperature: float = 1.0,

@@ -13,16 +13,19 @@ import time
 
 
 @contextlib.contextmanager
-def serving(model, name="tiny", **options):
-    """(base URL, Service) of a running server, stopped on exit."""
+def serving(model, name="tiny", header_timeout=None, **options):
+    """(base URL, Service) of a running server, stopped on exit; configured as `gptforge serve`
+    configures it, with `header_timeout` (seconds) in place of its default."""
     import uvicorn
 
-    from gptforge.serve.app import Service, build_app
+    from gptforge.serve.app import HEADER_TIMEOUT_S, Service, build_app
+    from gptforge.serve.transport import server_config
 
     service = Service(model, name, **options)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(build_app(service), log_level="warning", timeout_graceful_shutdown=2))
+    config = server_config(build_app(service), header_timeout or HEADER_TIMEOUT_S, timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

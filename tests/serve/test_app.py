@@ -193,7 +193,11 @@ def post(url, path, body, **kw):
 def assert_error(response, status, *fragments, param=None):
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert set(error) == {"message", "type", "param", "code"}
+    assert {"message", "type", "param", "code"} <= set(error)
+    if error["code"] == "context_length_exceeded":  # the sizes a client trims by
+        assert set(error) - {"message", "type", "param", "code"} == {"context_length", "prompt_tokens"}
+    else:
+        assert set(error) == {"message", "type", "param", "code"}
     for fragment in fragments:
         assert fragment in error["message"], error["message"]
     if param is not None:
@@ -217,6 +221,15 @@ GOOD = {"model": "tiny", "prompt": "Hello", "max_tokens": 3}
     ({**GOOD, "n": 100}, "n", "invalid"),
     ({**GOOD, "prompt": [1, 2, 3]}, "prompt", "invalid"),  # token ids are refused: text only
     ({**GOOD, "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4"),
+    # values that once failed every request in flight (issue 22): refused before the engine sees them
+    ({**GOOD, "temperature": 1e-300}, "temperature", "temperature"),
+    ({**GOOD, "top_p": 1e-300}, "top_p", "top_p"),
+    ({**GOOD, "seed": 2**64}, "seed", "seed"),
+    ({**GOOD, "seed": -2**63 - 1}, "seed", "seed"),
+    ({**GOOD, "stop": "a" * 1_040_000}, "stop", "at most"),
+    ({**GOOD, "stop": ["a", "b" * 100_000]}, "stop", "at most"),
+    ({**GOOD, "stream_options": "yes"}, "stream_options", "stream_options"),
+    ({**GOOD, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage", "include_usage"),
 ])
 def test_malformed_requests_get_400(base_server, body, param, fragment):
     url, _ = base_server
@@ -233,6 +246,7 @@ def test_context_limits_are_named(base_server):
     error = assert_error(post(url, "/v1/completions", {**GOOD, "max_tokens": 64}), 400,
                          "exceeds this model's context of 64 tokens", f"at most {64 - n}", param="max_tokens")
     assert error["code"] == "context_length_exceeded"
+    assert (error["context_length"], error["prompt_tokens"]) == (64, n)
     assert post(url, "/v1/completions", {**GOOD, "max_tokens": 64 - n}).status_code == 200  # exactly full is fine
 
 
@@ -260,7 +274,8 @@ def test_bodies_over_the_limit_get_413(base_server):
     def chunks():  # no Content-Length: the limit is found while reading
         for i in range(0, len(huge), 65536):
             yield huge[i:i + 65536]
-    response = httpx.post(url + "/v1/completions", content=chunks(), timeout=30)
+    response = httpx.post(url + "/v1/completions", content=chunks(), timeout=30,
+                          headers={"Content-Type": "application/json"})
     assert_error(response, 413)
     assert post(url, "/v1/completions", GOOD).status_code == 200  # and it keeps serving
 
@@ -324,7 +339,7 @@ def test_a_client_that_disconnects_frees_its_row_at_once(base_model):
         body = json.dumps({**GOOD, "max_tokens": 60}).encode()
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                          b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
             wait_until(lambda: service.engine.load()["running"] == 1, what="the request to start")
         left = time.monotonic()

@@ -1,4 +1,5 @@
 import threading
+import time
 
 import pytest
 import torch
@@ -190,3 +191,30 @@ def test_the_thread_serves_many_submitters_and_stops_cleanly(model):
     engine.submit([waiting[0]])
     engine.stop()
     assert waiting[1].reason in ("cancelled", "length") and not engine.thread.is_alive()
+
+
+@pytest.mark.parametrize("broken", [dict(seed=2**64), dict(temperature=1e-300, seed=1), dict(top_p=1e-300, seed=1)])
+def test_a_row_whose_sampling_fails_fails_alone(model, broken):
+    """Defence in depth: sampling values that slipped past validation (here set after it) fail
+    their own row with "error"; the rows beside it decode on as if it had never been there."""
+    engine = Engine(model, max_batch=4).start()
+    try:
+        ps = prompts(3, seed=3)
+        seqs = [sequence(p, max_tokens=12) for p in ps]
+        bad, bad_out = seqs[1]
+        bad.sampling = Sampling(max_tokens=12, **{"temperature": 1.0, **broken})
+        engine.submit([s for s, _ in seqs])
+        wait = lambda: all(o.reason for _, o in seqs)
+        deadline = time.monotonic() + 60
+        while not wait() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert bad_out.reason == "error"
+        for i in (0, 2):
+            assert seqs[i][1].reason == "length" and seqs[i][1].tokens == alone(model, ps[i], 12)
+        again, out = sequence(ps[0], max_tokens=5)  # and the engine keeps serving
+        engine.submit([again])
+        while out.reason is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert out.tokens == alone(model, ps[0], 5)
+    finally:
+        engine.stop()

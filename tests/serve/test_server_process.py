@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -57,3 +58,46 @@ def test_serve_refuses_bad_flags_in_one_line(tiny_checkpoint):
     assert_user_error(run_cli("serve", "--checkpoint", str(tiny_checkpoint), "--max-batch", "0"), "--max-batch")
     assert_user_error(run_cli("serve", "--checkpoint", "no/such/run"), "no such checkpoint")
     assert_user_error(run_cli("serve", "--preset", "gpt2-tiny"), "--random-init")
+
+
+def test_one_hostile_request_fails_alone_and_huge_stop_strings_are_refused(tiny_checkpoint):
+    """Issue 22, items 1 and 2, as a user meets them: while a streamed answer is running, requests
+    with sampling values the engine cannot use and a megabyte stop string each get a 400 naming
+    the field, and the running answer ends with the text it has alone."""
+    from gptforge.generate import generate_text
+    from gptforge.weights import load_any
+
+    expected = "".join(generate_text(load_any(tiny_checkpoint), "Hi", 40, temperature=0.0, stop_at_eos=True))
+    proc, url = start(tiny_checkpoint, "--model-name", "tiny")
+    try:
+        body = {"model": "tiny", "prompt": "Hi", "max_tokens": 40, "temperature": 0}
+        hostile = [({"temperature": 1e-300}, "temperature"), ({"top_p": 1e-300}, "top_p"),
+                   ({"seed": 2**64}, "seed"), ({"seed": -2**63 - 1}, "seed"),
+                   ({"stop": "a" * 1_040_000, "max_tokens": 2}, "stop"),
+                   ({"stop": ["x"] * 5}, "stop")]
+        text = ""
+        with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True}, timeout=60) as response:
+            for n, line in enumerate(response.iter_lines()):
+                if n == 1:  # the answer has begun: now the hostile requests
+                    for extra, field in hostile:
+                        r = httpx.post(url + "/v1/completions", json={**body, **extra}, timeout=60)
+                        assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text[:300]
+                if line.startswith("data: {"):
+                    text += json.loads(line[6:])["choices"][0]["text"]
+        assert text == expected
+        assert httpx.get(url + "/health", timeout=5).json()["running"] == 0
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err, err
+
+
+def test_serve_refuses_an_empty_api_key_and_says_whether_one_is_required(tiny_checkpoint):
+    assert_user_error(run_cli("serve", "--checkpoint", str(tiny_checkpoint), "--api-key", ""), "--api-key")
+    proc, _ = start(tiny_checkpoint, "--api-key", "k")
+    try:
+        notes = proc.stdout.readline()
+        assert "API key required" in notes
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)

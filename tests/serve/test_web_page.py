@@ -6,6 +6,7 @@ GPTFORGE_SCREENSHOT=PATH keeps the screenshot (docs/web-chat.png is made this wa
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import time
@@ -117,3 +118,36 @@ def test_errors_are_shown_and_the_page_goes_on(page):
     assert "context is 64 tokens" in page.inner_text(".msg.error")
     ask(page, "Hi", max_tokens="3")
     page.wait_for_selector(".msg.assistant[data-done='1']")
+
+
+def test_a_long_conversation_trims_its_oldest_turns_and_says_so(page, chat_model):
+    """Issue 22, item 11: with a context of 64 tokens and 20-token answers, the third question no
+    longer fits beside the first two turns. The page leaves out the oldest turns (and says so)
+    rather than showing the server's refusal, and the answer is the model's to what it was sent."""
+    page, _, _ = page
+    sent = []
+    page.on("request", lambda r: r.url.endswith("/v1/chat/completions") and sent.append(json.loads(r.post_data)))
+    questions = ["Hello there", "What is a fox?", "Tell me more about it", "And then?"]
+    for n, question in enumerate(questions, start=1):
+        ask(page, question, max_tokens="20")
+        page.wait_for_function(f"document.querySelectorAll(\".msg.assistant[data-done='1']\").length === {n}")
+    assert page.locator(".msg.error").count() == 0
+    assert "left out" in page.inner_text(".fitted")
+    last = sent[-1]
+    assert last["messages"][-1]["content"] == "And then?" and last["messages"][0]["content"] != "Hello there"
+    assert last["max_tokens"] == 20  # turns were dropped before the answer was shortened
+    expected = tokenizer_of(chat_model).decode(greedy_tokens(chat_model, last["messages"], 20))
+    assert page.locator(".msg.assistant").nth(3).inner_text() == expected
+
+
+def test_a_question_that_leaves_little_room_gets_a_shorter_answer_not_an_error(page, chat_model):
+    page, _, _ = page
+    sent = []
+    page.on("request", lambda r: r.url.endswith("/v1/chat/completions") and sent.append(json.loads(r.post_data)))
+    ask(page, "word " * 40, max_tokens="60")  # fits the context of 64, but not with 60 more tokens
+    page.wait_for_selector(".msg.assistant[data-done='1']")
+    assert page.locator(".msg.error").count() == 0
+    left = sent[-1]["max_tokens"]
+    assert 0 < left < 60 and f"limited to {left} tokens" in page.inner_text(".fitted")
+    expected = tokenizer_of(chat_model).decode(greedy_tokens(chat_model, sent[-1]["messages"], left))
+    assert page.inner_text(".msg.assistant") == expected

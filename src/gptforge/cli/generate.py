@@ -43,7 +43,7 @@ def run(args) -> int:
     from ..generate import check_sampling_args, generate_text, generate_texts
 
     top_k = args.top_k or None
-    check_sampling_args(args.temperature, top_k, args.top_p, args.max_new_tokens)
+    check_sampling_args(args.temperature, top_k, args.top_p, args.max_new_tokens, args.seed)
     require_int("--num-samples", args.num_samples)
     if args.system is not None and not args.chat:
         raise UserError("--system goes with --chat")

@@ -50,7 +50,10 @@ def run(args) -> int:
     except ImportError as e:
         raise UserError(f"gptforge serve needs the serve extra ({e.name} is missing): "
                         "pip install 'gptforge[serve]'") from None
-    api_key = args.api_key or os.environ.get(API_KEY_VARIABLE) or None
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_VARIABLE)
+    if api_key is not None and not api_key.strip():  # `--api-key "$UNSET"` must not run open
+        source = "--api-key" if args.api_key is not None else f"${API_KEY_VARIABLE}"
+        raise UserError(f"{source} is empty: give a key, or leave it out to serve without one")
     model = model_from_args(args, args.dtype)
     name = args.model_name or (Path(args.checkpoint).resolve().name if args.checkpoint else args.preset)
     serve(model, name, args.host, args.port, api_key, args.max_batch, args.max_queue)

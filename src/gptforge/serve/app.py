@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
+import sys
 import time
+from dataclasses import dataclass
 from importlib import resources
 
 import anyio
@@ -32,6 +35,8 @@ from .protocol import ApiError, ChatRequest, CompletionRequest, Reply, SamplingF
 
 MAX_BODY_BYTES = 1 << 20  # far more text than any context we serve holds
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
+HEADER_TIMEOUT_S = 10.0  # from connecting (or the previous response) to a request's complete headers
+BODY_TIMEOUT_S = 30.0  # for its body, once the headers are in
 
 
 class Service:
@@ -59,6 +64,14 @@ class Service:
             raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
                            code="invalid_api_key")
 
+    def check_fits_queue(self, prompts: int, n: int) -> None:
+        """A request of more sequences than the queue holds could never run: 400, not a 503 that
+        tells the client to retry."""
+        if prompts * n > self.engine.max_queue:
+            raise ApiError(400, f"{prompts} prompt{'s' if prompts > 1 else ''} x n={n} is {prompts * n} sequences; "
+                                f"this server queues at most {self.engine.max_queue} at once",
+                           param="n" if n > 1 else "prompt")
+
     def check_model(self, name: str) -> None:
         if name != self.name:
             raise ApiError(404, f"the model '{name}' does not exist; this server has '{self.name}'",
@@ -68,16 +81,31 @@ class Service:
                fields: tuple[str, str] = ("prompt", "max_tokens")) -> int:
         """max_tokens for a prompt: the request's, else the default, else the rest of the context.
         `fields` name the prompt and the limit in the errors."""
+        # how many tokens the prompt has, against the context: the web page trims its conversation by them
+        sizes = {"context_length": self.context, "prompt_tokens": prompt_tokens}
         if prompt_tokens >= self.context:
             raise ApiError(400, f"the prompt has {prompt_tokens} tokens; this model's context is "
                                 f"{self.context} tokens, with room needed for the answer", param=fields[0],
-                           code="context_length_exceeded")
+                           code="context_length_exceeded", details=sizes)
         room = self.context - prompt_tokens
         if requested is not None and requested > room:
             raise ApiError(400, f"{fields[1]} ({requested}) plus the prompt ({prompt_tokens} tokens) exceeds "
                                 f"this model's context of {self.context} tokens (at most {room} here)",
-                           param=fields[1], code="context_length_exceeded")
+                           param=fields[1], code="context_length_exceeded", details=sizes)
         return requested if requested is not None else min(default or room, room)
+
+
+@dataclass
+class Prepared:
+    """A request checked and tokenized, ready to become a Run."""
+
+    request: SamplingFields
+    prompts: list[list[int]]
+    budgets: list[int]  # max_tokens of each prompt
+    stops: frozenset[int]  # token ids that end an answer
+
+    def run(self, service: Service) -> Run:
+        return Run(service, self.prompts, self.request, self.budgets, self.stops)
 
 
 class Run:
@@ -92,10 +120,11 @@ class Run:
         n = fields.n or 1
         self.sequences = []
         for p, ids in enumerate(prompts):
-            for j in range(n):
+            for j in range(n):  # choice j's seed is seed + j, wrapped into torch's range (same generator)
                 sampling = Sampling(max_tokens=max_tokens[p], temperature=_or(fields.temperature, 1.0),
                                     top_k=fields.top_k or None, top_p=fields.top_p,
-                                    seed=None if fields.seed is None else fields.seed + j, stop_ids=stops)
+                                    seed=None if fields.seed is None else (fields.seed + j) % 2**64,
+                                    stop_ids=stops)
                 self.sequences.append(Sequence(ids, sampling, self._emitter(loop, len(self.sequences))))
         self.tokens = [0] * len(self.sequences)
 
@@ -130,7 +159,7 @@ class Run:
                 continue
             if token is not None:
                 self.tokens[index] += 1
-                piece = text.push(token)
+                piece = text.push(token)  # on the loop, but cheap: linear in the token's text (TextPieces)
                 if text.stopped:
                     pieces[index] = None
                     self.service.engine.cancel([self.sequences[index]])
@@ -167,6 +196,14 @@ class EventStream(StreamingResponse):
             group.start_soon(respond)
             await self.listen_for_disconnect(receive)
             group.cancel_scope.cancel()
+
+
+async def _body(request: Request) -> bytes:
+    """The request's body; a client that takes longer than BODY_TIMEOUT_S to send it gets 408."""
+    try:
+        return await asyncio.wait_for(request.body(), BODY_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {BODY_TIMEOUT_S} s", code="timeout") from None
 
 
 def _sse(obj) -> str:
@@ -226,34 +263,43 @@ async def _respond(request: Request, run: Run, reply: Reply, fields: SamplingFie
 def build_app(service: Service) -> Starlette:
     """The ASGI application: routes, error handlers, the body-size limit, the engine's lifetime."""
 
-    async def completions(request: Request):
-        service.authorize(request)
-        req = parse(CompletionRequest, await request.body())
+    # Parsing, validating and tokenizing a body of up to 1 MB is CPU work: it runs in a worker
+    # thread, so the event loop (every stream, /health) never waits for it.
+    def prepare_completion(body: bytes) -> Prepared:
+        req = parse(CompletionRequest, body)
         service.check_model(req.model)
         texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not texts:
             raise ApiError(400, "prompt must not be an empty list", param="prompt")
+        service.check_fits_queue(len(texts), req.n or 1)
         tokenizer = tokenizer_of(service.model)
         prompts = [tokenizer.encode_prompt(t) for t in texts]
         budgets = [service.budget(len(p), req.max_tokens, DEFAULT_COMPLETION_TOKENS) for p in prompts]
-        run = Run(service, prompts, req, budgets, stop_ids(service.model, chat=False))
-        return await _respond(request, run, Reply(service.name, chat=False), req)
+        return Prepared(req, prompts, budgets, stop_ids(service.model, chat=False))
 
-    async def chat_completions(request: Request):
-        service.authorize(request)
-        req = parse(ChatRequest, await request.body())
+    def prepare_chat(body: bytes) -> Prepared:
+        req = parse(ChatRequest, body)
         service.check_model(req.model)
         if not service.chat:
             raise ApiError(400, f"'{service.name}' is a base model without a chat template: use /v1/completions",
                            param="messages")
+        service.check_fits_queue(1, req.n or 1)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
         prompt = chat_prompt(service.model, messages)
         field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         budget = service.budget(len(prompt), getattr(req, field), None, ("messages", field))
-        run = Run(service, [prompt], req, [budget],
-                  stop_ids(service.model, chat=True))
-        return await _respond(request, run, Reply(service.name, chat=True), req)
+        return Prepared(req, [prompt], [budget], stop_ids(service.model, chat=True))
+
+    async def completions(request: Request):
+        service.authorize(request)
+        ready = await anyio.to_thread.run_sync(prepare_completion, await _body(request))
+        return await _respond(request, ready.run(service), Reply(service.name, chat=False), ready.request)
+
+    async def chat_completions(request: Request):
+        service.authorize(request)
+        ready = await anyio.to_thread.run_sync(prepare_chat, await _body(request))
+        return await _respond(request, ready.run(service), Reply(service.name, chat=True), ready.request)
 
     async def models(request: Request):
         service.authorize(request)
@@ -264,8 +310,9 @@ def build_app(service: Service) -> Starlette:
         service.check_model(request.path_params["name"])
         return JSONResponse(service.card())
 
-    async def health(request: Request):
-        return JSONResponse({"status": "ok", "model": service.name, **service.engine.load()})
+    async def health(request: Request):  # open to all: with a key required, it does not name the model
+        named = {"model": service.name} if service.api_key is None else {}
+        return JSONResponse({"status": "ok", **named, **service.engine.load()})
 
     async def page(request: Request):
         return HTMLResponse(resources.files("gptforge.serve").joinpath("static/chat.html").read_text("utf-8"))
@@ -284,7 +331,7 @@ def build_app(service: Service) -> Starlette:
               Route("/v1/chat/completions", chat_completions, methods=["POST"])]
     handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
-    return BodyLimit(app, MAX_BODY_BYTES)
+    return Guard(BodyLimit(app, MAX_BODY_BYTES), check_host=service.api_key is None)
 
 
 def _error_response(error: ApiError) -> JSONResponse:
@@ -303,6 +350,75 @@ async def _http_error(request, exc: HTTPException):
 
 async def _internal_error(request, exc: Exception):
     return _error_response(ApiError(500, "internal server error", type="server_error"))
+
+
+class Guard:
+    """ASGI middleware against other sites' pages in the user's browser. Without an API key, a
+    request must name this machine in its Host header (localhost or an IP address): a DNS-rebinding
+    page reaches 127.0.0.1 under its own host name, which is refused. And a POST must say its body
+    is JSON, which no cross-site form can (forms send urlencoded, multipart or text/plain, and a
+    script on another origin that sets application/json needs a CORS preflight, never granted)."""
+
+    def __init__(self, app, check_host: bool):
+        self.app, self.check_host = app, check_host
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            error = None
+            if self.check_host and not _is_local_name(headers.get(b"host", b"localhost").decode("latin-1")):
+                error = ApiError(400, "the Host header names another server: this one, without an API key, "
+                                      "answers only requests to localhost or its IP address", code="invalid_host")
+            elif scope["method"] == "POST" and _media_type(headers.get(b"content-type", b"")) != "application/json":
+                error = ApiError(415, "send the body as JSON, with the header 'Content-Type: application/json'",
+                                 code="unsupported_media_type")
+            if error is not None:
+                return await _error_response(error)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def _media_type(content_type: bytes) -> str:
+    return content_type.decode("latin-1").partition(";")[0].strip().lower()
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without its port ("[::1]:80" -> "::1")."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _is_local_name(host: str) -> bool:
+    name = _host_name(host).lower().rstrip(".")
+    if name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on `host` keeps the server to this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def startup_notes(host: str, api_key: str | None) -> list[str]:
+    """What `gptforge serve` says at start about who may use it; a last line starting "warning:"
+    when it is open to the network with no key."""
+    if api_key is not None:
+        return ["API key required on /v1 (header 'Authorization: Bearer KEY'); the page at / asks for it"]
+    notes = ["no API key required: whoever can reach this address can use it"]
+    if not is_loopback(host):
+        notes.append(f"warning: listening on {host}, beyond this machine, with no API key: anyone on the "
+                     "network can use this server; set --api-key (or $GPTFORGE_API_KEY)")
+    return notes
 
 
 class BodyLimit:
@@ -342,6 +458,8 @@ def serve(model: GPT, name: str, host: str = "127.0.0.1", port: int = 8000, api_
 
     import uvicorn
 
+    from .transport import server_config
+
     service = Service(model, name, api_key, max_batch, max_queue)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -355,8 +473,9 @@ def serve(model: GPT, name: str, host: str = "127.0.0.1", port: int = 8000, api_
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     print(f"gptforge serve: '{name}' ({'chat' if service.chat else 'base'} model, context {service.context}) "
           f"on http://{shown}:{bound}  (web chat at /, API at /v1; Ctrl-C stops)", flush=True)
-    config = uvicorn.Config(build_app(service), log_level="warning", timeout_graceful_shutdown=3,
-                            access_log=False)
+    for note in startup_notes(host, api_key):
+        print(f"gptforge serve: {note}", file=sys.stderr if note.startswith("warning:") else sys.stdout, flush=True)
+    config = server_config(build_app(service), HEADER_TIMEOUT_S, timeout_graceful_shutdown=3)
     # uvicorn shuts down gracefully on the first SIGINT/SIGTERM, then re-raises that signal to the
     # handler found at start: make it a no-op, so a requested stop ends with exit code 0.
     stops = (signal.SIGINT, signal.SIGTERM)

@@ -61,7 +61,8 @@ class Sequence:
     "stop", "length", "cancelled" or "error"."""
 
     def __init__(self, prompt: list[int], sampling: Sampling, emit: Emit):
-        check_sampling_args(sampling.temperature, sampling.top_k, sampling.top_p, sampling.max_tokens)
+        check_sampling_args(sampling.temperature, sampling.top_k, sampling.top_p, sampling.max_tokens,
+                            sampling.seed)
         if not prompt:
             raise UserError("a prompt needs at least one token")
         if sampling.max_tokens < 1:
@@ -214,9 +215,7 @@ class Engine:
             if seq.length == len(seq.prompt):
                 self.staging = None
                 self.rows.append(seq)
-                seed = seq.sampling.seed if seq.sampling.seed is not None else secrets.randbits(63)
-                seq.generator = torch.Generator(device=self.device).manual_seed(seed)
-                self._accept(seq, self._sample(seq, logits))
+                self._take(seq, logits)
 
     def _decode(self) -> None:
         n = len(self.rows)
@@ -224,12 +223,23 @@ class Engine:
         logits = self.model(idx, self.cache.rows(0, n, [seq.length for seq in self.rows]))[:, -1]  # (n, V)
         for i, seq in enumerate(self.rows):
             seq.length += 1
-            self._accept(seq, self._sample(seq, logits[i:i + 1]))
+            self._take(seq, logits[i:i + 1])
 
-    @staticmethod
-    def _sample(seq: Sequence, logits: torch.Tensor) -> int:
+    def _take(self, seq: Sequence, logits: torch.Tensor) -> None:
+        """Draw and accept seq's next token from its (1, V) logits. Whatever goes wrong here (a
+        seed its generator refuses, NaN in its probabilities) is this row's alone: it ends this
+        sequence with "error", and its neighbours decode on."""
         s = seq.sampling
-        return int(sample_next(logits, s.temperature, s.top_k, s.top_p, seq.generator)[0])
+        try:
+            if seq.generator is None:
+                seed = s.seed if s.seed is not None else secrets.randbits(63)
+                seq.generator = torch.Generator(device=self.device).manual_seed(seed)
+            token = int(sample_next(logits, s.temperature, s.top_k, s.top_p, seq.generator)[0])
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
+            seq.finish("error")
+            return
+        self._accept(seq, token)
 
     @staticmethod
     def _accept(seq: Sequence, token: int) -> None:

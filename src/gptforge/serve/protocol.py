@@ -7,23 +7,30 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import UserError
+from ..generate import check_seed, check_temperature, check_top_p
 
 MAX_STOP_STRINGS = 4  # as OpenAI
+MAX_STOP_CHARS = 1000  # far longer than any stop sequence in use, and the check stays cheap
 MAX_CHOICES = 16
 
 
 class ApiError(Exception):
-    """An OpenAI-style error: the HTTP status and the body's "error" object."""
+    """An OpenAI-style error: the HTTP status and the body's "error" object. `details` are extra
+    fields of that object (OpenAI's clients ignore them), for clients that act on the error."""
 
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None, headers: dict | None = None):
+                 param: str | None = None, code: str | None = None, headers: dict | None = None,
+                 details: dict | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers or {}
+        self.headers, self.details = headers or {}, details or {}
 
     def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code,
+                          **self.details}}
 
 
 class _Strict(BaseModel):
@@ -51,11 +58,46 @@ class SamplingFields(_Strict):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
 
+    # generate.py holds the rule for each (the CLI checks its flags with the same functions)
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value):
+        return _checked(check_temperature, value, "temperature")
+
+    @field_validator("top_p")
+    @classmethod
+    def _top_p(cls, value):
+        return _checked(check_top_p, value, "top_p")
+
+    @field_validator("seed")
+    @classmethod
+    def _seed(cls, value):
+        return _checked(check_seed, value, "seed")
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value):
+        stops = [value] if isinstance(value, str) else list(value or [])
+        if len(stops) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"each stop string must be at most {MAX_STOP_CHARS} characters, "
+                             f"got {max(len(s) for s in stops)}")
+        return value
+
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > MAX_STOP_STRINGS:
-            raise ApiError(400, f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}", param="stop")
         return [s for s in stops if s]
+
+
+def _checked(check, value, name: str):
+    """Run one of generate.py's checks as a pydantic validator (None: not given)."""
+    if value is not None:
+        try:
+            check(value, name)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+    return value
 
 
 class CompletionRequest(SamplingFields):
@@ -92,8 +134,11 @@ def parse(cls: type[_Strict], body: bytes) -> _Strict:
         if error["type"] == "missing":
             raise ApiError(400, f"missing required field '{param}'", param=param) from None
         if error["type"] == "model_type":
-            raise ApiError(400, "the request body must be a JSON object") from None
-        raise ApiError(400, f"invalid '{param}': {error['msg']}", param=param) from None
+            if param is None:
+                raise ApiError(400, "the request body must be a JSON object") from None
+            raise ApiError(400, f"invalid '{param}': must be a JSON object", param=param) from None
+        message = str(error["ctx"]["error"]) if error["type"] == "value_error" else error["msg"]
+        raise ApiError(400, f"invalid '{param}': {message}", param=param) from None
 
 
 def _param(loc: tuple) -> str | None:
