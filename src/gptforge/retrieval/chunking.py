@@ -87,7 +87,9 @@ def windows(tokenizer: Tokenizer, text: str, settings: ChunkSettings) -> list[tu
     spans = []
     for first in range(0, max(len(ids), 1), step):
         last = min(first + settings.chunk_tokens, len(ids))
-        if cuts[last] > cuts[first]:
+        # a window that ends where the previous one did (their tokens cut one character's bytes)
+        # adds nothing
+        if cuts[last] > (spans[-1][1] if spans else 0):
             spans.append((int(cuts[first]), int(cuts[last])))
         if last == len(ids):
             break
