@@ -146,3 +146,21 @@ def test_kill_9_during_add_leaves_the_previous_index(tmp_path):
     assert content(tmp_path / "index") == before  # usable, consistent, unchanged
     report = add_paths(tmp_path / "index", [big], progress=False)  # and it takes the next add
     assert report.added == FILES and index_stats(tmp_path / "index")["documents"] == FILES + 5
+
+
+def test_an_index_keeps_its_own_tokenizer(tmp_path, tiny_bpe, tiny_bpe_dir):
+    from gptforge.tokenizer import gpt2
+
+    docs = tmp_path / "docs"
+    corpus(docs)
+    add_paths(tmp_path / "index", [docs / "a.md"], chunk_tokens=16, overlap=4, tokenizer=str(tiny_bpe_dir),
+              progress=False)
+    add_paths(tmp_path / "index", [docs], progress=False)  # no tokenizer named: the index's own
+    assert index_stats(tmp_path / "index")["tokenizer"] == tiny_bpe.name
+    db = sqlite3.connect(index_file(tmp_path / "index"))
+    chunks = db.execute("SELECT text, tokens FROM chunks").fetchall()
+    db.close()
+    assert len(chunks) > 5 and all(n == len(tiny_bpe.encode(text)) for text, n in chunks)
+    assert any(n != len(gpt2().encode(text)) for text, n in chunks)
+    with pytest.raises(UserError, match=f"tokenizer {tiny_bpe.name} \\(asked: gpt2\\)"):
+        add_paths(tmp_path / "index", [docs], tokenizer="gpt2", progress=False)

@@ -99,9 +99,10 @@ def windows(tokenizer: Tokenizer, text: str, settings: ChunkSettings) -> list[tu
 def chunk_text(text: str, tokenizer: Tokenizer, settings: ChunkSettings, markdown: bool = False) -> list[Chunk]:
     """The chunks of a document's text, in order."""
     spans: list[tuple[int, int]] = []
+    counted: dict[tuple[int, int], int] = {}  # a chunk of one paragraph: its count is known
     current: list[int] | None = None  # [start, end, tokens] of the chunk being packed
     for start, end, new_section in blocks(text, markdown):
-        n = len(tokenizer.encode(text[start:end]))
+        n = counted[start, end] = len(tokenizer.encode(text[start:end]))
         if current and (new_section or n > settings.chunk_tokens or current[2] + n > settings.chunk_tokens):
             spans.append((current[0], current[1]))
             current = None
@@ -114,10 +115,11 @@ def chunk_text(text: str, tokenizer: Tokenizer, settings: ChunkSettings, markdow
     if current:
         spans.append((current[0], current[1]))
     newlines = [m.start() for m in re.finditer("\n", text)]
-    return [_chunk(text, start, end, tokenizer, newlines) for start, end in spans]
+    return [_chunk(text, start, end, counted.get((start, end)) or len(tokenizer.encode(text[start:end])), newlines)
+            for start, end in spans]
 
 
-def _chunk(text: str, start: int, end: int, tokenizer: Tokenizer, newlines: list[int]) -> Chunk:
+def _chunk(text: str, start: int, end: int, tokens: int, newlines: list[int]) -> Chunk:
     piece = text[start:end]
     first = start + (len(piece) - len(piece.lstrip()))
     last = start + len(piece.rstrip()) - 1
@@ -125,4 +127,4 @@ def _chunk(text: str, start: int, end: int, tokenizer: Tokenizer, newlines: list
         first, last = start, end - 1
     # the line of offset i is 1 + the newlines before it
     return Chunk(start, end, bisect.bisect_left(newlines, first) + 1, bisect.bisect_left(newlines, last) + 1,
-                 piece, len(tokenizer.encode(piece)))
+                 piece, tokens)

@@ -175,7 +175,10 @@ def add_paths(folder: str | Path, paths: list[str | Path], chunk_tokens: int | N
     files, folders = find_files(paths)
     db = connect(folder, create=True)
     try:
-        db.execute("BEGIN IMMEDIATE")  # one writer at a time; all or nothing
+        try:
+            db.execute("BEGIN IMMEDIATE")  # one writer at a time; all or nothing
+        except sqlite3.OperationalError as e:  # "database is locked", after waiting 5 s
+            raise UserError(f"index {folder} is busy ({e}): another add is writing to it") from None
         settings, tokenizer, new = _resolve_settings(db, folder, chunk_tokens, overlap, tokenizer)
         if new:
             _create(db, folder, settings, tokenizer)
