@@ -30,7 +30,6 @@ from pathlib import Path
 from gptforge.data import read_documents
 from gptforge.retrieval import index_stats, search
 
-
 INDEX = """
 import json, resource, sys, time
 from gptforge.retrieval import add_paths

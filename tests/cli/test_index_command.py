@@ -52,5 +52,5 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["index", "add", "docs", "--index", "idx", "--overlap", "8", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["gptforge: error: index idx was built with --overlap 32 (asked: 8): use its settings, or "
-                   "build a new index in another folder"]
+    assert err == [("gptforge: error: index idx was built with --overlap 32 (asked: 8): use its settings, or "
+                    "build a new index in another folder")]

@@ -27,23 +27,23 @@ SCHEMA_VERSION = 1
 
 SCHEMA = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",  # value: JSON (null: not set)
-    "CREATE TABLE documents (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, "
-    "sha256 TEXT NOT NULL, size INTEGER NOT NULL, mtime REAL NOT NULL)",
+    ("CREATE TABLE documents (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, kind TEXT NOT NULL, "
+     "sha256 TEXT NOT NULL, size INTEGER NOT NULL, mtime REAL NOT NULL)"),
     # line_start/line_end: in the file (a PDF: pages); char_start/char_end: in the document's text
-    "CREATE TABLE chunks (id INTEGER PRIMARY KEY, doc_id INTEGER NOT NULL REFERENCES documents(id), "
-    "ordinal INTEGER NOT NULL, line_start INTEGER NOT NULL, line_end INTEGER NOT NULL, "
-    "char_start INTEGER NOT NULL, char_end INTEGER NOT NULL, text TEXT NOT NULL, tokens INTEGER NOT NULL, "
-    "UNIQUE (doc_id, ordinal))",
+    ("CREATE TABLE chunks (id INTEGER PRIMARY KEY, doc_id INTEGER NOT NULL REFERENCES documents(id), "
+     "ordinal INTEGER NOT NULL, line_start INTEGER NOT NULL, line_end INTEGER NOT NULL, "
+     "char_start INTEGER NOT NULL, char_end INTEGER NOT NULL, text TEXT NOT NULL, tokens INTEGER NOT NULL, "
+     "UNIQUE (doc_id, ordinal))"),
     # one embedding per chunk, by the embedder that meta's 'embedder' names (none yet)
     "CREATE TABLE vectors (chunk_id INTEGER PRIMARY KEY REFERENCES chunks(id), vector BLOB NOT NULL)",
     # BM25 over the chunks' text: external content (the text is stored once, in chunks), kept in
     # step by the triggers
     "CREATE VIRTUAL TABLE chunks_fts USING fts5(text, content='chunks', content_rowid='id', tokenize='unicode61')",
-    "CREATE TRIGGER chunks_added AFTER INSERT ON chunks BEGIN "
-    "INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END",
-    "CREATE TRIGGER chunks_removed AFTER DELETE ON chunks BEGIN "
-    "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); "
-    "DELETE FROM vectors WHERE chunk_id = old.id; END",
+    ("CREATE TRIGGER chunks_added AFTER INSERT ON chunks BEGIN "
+     "INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text); END"),
+    ("CREATE TRIGGER chunks_removed AFTER DELETE ON chunks BEGIN "
+     "INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text); "
+     "DELETE FROM vectors WHERE chunk_id = old.id; END"),
 )
 
 

@@ -87,9 +87,9 @@ class _TextOfHTML(HTMLParser):
     """The visible text of a page: runs of whitespace as one space, a line break at each block
     element, scripts and styles left out; remembers which source line each text line began on."""
 
-    BLOCKS = {"p", "div", "br", "li", "ul", "ol", "tr", "table", "section", "article", "header", "footer",
-              "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "hr", "title", "dd", "dt"}
-    HIDDEN = {"script", "style", "template", "noscript"}
+    BLOCKS = frozenset({"p", "div", "br", "li", "ul", "ol", "tr", "table", "section", "article", "header", "footer",
+              "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "hr", "title", "dd", "dt"})
+    HIDDEN = frozenset({"script", "style", "template", "noscript"})
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
