@@ -88,6 +88,10 @@ def test_missing_index_missing_path_and_other_settings_are_one_line(tmp_path):
     with pytest.raises(UserError, match="no index at"):
         search(tmp_path / "nowhere", "oak")
     assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "empty").mkdir()
+    sqlite3.connect(index_file(tmp_path / "empty")).close()  # what a first add killed before its commit leaves
+    with pytest.raises(UserError, match="is empty"):
+        list_documents(tmp_path / "empty")
     with pytest.raises(UserError, match="no such file or folder"):
         add_paths(tmp_path / "index", [tmp_path / "absent.txt"], progress=False)
     assert not index_file(tmp_path / "index").exists()
