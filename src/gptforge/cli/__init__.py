@@ -10,11 +10,11 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
-from . import bench, chat, convert, evaluate, finetune, generate, plot, prepare, runs, serve, tokenizer, train
+from . import bench, chat, convert, evaluate, finetune, generate, index, plot, prepare, runs, serve, tokenizer, train
 from .common import Parser
 
 # in the order --help lists them
-COMMANDS = (tokenizer, prepare, train, finetune, evaluate, generate, chat, serve, convert, runs, plot, bench)
+COMMANDS = (tokenizer, prepare, train, finetune, evaluate, generate, chat, serve, index, convert, runs, plot, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,15 @@
+"""Retrieval: your documents as an index of chunks that a query finds (`gptforge index`).
+
+    readers.py   what a PATH names; .txt, .md, .html, .jsonl, .pdf read as text, mapped back to lines
+    chunking.py  a text as chunks: by headings and paragraphs, then token windows with overlap
+    index.py     the SQLite database: documents, chunks, FTS5, settings; incremental, transactional add
+    search.py    BM25 search of the chunks (FTS5)
+"""
+
+from .chunking import Chunk, ChunkSettings, chunk_text
+from .index import AddReport, add_paths, index_stats, list_documents
+from .readers import Document, Unreadable, read_document
+from .search import Hit, search
+
+__all__ = ["AddReport", "Chunk", "ChunkSettings", "Document", "Hit", "Unreadable", "add_paths", "chunk_text",
+           "index_stats", "list_documents", "read_document", "search"]
