@@ -8,13 +8,14 @@ import typing
 from typing import Literal
 
 from ..config import base_type, field_docs
+from ..errors import one_line
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (exit 2) instead of the usage dump."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
