@@ -260,3 +260,15 @@ def test_a_line_break_in_a_value_stays_inside_one_line(tmp_path, argv):
     from helpers import assert_user_error, run_cli
 
     assert_user_error(run_cli(*[a.replace("{tmp}", str(tmp_path)) for a in argv], timeout=120), "error")
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--temperature=--", "--checkpoint", MISSING, "--prompt", "x"],
+    ["generate", "--device=--", "--checkpoint", MISSING, "--prompt", "x"],
+    ["chat", "--max-new-tokens=--", "--checkpoint", MISSING],
+])
+def test_a_value_of_two_dashes_is_a_value(argv):
+    """argparse (Python < 3.12) drops a value of exactly "--" and hands the command an empty list:
+    `--temperature=--` was an internal TypeError."""
+    code, stderr = run_main(argv)
+    assert_one_line(code, stderr, argv)

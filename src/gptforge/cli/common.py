@@ -17,6 +17,15 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]):
+        # argparse before Python 3.12 drops a value of exactly "--" (`--temperature=--`) and hands
+        # the command an empty list where one value belongs: convert and check it like any value.
+        if action.nargs is None and action.option_strings and arg_strings == ["--"]:
+            value = self._get_value(action, "--")
+            self._check_value(action, value)
+            return value
+        return super()._get_values(action, arg_strings)
+
 
 def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
     """One flag per field of a config dataclass (none for those in cls.cli_hidden): --field-name,
