@@ -5,7 +5,7 @@ on stderr, a good one reaches the next check (each command is given a missing in
 under test, so nothing trains, loads or downloads).
 
 Bounded and reproducible: a fixed seed (derandomize) and GPTFORGE_FUZZ_EXAMPLES examples per test
-(default 150); each test prints how many inputs it tried.
+(default 50); each test prints how many inputs it tried.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from gptforge.config import TrainConfig
 from gptforge.data.instructions import read_examples
 from gptforge.errors import UserError
 
-EXAMPLES = int(os.environ.get("GPTFORGE_FUZZ_EXAMPLES", "150"))
+EXAMPLES = int(os.environ.get("GPTFORGE_FUZZ_EXAMPLES", "50"))
 FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 MISSING = "/nonexistent-gptforge-fuzz/input"
