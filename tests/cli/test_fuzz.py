@@ -103,8 +103,16 @@ def report(capsys, what: str, tried: int) -> None:
         print(f"\nfuzz: {tried} generated inputs to {what}: no traceback, no internal error")
 
 
+def offline(url, dest):
+    raise ValueError("the fuzzing harness never downloads")
+
+
 @pytest.mark.parametrize("command", list(COMMANDS))
-def test_bad_flag_values_are_one_line(command, tmp_path, capsys):
+def test_bad_flag_values_are_one_line(command, tmp_path, tmp_path_factory, capsys, monkeypatch):
+    # A valid --gutenberg-top would download the popular list: every download fails at once instead
+    # (no retries, no network), and the cache folder lies outside the folder checked for writes.
+    monkeypatch.setattr("gptforge.data.download._attempt", offline)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     base = [w.replace("{tmp}", str(tmp_path)) for w in COMMANDS[command]]
     words = command.split()
     flags = fuzzed_flags(words)
