@@ -8,8 +8,11 @@ continues plain text, and an answer ends at <|endoftext|>.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -121,9 +124,57 @@ class ChatSettings:
 HELP = "commands: /reset (new conversation), /system TEXT (set the system prompt), /exit; Ctrl-C stops an answer"
 
 
+class CtrlC:
+    """Ctrl-C for a whole chat session, through one SIGINT handler installed once (see `installed`).
+
+    At the prompt it raises KeyboardInterrupt, which interrupts read(); at any other moment it only
+    sets `pressed`, which the answer's loop checks at each piece it shows. No moment is uncovered:
+    swapping handlers (or relying on KeyboardInterrupt landing inside the right `try`) left
+    windows, between an answer's end and the next read(), where a Ctrl-C ended the chat."""
+
+    def __init__(self):
+        self.pressed = False
+        self.reading = False
+
+    def __call__(self, signum, frame) -> None:
+        if self.reading:
+            self.reading = False  # once: a second Ctrl-C while the first is handled is only noted
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    @contextmanager
+    def installed(self):
+        """Handle SIGINT while the block runs (signals reach only the main thread: elsewhere no
+        handler is installed and Ctrl-C keeps Python's default)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.signal(signal.SIGINT, self)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+
+
 def chat_in_terminal(model: GPT, settings: ChatSettings, read=input, out: TextIO = sys.stdout) -> None:
     """The terminal conversation: read a line, stream the answer, until /exit or end of input.
     A base model continues each line as plain text instead. Ctrl-C stops the current answer."""
+    with CtrlC().installed() as ctrl_c:
+        _converse(model, settings, read, out, ctrl_c)
+
+
+def _read_line(read, ctrl_c: CtrlC) -> str:
+    """The next line typed; a Ctrl-C at the prompt raises KeyboardInterrupt. Clears any Ctrl-C
+    pressed before (it can only be meant for the answer to this line)."""
+    try:
+        ctrl_c.reading = True
+        return read("you> ")
+    finally:
+        ctrl_c.reading = False
+        ctrl_c.pressed = False
+
+
+def _converse(model: GPT, settings: ChatSettings, read, out: TextIO, ctrl_c: CtrlC) -> None:
     chat = has_chat(model)
     conversation = Conversation(model, settings.system, settings.max_new_tokens)
     if chat:
@@ -134,7 +185,7 @@ def chat_in_terminal(model: GPT, settings: ChatSettings, read=input, out: TextIO
     told_trimmed, turn = False, 0
     while True:
         try:
-            line = read("you> ")
+            line = _read_line(read, ctrl_c)
         except EOFError:
             out.write("\n")
             return
@@ -159,7 +210,7 @@ def chat_in_terminal(model: GPT, settings: ChatSettings, read=input, out: TextIO
         turn += 1
         if not chat:
             _show(generate_text(model, line, settings.max_new_tokens, settings.temperature, settings.top_k,
-                                settings.top_p, seed, stop_at_eos=True), out)
+                                settings.top_p, seed, stop_at_eos=True), out, ctrl_c)
             continue
         try:
             ids, dropped = conversation.prompt(line)
@@ -173,19 +224,21 @@ def chat_in_terminal(model: GPT, settings: ChatSettings, read=input, out: TextIO
         budget = min(settings.max_new_tokens, conversation.context - len(ids))
         pieces = stream_text(model, ids, budget, settings.temperature, settings.top_k, settings.top_p, seed,
                              stop_ids=stop_ids(model, chat=True))
-        conversation.answered(_show(pieces, out))
+        conversation.answered(_show(pieces, out, ctrl_c))
 
 
-def _show(pieces, out: TextIO) -> str:
-    """Write an answer as it streams; Ctrl-C stops it. Returns what was written."""
+def _show(pieces: Iterator[str], out: TextIO, ctrl_c: CtrlC) -> str:
+    """Write an answer as it streams, until it ends or Ctrl-C is pressed (checked before each
+    piece is shown: a piece comes every few tokens). Returns what was written."""
     written = []
     out.write("model> ")
-    try:
-        for piece in pieces:
-            out.write(piece)
-            out.flush()
-            written.append(piece)
-    except KeyboardInterrupt:
+    for piece in pieces:
+        if ctrl_c.pressed:
+            break
+        out.write(piece)
+        out.flush()
+        written.append(piece)
+    if ctrl_c.pressed:
         out.write(" [stopped]")
     out.write("\n")
     out.flush()

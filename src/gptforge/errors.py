@@ -15,3 +15,9 @@ def first_line(error: BaseException) -> str:
     errors can span pages, and a user error is one line."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def one_line(text: str) -> str:
+    """`text` with every line break and other unprintable character escaped (a path or value the
+    user typed may hold a newline): a message stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -60,6 +61,19 @@ def write_json(path: Path, data) -> None:
     atomic_write(path, json.dumps(data, indent=2) + "\n")
 
 
+def parse_json(text: str | bytes, where: str):
+    """`text` parsed as JSON; invalid JSON, or JSON nested deeper than Python's parser recurses
+    (100k '[' raise RecursionError), is one UserError line naming `where`."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        line = f", line {e.lineno}" if e.lineno > 1 else ""
+        raise UserError(f"{where} is not valid JSON ({e.msg}{line})") from None
+    except RecursionError:
+        raise UserError(f"{where} is nested too deeply to read (JSON more than "
+                        f"{sys.getrecursionlimit():,} levels deep)") from None
+
+
 def read_json(path: Path, advice: str = ""):
     """A JSON file's content; a missing, unreadable or invalid file is one UserError line, with
     `advice` (what to do about it) appended."""
@@ -68,7 +82,7 @@ def read_json(path: Path, advice: str = ""):
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path} is missing{advice}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
         raise UserError(f"cannot read {path}: {reason}{advice}") from None
 

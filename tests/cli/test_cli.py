@@ -81,9 +81,9 @@ def test_long_prompt_is_cropped_with_a_notice():
 
 @pytest.mark.parametrize("args, fragment", [
     (["--preset", "gpt2-huge", "--random-init"], "unknown preset 'gpt2-huge'"),
-    (["--preset", "gpt2-tiny", "--random-init", "--temperature", "-1"], "temperature must be >= 0"),
-    (["--preset", "gpt2-tiny", "--random-init", "--top-p", "0"], "top-p must be in (0, 1]"),
-    (["--preset", "gpt2-tiny", "--random-init", "--top-p", "1.5"], "top-p must be in (0, 1]"),
+    (["--preset", "gpt2-tiny", "--random-init", "--temperature", "-1"], "temperature must be 0 (greedy) or at least"),
+    (["--preset", "gpt2-tiny", "--random-init", "--top-p", "0"], "top-p must be in [1e-06, 1]"),
+    (["--preset", "gpt2-tiny", "--random-init", "--top-p", "1.5"], "top-p must be in [1e-06, 1]"),
     (["--preset", "gpt2-tiny"], "--preset needs --random-init"),
     (["--checkpoint", "/no/such/checkpoint"],
      "no such checkpoint, run folder or Hugging Face model folder: /no/such/checkpoint"),

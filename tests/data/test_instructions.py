@@ -119,3 +119,16 @@ def test_unreadable_data_is_one_line(tmp_path):
         read_examples(str(tmp_path / "folder"))
     with pytest.raises(UserError, match="unknown builtin instruction set"):
         read_examples("builtin:nope")
+
+
+@pytest.mark.parametrize("name, text, where", [
+    ("deep.jsonl", '{"instruction": "a", "output": "b"}\n' + "[" * 100_000 + "\n", "deep.jsonl record 2 (line 2)"),
+    ("deep.json", "[" * 100_000, "deep.json"),
+    ("deep2.json", "[" + '{"instruction": "a", "output": "b"}, ' + '{"x": ' * 100_000, "deep2.json"),
+])
+def test_deeply_nested_json_is_one_line_naming_file_and_record(tmp_path, name, text, where):
+    """100k nested '[' used to escape as a RecursionError (an internal error) from json.loads."""
+    (tmp_path / name).write_text(text)
+    with pytest.raises(UserError) as e:
+        read_examples(str(tmp_path / name))
+    assert where in str(e.value) and "nested too deeply" in str(e.value) and "\n" not in str(e.value)

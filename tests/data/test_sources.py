@@ -337,3 +337,10 @@ def test_hf_without_datasets_installed_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
     with pytest.raises(UserError, match=r"pip install 'gptforge\[datasets\]'"):
         open_sources(["hf:roneneldan/TinyStories"])
+
+
+def test_deeply_nested_jsonl_is_one_line(tmp_path):
+    bad = tmp_path / "deep.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": ' + "[" * 100_000 + "\n")
+    with pytest.raises(UserError, match=r"deep\.jsonl:2 is nested too deeply"):
+        read_documents([str(bad)])

@@ -110,3 +110,52 @@ def test_packed_weights_serve_batches_with_the_same_logits():
     with torch.enable_grad():  # training never takes it
         model(idx, targets=idx).backward()
     assert len(calls) == n
+
+
+def _batch_tokens(model, idx):
+    return generate(model, idx, 12, temperature=0)
+
+
+def test_packed_and_plain_paths_give_the_same_greedy_tokens():
+    from gptforge.model import pack_for_batches
+    from gptforge.model.cpu_decoding import onednn_linear_works
+
+    if not onednn_linear_works():
+        pytest.skip("this torch build has no working oneDNN linear ops")
+    model = prepare_for_decoding(random_gpt(7, vocab_size=2048, emb_dim=256))
+    idx = torch.randint(0, 2048, (3, 5), generator=torch.Generator().manual_seed(1))
+    plain = _batch_tokens(model, idx)
+    pack_for_batches(model)
+    assert model.lm_head.packed is not None
+    assert torch.equal(_batch_tokens(model, idx), plain)
+
+
+class _Broken:
+    """A torch.ops.mkldnn whose ops exist but fail, as a release that changed their signature."""
+
+    def _reorder_linear_weight(self, *args):
+        raise RuntimeError("unknown overload")
+
+    _linear_pointwise = _reorder_linear_weight
+
+
+@pytest.mark.parametrize("ops", [type("Gone", (), {})(), _Broken()], ids=["ops-gone", "ops-fail"])
+def test_without_the_private_onednn_ops_decoding_falls_back_to_the_same_tokens(ops, monkeypatch):
+    """pack_for_batches must degrade speed, not correctness, when a torch release renames the ops."""
+    from gptforge.model import cpu_decoding, pack_for_batches
+
+    model = prepare_for_decoding(random_gpt(7, vocab_size=2048, emb_dim=256))
+    idx = torch.randint(0, 2048, (3, 5), generator=torch.Generator().manual_seed(1))
+    expected = _batch_tokens(model, idx)
+    monkeypatch.setattr(torch.ops, "mkldnn", ops)
+    _forget_the_probe(cpu_decoding)
+    assert pack_for_batches(model) is model
+    assert getattr(model.lm_head, "packed", None) is None and model.blocks[0].mlp.fc.packed is None
+    assert torch.equal(_batch_tokens(model, idx), expected)
+    monkeypatch.undo()
+    _forget_the_probe(cpu_decoding)
+
+
+def _forget_the_probe(cpu_decoding):
+    """Make the next pack_for_batches probe the ops again (the probe's answer is cached)."""
+    getattr(getattr(cpu_decoding, "onednn_linear_works", None), "cache_clear", lambda: None)()

@@ -165,3 +165,35 @@ def test_a_bpe_tiktoken_would_encode_differently_stays_on_tokenizers(tiny_bpe):
     doc["pre_tokenizer"]["pretokenizers"][1]["add_prefix_space"] = True
     other = BPETokenizer(json.dumps(doc).encode())
     assert other.encoder == "tokenizers" and other.encode("hi") == other.hf.encode("hi", add_special_tokens=False).ids
+
+
+def _rehash(folder):
+    """meta.json's sha256 updated to the edited tokenizer.json, as a careful attacker would."""
+    from gptforge.files import sha256_file
+
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["sha256"] = sha256_file(folder / "tokenizer.json")
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("edit", ["pre_tokenizer", "normalizer"])
+def test_a_regex_other_than_ours_is_refused_even_with_a_matching_hash(tiny_bpe_dir, tmp_path, edit):
+    """A catastrophic pre-tokenizer regex ((a+)+$ backtracks exponentially on "aaa...b") would hang
+    every encode: a tokenizer folder holds only the pattern gptforge trains with."""
+    from helpers import assert_user_error, run_cli
+
+    folder = tmp_path / "tok"
+    shutil.copytree(tiny_bpe_dir, folder)
+    doc = json.loads((folder / "tokenizer.json").read_text())
+    evil = {"Regex": "(a+)+$"}
+    if edit == "pre_tokenizer":
+        doc["pre_tokenizer"]["pretokenizers"][0]["pattern"] = evil
+    else:
+        doc["normalizer"] = {"type": "Replace", "pattern": evil, "content": "x"}
+    (folder / "tokenizer.json").write_text(json.dumps(doc))
+    _rehash(folder)
+    with pytest.raises(UserError, match="regex") as e:
+        load_tokenizer(folder)
+    assert "(a+)+$" in str(e.value) and "\n" not in str(e.value)
+    assert_user_error(run_cli("tokenizer", "encode", "--tokenizer", str(folder), "a" * 40 + "b", timeout=60),
+                      "is not the pattern gptforge trains with")

@@ -5,16 +5,25 @@ library function and prints the result."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import UserError, one_line
 from . import bench, chat, convert, evaluate, finetune, generate, index, plot, prepare, runs, serve, tokenizer, train
 from .common import Parser
 
 # in the order --help lists them
 COMMANDS = (tokenizer, prepare, train, finetune, evaluate, generate, chat, serve, index, convert, runs, plot, bench)
+
+
+# OSErrors that say a path given by the user cannot name a file at all (too long, a loop of links).
+NAME_ERRNOS = (errno.ENAMETOOLONG, errno.ELOOP)
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except UserError as e:
         if speak:
-            print(f"gptforge: error: {e}", file=sys.stderr)
+            print(f"gptforge: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gptforge: interrupted", file=sys.stderr)
@@ -53,8 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except Exception as e:  # an internal error: one line unless the user asks for the traceback
+        if isinstance(e, OSError) and e.errno in NAME_ERRNOS and not os.environ.get("GPTFORGE_DEBUG"):
+            if speak:  # a path the user typed that no file can have, met wherever it is first used
+                print(f"gptforge: error: {e.strerror}: {one_line(_shorten(str(e.filename)))}", file=sys.stderr)
+            return 2
         if os.environ.get("GPTFORGE_DEBUG"):
             raise
-        print(f"gptforge: internal error: {type(e).__name__}: {e} "
+        print(f"gptforge: internal error: {type(e).__name__}: {one_line(str(e))} "
               "(set GPTFORGE_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1

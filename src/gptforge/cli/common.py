@@ -8,13 +8,23 @@ import typing
 from typing import Literal
 
 from ..config import base_type, field_docs
+from ..errors import one_line
 
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line on stderr (exit 2) instead of the usage dump."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+    def _get_values(self, action: argparse.Action, arg_strings: list[str]):
+        # argparse before Python 3.12 drops a value of exactly "--" (`--temperature=--`) and hands
+        # the command an empty list where one value belongs: convert and check it like any value.
+        if action.nargs is None and action.option_strings and arg_strings == ["--"]:
+            value = self._get_value(action, "--")
+            self._check_value(action, value)
+            return value
+        return super()._get_values(action, arg_strings)
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:

@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
                        help="text files, folders, globs, builtin:NAME, gutenberg:IDS, URLs, hf:NAME, "
                             ".jsonl / .parquet files (as in prepare)")
     train.add_argument("--vocab-size", type=int, required=True, metavar="N",
-                       help="ids in all, the 3 special tokens included (at least 259; e.g. 8192)")
+                       help="ids in all, the 3 special tokens included (259 to 2^24; e.g. 8192)")
     train.add_argument("--out", required=True, metavar="DIR", help="tokenizer folder to create")
     train.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer folder")
     add_source_flags(train)

@@ -14,7 +14,6 @@ naming the file and the record's number.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from itertools import islice
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..files import parse_json
 from .sources import BUILTIN_PREFIX, HF_PREFIX, HFDataset, SourceOptions
 
 ROLES = ("system", "user", "assistant")
@@ -95,10 +95,7 @@ def _json_records(path: Path) -> list[tuple[str, object]]:
     if not text.strip():
         return []
     if path.suffix == ".json" or text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+        records = parse_json(text, str(path))
         if not isinstance(records, list):
             raise UserError(f"{path} holds a JSON {type(records).__name__}; expected a list of records")
         return [(f"{path} record {i}", r) for i, r in enumerate(records, 1)]
@@ -107,10 +104,7 @@ def _json_records(path: Path) -> list[tuple[str, object]]:
         if not line.strip():
             continue
         where = f"{path} record {len(out) + 1} (line {lineno})"
-        try:
-            out.append((where, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where} is not valid JSON ({e.msg})") from None
+        out.append((where, parse_json(line, where)))
     return out
 
 

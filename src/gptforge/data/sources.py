@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError, first_line
+from ..files import parse_json
 from .download import default_cache_dir, fetch, url_cache_name
 from .gutenberg import DEFAULT_MIRROR, fetch_book, parse_ids, strip_boilerplate, top_ids
 from .gutenberg import PREFIX as GUTENBERG_PREFIX
@@ -237,10 +238,7 @@ class JsonlFile(TextFile):
                     continue
                 where = f"{self.path}:{lineno}"
                 decoded, bad = decode_text(line, where)
-                try:
-                    row = json.loads(decoded)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{where} is not valid JSON ({e.msg})") from None
+                row = parse_json(decoded, where)
                 rows, replaced = rows + 1, replaced + bad
                 yield Document(where, [_row_text(row, self.field, where)])
         self.record.update(sha256=digest.hexdigest(), rows=rows, replaced=replaced)

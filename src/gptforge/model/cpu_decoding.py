@@ -7,6 +7,7 @@ on a single thread. Training, GPUs and batches of more than a few rows never tak
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -96,7 +97,7 @@ def pack_for_batches(model: nn.Module) -> nn.Module:
     and builds without oneDNN are left alone.
     """
     weight = next(model.parameters())
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not onednn_linear_works():
         return model
     reorder = torch.ops.mkldnn._reorder_linear_weight
     with torch.no_grad():
@@ -107,3 +108,25 @@ def pack_for_batches(model: nn.Module) -> nn.Module:
         if head is not None and vocab is not None and head.weight.numel() >= 2**17:
             head.packed = reorder(head.weight.detach()[:vocab].contiguous(), 8)
     return model
+
+
+@functools.cache
+def onednn_linear_works() -> bool:
+    """Whether this torch has the private oneDNN ops the packed path calls, and they compute F.linear.
+
+    They are not public API: a release may rename, remove or change them. Without them (or if a tiny
+    probe raises or disagrees with F.linear) pack_for_batches leaves the model alone and every
+    matmul takes the plain path: slower batches, the same tokens.
+    """
+    ops = getattr(torch.ops, "mkldnn", None)
+    if (not torch.backends.mkldnn.is_available() or not hasattr(ops, "_reorder_linear_weight")
+            or not hasattr(ops, "_linear_pointwise")):
+        return False
+    try:
+        generator = torch.Generator().manual_seed(0)
+        weight, rows = torch.randn(24, 16, generator=generator), torch.randn(3, 16, generator=generator)
+        packed = ops._reorder_linear_weight(weight, 8)
+        got = ops._linear_pointwise(rows, packed, None, "none", [], "")
+        return bool(torch.allclose(got, F.linear(rows, weight), atol=1e-4, rtol=1e-4))
+    except Exception:  # any failure of a private op means: do not use it
+        return False

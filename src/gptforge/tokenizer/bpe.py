@@ -70,6 +70,22 @@ def _token_bytes_table(hf: HFTokenizer, specials: dict[str, int], where: str) ->
     return table
 
 
+def _check_regexes(doc: Any, where: str) -> None:
+    """Refuse any regex but PATTERN in (parts of) a parsed tokenizer.json: a regex runs on every text encoded, and one that backtracks (`(a+)+$`) would hang
+    each encode. The sha256 in meta.json proves only that the file was not altered after it was
+    written, not who wrote it."""
+    if isinstance(doc, dict):
+        regex = doc.get("Regex")
+        if regex is not None and regex != PATTERN:
+            raise UserError(f"{where} has the regex {str(regex)[:60]!r}, which is not the pattern gptforge trains "
+                            "with; gptforge reads only tokenizers made by `gptforge tokenizer train`")
+        for value in doc.values():
+            _check_regexes(value, where)
+    elif isinstance(doc, list):
+        for value in doc:
+            _check_regexes(value, where)
+
+
 class BPETokenizer(Tokenizer):
     """A byte-level BPE from a tokenizer.json (Hugging Face `tokenizers`), with <|endoftext|>."""
 
@@ -85,9 +101,12 @@ class BPETokenizer(Tokenizer):
         self.name = f"bpe-{self.sha256[:12]}"
         try:
             hf = HFTokenizer.from_str(json_bytes.decode("utf-8"))
-            model_type = json.loads(json_bytes)["model"]["type"]
+            doc = json.loads(json_bytes)
+            model_type = doc["model"]["type"]
         except Exception as e:  # tokenizers raises its own exception types for a bad file
             raise UserError(f"{where} is not a Hugging Face tokenizer.json ({first_line(e)})") from None
+        _check_regexes([doc.get(part) for part in ("normalizer", "pre_tokenizer", "post_processor", "decoder")],
+                       where)  # not the model: a token may be spelled "Regex"
         if model_type != "BPE":
             raise UserError(f"{where} is a {model_type} tokenizer, not a byte-level BPE")
         added = hf.get_added_tokens_decoder()
@@ -103,7 +122,7 @@ class BPETokenizer(Tokenizer):
         self.table = _token_bytes_table(hf, self.special_tokens, where)
         self.meta = dict(meta or {})
         # tiktoken encodes ~10x faster, and gives the same ids where fast_bpe can prove it.
-        self.fast = tiktoken_twin(json.loads(json_bytes), self.table, self.special_tokens, PATTERN)
+        self.fast = tiktoken_twin(doc, self.table, self.special_tokens, PATTERN)
         self.encoder = "tokenizers" if self.fast is None else "tiktoken"
 
     def __reduce__(self):

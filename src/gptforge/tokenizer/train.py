@@ -25,7 +25,10 @@ from .base import CHAT_TOKENS, EOT_TOKEN
 from .bpe import PATTERN, BPETokenizer
 
 SPECIAL_TOKENS = (EOT_TOKEN, *CHAT_TOKENS)
-MAX_VOCAB = 1 << 32  # ids are stored as uint32 at most
+# The Rust trainer reserves about 66 bytes per requested id before merging (2^32 ids asked it for
+# 283 GB and aborted the process), and a model's embedding grows with the ids: 2^24 (1.1 GB there,
+# 51 GB of float32 embedding at 768 dims) is far beyond any vocabulary a corpus yields in practice.
+MAX_VOCAB = 1 << 24
 PIECE_CHARS = 1 << 20  # text reaches the trainer in pieces of about this many characters
 MIN_FREQUENCY = 2  # a pair seen once is noise, not a merge worth an id
 
@@ -46,7 +49,8 @@ def check_vocab_size(vocab_size: int) -> None:
     low = 256 + len(SPECIAL_TOKENS)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or not low <= vocab_size <= MAX_VOCAB:
         raise UserError(f"vocab size must be between {low} (256 bytes + {len(SPECIAL_TOKENS)} special tokens) "
-                        f"and 2^32 = {MAX_VOCAB:,}, got {vocab_size!r}")
+                        f"and at most 2^24 = {MAX_VOCAB:,} (the trainer reserves memory for every id up front), "
+                        f"got {vocab_size!r}")
 
 
 def learn(documents: Iterable[Iterable[str]], vocab_size: int, progress: bool = True,
