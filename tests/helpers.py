@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gptforge.data import load_corpus, read_documents
+from gptforge.data import load_corpus
+from gptforge.text import read_documents
 from gptforge.tokenizer import gpt2
 
 EOT_ID = gpt2().eot_id  # GPT-2's <|endoftext|>, which the corpora in these tests separate documents with

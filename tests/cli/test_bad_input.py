@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from gptforge.config import TrainConfig
-from gptforge.data import prepare_corpus, read_documents
+from gptforge.data import prepare_corpus
+from gptforge.text import read_documents
 from gptforge.training import train
 
 from helpers import assert_user_error, run_cli

@@ -8,9 +8,10 @@ from safetensors.torch import load_file
 
 import gptforge.training.loop as loop
 from gptforge.config import TrainConfig, load_config_file
-from gptforge.data import prepare_corpus, read_documents
+from gptforge.data import prepare_corpus
 from gptforge.errors import UserError
 from gptforge.generate import generate_text
+from gptforge.text import read_documents
 from gptforge.tokenizer import gpt2, load_tokenizer
 from gptforge.tokenizer.train import train_on_train_split
 from gptforge.training import train

@@ -392,7 +392,7 @@ def test_export_refuses_to_overwrite_and_never_leaves_a_partial_folder(tmp_path,
 def test_train_init_from_a_hugging_face_folder(tmp_path):
     """Continued pretraining of GPT-2 weights: the run takes the folder's shape and weights."""
     from gptforge.config import TrainConfig
-    from gptforge.data import read_documents
+    from gptforge.text import read_documents
     from gptforge.training import train
 
     source = hf_model(vocab_size=50257, n_positions=64)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .sources import BUILTIN_PREFIX, HF_PREFIX, HFDataset, SourceOptions
+from ..text.sources import BUILTIN_PREFIX, HF_PREFIX, HFDataset, SourceOptions
 
 ROLES = ("system", "user", "assistant")
 SUFFIXES = (".jsonl", ".json")

@@ -1,4 +1,4 @@
-"""Tests for gptforge.data.sources / download / gutenberg: Project Gutenberg books and URLs from a local
+"""Tests for gptforge.text.sources / download / gutenberg: Project Gutenberg books and URLs from a local
 HTTP server (retries, caching, boilerplate), jsonl / parquet / hf: inputs against the same text as
 .txt files. Nothing here touches the network beyond 127.0.0.1."""
 
@@ -14,15 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptforge.data import (
-    SourceOptions,
-    gutenberg,
-    load_corpus,
-    prepare_corpus,
-    read_documents,
-)
-from gptforge.data.sources import open_sources
+from gptforge.data import load_corpus, prepare_corpus
 from gptforge.errors import UserError
+from gptforge.text import SourceOptions, gutenberg, open_sources, read_documents
 from gptforge.tokenizer import gpt2
 
 from helpers import EOT_ID, assert_user_error, run_cli
