@@ -81,10 +81,6 @@ def split_on_eot(tokens: list[int]) -> list[list[int]]:
     return docs + [current]
 
 
-# ---------------------------------------------------------------------------------------------
-# Windows and batches
-
-
 
 def write(path: Path, content: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
