@@ -152,6 +152,40 @@ def test_no_function_over_100_lines():
     assert not long, long
 
 
+def is_slow_mark(node: ast.expr) -> bool:
+    """`pytest.mark.slow`, bare or inside a list (module-level `pytestmark = [...]`)."""
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return any(is_slow_mark(e) for e in node.elts)
+    return ast.unparse(node) == "pytest.mark.slow"
+
+
+def fast_tests(source: str) -> list[str]:
+    """The tests of a test file that the fast tier runs: none when the whole module is marked slow."""
+    tree = ast.parse(source)
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark" for t in node.targets):
+            if is_slow_mark(node.value):
+                return []
+    return [node.name for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test_")
+            and not any(is_slow_mark(d) for d in node.decorator_list)]
+
+
+def test_the_fast_test_finder_sees_slow_marks():
+    source = "import pytest\n\n@pytest.mark.slow\ndef test_a(): pass\n\ndef test_b(): pass\n"
+    assert fast_tests(source) == ["test_b"]
+    assert fast_tests("import pytest\npytestmark = pytest.mark.slow\ndef test_b(): pass\n") == []
+
+
+def test_every_test_file_has_fast_tests():
+    """The fast tier (`python -m pytest`) covers every module: each test file keeps tests outside
+    the slow tier."""
+    soak = {"serve/test_soak.py"}  # a load test by nature; serve/app.py's fast tests are in test_app.py
+    slow_only = {p.relative_to(TESTS).as_posix() for p in sorted(TESTS.rglob("test_*.py"))
+                 if not fast_tests(p.read_text())}
+    assert slow_only == soak
+
+
 def test_tests_mirror_the_package():
     """Every subpackage has a tests folder of the same name, and no tests folder lacks one."""
     packages = {p.parent.relative_to(ROOT).as_posix() for p in ROOT.rglob("__init__.py")} - {"."}
