@@ -31,7 +31,7 @@ from helpers import (
     encode,
     joined,
     read_split,
-    run_cli,
+    run_cli_here,
     split_on_eot,
     write,
     write_docs,
@@ -390,7 +390,7 @@ def test_training_reads_a_sharded_corpus(tmp_path):
 def test_prepare_with_your_own_tokenizer(tmp_path, tiny_bpe, tiny_bpe_dir):
     texts = write_docs(tmp_path / "src", n=8)
     out = tmp_path / "out"
-    result = run_cli("prepare", str(tmp_path / "src"), "--out", str(out), "--tokenizer", str(tiny_bpe_dir),
+    result = run_cli_here("prepare", str(tmp_path / "src"), "--out", str(out), "--tokenizer", str(tiny_bpe_dir),
                      "--val-fraction", "0.25", "--shard-tokens", "3000")
     assert result.returncode == 0, result.stderr
     assert f"tokenizer {tiny_bpe.name}, uint16" in result.stdout

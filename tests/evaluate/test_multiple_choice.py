@@ -31,7 +31,7 @@ from gptforge.tokenizer import gpt2
 from gptforge.weights import load_any
 from gptforge.weights.hf import export_hf
 
-from helpers import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli_here
 
 GPT2 = gpt2()
 EOT_ID = GPT2.eot_id
@@ -221,13 +221,13 @@ def test_acc_and_log_likelihoods_equal_lm_eval(random_model, items, exported, tm
 
 
 def test_cli_scores_a_checkpoint(tiny_checkpoint, random_model, items):
-    done = run_cli("eval", "--checkpoint", str(tiny_checkpoint), "--task", "hellaswag", "--data", str(FIXTURE),
+    done = run_cli_here("eval", "--checkpoint", str(tiny_checkpoint), "--task", "hellaswag", "--data", str(FIXTURE),
                    "--device", "cpu", "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result == {**choice_metrics(items, score_items(random_model, items)), "task": "hellaswag",
                       "checkpoint": str(tiny_checkpoint), "data": str(FIXTURE), "chance": 0.25}
-    text = run_cli("eval", "--checkpoint", str(tiny_checkpoint), "--task", "mc", "--data", str(FIXTURE),
+    text = run_cli_here("eval", "--checkpoint", str(tiny_checkpoint), "--task", "mc", "--data", str(FIXTURE),
                    "--limit", "5", "--device", "cpu")
     assert text.returncode == 0 and "acc_norm" in text.stdout and "5 items" in text.stdout, text.stderr
 
@@ -248,7 +248,7 @@ def test_a_bad_line_is_one_clear_error(tmp_path, line, fragment):
 def test_the_cli_says_what_is_wrong_in_one_line(tmp_path, tiny_checkpoint):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"ctx": "a", "endings": ["b", "c"], "label": 7}\n')
-    assert_user_error(run_cli("eval", "--checkpoint", str(tiny_checkpoint), "--task", "hellaswag",
+    assert_user_error(run_cli_here("eval", "--checkpoint", str(tiny_checkpoint), "--task", "hellaswag",
                               "--data", str(bad)), "bad.jsonl:1: not a hellaswag item")
 
 

@@ -19,7 +19,7 @@ from gptforge.training import train
 from gptforge.training.budget import SLACK_S, Clock
 from gptforge.training.optim import lr_factor
 
-from helpers import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli_here
 
 
 def rows(run_dir):
@@ -38,7 +38,7 @@ def test_durations():
     for bad in ("", "ten minutes", "0s", "-5m", "10d", "infm", "nan"):
         with pytest.raises(UserError, match="positive duration such as 90s"):
             parse_duration(bad)
-    assert_user_error(run_cli("train", "--max-time", "10 minutes", "--device", "cpu"),
+    assert_user_error(run_cli_here("train", "--max-time", "10 minutes", "--device", "cpu"),
                       "max-time must be a positive duration")
 
 

@@ -20,7 +20,6 @@ from gptforge.weights import load_any
 
 from helpers import run_cli
 
-
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: one thread each
 
 

@@ -19,7 +19,7 @@ from gptforge.training.optim import lr_factor, make_optimizer
 from gptforge.training.step import UpdateGuard
 from gptforge.weights import load_any
 
-from helpers import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli, run_cli_here
 
 
 @pytest.fixture(scope="module")
@@ -162,15 +162,15 @@ def test_bad_input_is_one_clear_line_and_touches_nothing(story, tmp_path):
         (["--config", str(tmp_path / "nope.toml")], "config file not found"),
     ]
     for args, fragment in cases:
-        assert_user_error(run_cli(*base, *args, "--out", str(tmp_path / "never")), fragment)
+        assert_user_error(run_cli_here(*base, *args, "--out", str(tmp_path / "never")), fragment)
     assert not (tmp_path / "never").exists()
 
     run = tmp_path / "run"
     train(TrainConfig(**tiny(data=str(story), context_length=32, max_steps=2, out=str(run))), progress=False)
     before = snapshot(run)
-    assert_user_error(run_cli("train", "--resume", str(run), "--context-length", "64"),
+    assert_user_error(run_cli_here("train", "--resume", str(run), "--context-length", "64"),
                       "context-length=64 does not match the run's 32")
-    assert_user_error(run_cli(*base, "--data", str(story), "--out", str(run)), "already holds a run")
+    assert_user_error(run_cli_here(*base, "--data", str(story), "--out", str(run)), "already holds a run")
     assert snapshot(run) == before
 
 
@@ -382,14 +382,14 @@ def test_a_corpus_prepared_with_another_tokenizer_is_refused(story, tmp_path, ti
     before = snapshot(run)
     shutil.rmtree(tmp_path / "ours")
     shutil.copytree(tmp_path / "gpt2", tmp_path / "ours")  # the same path, prepared again with GPT-2's
-    assert_user_error(run_cli("train", "--resume", str(run), "--max-steps", "4"),
+    assert_user_error(run_cli_here("train", "--resume", str(run), "--max-steps", "4"),
                       "was prepared with tokenizer gpt2, but this run uses " + tiny_bpe.name)
     base = ["train", "--preset", "gpt2-tiny", "--context-length", "32", "--max-steps", "2", "--no-progress"]
-    assert_user_error(run_cli(*base, "--init-from", str(run), "--data", str(tmp_path / "gpt2"),
+    assert_user_error(run_cli_here(*base, "--init-from", str(run), "--data", str(tmp_path / "gpt2"),
                               "--out", str(tmp_path / "never")), "was prepared with tokenizer gpt2")
-    assert_user_error(run_cli(*base, "--tokenizer", str(tiny_bpe_dir), "--data", str(tmp_path / "gpt2"),
+    assert_user_error(run_cli_here(*base, "--tokenizer", str(tiny_bpe_dir), "--data", str(tmp_path / "gpt2"),
                               "--out", str(tmp_path / "never")), "was prepared with tokenizer gpt2")
-    assert_user_error(run_cli(*base, "--init-from", str(run), "--tokenizer", "gpt2", "--data", str(story),
+    assert_user_error(run_cli_here(*base, "--init-from", str(run), "--tokenizer", "gpt2", "--data", str(story),
                               "--out", str(tmp_path / "never")), "is not the --init-from model's tokenizer")
     assert snapshot(run) == before and not (tmp_path / "never").exists()
 
