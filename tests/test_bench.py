@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from gptforge.config import GPTConfig
@@ -21,6 +22,7 @@ def test_matmul_peak_is_a_plausible_rate():
     assert 1e8 < peak < 1e14
 
 
+@pytest.mark.slow  # three CLI processes
 def test_bench_train_and_generate_smoke():
     r = run_cli("bench", "train", "--preset", "gpt2-tiny", "--context-length", "32", "--steps", "2",
                 "--device", "cpu", "--json")

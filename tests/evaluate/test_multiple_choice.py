@@ -164,6 +164,7 @@ def memorised(items):
     return model.eval()
 
 
+@pytest.mark.slow  # its fixture trains for a minute
 def test_a_model_that_knows_the_answers_scores_1(memorised, items):
     m = choice_metrics(items, score_items(memorised, items, batch_size=4))
     assert m["acc"] == 1.0 and m["acc_norm"] == 1.0 and m["acc_stderr"] == 0.0

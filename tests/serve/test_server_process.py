@@ -14,6 +14,7 @@ from helpers import assert_user_error, run_cli
 from server_helpers import start
 
 
+@pytest.mark.slow  # server processes
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_the_server_stops_cleanly_on_a_signal(tiny_checkpoint, sig):
     proc, url = start(tiny_checkpoint, "--model-name", "tiny")
@@ -42,6 +43,7 @@ def test_the_server_stops_cleanly_on_a_signal(tiny_checkpoint, sig):
             proc.wait()
 
 
+@pytest.mark.slow  # a server process
 def test_the_server_listens_on_localhost_by_default(tiny_checkpoint):
     proc, url = start(tiny_checkpoint)
     try:

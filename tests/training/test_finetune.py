@@ -120,6 +120,7 @@ def test_resume_is_bitwise_exact(tiny_checkpoint, finetune_data, tmp_path, lora)
     assert all("lora_" in k or k.endswith("new_rows") for k in a) == lora
 
 
+@pytest.mark.slow  # processes and Ctrl-C
 def test_ctrl_c_checkpoints_and_resume_ends_like_an_uninterrupted_run(tiny_checkpoint, finetune_data, tmp_path):
     """SIGINT to `gptforge finetune` mid-run (LoRA, dropout on, so the RNG state matters): exit 0
     with a checkpoint of the step it stopped at and the status "interrupted", no responses yet;
@@ -176,6 +177,7 @@ def test_bf16_accumulation_and_truncation(tiny_checkpoint, finetune_data, tmp_pa
     assert json.loads((result.checkpoint / "config.json").read_text())["model"]["vocab_size"] == 50257
 
 
+@pytest.mark.slow  # the workflow as CLI processes
 def test_the_lora_workflow_on_the_command_line(tiny_checkpoint, finetune_data, tmp_path):
     run = tmp_path / "run"
     r = run_cli("finetune", "--init-from", str(tiny_checkpoint), "--data", str(finetune_data / "chat.jsonl"),

@@ -16,7 +16,7 @@ from gptforge.config import TrainConfig
 from gptforge.errors import UserError
 from gptforge.training import Diverged, train
 
-from helpers import wait_for
+from helpers import run_cli_here, wait_for
 
 
 def rows(run_dir):
@@ -85,6 +85,7 @@ def test_a_failing_save_keeps_the_previous_checkpoint(text, tmp_path, monkeypatc
     assert load_any(tmp_path / "run").config.context_length == 32
 
 
+@pytest.mark.slow  # processes and SIGINT
 def test_sigint_checkpoints_exits_0_and_resume_matches_an_uninterrupted_run(text, tmp_path):
     args = ["--data", str(text), "--preset", "gpt2-tiny", "--context-length", "32", "--batch-size", "2",
             "--dropout", "0.1", "--lr", "1e-3", "--eval-every", "1", "--eval-batches", "1",
@@ -179,7 +180,6 @@ def test_a_hostile_pickle_is_refused_and_never_run(text, tmp_path):
     meta = json.loads((checkpoint / "config.json").read_text())  # even with a matching hash
     meta["files"]["train_state.pt"] = hashlib.sha256((checkpoint / "train_state.pt").read_bytes()).hexdigest()
     (checkpoint / "config.json").write_text(json.dumps(meta))
-    r = subprocess.run([sys.executable, "-m", "gptforge", "train", "--resume", str(run), "--max-steps", "3"],
-                       capture_output=True, text=True)
+    r = run_cli_here("train", "--resume", str(run), "--max-steps", "3")
     assert r.returncode == 2 and "cannot load" in r.stderr and "Traceback" not in r.stderr
     assert not marker.exists()

@@ -41,6 +41,7 @@ def tiny(**fields):
     return {**base, **fields}
 
 
+@pytest.mark.slow  # 10 epochs of the recipe
 def test_reference_recipe_overfits_on_a_tiny_model(story, tmp_path):
     """The reference recipe (ctx 256, batch 2, stride = ctx, 10 epochs, eval every 5 steps on 5
     batches, constant LR, dropout 0.1, no qkv bias, the reference's untied N(0, 1) embeddings) on
@@ -174,6 +175,7 @@ def test_bad_input_is_one_clear_line_and_touches_nothing(story, tmp_path):
     assert snapshot(run) == before
 
 
+@pytest.mark.slow  # the workflow as CLI processes
 def test_cli_train_eval_plot_generate(story, tmp_path):
     run = tmp_path / "run"
     r = run_cli("train", "--data", str(story), "--preset", "gpt2-tiny", "--context-length", "32",
@@ -330,6 +332,7 @@ def test_float16_with_fsdp_is_refused():
         TrainConfig(dtype="float16", distributed="fsdp")
 
 
+@pytest.mark.slow  # the workflow as CLI processes
 def test_a_run_with_its_own_tokenizer_carries_it_everywhere(story, tmp_path, tiny_bpe, tiny_bpe_dir):
     folder = tmp_path / "my-tokenizer"
     shutil.copytree(tiny_bpe_dir, folder)
@@ -403,5 +406,5 @@ def test_tokenizer_bpe_n_trains_one_on_the_train_split_first(story, tmp_path):
     expected = train_on_train_split(str(story), 0.1, 300, progress=False)
     assert tokenizer.same_as(expected) and load_any(run).config.vocab_size == 300
     assert tokenizer.meta["training"]["characters"] == int(0.9 * len(text))  # the val text stays unseen
-    assert_user_error(run_cli("train", "--data", str(story), "--tokenizer", "bpe:many", "--out", str(tmp_path / "x")),
+    assert_user_error(run_cli_here("train", "--data", str(story), "--tokenizer", "bpe:many", "--out", str(tmp_path / "x")),
                       "write bpe:N")

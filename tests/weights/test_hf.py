@@ -87,6 +87,7 @@ def test_imported_logits_equal_transformers(tmp_path, variant):
     assert diff < 1e-5, diff
 
 
+@pytest.mark.slow  # CLI processes
 def test_round_trip_hf_to_gptforge_to_hf_is_identical(tmp_path):
     hf_model().save_pretrained(tmp_path / "hf")
     result = run_cli("convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ckpt"))
@@ -115,6 +116,7 @@ def test_initial_weights_come_from_any_of_the_three_sources(tmp_path):
         torch.testing.assert_close(load_any(tmp_path / source)(idx), expected, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # a process's peak memory
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_loading_does_not_hold_the_weights_twice(tmp_path, fmt):
     """Peak anonymous memory while loading ~130 MB of weights stays near one copy. File pages the
@@ -198,6 +200,7 @@ def test_exported_model_loads_cleanly_and_computes_the_same_logits(tmp_path, tie
     assert diff < 1e-5, diff
 
 
+@pytest.mark.slow  # CLI processes and transformers
 def test_greedy_text_from_transformers_equals_gptforge_generate(tmp_path):
     model = trained_model(tie_embeddings=False)
     save_checkpoint(tmp_path / "ckpt", model)
@@ -238,6 +241,7 @@ def test_exported_tokenizer_encodes_like_ours(tmp_path):
     assert tokenizer.decode(expected) == text
 
 
+@pytest.mark.slow  # CLI processes
 def test_export_of_a_model_with_its_own_tokenizer(tmp_path, tiny_bpe, text):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tiny_bpe.vocab_size, context_length=48, emb_dim=16, n_heads=2, n_layers=1))
