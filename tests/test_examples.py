@@ -37,6 +37,7 @@ def run_example_here(name: str, *args: str) -> str:
 
 
 @pytest.mark.slow  # a minute of training, in its own process as a learner runs it
+@pytest.mark.timeout(1200)
 def test_the_minimal_training_loop_learns():
     out = run_example("train_minimal.py")
     val = [float(v) for v in re.findall(r"val loss (\d+\.\d+)", out)]

@@ -88,6 +88,7 @@ def test_the_clock_plans_syncs_and_stops_before_the_final_jobs():
     assert no_budget.next_sync is None and no_budget.progress(10) == 0.0 and not no_budget.out_of_time
 
 
+@pytest.mark.slow  # a 12-second run
 def test_a_budget_run_ends_in_time_with_its_final_evaluation_and_checkpoint(text, tmp_path, capsys):
     start = time.monotonic()
     result = train(budget_config(text, tmp_path / "run", max_time="12s"), progress=False)

@@ -117,6 +117,7 @@ def test_sigint_checkpoints_exits_0_and_resume_matches_an_uninterrupted_run(text
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # 20 restarts of a process: ~4 minutes on 2 loaded cores
 def test_kill_9_anywhere_then_resume_reaches_the_uninterrupted_losses(text, tmp_path):
     """SIGKILL at random moments (start-up, mid-step, mid-checkpoint-save), 20 times: each
     restart with --resume picks up from the newest complete checkpoint and the finished run's
