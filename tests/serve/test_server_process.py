@@ -55,6 +55,7 @@ def test_the_server_listens_on_localhost_by_default(tiny_checkpoint):
         proc.communicate(timeout=30)
 
 
+@pytest.mark.slow  # a CLI process
 def test_serve_refuses_bad_flags_in_one_line(tiny_checkpoint):
     assert_user_error(run_cli("serve", "--checkpoint", str(tiny_checkpoint), "--max-batch", "0"), "--max-batch")
     assert_user_error(run_cli("serve", "--checkpoint", "no/such/run"), "no such checkpoint")

@@ -108,6 +108,7 @@ def test_a_budget_run_ends_in_time_with_its_final_evaluation_and_checkpoint(text
     assert 0 < state["position"]["wall_s"] <= result.wall_s
 
 
+@pytest.mark.slow  # a 14-second run
 def test_a_resumed_budget_run_keeps_what_is_left(text, tmp_path):
     first = train(budget_config(text, tmp_path / "run", max_time="14s", max_steps=15), progress=False)
     assert first.step == 15 and first.wall_s < 7  # stopped by its step limit, with time left
