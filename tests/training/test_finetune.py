@@ -84,6 +84,7 @@ def test_masked_positions_contribute_nothing():
 
 # --- runs --------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a fine-tuning run that learns
 def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, finetune_data, tmp_path):
     cfg = FinetuneConfig(**settings(tiny_checkpoint, finetune_data / "tasks.json", tmp_path / "run", epochs=3, lr=3e-3,
                                     lr_schedule="cosine", warmup_steps=2))
@@ -106,6 +107,7 @@ def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, fin
     assert model.tokenizer.special_tokens["<|im_end|>"] == 50258
 
 
+@pytest.mark.slow  # two fine-tuning runs and a resume
 @pytest.mark.parametrize("lora", [False, True])
 def test_resume_is_bitwise_exact(tiny_checkpoint, finetune_data, tmp_path, lora):
     extra = {"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.1} if lora else {}

@@ -226,6 +226,7 @@ def wandb_records(path: Path):
             pending = b""
 
 
+@pytest.mark.slow  # wandb's own process
 def test_wandb_offline_run_gets_the_config_and_the_curves(text, tmp_path, monkeypatch):
     """W&B through its own client, offline: its run files hold the config and every logged step
     once; a resumed run goes on under the same run id."""

@@ -84,6 +84,7 @@ def test_resume_gives_the_same_losses_bitwise(story, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # two runs over two epochs
 def test_resume_crosses_an_epoch_boundary_with_shuffling(story, tmp_path):
     fields = tiny(data=str(story), context_length=256, dropout=0.1, lr=1e-3, eval_every=2,
                   eval_batches=1, save_every=5, epochs=2)

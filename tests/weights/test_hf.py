@@ -329,6 +329,7 @@ def break_folder(folder: Path, how: str, marker: Path) -> str:
 
 @pytest.mark.parametrize("how", ["mistral", "no-weights", "not-gpt2-shaped", "shape",
                                  "missing-layer", "truncated", "pickle"])
+@pytest.mark.slow  # a CLI process each
 def test_bad_hugging_face_folders_are_refused(tmp_path, how):
     marker = tmp_path / "code-ran"
     fragment = break_folder(tmp_path / "hf", how, marker)
@@ -351,6 +352,7 @@ def test_bad_hugging_face_folders_are_refused(tmp_path, how):
         assert f"{os.system.__module__} system" in names  # the GLOBAL opcode naming os.system
 
 
+@pytest.mark.slow  # CLI processes
 def test_hub_id_offline_and_missing_folders_say_what_to_do(tmp_path):
     out = tmp_path / "ckpt"
     result = run_cli("convert", "--from-hf", "openai-community/gpt2", "--out", str(out))
@@ -363,6 +365,7 @@ def test_hub_id_offline_and_missing_folders_say_what_to_do(tmp_path):
         load_any("gpt2")
 
 
+@pytest.mark.slow  # CLI processes
 def test_export_refuses_to_overwrite_and_never_leaves_a_partial_folder(tmp_path, monkeypatch):
     model = GPT(GPTConfig(vocab_size=101, context_length=8, emb_dim=8, n_heads=2, n_layers=1))
     save_checkpoint(tmp_path / "ckpt", model)
