@@ -180,10 +180,11 @@ def test_the_fast_test_finder_sees_slow_marks():
 def test_every_test_file_has_fast_tests():
     """The fast tier (`python -m pytest`) covers every module: each test file keeps tests outside
     the slow tier."""
-    soak = {"serve/test_soak.py"}  # a load test by nature; serve/app.py's fast tests are in test_app.py
+    # Tests of the server as a process and under load, by nature; serve/app.py's fast tests are in test_app.py.
+    processes = {"serve/test_soak.py", "serve/test_server_process.py"}
     slow_only = {p.relative_to(TESTS).as_posix() for p in sorted(TESTS.rglob("test_*.py"))
                  if not fast_tests(p.read_text())}
-    assert slow_only == soak
+    assert slow_only == processes
 
 
 def test_tests_mirror_the_package():
