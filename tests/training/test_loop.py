@@ -63,6 +63,7 @@ def test_skip_nonfinite_counts_and_goes_on(text, tmp_path, monkeypatch):
     assert state["position"]["skipped"] == 2
 
 
+@pytest.mark.slow  # a run saving every step
 def test_keep_last_retains_the_newest_checkpoints(text, tmp_path):
     train(config(text, tmp_path / "run", max_steps=9, save_every=2, keep_last=2), progress=False)
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())

@@ -122,6 +122,7 @@ def test_weight_decay_only_on_matrices():
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
 
 
+@pytest.mark.slow  # runs and a resume
 def test_random_offset_sampling_trains_and_resumes(story, tmp_path):
     fields = tiny(data=str(story), context_length=64, sampling="random", eval_every=2, eval_batches=1,
                   save_every=3)
@@ -232,6 +233,7 @@ def test_the_gpu_speedrun_config_runs_on_a_cpu_at_a_tiny_size(text, tmp_path):
     assert "momentum_buffer" in state["optimizer"]["state"]["blocks.0.attn.qkv.weight"]  # Muon's
 
 
+@pytest.mark.slow  # two runs
 def test_init_from_continues_pretraining_with_a_new_optimizer(story, tmp_path):
     first = train(TrainConfig(**tiny(data=str(story), context_length=64, lr=3e-3, max_steps=30,
                                      eval_every=0, out=str(tmp_path / "a"))), progress=False)
