@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from gptforge.data import read_documents
+from gptforge.text import read_documents
 from gptforge.retrieval import index_stats, search
 
 INDEX = """

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from gptforge import GPT, GPTConfig
-from gptforge.data import read_documents
 from gptforge.device import matmul_peak_flops
 from gptforge.evaluate.multiple_choice import encode_request, score_items
 from gptforge.evaluate.tasks import ChoiceItem
+from gptforge.text import read_documents
 from gptforge.tokenizer import gpt2
 
 

@@ -33,9 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gptforge.data import load_corpus, read_documents
+from gptforge.data import load_corpus
 from gptforge.data.encode import default_workers
-from gptforge.data.split import val_documents
+from gptforge.text import read_documents
+from gptforge.text.split import val_documents
 from gptforge.tokenizer import gpt2
 
 RUN_PREPARE = """

@@ -31,8 +31,8 @@ from datetime import date
 import httpx
 import torch
 
-from gptforge.data import read_documents
 from gptforge.generate import model_for_generation
+from gptforge.text import read_documents
 from gptforge.tokenizer import gpt2
 from gptforge.weights.hf import hf_config, hf_state_dict
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from gptforge.config import GPTConfig
-from gptforge.data import read_documents
 from gptforge.model import GPT
+from gptforge.text import read_documents
 
 
 @pytest.fixture

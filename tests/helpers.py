@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import random
 import subprocess
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gptforge.data import load_corpus, read_documents
+from gptforge.data import load_corpus
+from gptforge.text import read_documents
 from gptforge.tokenizer import gpt2
 
 EOT_ID = gpt2().eot_id  # GPT-2's <|endoftext|>, which the corpora in these tests separate documents with
@@ -21,6 +23,25 @@ EOT_ID = gpt2().eot_id  # GPT-2's <|endoftext|>, which the corpora in these test
 def run_cli(*args: str, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gptforge", *args], capture_output=True, text=True,
                           timeout=timeout, **kwargs)
+
+
+def run_cli_here(*args: str, input: str | None = None) -> subprocess.CompletedProcess:
+    """run_cli's result from the CLI's `main` in this process: no new Python and torch to start
+    (seconds a call), for tests of what a command says and does rather than of the process."""
+    from gptforge.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    stdin = sys.stdin
+    sys.stdin = io.StringIO(input or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args)) or 0
+            except SystemExit as e:  # argparse's errors, --help and --version
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        sys.stdin = stdin
+    return subprocess.CompletedProcess(["gptforge", *args], code, out.getvalue(), err.getvalue())
 
 
 def wait_for(predicate, timeout: float = 120) -> bool:
@@ -78,10 +99,6 @@ def split_on_eot(tokens: list[int]) -> list[list[int]]:
         else:
             current.append(t)
     return docs + [current]
-
-
-# ---------------------------------------------------------------------------------------------
-# Windows and batches
 
 
 

@@ -1,12 +1,13 @@
 import json
 
+import pytest
 import torch
 
 from gptforge.config import GPTConfig
 from gptforge.device import matmul_peak_flops
 from gptforge.model import GPT
 
-from helpers import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli, run_cli_here
 
 
 def test_flops_per_token_formula():
@@ -21,6 +22,7 @@ def test_matmul_peak_is_a_plausible_rate():
     assert 1e8 < peak < 1e14
 
 
+@pytest.mark.slow  # three CLI processes
 def test_bench_train_and_generate_smoke():
     r = run_cli("bench", "train", "--preset", "gpt2-tiny", "--context-length", "32", "--steps", "2",
                 "--device", "cpu", "--json")
@@ -38,8 +40,8 @@ def test_bench_train_and_generate_smoke():
 
 
 def test_bench_bad_input():
-    assert_user_error(run_cli("bench", "train", "--steps", "0"), "--steps must be a positive integer")
-    assert_user_error(run_cli("bench", "generate", "--preset", "nope"), "unknown preset")
+    assert_user_error(run_cli_here("bench", "train", "--steps", "0"), "--steps must be a positive integer")
+    assert_user_error(run_cli_here("bench", "generate", "--preset", "nope"), "unknown preset")
 
 
 def test_measuring_the_peak_leaves_the_global_rng_alone():

@@ -44,6 +44,7 @@ def answer_line(child) -> str:
     return child.before
 
 
+@pytest.mark.slow  # a terminal and Ctrl-C
 def test_a_base_model_continues_each_line_and_ctrl_c_stops_only_the_answer(tiny_checkpoint):
     child = spawn("--checkpoint", str(tiny_checkpoint), "--temperature", "0", "--max-new-tokens", "40", slow=True)
     child.expect_exact("plain continuation mode")
@@ -64,6 +65,7 @@ def test_a_base_model_continues_each_line_and_ctrl_c_stops_only_the_answer(tiny_
     assert child.exitstatus == 0
 
 
+@pytest.mark.slow  # a CLI process
 def test_chat_reads_piped_input_to_the_end(tiny_checkpoint):
     out = subprocess.run([sys.executable, "-m", "gptforge", "chat", "--checkpoint", str(tiny_checkpoint),
                           "--temperature", "0", "--max-new-tokens", "8"],
@@ -142,6 +144,7 @@ def test_the_oldest_turns_are_dropped_to_fit_and_it_is_said_once(chat_model):
     assert dropped >= 4
 
 
+@pytest.mark.slow  # a CLI process
 def test_chat_with_a_chat_checkpoint_in_a_subprocess(chat_checkpoint):
     model = load_any(chat_checkpoint)  # its tokenizer comes back with it
     out = subprocess.run([sys.executable, "-m", "gptforge", "chat", "--checkpoint", str(chat_checkpoint),

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import gptforge
 
@@ -19,6 +24,20 @@ def run_example(name: str, *args: str) -> str:
     return result.stdout
 
 
+def run_example_here(name: str, *args: str) -> str:
+    """The script run as __main__ in this process (no new Python and torch to start): its stdout."""
+    out, argv = io.StringIO(), sys.argv
+    sys.argv = [str(EXAMPLES / name), *args]
+    try:
+        with contextlib.redirect_stdout(out):
+            runpy.run_path(str(EXAMPLES / name), run_name="__main__")
+    finally:
+        sys.argv = argv
+    return out.getvalue()
+
+
+@pytest.mark.slow  # a minute of training, in its own process as a learner runs it
+@pytest.mark.timeout(1200)
 def test_the_minimal_training_loop_learns():
     out = run_example("train_minimal.py")
     val = [float(v) for v in re.findall(r"val loss (\d+\.\d+)", out)]
@@ -28,7 +47,7 @@ def test_the_minimal_training_loop_learns():
 
 
 def test_the_generation_example_matches_the_library(tiny_checkpoint):
-    out = run_example("generate.py", str(tiny_checkpoint))
+    out = run_example_here("generate.py", str(tiny_checkpoint))
     model = gptforge.load_any(tiny_checkpoint)
     ids = gptforge.generate(model, gptforge.text_to_ids("Every effort moves you"), 10, temperature=0)
     assert f"greedy: {gptforge.ids_to_text(ids)}\n" in out

@@ -2,9 +2,9 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from .chat import chat_text
 from .config import PRESETS, FinetuneConfig, GPTConfig, TrainConfig
 from .data import prepare_corpus
-from .chat import chat_text
 from .errors import UserError
 from .generate import generate, generate_text, generate_texts
 from .model import GPT, prepare_for_decoding
@@ -12,14 +12,12 @@ from .tokenizer import Tokenizer, ids_to_text, load_tokenizer, text_to_ids, toke
 from .training import finetune, train
 from .weights import load_any
 
-load_model = load_any  # the name earlier releases used
-
 try:
     __version__ = version("gptforge")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = ["FinetuneConfig", "GPT", "GPTConfig", "PRESETS", "Tokenizer", "TrainConfig", "UserError", "chat_text",
-           "finetune", "generate", "generate_text", "generate_texts", "ids_to_text", "load_any", "load_model",
+           "finetune", "generate", "generate_text", "generate_texts", "ids_to_text", "load_any",
            "load_tokenizer", "prepare_corpus",
            "prepare_for_decoding", "text_to_ids", "tokenizer_of", "train", "__version__"]

@@ -7,10 +7,11 @@ import shutil
 import pytest
 
 from gptforge.config import TrainConfig
-from gptforge.data import prepare_corpus, read_documents
+from gptforge.data import prepare_corpus
+from gptforge.text import read_documents
 from gptforge.training import train
 
-from helpers import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli_here
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +88,8 @@ CASES = [
 @pytest.mark.parametrize("args, fragment", CASES, ids=[" ".join(a[:3]) for a, _ in CASES])
 def test_bad_input(world, args, fragment):
     before = snapshot(world)
-    result = run_cli(*[a.format(w=world) for a in args], "--device", "cpu") if args[0] != "prepare" \
-        else run_cli(*[a.format(w=world) for a in args])
+    result = run_cli_here(*[a.format(w=world) for a in args], "--device", "cpu") if args[0] != "prepare" \
+        else run_cli_here(*[a.format(w=world) for a in args])
     assert_user_error(result, fragment)
     assert snapshot(world) == before
     assert not (world / "new").exists()
@@ -98,7 +99,7 @@ def test_odd_but_valid_text_is_handled(world, tmp_path):
     """Invalid UTF-8 is replaced and counted, and one huge line is just text: neither is an error."""
     (tmp_path / "latin1.txt").write_bytes("Caf\xe9 au lait. ".encode("latin-1") * 2000)
     (tmp_path / "one-line.txt").write_text("word " * 1_000_000)  # 5 MB, no newline at all
-    r = run_cli("prepare", str(tmp_path / "latin1.txt"), str(tmp_path / "one-line.txt"),
+    r = run_cli_here("prepare", str(tmp_path / "latin1.txt"), str(tmp_path / "one-line.txt"),
                 "--out", str(tmp_path / "corpus"))
     assert r.returncode == 0, r.stderr
     meta = json.loads((tmp_path / "corpus" / "meta.json").read_text())

@@ -111,7 +111,7 @@ def offline(url, dest):
 def test_bad_flag_values_are_one_line(command, tmp_path, tmp_path_factory, capsys, monkeypatch):
     # A valid --gutenberg-top would download the popular list: every download fails at once instead
     # (no retries, no network), and the cache folder lies outside the folder checked for writes.
-    monkeypatch.setattr("gptforge.data.download._attempt", offline)
+    monkeypatch.setattr("gptforge.text.download._attempt", offline)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     base = [w.replace("{tmp}", str(tmp_path)) for w in COMMANDS[command]]
     words = command.split()
@@ -225,7 +225,7 @@ def test_bad_fine_tuning_records_are_one_line(tmp_path, suffix, capsys):
 
 
 def test_bad_jsonl_text_records_are_one_line(tmp_path, capsys):
-    from gptforge.data import read_documents
+    from gptforge.text import read_documents
 
     path, tried = tmp_path / "rows.jsonl", []
 

@@ -10,7 +10,7 @@ import pytest
 from gptforge.data import load_corpus, prepare_corpus
 from gptforge.errors import UserError
 
-from helpers import assert_user_error, run_cli, write, write_docs
+from helpers import assert_user_error, run_cli_here, write, write_docs
 
 
 def test_load_corpus_detects_damage(tmp_path):
@@ -76,10 +76,10 @@ def test_an_altered_shard_is_caught_by_its_sha256_and_a_truncated_one_by_its_siz
     load_corpus(out)  # sizes are checked on every load: this one passes them
     with pytest.raises(UserError, match=r"val-00000\.bin does not match the sha256 in meta\.json"):
         load_corpus(out, verify=True)
-    assert_user_error(run_cli("train", "--data", str(out), "--verify-data", "--preset", "gpt2-tiny",
+    assert_user_error(run_cli_here("train", "--data", str(out), "--verify-data", "--preset", "gpt2-tiny",
                               "--max-steps", "1", "--out", str(tmp_path / "run")), "does not match the sha256")
     assert not (tmp_path / "run").exists()
-    assert_user_error(run_cli("eval", "--checkpoint", str(tiny_checkpoint), "--data", str(out)),
+    assert_user_error(run_cli_here("eval", "--checkpoint", str(tiny_checkpoint), "--data", str(out)),
                       "does not match the sha256")
     shard.write_bytes(bytes(data[:-2]))
     for check in (dict(), dict(verify=True)):

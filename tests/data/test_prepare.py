@@ -16,10 +16,11 @@ import pytest
 
 from gptforge.config import TrainConfig
 from gptforge.data import encode as encoding
-from gptforge.data import load_corpus, prepare, prepare_corpus, read_documents, tokenize
-from gptforge.data.sources import Document, Source, open_sources
-from gptforge.data.split import val_documents
+from gptforge.data import load_corpus, prepare, prepare_corpus, tokenize
 from gptforge.errors import UserError
+from gptforge.text import read_documents
+from gptforge.text.sources import Document, Source, open_sources
+from gptforge.text.split import val_documents
 from gptforge.tokenizer import gpt2
 from gptforge.tokenizer.gpt2_bpe import GPT2Tokenizer
 from gptforge.training import train
@@ -30,7 +31,7 @@ from helpers import (
     encode,
     joined,
     read_split,
-    run_cli,
+    run_cli_here,
     split_on_eot,
     write,
     write_docs,
@@ -125,7 +126,7 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
 
 
 def test_replacements_are_counted_across_read_blocks(tmp_path):
-    from gptforge.data.sources import READ_BYTES
+    from gptforge.text.sources import READ_BYTES
     for cut in (1, 2):  # a valid U+FFFD (EF BF BD) split across two blocks is not a replacement
         raw = b"a" * (READ_BYTES - cut) + "\ufffd".encode() + b" caf\xe9 \xff" + "\ufffd".encode() * 3
         path = write(tmp_path / f"seam{cut}.txt", raw)
@@ -262,7 +263,7 @@ class Stream(Source):
 
 def test_stream_of_unknown_length_splits_whole_documents_by_seed(tmp_path, monkeypatch):
     texts = [f"Document {i}: " + "some words here. " * (i % 5 + 1) for i in range(60)]
-    monkeypatch.setattr("gptforge.data.split.open_sources", lambda inputs, options=None: [Stream(texts)])
+    monkeypatch.setattr("gptforge.text.split.open_sources", lambda inputs, options=None: [Stream(texts)])
     encoded = [tuple(encode(t)) for t in texts]
 
     def val_docs(seed, name):
@@ -389,7 +390,7 @@ def test_training_reads_a_sharded_corpus(tmp_path):
 def test_prepare_with_your_own_tokenizer(tmp_path, tiny_bpe, tiny_bpe_dir):
     texts = write_docs(tmp_path / "src", n=8)
     out = tmp_path / "out"
-    result = run_cli("prepare", str(tmp_path / "src"), "--out", str(out), "--tokenizer", str(tiny_bpe_dir),
+    result = run_cli_here("prepare", str(tmp_path / "src"), "--out", str(out), "--tokenizer", str(tiny_bpe_dir),
                      "--val-fraction", "0.25", "--shard-tokens", "3000")
     assert result.returncode == 0, result.stderr
     assert f"tokenizer {tiny_bpe.name}, uint16" in result.stdout

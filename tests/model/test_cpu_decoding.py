@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gptforge import load_model
+from gptforge import load_any
 from gptforge.generate import generate
 from gptforge.model import prepare_for_decoding
 from gptforge.weights.checkpoint import save_checkpoint
@@ -38,7 +38,7 @@ def test_decoding_layout_changes_strides_only(tmp_path, monkeypatch):
     assert (2, 128, 1024) in split_products  # ... the prepared one does, for one-token steps
 
     save_checkpoint(tmp_path / "ckpt", model)  # non-contiguous weights still save
-    assert all(torch.equal(v, state[k]) for k, v in load_model(tmp_path / "ckpt").state_dict().items())
+    assert all(torch.equal(v, state[k]) for k, v in load_any(tmp_path / "ckpt").state_dict().items())
 
 
 def test_bfloat16_decoding_stays_close_to_float32():

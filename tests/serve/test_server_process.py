@@ -15,6 +15,7 @@ from helpers import assert_user_error, run_cli
 from server_helpers import start
 
 
+@pytest.mark.slow  # server processes
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_the_server_stops_cleanly_on_a_signal(tiny_checkpoint, sig):
     proc, url = start(tiny_checkpoint, "--model-name", "tiny")
@@ -43,6 +44,7 @@ def test_the_server_stops_cleanly_on_a_signal(tiny_checkpoint, sig):
             proc.wait()
 
 
+@pytest.mark.slow  # a server process
 def test_the_server_listens_on_localhost_by_default(tiny_checkpoint):
     proc, url = start(tiny_checkpoint)
     try:
@@ -54,12 +56,14 @@ def test_the_server_listens_on_localhost_by_default(tiny_checkpoint):
         proc.communicate(timeout=30)
 
 
+@pytest.mark.slow  # a CLI process
 def test_serve_refuses_bad_flags_in_one_line(tiny_checkpoint):
     assert_user_error(run_cli("serve", "--checkpoint", str(tiny_checkpoint), "--max-batch", "0"), "--max-batch")
     assert_user_error(run_cli("serve", "--checkpoint", "no/such/run"), "no such checkpoint")
     assert_user_error(run_cli("serve", "--preset", "gpt2-tiny"), "--random-init")
 
 
+@pytest.mark.slow  # a server process
 def test_one_hostile_request_fails_alone_and_huge_stop_strings_are_refused(tiny_checkpoint):
     """Issue 22, items 1 and 2, as a user meets them: while a streamed answer is running, requests
     with sampling values the engine cannot use and a megabyte stop string each get a 400 naming
@@ -92,6 +96,7 @@ def test_one_hostile_request_fails_alone_and_huge_stop_strings_are_refused(tiny_
     assert "Traceback" not in err, err
 
 
+@pytest.mark.slow  # server processes
 def test_serve_refuses_an_empty_api_key_and_says_whether_one_is_required(tiny_checkpoint):
     assert_user_error(run_cli("serve", "--checkpoint", str(tiny_checkpoint), "--api-key", ""), "--api-key")
     proc, _ = start(tiny_checkpoint, "--api-key", "k")

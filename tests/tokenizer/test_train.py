@@ -45,6 +45,7 @@ def test_a_vocab_size_out_of_range_is_refused(tmp_path, text, vocab, fragment):
     assert not (tmp_path / "tok").exists()
 
 
+@pytest.mark.slow  # CLI processes
 def test_bad_input_is_one_line_and_nothing_is_written(tmp_path, text):
     empty = write(tmp_path / "empty.txt", "")
     out = tmp_path / "tok"

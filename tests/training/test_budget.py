@@ -19,7 +19,7 @@ from gptforge.training import train
 from gptforge.training.budget import SLACK_S, Clock
 from gptforge.training.optim import lr_factor
 
-from helpers import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli_here
 
 
 def rows(run_dir):
@@ -38,7 +38,7 @@ def test_durations():
     for bad in ("", "ten minutes", "0s", "-5m", "10d", "infm", "nan"):
         with pytest.raises(UserError, match="positive duration such as 90s"):
             parse_duration(bad)
-    assert_user_error(run_cli("train", "--max-time", "10 minutes", "--device", "cpu"),
+    assert_user_error(run_cli_here("train", "--max-time", "10 minutes", "--device", "cpu"),
                       "max-time must be a positive duration")
 
 
@@ -88,6 +88,7 @@ def test_the_clock_plans_syncs_and_stops_before_the_final_jobs():
     assert no_budget.next_sync is None and no_budget.progress(10) == 0.0 and not no_budget.out_of_time
 
 
+@pytest.mark.slow  # a 12-second run
 def test_a_budget_run_ends_in_time_with_its_final_evaluation_and_checkpoint(text, tmp_path, capsys):
     start = time.monotonic()
     result = train(budget_config(text, tmp_path / "run", max_time="12s"), progress=False)
@@ -107,6 +108,7 @@ def test_a_budget_run_ends_in_time_with_its_final_evaluation_and_checkpoint(text
     assert 0 < state["position"]["wall_s"] <= result.wall_s
 
 
+@pytest.mark.slow  # a 14-second run
 def test_a_resumed_budget_run_keeps_what_is_left(text, tmp_path):
     first = train(budget_config(text, tmp_path / "run", max_time="14s", max_steps=15), progress=False)
     assert first.step == 15 and first.wall_s < 7  # stopped by its step limit, with time left

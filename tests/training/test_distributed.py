@@ -1,5 +1,7 @@
-"""Two processes through torchrun (gloo on CPU) against one process with gradient accumulation."""
+"""Two processes through torchrun (gloo on CPU) against one process with gradient accumulation (the
+slow tier), and one process as the degenerate case (in-process)."""
 
+import copy
 import json
 import os
 import signal
@@ -11,16 +13,48 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from gptforge import distributed
 from gptforge.model.lora import is_adapter_key
 from gptforge.training.finetune import RESPONSES
 from gptforge.weights import load_any
 
 from helpers import run_cli
 
-pytestmark = pytest.mark.slow
-
-
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: one thread each
+
+
+def test_one_process_is_the_degenerate_case(tiny_model, monkeypatch):
+    """Without torchrun's variables every helper is the identity, so the loop has one code path;
+    the full (unsharded) state round-trips through the state-dict API the checkpoints use."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    cpu = torch.device("cpu")
+    d, device = distributed.setup(cpu)
+    assert (d, device, d.enabled, d.is_main) == (distributed.Dist(0, 1, 0), cpu, False, True)
+    assert distributed.describe(d, "ddp") == ""
+    assert distributed.wrap(tiny_model, d, "fsdp", cpu) is tiny_model
+    t = torch.tensor([1.5, 2.0])
+    assert distributed.mean_over_ranks(t, d) is t
+    assert distributed.all_sum([1.0, 2.0], d, cpu) == [1.0, 2.0]
+    assert distributed.gather_objects({"rng": 3}, d) == [{"rng": 3}]
+    optimizer = torch.optim.AdamW(tiny_model.parameters(), lr=1e-3)
+    tiny_model.train()
+
+    def step(token: int) -> None:
+        optimizer.zero_grad()
+        tiny_model(torch.full((1, 8), token), targets=torch.ones(1, 8, dtype=torch.long)).backward()
+        optimizer.step()
+
+    step(0)
+    model_state, optimizer_state = distributed.full_state(tiny_model, optimizer)
+    assert model_state.keys() == tiny_model.state_dict().keys()
+    optimizer_state = copy.deepcopy(optimizer_state)  # on the CPU it shares the live tensors, as a save reads them
+    saved = {name: optimizer.state[p]["exp_avg"].clone() for name, p in tiny_model.named_parameters()}
+    step(5)  # the moments move on...
+    distributed.load_optimizer(tiny_model, optimizer, optimizer_state)  # ...and come back
+    for name, p in tiny_model.named_parameters():
+        assert torch.equal(optimizer.state[p]["exp_avg"], saved[name]), name
+    distributed.teardown(d)  # nothing to leave
 
 
 def flags(args: dict) -> list[str]:
@@ -69,6 +103,7 @@ def reference(text, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_equal_one_with_accumulation(text, tmp_path, reference, mode):
     r = torchrun("train", *common(text, tmp_path / "run", **{"--distributed": mode}))
@@ -78,6 +113,7 @@ def test_two_processes_equal_one_with_accumulation(text, tmp_path, reference, mo
     assert_same_run(tmp_path / "run", reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_resume_under_torchrun_and_across_world_sizes(text, tmp_path, reference, mode):
     run = tmp_path / "run"
@@ -106,6 +142,7 @@ def test_resume_under_torchrun_and_across_world_sizes(text, tmp_path, reference,
     assert history[-1]["train_loss"] < history[2]["train_loss"]
 
 
+@pytest.mark.slow
 def test_a_dying_rank_brings_the_job_down(text, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -131,6 +168,7 @@ def test_a_dying_rank_brings_the_job_down(text, tmp_path):
     assert "Signal 9" in err or "SIGKILL" in err or "exitcode" in err
 
 
+@pytest.mark.slow
 def test_muon_under_ddp_and_fsdp_equals_one_process_and_resumes(text, tmp_path):
     """Muon with AdamW: DDP gives one process's run with accumulation; FSDP2 too (torch's Muon
     orthogonalises a sharded matrix as a whole: the DTensor matmuls gather what they need; only the
@@ -178,6 +216,7 @@ def finetune_reference(request, tiny_checkpoint, finetune_data, tmp_path_factory
     return lora, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_finetuning_in_two_processes_equals_one_with_accumulation(tiny_checkpoint, finetune_data, tmp_path,
                                                                     finetune_reference, mode):

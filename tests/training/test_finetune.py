@@ -23,7 +23,7 @@ from gptforge.tokenizer import CHAT_TOKENS, gpt2
 from gptforge.training.finetune import RESPONSES, finetune
 from gptforge.weights import load_any
 
-from helpers import assert_user_error, random_gpt, run_cli, wait_for
+from helpers import assert_user_error, random_gpt, run_cli, run_cli_here, wait_for
 
 
 def rows(run_dir):
@@ -84,6 +84,7 @@ def test_masked_positions_contribute_nothing():
 
 # --- runs --------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a fine-tuning run that learns
 def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, finetune_data, tmp_path):
     cfg = FinetuneConfig(**settings(tiny_checkpoint, finetune_data / "tasks.json", tmp_path / "run", epochs=3, lr=3e-3,
                                     lr_schedule="cosine", warmup_steps=2))
@@ -106,6 +107,7 @@ def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, fin
     assert model.tokenizer.special_tokens["<|im_end|>"] == 50258
 
 
+@pytest.mark.slow  # two fine-tuning runs and a resume
 @pytest.mark.parametrize("lora", [False, True])
 def test_resume_is_bitwise_exact(tiny_checkpoint, finetune_data, tmp_path, lora):
     extra = {"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.1} if lora else {}
@@ -120,6 +122,7 @@ def test_resume_is_bitwise_exact(tiny_checkpoint, finetune_data, tmp_path, lora)
     assert all("lora_" in k or k.endswith("new_rows") for k in a) == lora
 
 
+@pytest.mark.slow  # processes and Ctrl-C
 def test_ctrl_c_checkpoints_and_resume_ends_like_an_uninterrupted_run(tiny_checkpoint, finetune_data, tmp_path):
     """SIGINT to `gptforge finetune` mid-run (LoRA, dropout on, so the RNG state matters): exit 0
     with a checkpoint of the step it stopped at and the status "interrupted", no responses yet;
@@ -176,6 +179,7 @@ def test_bf16_accumulation_and_truncation(tiny_checkpoint, finetune_data, tmp_pa
     assert json.loads((result.checkpoint / "config.json").read_text())["model"]["vocab_size"] == 50257
 
 
+@pytest.mark.slow  # the workflow as CLI processes
 def test_the_lora_workflow_on_the_command_line(tiny_checkpoint, finetune_data, tmp_path):
     run = tmp_path / "run"
     r = run_cli("finetune", "--init-from", str(tiny_checkpoint), "--data", str(finetune_data / "chat.jsonl"),
@@ -214,7 +218,7 @@ BAD_DATA = {
 def test_bad_data_is_one_line_and_writes_nothing(tiny_checkpoint, tmp_path, name):
     content, message = BAD_DATA[name]
     (tmp_path / name).write_text(content)
-    r = run_cli("finetune", "--init-from", str(tiny_checkpoint), "--data", str(tmp_path / name),
+    r = run_cli_here("finetune", "--init-from", str(tiny_checkpoint), "--data", str(tmp_path / name),
                 "--out", str(tmp_path / "run"), "--device", "cpu")
     assert_user_error(r, message)
     assert str(tmp_path / name) in r.stderr
@@ -223,11 +227,11 @@ def test_bad_data_is_one_line_and_writes_nothing(tiny_checkpoint, tmp_path, name
 
 def test_bad_settings_are_one_line(tiny_checkpoint, finetune_data, tmp_path):
     common = ["--data", str(finetune_data / "tasks.json"), "--out", str(tmp_path / "run"), "--device", "cpu"]
-    assert_user_error(run_cli("finetune", "--init-from", str(tiny_checkpoint), "--lora-rank", "0", *common),
+    assert_user_error(run_cli_here("finetune", "--init-from", str(tiny_checkpoint), "--lora-rank", "0", *common),
                       "lora-rank must be")
-    assert_user_error(run_cli("finetune", "--init-from", str(tiny_checkpoint), "--lora-targets", "c_attn", *common),
+    assert_user_error(run_cli_here("finetune", "--init-from", str(tiny_checkpoint), "--lora-targets", "c_attn", *common),
                       "unknown LoRA target(s) c_attn")
-    assert_user_error(run_cli("finetune", *common), "finetune needs --init-from")
+    assert_user_error(run_cli_here("finetune", *common), "finetune needs --init-from")
     assert not (tmp_path / "run").exists()
     with pytest.raises(UserError, match="stride is a pretraining setting"):
         FinetuneConfig(stride=4)
@@ -240,7 +244,7 @@ def test_a_lora_run_refuses_another_base_on_resume(finetune_data, tmp_path):
     fields = settings(base, finetune_data / "tasks.json", tmp_path / "run", lora_rank=2, max_steps=2)
     finetune(FinetuneConfig(**fields), progress=False)
     save_checkpoint(base, random_gpt(1, vocab_size=50257, context_length=64))  # another model in its place
-    r = run_cli("finetune", "--resume", str(tmp_path / "run"), "--max-steps", "4")
+    r = run_cli_here("finetune", "--resume", str(tmp_path / "run"), "--max-steps", "4")
     assert_user_error(r, "is a LoRA adapter for another base model")
     assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 1
 

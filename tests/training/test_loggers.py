@@ -22,7 +22,7 @@ from gptforge.training import train
 from gptforge.training.optim import lr_factor
 from gptforge.training.runs import summarize_run
 
-from helpers import assert_user_error
+from helpers import assert_user_error, run_cli_here
 
 TRAIN_TAGS = ["train/grad_norm", "train/loss", "train/lr", "train/mfu", "train/skipped_updates",
               "train/tokens_per_s", "train/tokens_seen"]
@@ -139,9 +139,7 @@ def test_log_flag_repeats_and_checks_its_choices():
     assert TrainConfig(log=["csv", "csv"]).log == ("csv",)  # a config file's list
     with pytest.raises(UserError, match="log takes tensorboard, wandb, csv, got 'mlflow'"):
         TrainConfig(log=("mlflow",))
-    from helpers import run_cli
-
-    assert_user_error(run_cli("train", "--log", "mlflow"), "invalid choice: 'mlflow'")
+    assert_user_error(run_cli_here("train", "--log", "mlflow"), "invalid choice: 'mlflow'")
 
 
 def newest_checkpoint_step(run: Path) -> int:
@@ -228,6 +226,7 @@ def wandb_records(path: Path):
             pending = b""
 
 
+@pytest.mark.slow  # wandb's own process
 def test_wandb_offline_run_gets_the_config_and_the_curves(text, tmp_path, monkeypatch):
     """W&B through its own client, offline: its run files hold the config and every logged step
     once; a resumed run goes on under the same run id."""

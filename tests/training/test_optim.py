@@ -94,6 +94,7 @@ def rows(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # runs and a resume with Muon
 def test_muon_resume_is_bitwise(text, tmp_path):
     # (a constant schedule: a cosine's would depend on the first session's shorter --max-steps)
     fields = dict(data=str(text), preset="gpt2-tiny", arch="modern", optimizer="muon", lr=3e-3, muon_lr=0.02,

@@ -12,7 +12,7 @@ import pytest
 from gptforge.errors import UserError
 from gptforge.training.plot import compare_figure, loss_figure, plot_losses, plot_run, plot_runs, read_metrics
 
-from helpers import run_cli
+from helpers import run_cli_here
 
 pytest.importorskip("matplotlib")
 
@@ -132,7 +132,7 @@ def test_several_runs_overlay_their_val_curves_against_tokens(tmp_path):
     assert list(lines["big"][0]) == [3 * row(s)["tokens_seen"] for s in range(0, 20, 5)]
     assert list(lines["small"][1]) == [row(s)["val_loss"] for s in range(0, 30, 5)]
     assert ax.get_xlabel() == "tokens seen"
-    done = run_cli("plot", str(tmp_path / "small"), str(tmp_path / "big"), "--out", str(tmp_path / "both.png"))
+    done = run_cli_here("plot", str(tmp_path / "small"), str(tmp_path / "big"), "--out", str(tmp_path / "both.png"))
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "both.png").read_bytes()[:8] == PNG_SIGNATURE
     with pytest.raises(UserError, match="no such run folder"):

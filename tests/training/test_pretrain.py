@@ -8,9 +8,10 @@ from safetensors.torch import load_file
 
 import gptforge.training.loop as loop
 from gptforge.config import TrainConfig, load_config_file
-from gptforge.data import prepare_corpus, read_documents
+from gptforge.data import prepare_corpus
 from gptforge.errors import UserError
 from gptforge.generate import generate_text
+from gptforge.text import read_documents
 from gptforge.tokenizer import gpt2, load_tokenizer
 from gptforge.tokenizer.train import train_on_train_split
 from gptforge.training import train
@@ -18,7 +19,7 @@ from gptforge.training.optim import lr_factor, make_optimizer
 from gptforge.training.step import UpdateGuard
 from gptforge.weights import load_any
 
-from helpers import assert_user_error, run_cli
+from helpers import assert_user_error, run_cli, run_cli_here
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,7 @@ def tiny(**fields):
     return {**base, **fields}
 
 
+@pytest.mark.slow  # 10 epochs of the recipe
 def test_reference_recipe_overfits_on_a_tiny_model(story, tmp_path):
     """The reference recipe (ctx 256, batch 2, stride = ctx, 10 epochs, eval every 5 steps on 5
     batches, constant LR, dropout 0.1, no qkv bias, the reference's untied N(0, 1) embeddings) on
@@ -82,6 +84,7 @@ def test_resume_gives_the_same_losses_bitwise(story, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # two runs over two epochs
 def test_resume_crosses_an_epoch_boundary_with_shuffling(story, tmp_path):
     fields = tiny(data=str(story), context_length=256, dropout=0.1, lr=1e-3, eval_every=2,
                   eval_batches=1, save_every=5, epochs=2)
@@ -119,6 +122,7 @@ def test_weight_decay_only_on_matrices():
     assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
 
 
+@pytest.mark.slow  # runs and a resume
 def test_random_offset_sampling_trains_and_resumes(story, tmp_path):
     fields = tiny(data=str(story), context_length=64, sampling="random", eval_every=2, eval_batches=1,
                   save_every=3)
@@ -134,7 +138,7 @@ def test_python_api_for_a_notebook(story, tmp_path):
 
     result = gptforge.train(data=str(story), **tiny(context_length=32, max_steps=3,
                                                     out=str(tmp_path / "r")), progress=False)
-    model = gptforge.load_model(tmp_path / "r")
+    model = gptforge.load_any(tmp_path / "r")
     assert model.config.context_length == 32 and not model.training
     assert result.step == 3 and math.isfinite(result.val_loss)
 
@@ -161,18 +165,19 @@ def test_bad_input_is_one_clear_line_and_touches_nothing(story, tmp_path):
         (["--config", str(tmp_path / "nope.toml")], "config file not found"),
     ]
     for args, fragment in cases:
-        assert_user_error(run_cli(*base, *args, "--out", str(tmp_path / "never")), fragment)
+        assert_user_error(run_cli_here(*base, *args, "--out", str(tmp_path / "never")), fragment)
     assert not (tmp_path / "never").exists()
 
     run = tmp_path / "run"
     train(TrainConfig(**tiny(data=str(story), context_length=32, max_steps=2, out=str(run))), progress=False)
     before = snapshot(run)
-    assert_user_error(run_cli("train", "--resume", str(run), "--context-length", "64"),
+    assert_user_error(run_cli_here("train", "--resume", str(run), "--context-length", "64"),
                       "context-length=64 does not match the run's 32")
-    assert_user_error(run_cli(*base, "--data", str(story), "--out", str(run)), "already holds a run")
+    assert_user_error(run_cli_here(*base, "--data", str(story), "--out", str(run)), "already holds a run")
     assert snapshot(run) == before
 
 
+@pytest.mark.slow  # the workflow as CLI processes
 def test_cli_train_eval_plot_generate(story, tmp_path):
     run = tmp_path / "run"
     r = run_cli("train", "--data", str(story), "--preset", "gpt2-tiny", "--context-length", "32",
@@ -228,6 +233,7 @@ def test_the_gpu_speedrun_config_runs_on_a_cpu_at_a_tiny_size(text, tmp_path):
     assert "momentum_buffer" in state["optimizer"]["state"]["blocks.0.attn.qkv.weight"]  # Muon's
 
 
+@pytest.mark.slow  # two runs
 def test_init_from_continues_pretraining_with_a_new_optimizer(story, tmp_path):
     first = train(TrainConfig(**tiny(data=str(story), context_length=64, lr=3e-3, max_steps=30,
                                      eval_every=0, out=str(tmp_path / "a"))), progress=False)
@@ -329,6 +335,7 @@ def test_float16_with_fsdp_is_refused():
         TrainConfig(dtype="float16", distributed="fsdp")
 
 
+@pytest.mark.slow  # the workflow as CLI processes
 def test_a_run_with_its_own_tokenizer_carries_it_everywhere(story, tmp_path, tiny_bpe, tiny_bpe_dir):
     folder = tmp_path / "my-tokenizer"
     shutil.copytree(tiny_bpe_dir, folder)
@@ -381,14 +388,14 @@ def test_a_corpus_prepared_with_another_tokenizer_is_refused(story, tmp_path, ti
     before = snapshot(run)
     shutil.rmtree(tmp_path / "ours")
     shutil.copytree(tmp_path / "gpt2", tmp_path / "ours")  # the same path, prepared again with GPT-2's
-    assert_user_error(run_cli("train", "--resume", str(run), "--max-steps", "4"),
+    assert_user_error(run_cli_here("train", "--resume", str(run), "--max-steps", "4"),
                       "was prepared with tokenizer gpt2, but this run uses " + tiny_bpe.name)
     base = ["train", "--preset", "gpt2-tiny", "--context-length", "32", "--max-steps", "2", "--no-progress"]
-    assert_user_error(run_cli(*base, "--init-from", str(run), "--data", str(tmp_path / "gpt2"),
+    assert_user_error(run_cli_here(*base, "--init-from", str(run), "--data", str(tmp_path / "gpt2"),
                               "--out", str(tmp_path / "never")), "was prepared with tokenizer gpt2")
-    assert_user_error(run_cli(*base, "--tokenizer", str(tiny_bpe_dir), "--data", str(tmp_path / "gpt2"),
+    assert_user_error(run_cli_here(*base, "--tokenizer", str(tiny_bpe_dir), "--data", str(tmp_path / "gpt2"),
                               "--out", str(tmp_path / "never")), "was prepared with tokenizer gpt2")
-    assert_user_error(run_cli(*base, "--init-from", str(run), "--tokenizer", "gpt2", "--data", str(story),
+    assert_user_error(run_cli_here(*base, "--init-from", str(run), "--tokenizer", "gpt2", "--data", str(story),
                               "--out", str(tmp_path / "never")), "is not the --init-from model's tokenizer")
     assert snapshot(run) == before and not (tmp_path / "never").exists()
 
@@ -402,5 +409,5 @@ def test_tokenizer_bpe_n_trains_one_on_the_train_split_first(story, tmp_path):
     expected = train_on_train_split(str(story), 0.1, 300, progress=False)
     assert tokenizer.same_as(expected) and load_any(run).config.vocab_size == 300
     assert tokenizer.meta["training"]["characters"] == int(0.9 * len(text))  # the val text stays unseen
-    assert_user_error(run_cli("train", "--data", str(story), "--tokenizer", "bpe:many", "--out", str(tmp_path / "x")),
+    assert_user_error(run_cli_here("train", "--data", str(story), "--tokenizer", "bpe:many", "--out", str(tmp_path / "x")),
                       "write bpe:N")

@@ -63,6 +63,7 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous_one(run_of_two_c
     assert (run / "checkpoints" / "step-00000004" / "config.json").is_file()
 
 
+@pytest.mark.slow  # a CLI process
 def test_a_run_whose_every_checkpoint_is_corrupt_is_refused_in_one_line(run_of_two_checkpoints):
     run = run_of_two_checkpoints
     for step in (2, 4):

@@ -18,7 +18,7 @@ from gptforge.training import Diverged, train
 from gptforge.training.run_folder import RunFolder
 from gptforge.training.runs import format_runs, list_runs, summarize_run
 
-from helpers import run_cli
+from helpers import run_cli_here
 
 
 def config(text, out, **fields):
@@ -101,7 +101,7 @@ def test_a_corrupt_metrics_line_is_reported_not_a_crash(runs, tmp_path):
     assert summary.status == "finished" and summary.steps == 4
     assert summary.problems == ["metrics.jsonl:2: not a metrics row, skipped",
                                 "metrics.jsonl:3: not a metrics row, skipped"]
-    done = run_cli("runs", str(tmp_path))
+    done = run_cli_here("runs", str(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "damaged: metrics.jsonl:2: not a metrics row, skipped" in done.stdout
 
@@ -114,7 +114,7 @@ def test_a_run_on_another_host_is_not_guessed(tmp_path):
 
 
 def test_cli_lists_runs_as_a_table_or_json(runs):
-    done = run_cli("runs", str(runs), "--json")
+    done = run_cli_here("runs", str(runs), "--json")
     assert done.returncode == 0, done.stderr
     listed = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["name"] for r in listed] == sorted(p.name for p in runs.iterdir())

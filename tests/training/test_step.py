@@ -30,6 +30,7 @@ def test_accumulating_4x2_equals_one_batch_of_8(text, tmp_path):
     assert max((a[k] - c[k]).abs().max().item() for k in a) > 1e-4
 
 
+@pytest.mark.slow  # two 12-step runs
 def test_bf16_autocast_tracks_fp32(text, tmp_path):
     fp32 = run(text, tmp_path / "fp32", batch_size=4, max_steps=12, eval_every=4, lr=3e-3)
     bf16 = run(text, tmp_path / "bf16", batch_size=4, max_steps=12, eval_every=4, lr=3e-3,
@@ -39,6 +40,7 @@ def test_bf16_autocast_tracks_fp32(text, tmp_path):
     assert abs(bf16.val_loss - fp32.val_loss) < 0.1
 
 
+@pytest.mark.slow  # runs and a resume
 def test_fp16_with_grad_scaler_runs_and_resumes(text, tmp_path):
     result = run(text, tmp_path / "fp16", batch_size=4, max_steps=3, dtype="float16", save_every=2)
     assert math.isfinite(result.train_loss)

@@ -87,6 +87,7 @@ def test_imported_logits_equal_transformers(tmp_path, variant):
     assert diff < 1e-5, diff
 
 
+@pytest.mark.slow  # CLI processes
 def test_round_trip_hf_to_gptforge_to_hf_is_identical(tmp_path):
     hf_model().save_pretrained(tmp_path / "hf")
     result = run_cli("convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ckpt"))
@@ -115,6 +116,7 @@ def test_initial_weights_come_from_any_of_the_three_sources(tmp_path):
         torch.testing.assert_close(load_any(tmp_path / source)(idx), expected, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # a process's peak memory
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_loading_does_not_hold_the_weights_twice(tmp_path, fmt):
     """Peak anonymous memory while loading ~130 MB of weights stays near one copy. File pages the
@@ -198,6 +200,7 @@ def test_exported_model_loads_cleanly_and_computes_the_same_logits(tmp_path, tie
     assert diff < 1e-5, diff
 
 
+@pytest.mark.slow  # CLI processes and transformers
 def test_greedy_text_from_transformers_equals_gptforge_generate(tmp_path):
     model = trained_model(tie_embeddings=False)
     save_checkpoint(tmp_path / "ckpt", model)
@@ -238,6 +241,7 @@ def test_exported_tokenizer_encodes_like_ours(tmp_path):
     assert tokenizer.decode(expected) == text
 
 
+@pytest.mark.slow  # CLI processes
 def test_export_of_a_model_with_its_own_tokenizer(tmp_path, tiny_bpe, text):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tiny_bpe.vocab_size, context_length=48, emb_dim=16, n_heads=2, n_layers=1))
@@ -325,6 +329,7 @@ def break_folder(folder: Path, how: str, marker: Path) -> str:
 
 @pytest.mark.parametrize("how", ["mistral", "no-weights", "not-gpt2-shaped", "shape",
                                  "missing-layer", "truncated", "pickle"])
+@pytest.mark.slow  # a CLI process each
 def test_bad_hugging_face_folders_are_refused(tmp_path, how):
     marker = tmp_path / "code-ran"
     fragment = break_folder(tmp_path / "hf", how, marker)
@@ -347,6 +352,7 @@ def test_bad_hugging_face_folders_are_refused(tmp_path, how):
         assert f"{os.system.__module__} system" in names  # the GLOBAL opcode naming os.system
 
 
+@pytest.mark.slow  # CLI processes
 def test_hub_id_offline_and_missing_folders_say_what_to_do(tmp_path):
     out = tmp_path / "ckpt"
     result = run_cli("convert", "--from-hf", "openai-community/gpt2", "--out", str(out))
@@ -359,6 +365,7 @@ def test_hub_id_offline_and_missing_folders_say_what_to_do(tmp_path):
         load_any("gpt2")
 
 
+@pytest.mark.slow  # CLI processes
 def test_export_refuses_to_overwrite_and_never_leaves_a_partial_folder(tmp_path, monkeypatch):
     model = GPT(GPTConfig(vocab_size=101, context_length=8, emb_dim=8, n_heads=2, n_layers=1))
     save_checkpoint(tmp_path / "ckpt", model)
@@ -392,7 +399,7 @@ def test_export_refuses_to_overwrite_and_never_leaves_a_partial_folder(tmp_path,
 def test_train_init_from_a_hugging_face_folder(tmp_path):
     """Continued pretraining of GPT-2 weights: the run takes the folder's shape and weights."""
     from gptforge.config import TrainConfig
-    from gptforge.data import read_documents
+    from gptforge.text import read_documents
     from gptforge.training import train
 
     source = hf_model(vocab_size=50257, n_positions=64)

@@ -111,6 +111,7 @@ def test_transformers_models_import_exactly(tmp_path, family):
     (dict(qk_norm=True), "qk_norm with learned positions"),
     (dict(arch="modern", qkv_bias=True), "qkv_bias without bias"),
 ])
+@pytest.mark.slow  # CLI processes
 def test_export_refuses_what_no_architecture_computes(tmp_path, switches, fragment):
     model = ours(**switches)
     with pytest.raises(UserError, match="cannot export to a transformers architecture"):

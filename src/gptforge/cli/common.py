@@ -58,7 +58,7 @@ def config_flags(args: argparse.Namespace, cls) -> dict:
 
 
 def add_source_flags(p: argparse.ArgumentParser) -> None:
-    """How INPUTs other than plain text files are read (see gptforge.data.sources.SourceOptions)."""
+    """How INPUTs other than plain text files are read (see gptforge.text.sources.SourceOptions)."""
     p.add_argument("--text-field", default="text", metavar="NAME",
                    help="column with the text in .jsonl / .parquet files and hf: datasets (default: text)")
     p.add_argument("--hf-split", default="train", metavar="NAME",
@@ -75,7 +75,7 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
 
 def source_options(args: argparse.Namespace):
     """The SourceOptions of the flags add_source_flags added."""
-    from ..data import SourceOptions
+    from ..text import SourceOptions
 
     options = SourceOptions(text_field=args.text_field, hf_split=args.hf_split, cache_dir=args.cache_dir,
                             retries=args.retries, gutenberg_top=args.gutenberg_top)

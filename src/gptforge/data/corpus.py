@@ -18,10 +18,10 @@ from typing import Any
 
 from ..errors import UserError
 from ..files import read_json, sha256_file
+from ..text.split import SPLITS
 from ..tokenizer import TOKENIZER_DIR, Tokenizer, gpt2, tokenizer_from_record
 from .encode import tokenize
 from .shards import TOKEN_DTYPES, TokenArray, open_tokens
-from .split import SPLITS
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Text to tokens, streaming and on every core: the one tokenizing pipeline behind `prepare` and
 behind text given straight to `train` or `eval`.
 
-Split-tagged text blocks (gptforge.data.split) are joined and re-cut into pieces of about
+Split-tagged text blocks (gptforge.text.split) are joined and re-cut into pieces of about
 CHUNK_CHARS characters at points where cutting leaves the tokens unchanged; a pool of worker
 processes tokenizes the pieces; the tokens come back in input order, each document's first piece
 in a split preceded by <|endoftext|> (except the split's first). Memory stays a few pieces per
@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-import re
 import signal
 import sys
 from collections import deque
@@ -25,39 +24,15 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..text.pieces import cut_pieces
+from ..text.sources import warn_replaced
+from ..text.split import open_split, tag_blocks
 from ..tokenizer import Tokenizer, gpt2
-from ..tokenizer.gpt2_bpe import GPT2Tokenizer
-from .sources import warn_replaced
-from .split import open_split, tag_blocks
 
 # Tokenize about this many characters per piece (and per task sent to a worker): large enough
 # that sending it costs nothing next to tokenizing it, small enough that a few in flight per
 # worker stay a few MB.
 CHUNK_CHARS = 1 << 20
-
-
-def cut_pieces(blocks: Iterable[str], size: int = CHUNK_CHARS, safe_cut: re.Pattern = GPT2Tokenizer.safe_cut
-               ) -> Iterator[str]:
-    """Join text blocks and re-cut them into pieces of about `size` chars at safe points (a
-    tokenizer's `safe_cut`: cutting there leaves the tokens unchanged).
-
-    The tokens of the pieces concatenate to the tokens of the whole. Cuts depend only on the
-    text, never on how it arrived in blocks. Text with no safe point (no spaces between words)
-    stays in one piece: correct, just larger.
-    """
-    buf, scan = "", size
-    for block in blocks:
-        buf += block
-        while len(buf) > size:
-            match = safe_cut.search(buf, scan)
-            if match is None:
-                scan = max(size, len(buf) - 1)  # the next search starts where this one gave up
-                break
-            yield buf[:match.start()]
-            buf, scan = buf[match.start():], size
-    if buf:
-        yield buf
-
 
 _worker_tokenizer: Tokenizer | None = None  # a worker process's tokenizer, set once when it starts
 
@@ -183,7 +158,7 @@ def check_corpus(chars: int, train_tokens: int, val_fraction: float) -> None:
 def tokenize(inputs: list[str] | str, val_fraction: float = 0.0, split: str = "chars", seed: int = 0,
              options=None, progress: bool = False, tokenizer: Tokenizer | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Train and val tokens of INPUTs (see gptforge.data.sources), in memory, split and joined
+    """Train and val tokens of INPUTs (see gptforge.text.sources), in memory, split and joined
     exactly as `prepare` writes them to disk (with `tokenizer`, GPT-2's by default). With
     val_fraction 0 everything is in train."""
     from tqdm import tqdm

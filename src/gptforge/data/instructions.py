@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..files import parse_json
-from .sources import BUILTIN_PREFIX, HF_PREFIX, HFDataset, SourceOptions
+from ..text.sources import BUILTIN_PREFIX, HF_PREFIX, HFDataset, SourceOptions
 
 ROLES = ("system", "user", "assistant")
 SUFFIXES = (".jsonl", ".json")

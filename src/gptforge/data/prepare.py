@@ -1,6 +1,6 @@
 """Building a corpus folder: INPUTs -> token shards + meta.json, streaming, on every core.
 
-Documents come from gptforge.data.sources, go to the train or val split (data.split), are
+Documents come from gptforge.text.sources, go to the train or val split (text.split), are
 tokenized in order on worker processes (data.encode) by GPT-2's tokenizer or one of your own, and
 their tokens are appended to the split's shards (data.shards: uint16, or uint32 for a vocabulary
 over 65,536). A tokenizer other than GPT-2's is copied into the folder (`tokenizer/`), so the
@@ -29,11 +29,11 @@ from tqdm import tqdm
 from ..checks import require_int, require_number
 from ..errors import UserError
 from ..files import check_output_folder, replace_folder, write_json
+from ..text.sources import Source, SourceOptions, warn_replaced
+from ..text.split import SPLITS, open_split, tag_blocks
 from ..tokenizer import TOKENIZER_DIR, Tokenizer, gpt2
 from .encode import CHUNK_CHARS, check_corpus, default_workers, encode_pieces
 from .shards import ShardWriter, dtype_name
-from .sources import Source, SourceOptions, warn_replaced
-from .split import SPLITS, open_split, tag_blocks
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB per shard file
 CHECKPOINT_SECONDS = 60.0  # an interrupted prepare loses at most this much work (or one shard)

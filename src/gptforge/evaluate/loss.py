@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data import as_token_array, is_corpus, load_corpus, tokenize
-from ..data.split import SPLITS
 from ..device import pick_device
 from ..errors import UserError
+from ..text.split import SPLITS
 from ..tokenizer import tokenizer_of
 from ..weights import load_any, resolve_model_path
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..data.download import default_cache_dir, fetch, url_cache_name
 from ..errors import UserError
+from ..text.download import default_cache_dir, fetch, url_cache_name
 
 Task = Literal["hellaswag", "mc"]
 TASKS: tuple[str, ...] = ("hellaswag", "mc")

@@ -100,10 +100,6 @@ def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float, targets:
     return model
 
 
-def has_lora(model: nn.Module) -> bool:
-    return any(isinstance(m, LoRALinear) for m in model.modules())
-
-
 def is_adapter_key(name: str) -> bool:
     """Whether a state-dict key (of a model with adapters) belongs to the adapter."""
     return ".lora_A" in name or ".lora_B" in name or name.endswith("." + ROWS_KEY)

@@ -36,7 +36,7 @@ class Tokenizer:
     kind: str  # "gpt2" or "bpe": which implementation rebuilds it from its description
     sha256: str  # of the file that defines its vocabulary
     encoder: str  # the library that encodes text: "tiktoken" or "tokenizers" (same ids, speed differs)
-    # Where text may be cut without changing its tokens (see gptforge.data.encode.cut_pieces): a
+    # Where text may be cut without changing its tokens (see gptforge.text.pieces.cut_pieces): a
     # property of the pre-tokenisation pattern.
     safe_cut: re.Pattern
 

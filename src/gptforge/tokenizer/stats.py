@@ -15,7 +15,7 @@ PIECE_CHARS = 1 << 20  # each document is tokenized in pieces of about this many
 
 def _documents(inputs: list[str] | str, options, max_chars: int | None) -> Iterator[str]:
     """The text of each document of INPUTs, the last one cut short at max_chars in all."""
-    from ..data.sources import open_sources
+    from ..text.sources import open_sources
 
     left = max_chars
     for source in open_sources(inputs, options):
@@ -32,7 +32,7 @@ def _documents(inputs: list[str] | str, options, max_chars: int | None) -> Itera
 def measure(tokenizers: list[Tokenizer], texts: Iterable[str]) -> list[dict[str, Any]]:
     """Per tokenizer: tokens, bytes per token, characters per token, and vocabulary coverage (the
     share of its non-special ids the text uses) over all the texts."""
-    from ..data.encode import cut_pieces
+    from ..text.pieces import cut_pieces
 
     counts = [np.zeros(t.vocab_size, dtype=np.int64) for t in tokenizers]
     n_bytes = n_chars = 0
@@ -55,5 +55,5 @@ def measure(tokenizers: list[Tokenizer], texts: Iterable[str]) -> list[dict[str,
 
 def tokenizer_stats(tokenizers: list[Tokenizer], inputs: list[str] | str, options=None,
                     max_chars: int | None = None) -> list[dict[str, Any]]:
-    """measure() on the documents of INPUTs (see gptforge.data.sources), at most max_chars of them."""
+    """measure() on the documents of INPUTs (see gptforge.text.sources), at most max_chars of them."""
     return measure(tokenizers, _documents(inputs, options, max_chars))

@@ -57,7 +57,7 @@ def learn(documents: Iterable[Iterable[str]], vocab_size: int, progress: bool = 
           total: int | None = None) -> BPETokenizer:
     """A byte-level BPE of `vocab_size` ids (special tokens included) learned from documents, each
     given as text blocks; its meta records the settings. Refuses text-less input."""
-    from ..data.encode import cut_pieces
+    from ..text.pieces import cut_pieces
 
     check_vocab_size(vocab_size)
     hf = empty_tokenizer()
@@ -86,9 +86,9 @@ def learn(documents: Iterable[Iterable[str]], vocab_size: int, progress: bool = 
 def train_tokenizer(inputs: list[str] | str, out: str | os.PathLike, vocab_size: int, options=None,
                     overwrite: bool = False, progress: bool = True) -> BPETokenizer:
     """Train a byte-level BPE of `vocab_size` ids (special tokens included) on INPUTs (see
-    gptforge.data.sources) and write its folder `out` (tokenizer.json + meta.json) atomically.
+    gptforge.text.sources) and write its folder `out` (tokenizer.json + meta.json) atomically.
     The same inputs and settings give a byte-identical tokenizer.json."""
-    from ..data.sources import open_sources, warn_replaced
+    from ..text.sources import open_sources, warn_replaced
 
     check_vocab_size(vocab_size)
     out = Path(out)
@@ -108,7 +108,7 @@ def train_on_train_split(data: str, val_fraction: float, vocab_size: int, progre
     """A byte-level BPE learned from the text a run trains on (`train --tokenizer bpe:N`): the
     train split of text --data, split by characters as training splits it, so the validation
     text stays unseen."""
-    from ..data.split import open_split, tag_blocks
+    from ..text.split import open_split, tag_blocks
 
     check_vocab_size(vocab_size)
     sources, split, n_docs = open_split([data], val_fraction, "chars")

@@ -1,4 +1,4 @@
-"""Tests for gptforge.data.sources / download / gutenberg: Project Gutenberg books and URLs from a local
+"""Tests for gptforge.text.sources / download / gutenberg: Project Gutenberg books and URLs from a local
 HTTP server (retries, caching, boilerplate), jsonl / parquet / hf: inputs against the same text as
 .txt files. Nothing here touches the network beyond 127.0.0.1."""
 
@@ -14,18 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptforge.data import (
-    SourceOptions,
-    gutenberg,
-    load_corpus,
-    prepare_corpus,
-    read_documents,
-)
-from gptforge.data.sources import open_sources
+from gptforge.data import load_corpus, prepare_corpus
 from gptforge.errors import UserError
+from gptforge.text import SourceOptions, gutenberg, open_sources, read_documents
 from gptforge.tokenizer import gpt2
 
-from helpers import EOT_ID, assert_user_error, run_cli
+from helpers import EOT_ID, assert_user_error, run_cli_here
 
 BODIES = {
     1342: "It is a truth universally acknowledged, that a single man in possession\n"
@@ -218,7 +212,7 @@ def test_url_input_is_downloaded_once_and_split_like_the_reference(server, tmp_p
 
 def test_cli_reports_a_server_error_in_one_line(server, tmp_path):
     server.routes = {"/story.txt": [(500, b"")]}
-    result = run_cli("prepare", server.url + "/story.txt", "--out", str(tmp_path / "c"), "--retries", "1",
+    result = run_cli_here("prepare", server.url + "/story.txt", "--out", str(tmp_path / "c"), "--retries", "1",
                      "--cache-dir", str(tmp_path / "cache"))
     assert_user_error(result, "HTTP 500 Internal Server Error (gave up after 2 attempts)")
     assert server.hits["/story.txt"] == 2 and not (tmp_path / "c").exists()
@@ -227,7 +221,7 @@ def test_cli_reports_a_server_error_in_one_line(server, tmp_path):
 def test_cli_prepares_gutenberg_books_with_the_new_flags(server, tmp_path):
     server.routes = {f"/cache/epub/{i}/pg{i}.txt": [(200, modern_book(i))] for i in BODIES}
     out = tmp_path / "c"
-    result = run_cli("prepare", "gutenberg:1342,2701,84", "--out", str(out), "--mirror", server.url,
+    result = run_cli_here("prepare", "gutenberg:1342,2701,84", "--out", str(out), "--mirror", server.url,
                      "--cache-dir", str(tmp_path / "cache"), "--workers", "2", "--shard-tokens", "20",
                      "--split", "documents", "--val-fraction", "0.3", "--seed", "4")
     assert result.returncode == 0, result.stderr
