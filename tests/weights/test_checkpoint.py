@@ -182,3 +182,17 @@ def test_nonfinite_weights_are_said_on_load_and_refused_for_generation(tmp_path,
     allowed = run_cli("generate", "--checkpoint", str(path), "--prompt", "x", "--max-new-tokens", "2",
                       "--allow-nonfinite")
     assert allowed.returncode == 0 and "NaN or inf" in allowed.stderr, allowed.stderr
+
+
+def test_our_safetensors_writer_is_read_back_exactly_by_the_library(tmp_path):
+    from gptforge.files import write_file
+    from gptforge.weights.checkpoint import write_safetensors
+
+    tensors = {"a": torch.randn(3, 5).bfloat16(), "b": torch.randn(7), "empty": torch.zeros(0, 4),
+               "flag": torch.tensor(True), "i8": torch.arange(5, dtype=torch.int8), "h": torch.randn(2, 3).half(),
+               "d": torch.randn(3).double()}
+    write_file(tmp_path / "x.safetensors", lambda f: write_safetensors(f, tensors))
+    back = load_file(tmp_path / "x.safetensors")
+    assert set(back) == set(tensors)
+    for name, t in tensors.items():
+        assert back[name].dtype == t.dtype and torch.equal(back[name], t), name
