@@ -49,14 +49,17 @@ class Output:
         self.error: OSError | None = None
 
     def write(self, data) -> int:
+        return self._kept(raw_write, self.file, data)
+
+    def flush(self) -> None:
+        self._kept(type(self.file).flush, self.file)
+
+    def _kept(self, call, *args):
         try:
-            return raw_write(self.file, data)
+            return call(*args)
         except OSError as e:
             self.error = self.error or e
             raise
-
-    def flush(self) -> None:
-        self.file.flush()
 
 
 def write_file(path: Path, fill: Callable[[Output], None]) -> None:
