@@ -220,7 +220,7 @@ class WriteFaults:
     disk (ENOSPC) or a failing one (EIO) would. `armed` off: nothing is counted."""
 
     def __init__(self, monkeypatch, fail_at: int = 0, error: int = 28, armed: bool = True):
-        import gptforge.files as files
+        from gptforge import files
 
         self.count, self.fail_at, self.error, self.armed = 0, fail_at, error, armed
         real_write, real_fsync = files.raw_write, files.fsync

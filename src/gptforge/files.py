@@ -45,7 +45,7 @@ class Output:
     is what the user needs to hear. Every write of a checkpoint goes through one (see write_file)."""
 
     def __init__(self, path: Path):
-        self.file = open(path, "wb")
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by write_file)
         self.error: OSError | None = None
 
     def write(self, data) -> int:

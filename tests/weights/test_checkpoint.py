@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from gptforge.config import GPTConfig
 from gptforge.errors import UserError
@@ -14,7 +15,6 @@ from gptforge.model import GPT
 from gptforge.tokenizer import CHAT_TOKENS, gpt2, tokenizer_of
 from gptforge.weights import load_any
 from gptforge.weights.checkpoint import list_checkpoints, save_checkpoint, verify_checkpoint
-from safetensors.torch import load_file, save_file
 
 from helpers import WriteFaults, assert_user_error, random_gpt, run_cli
 
@@ -179,6 +179,7 @@ def test_nonfinite_weights_are_said_on_load_and_refused_for_generation(tmp_path,
         load_any(path, nonfinite="refuse")
     result = run_cli("generate", "--checkpoint", str(path), "--prompt", "x", "--max-new-tokens", "2")
     assert_user_error(result, "--allow-nonfinite")
+    assert_user_error(run_cli("chat", "--checkpoint", str(path), input=""), "--allow-nonfinite")
     allowed = run_cli("generate", "--checkpoint", str(path), "--prompt", "x", "--max-new-tokens", "2",
                       "--allow-nonfinite")
     assert allowed.returncode == 0 and "NaN or inf" in allowed.stderr, allowed.stderr

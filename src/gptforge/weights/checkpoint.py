@@ -23,11 +23,12 @@ import pickle
 import re
 import struct
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..config import GPTConfig
 from ..errors import UserError, first_line
@@ -163,6 +164,8 @@ def verify_checkpoint(path: Path, names: tuple[str, ...] | None = None) -> None:
     """Check that each of the named files the checkpoint has matches the sha256 in its config.json;
     by default every file it records, and its tokenizer against the description it records."""
     meta = read_checkpoint_config(path)
+    if names is None:
+        checkpoint_tokenizer(path)  # first: it names a missing tokenizer folder best
     recorded = meta.get("files", {})
     for name in recorded if names is None else names:
         expected = recorded.get(name)
@@ -170,8 +173,6 @@ def verify_checkpoint(path: Path, names: tuple[str, ...] | None = None) -> None:
             raise UserError(f"checkpoint file {path / name} is corrupt (its sha256 does not match config.json)")
         if names is None and not (path / name).is_file():
             raise UserError(f"checkpoint file {path / name} is missing")
-    if names is None:
-        checkpoint_tokenizer(path)  # a checkpoint from before tokenizer files were hashed
 
 
 def newest_intact_checkpoint(run_dir: Path, say, set_aside_skipped: bool = False) -> Path | None:
@@ -287,7 +288,9 @@ def load_train_state(path: Path, device: str | torch.device = "cpu") -> dict:
         raise UserError(f"{path} has no {TRAIN_STATE}; it holds weights only and cannot be resumed")
     verify_checkpoint(path, (TRAIN_STATE,))
     try:
-        state = torch.load(path / TRAIN_STATE, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on what it refuses: the refusal below says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path / TRAIN_STATE, map_location=device, weights_only=True)
     except pickle.UnpicklingError:  # a pickle of other objects: never unpickled (torch's advice not repeated)
         raise UserError(f"{path / TRAIN_STATE} is not a gptforge train state (it holds Python objects "
                         "other than tensors and plain data); refused") from None
