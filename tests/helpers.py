@@ -229,3 +229,35 @@ def handmade_bpe(merges: list[tuple[str, str]], fillers: tuple[str, ...] = ()):
     hf.model = models.BPE(vocab=vocab, merges=merges)
     hf.add_special_tokens(list(SPECIAL_TOKENS))
     return BPETokenizer(hf.to_str().encode())
+
+
+class WriteFaults:
+    """Counts every file write and fsync that goes through gptforge.files (all a checkpoint's
+    writes do), and fails the `fail_at`-th one (1-based; 0 never) with OSError `error`, as a full
+    disk (ENOSPC) or a failing one (EIO) would. `armed` off: nothing is counted."""
+
+    def __init__(self, monkeypatch, fail_at: int = 0, error: int = 28, armed: bool = True):
+        from gptforge import files
+
+        self.count, self.fail_at, self.error, self.armed = 0, fail_at, error, armed
+        real_write, real_fsync = files.raw_write, files.fsync
+
+        def write(file, data):
+            self._tick()
+            return real_write(file, data)
+
+        def fsync(path):
+            self._tick()
+            return real_fsync(path)
+
+        monkeypatch.setattr(files, "raw_write", write)
+        monkeypatch.setattr(files, "fsync", fsync)
+
+    def _tick(self) -> None:
+        import os
+
+        if not self.armed:
+            return
+        self.count += 1
+        if self.count == self.fail_at:
+            raise OSError(self.error, os.strerror(self.error))

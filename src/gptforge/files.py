@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,6 +35,47 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def raw_write(file, data) -> int:
+    """The one write call of every Output (fault-injection tests replace it)."""
+    return file.write(data)
+
+
+class Output:
+    """A file open for writing that keeps the first OSError its writes raised: a writer that wraps
+    it (torch.save) replaces that error with its own, and the errno (a full disk, a failing one)
+    is what the user needs to hear. Every write of a checkpoint goes through one (see write_file)."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by write_file)
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        return self._kept(raw_write, self.file, data)
+
+    def flush(self) -> None:
+        self._kept(type(self.file).flush, self.file)
+
+    def _kept(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+
+def write_file(path: Path, fill: Callable[[Output], None]) -> None:
+    """Create `path` and fill it through `fill(output)`. An OSError of a write is raised as itself,
+    whatever `fill` made of it; so is one of the flush when the file closes."""
+    output = Output(path)
+    try:
+        with output.file:
+            fill(output)
+    except Exception as e:
+        if output.error is not None and e is not output.error:
+            raise output.error from None
+        raise
+
+
 @contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write; once the block completes it is fsynced and
@@ -52,8 +93,9 @@ def atomic_file(path: Path) -> Iterator[Path]:
 
 def atomic_write(path: Path, data: str | bytes) -> None:
     """Write text (UTF-8) or bytes to `path` atomically."""
+    data = data.encode() if isinstance(data, str) else data
     with atomic_file(path) as tmp:
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        write_file(tmp, lambda f: f.write(data))
 
 
 def write_json(path: Path, data) -> None:

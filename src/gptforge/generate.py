@@ -305,15 +305,16 @@ def generate_texts(model: GPT, prompt: str, num_samples: int, max_new_tokens: in
 
 
 def model_for_generation(source: str | None = None, preset: str | None = None, seed: int | None = None,
-                         device: str = "auto", dtype: str = "float32") -> GPT:
+                         device: str = "auto", dtype: str = "float32", allow_nonfinite: bool = False) -> GPT:
     """A model ready to decode (see prepare_for_decoding): from `source` (anything load_any
-    takes), or a `preset` with random weights drawn from `seed`."""
+    takes; weights with NaN or inf refused unless `allow_nonfinite`), or a `preset` with random
+    weights drawn from `seed`."""
     dev = pick_device(device)
     if dtype == "float16" and dev.type == "cpu":
         raise UserError("--dtype float16 is for GPUs (a CPU emulates it, very slowly); "
                         "use bfloat16 or float32")
     if source is not None:
-        model = load_any(source, dev)
+        model = load_any(source, dev, nonfinite="warn" if allow_nonfinite else "refuse")
     else:
         if seed is not None:
             torch.manual_seed(seed)

@@ -77,7 +77,7 @@ CASES = [
     (["train", "--data", "{w}/corpus", "--out", "/proc/gptforge-run"], "cannot create run folder"),
     (["train", "--data", "{w}/corpus", "--out", "{w}/run"], "already holds a run"),
     (["train", "--resume", "{w}/run", "--lr", "0.1"], "lr=0.1 does not match"),
-    (["train", "--resume", "{w}/cut-state"], "cannot load"),
+    (["train", "--resume", "{w}/cut-state"], "is not a gptforge train state"),
     (["generate", "--checkpoint", "{w}/corrupt-ckpt", "--prompt", "x"], "is corrupt"),
     (["generate", "--checkpoint", "{w}/other-preset", "--prompt", "x"], "does not match the model"),
     (["eval", "--checkpoint", "{w}/missing", "--data", "{w}/corpus"], "no such checkpoint"),

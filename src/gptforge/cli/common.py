@@ -132,6 +132,9 @@ def add_model_source(parser: argparse.ArgumentParser, seed_help: str) -> None:
     parser.add_argument("--random-init", action="store_true",
                         help="use randomly initialised weights for --preset (seeded by --seed)")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help=seed_help)
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="load weights that hold NaN or inf (refused by default: such a model's "
+                             "output is garbage)")
 
 
 def model_from_args(args: argparse.Namespace, dtype: str = "float32"):
@@ -143,7 +146,8 @@ def model_from_args(args: argparse.Namespace, dtype: str = "float32"):
         raise UserError("--preset needs --random-init (trained weights come from --checkpoint)")
     if args.random_init and not args.preset:
         raise UserError("--random-init needs --preset NAME")
-    return model_for_generation(args.checkpoint, args.preset, args.seed, args.device, dtype)
+    return model_for_generation(args.checkpoint, args.preset, args.seed, args.device, dtype,
+                                allow_nonfinite=args.allow_nonfinite)
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int, temperature: float, top_k: int) -> None:

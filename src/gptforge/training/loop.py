@@ -27,12 +27,12 @@ from ..device import matmul_peak_flops
 from ..errors import UserError, first_line
 from ..evaluate import batch_loss
 from ..tokenizer import tokenizer_of
-from ..weights.checkpoint import save_checkpoint
+from ..weights.checkpoint import CheckpointWriteError, save_checkpoint, write_failure
 from .budget import Clock
 from .loggers import LogHub, check_packages, open_loggers
 from .optim import lr_factor, make_optimizer, set_lr
 from .resume import Position, capture, restore
-from .run_folder import RunFolder
+from .run_folder import RunFolder, warn
 from .step import UpdateGuard, optimizer_step
 
 SYNC_EVERY = 10  # steps between the training loop's host syncs (progress, divergence, stopping)
@@ -130,6 +130,7 @@ class Trainer:
         if d.enabled:
             torch.manual_seed(cfg.seed + d.rank)  # independent dropout masks on each rank
         self.position, self.checkpoint, self.evaluated_step = Position(), resume_from, None
+        self.resumed_from = resume_from  # never pruned: the last checkpoint known good before this session
         if resume_from is not None:
             self.position = restore(resume_from, model, self.optimizer, self.scaler, d, device)
             if d.is_main:
@@ -183,10 +184,18 @@ class Trainer:
         return result
 
     def _record(self, state: str, **details) -> None:
-        if self.d.is_main:
-            p = self.position
+        if not self.d.is_main:
+            return
+        p = self.position
+        try:
             self.run.write_status(state, step=p.step, tokens_seen=p.tokens_seen, elapsed_s=round(p.elapsed_s, 3),
                                   **details)
+        except OSError as e:
+            if state == "finished":
+                raise
+            # The run is ending on an error already (a full disk, most likely): that error is the
+            # one to report. `gptforge runs` tells a dead "running" process apart (process_alive).
+            warn(f"warning: could not record {state!r} in {self.run.status_file}: {e.strerror or e}")
 
     def _fit(self) -> TrainResult:
         """The loop: optimizer steps, epoch after epoch, until total_steps or a stop."""
@@ -344,12 +353,12 @@ class Trainer:
             return
         try:
             self.checkpoint = save_checkpoint(path, self.model, self.cfg.to_dict(), state, weights=weights)
-        except OSError as e:  # a full disk, a read-only folder: the previous checkpoint is untouched
+        except (CheckpointWriteError, OSError) as e:  # a full disk, a read-only folder
+            error = e if isinstance(e, CheckpointWriteError) else write_failure(path, e)
             previous = self.checkpoint.name if self.checkpoint else "none"
-            raise UserError(f"could not write checkpoint {path}: {e.strerror or e}; the previous "
-                            f"checkpoint ({previous}) is intact") from None
+            raise UserError(f"{error}; the previous checkpoint ({previous}) is intact") from None
         if self.cfg.keep_last:
-            self.run.prune(self.cfg.keep_last)
+            self.run.prune(self.cfg.keep_last, protect=(self.resumed_from, self.checkpoint))
 
     def _finish(self) -> TrainResult:
         """The last evaluation and checkpoint (unless this step has them), and the summary."""

@@ -23,14 +23,8 @@ from tqdm import tqdm
 from .. import distributed
 from ..config import TrainConfig
 from ..errors import UserError
-from ..weights.checkpoint import (
-    TRAIN_STATE,
-    WEIGHTS,
-    load_train_state,
-    newest_intact_checkpoint,
-    read_checkpoint_config,
-)
-from .run_folder import RunFolder
+from ..weights.checkpoint import load_train_state, newest_intact_checkpoint, read_checkpoint_config
+from .run_folder import RunFolder, warn
 
 
 @dataclass
@@ -95,9 +89,9 @@ def resolve_run(config: TrainConfig | None, resume: str | Path | None, fields: d
                 ) -> tuple[TrainConfig, RunFolder, Path | None]:
     """The run's config, its folder, and the checkpoint to resume from (None for a new run).
 
-    Resuming takes the newest checkpoint whose files are intact (a corrupt newer one is named
-    and passed over) and the run's own config, in which only the fields marked resumable may
-    change.
+    Resuming takes the newest checkpoint whose files are all intact (a corrupt newer one is named
+    and set aside as step-N.corrupt, so that the checkpoints this run writes are the newest) and
+    the run's own config, in which only the fields marked resumable may change.
     """
     if resume is None:
         cfg = dataclasses.replace(config, **fields) if config else cls(**fields)
@@ -111,7 +105,7 @@ def resolve_run(config: TrainConfig | None, resume: str | Path | None, fields: d
     if not run.path.is_dir():
         raise UserError(f"--resume: no such run folder: {run}")
     run.remove_stale_temporaries()
-    checkpoint = newest_intact_checkpoint(run.path, (WEIGHTS, TRAIN_STATE), tqdm.write)
+    checkpoint = newest_intact_checkpoint(run.path, warn, set_aside_skipped=True)
     if checkpoint is not None:
         saved = cls.from_dict(read_checkpoint_config(checkpoint)["train"])
     elif run.config_file.is_file():

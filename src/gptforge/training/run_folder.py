@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,20 @@ from typing import Any
 from ..errors import UserError
 from ..files import atomic_write, read_json, write_json
 from ..tokenizer import TOKENIZER_DIR, Tokenizer
-from ..weights.checkpoint import CHECKPOINTS, checkpoint_path, list_checkpoints
+from ..weights.checkpoint import CHECKPOINTS, checkpoint_path, list_checkpoints, set_aside, verify_checkpoint
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 PLOT = "loss.png"
 STATUS = "status.json"
 STATES = ("running", "finished", "interrupted", "diverged", "failed")  # what status.json can say
+
+
+def warn(message: str) -> None:
+    """A line on stderr that leaves a progress bar intact."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 class RunFolder:
@@ -40,6 +48,7 @@ class RunFolder:
         self.path = Path(path)
         self.config_file, self.metrics_file = self.path / CONFIG, self.path / METRICS
         self.plot_file, self.status_file = self.path / PLOT, self.path / STATUS
+        self.verified: set[Path] = set()  # checkpoints found intact by this process (prune)
 
     def __str__(self) -> str:
         return str(self.path)
@@ -57,9 +66,18 @@ class RunFolder:
         (see process_alive) before believing "running"."""
         assert state in STATES, state
         pid = os.getpid()
-        write_json(self.status_file, {"state": state, "pid": pid, "host": socket.gethostname(),
-                                      "process_started": process_start_time(pid), "updated": time.time(),
-                                      **details})
+        status = {"state": state, "pid": pid, "host": socket.gethostname(),
+                  "process_started": process_start_time(pid), "updated": time.time(), **details}
+        try:
+            write_json(self.status_file, status)
+        except OSError:
+            # A full disk has no room for the replacement's temporary copy; a few hundred bytes
+            # rewritten in place fit the blocks the old file holds. Not atomic, but the truth.
+            if not self.status_file.is_file():
+                raise
+            with open(self.status_file, "r+b") as f:
+                f.write((json.dumps(status, indent=2) + "\n").encode())
+                f.truncate()
 
     def read_status(self) -> dict | None:
         """status.json's contents, or None when the run has none (or an unreadable one)."""
@@ -90,35 +108,69 @@ class RunFolder:
         with open(self.metrics_file, "a") as f:
             f.write(json.dumps(row) + "\n")
 
+    def metrics_lines(self) -> list[tuple[bytes, int | None]]:
+        """Each line of metrics.jsonl with its row's step, None for a line that is not a metrics row
+        (a half-written last line, bytes that are not UTF-8 or not JSON)."""
+        if not self.metrics_file.exists():
+            return []
+        lines = []
+        for line in self.metrics_file.read_bytes().splitlines():
+            try:
+                step = json.loads(line.decode("utf-8"))["step"]
+            except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+                step = None
+            lines.append((line, step if is_number(step) else None))
+        return lines
+
     def metrics_steps(self) -> list[int]:
-        """The step of every complete metrics row, in file order (a half-written last line ends it)."""
-        steps = []
-        if self.metrics_file.exists():
-            for line in self.metrics_file.read_text().splitlines():
-                try:
-                    steps.append(json.loads(line)["step"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    break
-        return steps
+        """The step of every readable metrics row, in file order."""
+        return [step for _, step in self.metrics_lines() if step is not None]
 
     def truncate_metrics(self, step: int) -> None:
-        """Drop the rows a crashed session wrote after the checkpoint we resume from."""
-        if not self.metrics_file.exists():
+        """Drop the rows a crashed session wrote after the checkpoint we resume from, and the lines
+        that are not metrics rows (said on stderr: they would stop every reader)."""
+        lines = self.metrics_lines()
+        if not lines:
             return
-        lines = self.metrics_file.read_text().splitlines()
-        kept = [line for line, s in zip(lines, self.metrics_steps()) if s <= step]
-        atomic_write(self.metrics_file, "".join(line + "\n" for line in kept))
+        bad = [n for n, (line, s) in enumerate(lines, 1) if s is None and line.strip()]
+        if bad:
+            warn(f"warning: {self.metrics_file}: dropped {len(bad)} unreadable line(s) (line "
+                 f"{', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''})")
+        atomic_write(self.metrics_file, b"".join(line + b"\n" for line, s in lines if s is not None and s <= step))
 
     def remove_stale_temporaries(self) -> None:
         """Half-written checkpoint folders left by a killed process are never read; tidy them."""
         for stale in (self.path / CHECKPOINTS).glob(".step-*"):
             shutil.rmtree(stale, ignore_errors=True)
 
-    def prune(self, keep: int) -> None:
-        """Delete all but the newest `keep` complete checkpoints; incomplete folders are left for
-        inspection, and the newest complete one is never deleted."""
-        for old in self.checkpoints()[:-max(keep, 1)]:
-            shutil.rmtree(old, ignore_errors=True)
+    def prune(self, keep: int, protect: tuple[Path | None, ...] = ()) -> None:
+        """Keep the newest `keep` intact checkpoints and the `protect`ed ones (the one this run
+        resumed from, the one it wrote last; they count as intact); delete the older ones.
+        A checkpoint that fails verification does not count: it is set aside as step-N.corrupt
+        (see set_aside), never deleted. Incomplete folders are left for inspection."""
+        protected = {Path(p) for p in protect if p is not None}
+        kept = 0
+        for checkpoint in reversed(self.checkpoints()):
+            if checkpoint in protected:
+                kept += 1
+            elif kept < max(keep, 1):
+                if self._intact(checkpoint):
+                    kept += 1
+                else:
+                    set_aside(checkpoint, warn)
+            else:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+
+    def _intact(self, checkpoint: Path) -> bool:
+        """Whether a checkpoint passes verify_checkpoint, each one hashed once by this process."""
+        if checkpoint not in self.verified:
+            try:
+                verify_checkpoint(checkpoint)
+            except UserError as e:
+                warn(f"warning: {e}")
+                return False
+            self.verified.add(checkpoint)
+        return True
 
 
 def parse_metrics(file: Path) -> tuple[list[dict], list[int]]:

@@ -22,6 +22,7 @@ from ..tokenizer import tokenizer_of
 from .checkpoint import (
     TIED_KEY,
     WEIGHTS,
+    check_finite,
     checkpoint_tokenizer,
     is_complete,
     list_checkpoints,
@@ -49,17 +50,23 @@ def resolve_model_path(path: str | Path) -> str | Path:
     return checkpoints[-1]
 
 
-def load_any(path: str | Path, device: str | torch.device = "cpu", base: str | Path | None = None) -> GPT:
+def load_any(path: str | Path, device: str | torch.device = "cpu", base: str | Path | None = None,
+             nonfinite: str = "warn") -> GPT:
     """A model in eval mode from any of: a gptforge checkpoint folder (its weights checked
     against their sha256), a run folder (its newest checkpoint), a LoRA checkpoint or run (its
     base model, found where it was or at `base`, with the adapter merged in), a Hugging Face
-    GPT-2, Llama or Qwen3 folder, or a Hugging Face hub id (fetched when online, or from the cache)."""
+    GPT-2, Llama or Qwen3 folder, or a Hugging Face hub id (fetched when online, or from the cache).
+    Weights that hold NaN or inf are said on stderr, or refused with nonfinite="refuse" (check_finite)."""
     resolved = Path(resolve_model_path(path))
     if resolved.exists() and not is_hf_folder(resolved):
         if "lora" in read_checkpoint_config(resolved):
-            return merge_lora(load_lora(resolved, device, base)).eval()
-        return load_checkpoint(resolved, device)
-    return load_hf_model(resolved, device)  # a folder, a hub id, or an error that says what to do
+            model = merge_lora(load_lora(resolved, device, base)).eval()
+        else:
+            model = load_checkpoint(resolved, device)
+    else:
+        model = load_hf_model(resolved, device)  # a folder, a hub id, or an error that says what to do
+    check_finite(model, str(resolved), nonfinite)
+    return model
 
 
 def reshape(source: GPT, context_length: int, dropout: float) -> GPT:
