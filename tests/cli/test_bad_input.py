@@ -105,3 +105,11 @@ def test_odd_but_valid_text_is_handled(world, tmp_path):
     meta = json.loads((tmp_path / "corpus" / "meta.json").read_text())
     assert meta["replaced_invalid_utf8"] == 2000
     assert meta["tokens"]["train"] + meta["tokens"]["val"] > 1_000_000
+
+
+@pytest.mark.parametrize("command", ["generate", "chat", "serve"])
+def test_a_seed_torch_cannot_take_is_one_line_for_every_model_command(command):
+    """--seed also seeds --random-init's weights, before any sampling check could see it."""
+    prompt = ["--prompt", "Hi"] if command == "generate" else []
+    result = run_cli_here(command, "--preset", "gpt2-tiny", "--random-init", "--seed", str(2**64), *prompt)
+    assert_user_error(result, "seed must be an integer from -2**63 to 2**64 - 1")

@@ -140,8 +140,9 @@ def add_model_source(parser: argparse.ArgumentParser, seed_help: str) -> None:
 def model_from_args(args: argparse.Namespace, dtype: str = "float32"):
     """The model add_model_source's flags name, ready to decode."""
     from ..errors import UserError
-    from ..generate import model_for_generation
+    from ..generate import check_seed, model_for_generation
 
+    check_seed(args.seed, "--seed")  # it seeds --random-init's weights before any sampling
     if args.preset and not args.random_init:
         raise UserError("--preset needs --random-init (trained weights come from --checkpoint)")
     if args.random_init and not args.preset:
