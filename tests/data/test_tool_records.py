@@ -70,3 +70,33 @@ def test_bad_tool_records_are_one_line_naming_file_and_record(tmp_path, bad, mes
         read_examples(str(path))
     text = str(e.value)
     assert message in text and f"{path} record 2" in text and "\n" not in text
+
+
+def test_builtin_tools_is_the_seeded_scripts_output_with_held_out_splits():
+    import importlib.util
+    import random
+    from importlib import resources
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "make_tools.py"
+    spec = importlib.util.spec_from_file_location("make_tools", script)
+    make_tools = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_tools)
+    rng, used = random.Random(make_tools.SEED), set()
+    folder = resources.files("gptforge") / "corpora" / "tools"
+    splits = {}
+    for split, n in make_tools.SIZES.items():
+        bundled = [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().splitlines()]
+        assert bundled == json.loads(json.dumps(make_tools.records(split, n, rng, used)))  # reproducible
+        splits[split] = bundled
+    assert sum(len((folder / f"{s}.jsonl").read_bytes()) for s in splits) < 2_000_000
+    train, val = read_examples("builtin:tools")  # every record passes the checks
+    assert (len(train), len(val)) == (700, 100)
+    # the questions that need a tool never repeat across splits (those that need none are a small space)
+    questions = {s: {r["messages"][0]["content"] for r in rs if len(r["messages"]) > 2} for s, rs in splits.items()}
+    assert not questions["train"] & questions["val"] and not questions["train"] & questions["test"]
+    held_out = make_tools.ARITHMETIC[-1].split("{")[0]  # a phrasing train never uses
+    assert not any(q.startswith(held_out) for q in questions["train"]) and any(q.startswith(held_out) for q in questions["test"])
+    calls = [len(m.get("tool_calls") or []) for r in splits["test"] for m in r["messages"]]
+    no_tool = [r for r in splits["test"] if len(r["messages"]) == 2]
+    assert 2 in calls and len(no_tool) > 10

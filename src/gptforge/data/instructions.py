@@ -29,7 +29,8 @@ from .tool_records import check_tool_answer, check_tool_calls, check_tools, decl
 
 ROLES = ("system", "user", "assistant", "tool")
 SUFFIXES = (".jsonl", ".json")
-BUILTIN_SETS = {"tasks": "tasks.json", "tasks-chat": "tasks-chat.jsonl"}  # in gptforge/corpora/
+# in gptforge/corpora/; a folder holds train, val (and test) files
+BUILTIN_SETS = {"tasks": "tasks.json", "tasks-chat": "tasks-chat.jsonl", "tools": "tools"}
 
 
 @dataclass
