@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from gptforge.tools.calculator import calculate  # noqa: E402
-from gptforge.tools.clock import add_days, days_between, weekday  # noqa: E402
-from gptforge.tools.registry import builtin_tools  # noqa: E402
+from gptforge.tools.calculator import calculate
+from gptforge.tools.clock import add_days, days_between, weekday
+from gptforge.tools.registry import builtin_tools
 
 OUT_DIR = ROOT / "src" / "gptforge" / "corpora" / "tools"
 SEED = 2026

@@ -172,7 +172,7 @@ def tool_model():
 def scripted_chat(monkeypatch, model, replies, tools="calculator", rounds=5):
     """chat_in_terminal on one question, the model's replies scripted: (transcript, the prompt
     ids each reply was generated from)."""
-    import gptforge.chat as chat
+    from gptforge import chat
     from gptforge.tools.registry import builtin_tools
 
     prompts, script = [], iter(replies)

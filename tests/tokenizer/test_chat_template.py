@@ -43,6 +43,7 @@ TOOL_CONVERSATIONS = [
       {"role": "tool", "tool_call_id": "call_0", "content": "5"},
       {"role": "tool", "tool_call_id": "call_1", "content": "9"},
       {"role": "assistant", "content": "5 and 9"}], [ADD, WEATHER]),
+    ([{"role": "system", "content": ""}, {"role": "user", "content": "Hi"}], [ADD]),  # an empty system message
 ]
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "5"}],

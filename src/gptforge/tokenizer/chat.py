@@ -54,7 +54,8 @@ def _jinja_string(text: str) -> str:
 CHAT_TEMPLATE_JINJA = (
     "{%- if tools %}"
     "{{- '<|im_start|>system\\n' }}"
-    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' and messages[0]['content'] %}"
+    "{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}"
     "{{- " + _jinja_string(TOOLS_INTRO) + " }}"
     "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
     "{{- " + _jinja_string(TOOLS_OUTRO) + " }}"
@@ -151,7 +152,7 @@ def _turn_pieces(message: dict, system_extra: str | None) -> list[Piece]:
     if system_extra is not None:
         content = f"{content}\n\n{system_extra}" if content else system_extra
     answer = role == "assistant"
-    calls = message.get("tool_calls") or [] if answer else []
+    calls = (message.get("tool_calls") or []) if answer else []
     pieces: list[Piece] = [IM_START, (header + content + ("\n" if content and calls else ""),
                                       len(header.encode()) if answer else None)]
     for i, call in enumerate(calls):
