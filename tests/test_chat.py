@@ -77,7 +77,10 @@ def test_chat_reads_piped_input_to_the_end(tiny_checkpoint):
 
 
 @pytest.mark.parametrize("args, fragment", [(["--temperature", "-1"], "temperature"),
-                                            (["--max-new-tokens", "0"], "--max-new-tokens")])
+                                            (["--max-new-tokens", "0"], "--max-new-tokens"),
+                                            (["--tools", "calculator,web"], "unknown tool set 'web'"),
+                                            (["--tools", "clock"], "this model has no tool tokens"),
+                                            (["--tools-module", "nowhere.py"], "is not a .py file")])
 def test_bad_flags_are_one_line(tiny_checkpoint, args, fragment):
     from helpers import assert_user_error, run_cli
 
@@ -198,3 +201,81 @@ def test_a_ctrl_c_between_answers_never_ends_the_chat(chat_model, monkeypatch, m
     assert len(got) == 3 and transcript.endswith("you> \n")  # the end of input, as ever
     if moment == "prompt":  # pressed after Enter: that answer stops before its first piece
         assert got[0] == " [stopped]"
+
+
+# Tools: the chat runs the model's calls and feeds the results back (a scripted model stands in).
+
+def tool_model():
+    from gptforge.model.vocab import grow_vocabulary
+    from gptforge.tokenizer import CHAT_TOKENS, TOOL_TOKENS, gpt2
+
+    from helpers import random_gpt
+
+    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=512), 50263).eval()
+    model.tokenizer = gpt2().with_special_tokens(CHAT_TOKENS + TOOL_TOKENS)
+    return model
+
+
+def scripted_chat(monkeypatch, model, replies, tools="calculator", rounds=5):
+    """chat_in_terminal on one question, the model's replies scripted: (transcript, the prompt
+    ids each reply was generated from)."""
+    from gptforge import chat
+    from gptforge.tools.registry import builtin_tools
+
+    prompts, script = [], iter(replies)
+
+    def fake_stream(model, ids, *args, **kwargs):
+        prompts.append(list(ids))
+        yield next(script)
+
+    monkeypatch.setattr(chat, "stream_text", fake_stream)
+    out, lines = io.StringIO(), iter(["What is 123456789 * 987654321?"])
+
+    def read_line(prompt):
+        out.write(prompt)
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    settings = chat.ChatSettings(64, 0.0, None, None, None, None, builtin_tools(tools), rounds)
+    chat.chat_in_terminal(model, settings, read=read_line, out=out)
+    return out.getvalue(), prompts
+
+
+CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "123456789 * 987654321"}}\n</tool_call>'
+
+
+def test_the_chat_runs_a_call_and_feeds_its_result_back(monkeypatch):
+    from gptforge.tokenizer.chat import render
+    from gptforge.tools.registry import builtin_tools
+
+    model = tool_model()
+    transcript, prompts = scripted_chat(monkeypatch, model, [CALL, "It is 121932631112635269."])
+    assert "Tools it may call: calculator." in transcript
+    assert '[tool] calculator({"expression": "123456789 * 987654321"}) -> 121932631112635269' in transcript
+    assert len(prompts) == 2
+    tools = [tool.schema for tool in builtin_tools("calculator")]
+    question = {"role": "user", "content": "What is 123456789 * 987654321?"}
+    call = {"role": "assistant", "content": "", "tool_calls": [{"id": "c", "type": "function", "function": {
+        "name": "calculator", "arguments": {"expression": "123456789 * 987654321"}}}]}
+    result = {"role": "tool", "tool_call_id": "c", "content": "121932631112635269"}
+    tokenizer = model.tokenizer
+    assert prompts[0] == render([question], tokenizer, True, tools)[0]
+    assert prompts[1] == render([question, call, result], tokenizer, True, tools)[0]  # the result turn's ids
+    assert tokenizer.decode(prompts[1]).endswith(
+        "<|im_start|>tool\n<tool_response>\n121932631112635269\n</tool_response><|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_the_tool_rounds_are_bounded_and_bad_calls_are_not_run(monkeypatch):
+    transcript, prompts = scripted_chat(monkeypatch, tool_model(), [CALL] * 3, rounds=2)
+    assert len(prompts) == 3 and transcript.count("[tool]") == 2 and "(stopped after 2 rounds of tool calls)" in transcript
+    transcript, prompts = scripted_chat(monkeypatch, tool_model(), ['<tool_call>\n{"name": \n</tool_call>'])
+    assert len(prompts) == 1 and "[tool]" not in transcript and "(its tool call was not run: a tool call is not JSON" in transcript
+
+
+def test_tools_need_a_model_with_the_tool_tokens(monkeypatch, chat_model):
+    from gptforge.errors import UserError
+
+    with pytest.raises(UserError, match="this model has no tool tokens"):
+        scripted_chat(monkeypatch, chat_model, ["x"])

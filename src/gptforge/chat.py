@@ -20,7 +20,9 @@ from .errors import UserError
 from .generate import generate_text, stream_text
 from .model import GPT
 from .tokenizer import tokenizer_of
-from .tokenizer.chat import end_of_turn, has_chat_template, render
+from .tokenizer.chat import end_of_turn, has_chat_template, has_tool_tokens, render
+from .tools.calls import ToolCall, parse_reply
+from .tools.registry import Tool, check_unique, run_call
 
 
 def has_chat(model: GPT) -> bool:
@@ -28,10 +30,11 @@ def has_chat(model: GPT) -> bool:
     return has_chat_template(tokenizer_of(model))
 
 
-def chat_prompt(model: GPT, messages: list[dict]) -> list[int]:
-    """The ids of a conversation (role/content dicts) ending with the assistant's generation prompt.
-    Contents are plain text: typing a chat token's text never makes the token."""
-    ids, _ = render(messages, tokenizer_of(model), add_generation_prompt=True)
+def chat_prompt(model: GPT, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    """The ids of a conversation (role/content dicts) ending with the assistant's generation prompt,
+    with the tools it may call (OpenAI's tool objects). Contents are plain text: typing a chat
+    token's text never makes the token."""
+    ids, _ = render(messages, tokenizer_of(model), add_generation_prompt=True, tools=tools)
     return list(ids)
 
 
@@ -66,12 +69,13 @@ def chat_text(model: GPT, messages: list[dict], max_new_tokens: int, temperature
                            use_cache=use_cache)
 
 class Conversation:
-    """The system prompt and the turns so far; prompt() renders them with a new user message,
-    dropping the oldest turns when the whole would not fit the context with `answer_room` tokens
-    left for the answer."""
+    """The system prompt, the tools and the turns so far; prompt() renders them with a new user
+    message, dropping the oldest exchanges when the whole would not fit the context with
+    `answer_room` tokens left for the answer."""
 
-    def __init__(self, model: GPT, system: str | None = None, answer_room: int = 256):
-        self.model, self.system = model, system
+    def __init__(self, model: GPT, system: str | None = None, answer_room: int = 256,
+                 tools: list[dict] | None = None):
+        self.model, self.system, self.tools = model, system, tools or None
         self.context = model.config.context_length
         self.room = min(answer_room, self.context // 2)
         self.turns: list[dict] = []
@@ -86,21 +90,40 @@ class Conversation:
         """The ids for the conversation followed by user message `text`, and the number of earlier
         messages dropped (for good) to fit. Raises UserError if the message alone does not fit."""
         self.turns.append({"role": "user", "content": text})
+        try:
+            return self.fitting_prompt()
+        except UserError:
+            self.turns.pop()
+            raise
+
+    def fitting_prompt(self) -> tuple[list[int], int]:
+        """The ids of the conversation so far, for the assistant's next turn, its oldest exchanges
+        dropped to fit (each from a user message up to the next one), and how many messages went."""
         dropped = 0
         while True:
-            ids = chat_prompt(self.model, self._messages())
-            if len(ids) + self.room <= self.context or len(self.turns) == 1:
+            ids = chat_prompt(self.model, self._messages(), self.tools)
+            later_users = [i for i, t in enumerate(self.turns) if t["role"] == "user" and i > 0]
+            if len(ids) + self.room <= self.context or not later_users:
                 break
-            del self.turns[:2]  # the oldest question and its answer
-            dropped += 2
+            del self.turns[:later_users[0]]  # the oldest question, its calls, results and answer
+            dropped += later_users[0]
         if len(ids) >= self.context:
-            self.turns.pop()
             raise UserError(f"that message is too long: with the system prompt it takes {len(ids)} tokens, "
                             f"and the model's context holds {self.context}")
         return ids, dropped
 
-    def answered(self, text: str) -> None:
-        self.turns.append({"role": "assistant", "content": text})
+    def answered(self, text: str, calls: list[ToolCall] = ()) -> list[str]:
+        """Record the assistant's turn (its text, its calls); returns the calls' ids."""
+        turn: dict = {"role": "assistant", "content": text}
+        ids = [f"call_{len(self.turns)}_{i}" for i in range(len(calls))]
+        if calls:
+            turn["tool_calls"] = [{"id": i, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                                  for i, c in zip(ids, calls)]
+        self.turns.append(turn)
+        return ids
+
+    def tool_result(self, call_id: str, result: str) -> None:
+        self.turns.append({"role": "tool", "tool_call_id": call_id, "content": result})
 
 
 @dataclass
@@ -119,6 +142,10 @@ class ChatSettings:
     """Seed of the first answer (each later answer uses the next one); None: random."""
     system: str | None = None
     """The system prompt."""
+    tools: list[Tool] | None = None
+    """The local tools the model may call (chat models with the tool tokens)."""
+    max_tool_rounds: int = 5
+    """The most rounds of calls (calls, results, the model again) in one answer."""
 
 
 HELP = "commands: /reset (new conversation), /system TEXT (set the system prompt), /exit; Ctrl-C stops an answer"
@@ -176,9 +203,13 @@ def _read_line(read, ctrl_c: CtrlC) -> str:
 
 def _converse(model: GPT, settings: ChatSettings, read, out: TextIO, ctrl_c: CtrlC) -> None:
     chat = has_chat(model)
-    conversation = Conversation(model, settings.system, settings.max_new_tokens)
+    tools = check_tools_fit(model, settings.tools)
+    conversation = Conversation(model, settings.system, settings.max_new_tokens,
+                                [t.schema for t in tools.values()])
     if chat:
         out.write(f"Chat with the model ({HELP}).\n")
+        if tools:
+            out.write(f"Tools it may call: {', '.join(tools)}.\n")
     else:
         out.write("This is a base model without a chat template: plain continuation mode, each line you type "
                   "is continued as text (/exit to leave).\n")
@@ -221,10 +252,48 @@ def _converse(model: GPT, settings: ChatSettings, read, out: TextIO, ctrl_c: Ctr
             out.write(f"(the conversation no longer fits the model's context of {conversation.context} tokens: "
                       "the oldest turns are dropped from now on)\n")
             told_trimmed = True
+        answer_with_tools(model, conversation, ids, settings, seed, tools, out, ctrl_c)
+
+
+def check_tools_fit(model: GPT, tools: list[Tool] | None) -> dict[str, Tool]:
+    """The tools by name; refused for a model that cannot call them."""
+    if not tools:
+        return {}
+    if not has_chat(model) or not has_tool_tokens(tokenizer_of(model)):
+        raise UserError("this model has no tool tokens (<tool_call> ...): fine-tune a chat model on tool-use "
+                        "records first (e.g. --data builtin:tools)")
+    return check_unique(tools)
+
+
+def answer_with_tools(model: GPT, conversation: Conversation, ids: list[int], settings: ChatSettings,
+                      seed: int | None, tools: dict[str, Tool], out: TextIO, ctrl_c: CtrlC) -> None:
+    """Stream the model's answer; while it calls tools (at most settings.max_tool_rounds rounds),
+    show and run each call, feed the results back as tool turns and let it go on. An answer
+    stopped by Ctrl-C runs none of its calls."""
+    for round_ in range(settings.max_tool_rounds + 1):
         budget = min(settings.max_new_tokens, conversation.context - len(ids))
         pieces = stream_text(model, ids, budget, settings.temperature, settings.top_k, settings.top_p, seed,
                              stop_ids=stop_ids(model, chat=True))
-        conversation.answered(_show(pieces, out, ctrl_c))
+        text = _show(pieces, out, ctrl_c)
+        reply = parse_reply(text) if tools and not ctrl_c.pressed else None
+        if reply is None or not reply.calls:
+            if reply is not None and reply.error:
+                out.write(f"(its tool call was not run: {reply.error})\n")
+            conversation.answered(text)
+            return
+        call_ids = conversation.answered(reply.content, reply.calls)
+        if round_ == settings.max_tool_rounds:
+            out.write(f"(stopped after {settings.max_tool_rounds} rounds of tool calls)\n")
+            return
+        for call_id, call in zip(call_ids, reply.calls):
+            result = run_call(tools, call)
+            out.write(f"[tool] {call.name}({call.arguments_json()}) -> {result}\n")
+            conversation.tool_result(call_id, result)
+        try:
+            ids, _ = conversation.fitting_prompt()
+        except UserError as e:
+            out.write(f"({e})\n")
+            return
 
 
 def _show(pieces: Iterator[str], out: TextIO, ctrl_c: CtrlC) -> str:

@@ -83,7 +83,7 @@ def test_hf_datasets_are_read_through_datasets(tmp_path):
     ([CHATS[1], {"messages": [{"role": "user", "content": "hi"}]}],
      "record 2: the last message is the user's; a training conversation ends with the assistant's"),
     ([{"messages": [{"role": "bot", "content": "hi"}, {"role": "assistant", "content": "x"}]}],
-     "record 1: message 1 has role 'bot'; roles are system, user, assistant"),
+     "record 1: message 1 has role 'bot'; roles are system, user, assistant, tool"),
     ([INSTRUCTIONS[0], INSTRUCTIONS[1], {"text": "plain"}], 'record 3 has neither "messages"'),
     ([{"instruction": "x", "output": 5}], '"output" is int, not text'),
     ([{"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "b"},

@@ -19,7 +19,7 @@ import torch
 from gptforge.config import GPTConfig
 from gptforge.errors import UserError
 from gptforge.model import GPT
-from gptforge.tokenizer import CHAT_TOKENS, gpt2
+from gptforge.tokenizer import CHAT_TOKENS, TOOL_TOKENS, gpt2
 from gptforge.tokenizer.bpe import PATTERN
 from gptforge.tokenizer.chat import CHAT_TEMPLATE_GO, CHAT_TEMPLATE_JINJA
 from gptforge.tokenizer.gpt2_bpe import asset_path
@@ -262,6 +262,19 @@ def test_modelfile_templates_the_chat_as_ours(tmp_path, tiny_bpe):
                 {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "And?"}]
     jinja = jinja2.Template(CHAT_TEMPLATE_JINJA).render(messages=messages, add_generation_prompt=True)
     assert render_go(template, messages) == jinja
+
+
+def test_a_tool_model_carries_the_tool_template_and_its_markers_as_control_tokens(tmp_path, tiny_bpe):
+    """llama.cpp's --jinja reads the same template transformers does (tested against our ids in
+    tests/tokenizer/test_chat_template.py); the markers are control tokens like <|im_start|>.
+    The Modelfile's Go template stays the plain chat one."""
+    tokenizer = tiny_bpe.with_special_tokens(TOOL_TOKENS)
+    write_gguf(model_of("qwen3", tokenizer), tmp_path / "tools.gguf", "f32")
+    keys, _ = read(tmp_path / "tools.gguf")
+    assert keys["tokenizer.chat_template"] == CHAT_TEMPLATE_JINJA and "<tool_call>" in CHAT_TEMPLATE_JINJA
+    tokens, types = keys["tokenizer.ggml.tokens"], keys["tokenizer.ggml.token_type"]
+    assert [types[tokens.index(t)] for t in TOOL_TOKENS] == [3, 3, 3, 3]
+    assert re.search(r'TEMPLATE """(.*?)"""', (tmp_path / "Modelfile").read_text(), re.DOTALL).group(1) == CHAT_TEMPLATE_GO
 
 
 def test_a_base_model_s_modelfile_continues_the_prompt(tmp_path):

@@ -1,6 +1,7 @@
 """`gptforge chat`: Talk to a model in the terminal. A chat model (one with a chat template) answers
 through its template, with the conversation so far; a base model continues each line as plain
-text. Commands: /reset, /system TEXT, /exit. Ctrl-C stops an answer."""
+text. Commands: /reset, /system TEXT, /exit. Ctrl-C stops an answer. --tools / --tools-module give a
+model fine-tuned on tool use functions to call, run here."""
 
 from __future__ import annotations
 
@@ -15,6 +16,12 @@ def add_arguments(p) -> None:
     add_model_source(p, "seed for sampling (each answer uses the next one) and --random-init weights "
                         "(default: random)")
     p.add_argument("--system", default=None, metavar="TEXT", help="system prompt (chat models)")
+    p.add_argument("--tools", default=None, metavar="NAMES",
+                   help="built-in tools the model may call, comma-separated: calculator, clock (a chat model "
+                        "fine-tuned on tool use; each call is shown, run here, and its result fed back)")
+    p.add_argument("--tools-module", default=None, metavar="FILE.py",
+                   help="your own tools: every public function of this Python file, its schema from its type "
+                        "hints and docstring (your code, run on your machine)")
     add_sampling_flags(p, max_new_tokens=256, temperature=0.7, top_k=50)
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="precision of the weights (default: float32)")
@@ -29,7 +36,10 @@ def run(args) -> int:
     top_k = args.top_k or None
     check_sampling_args(args.temperature, top_k, args.top_p)
     require_int("--max-new-tokens", args.max_new_tokens)
+    from ..tools.registry import builtin_tools, module_tools
+
+    tools = builtin_tools(args.tools or "") + (module_tools(args.tools_module) if args.tools_module else [])
     model = model_from_args(args, args.dtype)
     chat_in_terminal(model, ChatSettings(args.max_new_tokens, args.temperature, top_k, args.top_p, args.seed,
-                                         args.system))
+                                         args.system, tools))
     return 0

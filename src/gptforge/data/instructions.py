@@ -4,7 +4,8 @@ Two record shapes, one per line of a .jsonl file or the elements of a .json list
 - an instruction record `{"instruction": ..., "input": ... (optional), "output": ...}` (the
   Alpaca / "LLMs from scratch" chapter 7 shape), read as a user turn and the assistant's answer;
 - a chat record `{"messages": [{"role": "system" | "user" | "assistant", "content": ...}, ...]}`
-  (the OpenAI / Hugging Face shape), any number of turns, the last one the assistant's.
+  (the OpenAI / Hugging Face shape), any number of turns, the last one the assistant's; with an
+  optional "tools" list, assistant "tool_calls" and "tool" messages (data/tool_records.py).
 
 DATA is one such file (split into train and val by --val-fraction, seeded), a folder holding
 train.json(l) and val.json(l), `builtin:NAME` (a set shipped with gptforge), or `hf:NAME[:CONFIG]`
@@ -24,10 +25,12 @@ import numpy as np
 from ..errors import UserError
 from ..files import parse_json
 from ..text.sources import BUILTIN_PREFIX, HF_PREFIX, HFDataset, SourceOptions
+from .tool_records import check_tool_answer, check_tool_calls, check_tools, declared_names
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 SUFFIXES = (".jsonl", ".json")
-BUILTIN_SETS = {"tasks": "tasks.json", "tasks-chat": "tasks-chat.jsonl"}  # in gptforge/corpora/
+# in gptforge/corpora/; a folder holds train, val (and test) files
+BUILTIN_SETS = {"tasks": "tasks.json", "tasks-chat": "tasks-chat.jsonl", "tools": "tools"}
 
 
 @dataclass
@@ -37,6 +40,11 @@ class Example:
     messages: list[dict]  # {"role", "content"} dicts; the last one is the assistant's
     where: str  # "FILE record N", for messages about it
     instruction: dict | None = None  # the instruction record it was read from (the Alpaca template needs it)
+    tools: list[dict] | None = None  # the functions it may call (OpenAI's tool objects)
+
+    @property
+    def uses_tools(self) -> bool:
+        return bool(self.tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in self.messages)
 
 
 def instruction_messages(record: dict) -> list[dict]:
@@ -46,22 +54,39 @@ def instruction_messages(record: dict) -> list[dict]:
     return [{"role": "user", "content": user}, {"role": "assistant", "content": record["output"]}]
 
 
-def check_messages(messages, where: str, final_assistant: bool = True) -> list[dict]:
-    """The messages of a chat record as {"role", "content"} dicts, or one UserError line."""
+def check_messages(messages, where: str, final_assistant: bool = True, tools: list[dict] | None = None
+                   ) -> list[dict]:
+    """The messages of a chat record as {"role", "content"} dicts (an assistant's with its checked
+    "tool_calls", a tool's with its "tool_call_id"), or one UserError line. `tools`: the record's
+    checked tools, the only ones its calls may name."""
     if not isinstance(messages, list) or not messages:
         raise UserError(f"{where}: \"messages\" must be a non-empty list of {{role, content}} objects")
-    out = []
+    out, pending = [], {}  # pending: the calls of the last assistant turn not answered yet
     for i, message in enumerate(messages, 1):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        if not isinstance(message, dict) or "role" not in message or ("content" not in message and not calls):
             raise UserError(f"{where}: message {i} needs a \"role\" and a \"content\"")
-        role, content = message["role"], message["content"]
+        role, content = message["role"], message.get("content")
         if role not in ROLES:
             raise UserError(f"{where}: message {i} has role {role!r}; roles are {', '.join(ROLES)}")
+        if content is None and calls:
+            content = ""  # OpenAI's null content beside calls
         if not isinstance(content, str):
             raise UserError(f"{where}: message {i}'s content is {type(content).__name__}, not text")
         if role == "system" and i > 1:
             raise UserError(f"{where}: message {i} is a system message; only the first may be one")
-        out.append({"role": role, "content": content})
+        turn = {"role": role, "content": content}
+        if role == "tool":
+            check_tool_answer(message, pending, f"{where}: message {i}")
+            turn["tool_call_id"] = message["tool_call_id"]
+        else:
+            pending = {}
+        if calls is not None:
+            if role != "assistant":
+                raise UserError(f"{where}: message {i} is the {role}'s; only the assistant makes tool calls")
+            turn["tool_calls"] = check_tool_calls(calls, declared_names(tools), f"{where}: message {i}")
+            pending = {call["id"]: call["function"]["name"] for call in turn["tool_calls"]}
+        out.append(turn)
     if final_assistant and out[-1]["role"] != "assistant":
         raise UserError(f"{where}: the last message is the {out[-1]['role']}'s; a training conversation "
                         "ends with the assistant's answer")
@@ -73,7 +98,8 @@ def parse_record(record, where: str) -> Example:
     if not isinstance(record, dict):
         raise UserError(f"{where} is {type(record).__name__}, not an object")
     if "messages" in record:
-        return Example(check_messages(record["messages"], where), where)
+        tools = check_tools(record["tools"], where) if record.get("tools") is not None else None
+        return Example(check_messages(record["messages"], where, tools=tools), where, tools=tools)
     if "instruction" not in record:
         raise UserError(f"{where} has neither \"messages\" (a chat record) nor \"instruction\" and "
                         f"\"output\" (an instruction record); it has: {', '.join(map(str, record)) or 'nothing'}")

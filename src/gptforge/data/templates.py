@@ -1,7 +1,8 @@
 """Examples as token ids, through a template, with the mask of the tokens that are trained on.
 
 - chatml: the chat template (tokenizer/chat.py): turns between the special tokens <|im_start|>
-  and <|im_end|>; the loss covers each assistant turn's content and its <|im_end|>.
+  and <|im_end|>; the loss covers each assistant turn's content, its tool calls and its
+  <|im_end|>, never a tool's result.
 - alpaca: the text template of Stanford Alpaca and "LLMs from scratch" chapter 7, for single-turn
   examples, with <|endoftext|> after the answer; the loss covers the answer and <|endoftext|>:
 
@@ -23,8 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UserError
-from ..tokenizer import Tokenizer
-from ..tokenizer.chat import encode_marked, end_of_turn, has_chat_template, render
+from ..tokenizer import CHAT_TOKENS, TOOL_TOKENS, Tokenizer
+from ..tokenizer.chat import encode_marked, end_of_turn, has_chat_template, has_tool_tokens, render
 from .example_batches import fit_to_context
 from .instructions import Example
 
@@ -41,10 +42,20 @@ def alpaca_prompt(record: dict) -> str:
     return text + "\n\n### Response:\n"
 
 
+def template_tokens(examples: list[Example], template: str) -> tuple[str, ...]:
+    """The special tokens the examples need in the tokenizer (fine-tuning grows a vocabulary that
+    lacks them): the chat tokens for chatml, and the tool markers when an example uses tools."""
+    if template != "chatml":
+        return ()
+    return CHAT_TOKENS + (TOOL_TOKENS if any(e.uses_tools for e in examples) else ())
+
+
 def _alpaca_record(example: Example) -> dict:
     """The instruction record of an example (a single-turn chat reads as one)."""
     if example.instruction is not None:
         return example.instruction
+    if example.uses_tools:
+        raise UserError(f"{example.where}: --template alpaca has no tool calls; use --template chatml")
     turns = [m for m in example.messages if m["role"] != "system"]
     if len(turns) != 2 or len(turns) != len(example.messages):
         raise UserError(f"{example.where}: --template alpaca takes single-turn examples (one user message, "
@@ -60,7 +71,7 @@ def stop_id(tokenizer: Tokenizer, template: str) -> int:
 def encode_example(example: Example, tokenizer: Tokenizer, template: str) -> tuple[list[int], list[bool]]:
     """(ids, loss mask) of a whole example."""
     if template == "chatml":
-        return render(example.messages, tokenizer)
+        return render(example.messages, tokenizer, tools=example.tools)
     record = _alpaca_record(example)
     prompt = alpaca_prompt(record)
     ids, answer = encode_marked(tokenizer, prompt + record["output"], len(prompt.encode()))
@@ -70,7 +81,7 @@ def encode_example(example: Example, tokenizer: Tokenizer, template: str) -> tup
 def prompt_ids(example: Example, tokenizer: Tokenizer, template: str) -> list[int]:
     """The ids a model answers the example's last turn from."""
     if template == "chatml":
-        return render(example.messages[:-1], tokenizer, add_generation_prompt=True)[0]
+        return render(example.messages[:-1], tokenizer, add_generation_prompt=True, tools=example.tools)[0]
     return tokenizer.encode(alpaca_prompt(_alpaca_record(example)))
 
 
@@ -80,6 +91,8 @@ def encode_examples(examples: list[Example], tokenizer: Tokenizer, template: str
     out because the cut left no answer to train on)."""
     if template == "chatml" and not has_chat_template(tokenizer):
         raise ValueError("the chatml template needs a tokenizer with the chat tokens")
+    if template == "chatml" and not has_tool_tokens(tokenizer) and any(e.uses_tools for e in examples):
+        raise ValueError("examples with tools need a tokenizer with the tool tokens (template_tokens)")
     out, truncated, dropped = [], 0, 0
     for example in examples:
         ids, loss = encode_example(example, tokenizer, template)

@@ -18,6 +18,8 @@ import numpy as np
 EOT_TOKEN = "<|endoftext|>"
 # The chat template's turn boundaries (see tokenizer/chat.py), reserved in every tokenizer we train.
 CHAT_TOKENS = ("<|im_start|>", "<|im_end|>")
+# The tool-call markers of the chat template (Hermes / Qwen style): a call, and a tool's result.
+TOOL_TOKENS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
 
 
 def replace_surrogates(text: str) -> str:
