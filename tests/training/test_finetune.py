@@ -12,7 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gptforge.config import FinetuneConfig
 from gptforge.data.example_batches import IGNORE, ExampleBatches
 from gptforge.data.instructions import read_examples
 from gptforge.data.templates import alpaca_prompt, encode_example, encode_examples
@@ -20,6 +19,7 @@ from gptforge.errors import UserError
 from gptforge.evaluate import batch_loss
 from gptforge.model.vocab import grow_vocabulary
 from gptforge.tokenizer import CHAT_TOKENS, gpt2
+from gptforge.training.config import FinetuneConfig
 from gptforge.training.finetune import RESPONSES, finetune
 from gptforge.weights import load_any
 
@@ -85,7 +85,7 @@ def test_masked_positions_contribute_nothing():
 # --- runs --------------------------------------------------------------------------------------
 
 def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, finetune_data, tmp_path):
-    cfg = FinetuneConfig(**settings(tiny_checkpoint, finetune_data / "tasks.json", tmp_path / "run", epochs=3, lr=3e-3,
+    cfg = FinetuneConfig.of(**settings(tiny_checkpoint, finetune_data / "tasks.json", tmp_path / "run", epochs=3, lr=3e-3,
                                     lr_schedule="cosine", warmup_steps=2))
     result = finetune(cfg, progress=False)
     history = rows(result.run_dir)
@@ -94,7 +94,7 @@ def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, fin
     steps_per_epoch = (54 // 4)  # 60 records, 6 for validation
     assert result.step == 3 * steps_per_epoch
     # the schedule: warmup, then cosine to 0
-    assert history[1]["lr"] == pytest.approx(cfg.lr / 2) and history[-1]["lr"] < cfg.lr / 10
+    assert history[1]["lr"] == pytest.approx(cfg.optim.lr / 2) and history[-1]["lr"] < cfg.optim.lr / 10
     checkpoint = result.checkpoint
     meta = json.loads((checkpoint / "config.json").read_text())
     assert meta["model"]["vocab_size"] == 50259
@@ -110,8 +110,8 @@ def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, fin
 def test_resume_is_bitwise_exact(tiny_checkpoint, finetune_data, tmp_path, lora):
     extra = {"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.1} if lora else {}
     fields = settings(tiny_checkpoint, finetune_data / "chat.jsonl", None, dropout=0.1, eval_every=1, **extra)
-    straight = finetune(FinetuneConfig(**{**fields, "out": str(tmp_path / "a")}, max_steps=8), progress=False)
-    finetune(FinetuneConfig(**{**fields, "out": str(tmp_path / "b")}, max_steps=4), progress=False)
+    straight = finetune(FinetuneConfig.of(**{**fields, "out": str(tmp_path / "a")}, max_steps=8), progress=False)
+    finetune(FinetuneConfig.of(**{**fields, "out": str(tmp_path / "b")}, max_steps=4), progress=False)
     resumed = finetune(resume=tmp_path / "b", max_steps=8, progress=False)
     assert strip(rows(resumed.run_dir)) == strip(rows(straight.run_dir))
     a = load_file(straight.checkpoint / "model.safetensors")
@@ -127,7 +127,7 @@ def test_ctrl_c_checkpoints_and_resume_ends_like_an_uninterrupted_run(tiny_check
     fields = settings(tiny_checkpoint, finetune_data / "chat.jsonl", tmp_path / "straight", batch_size=2,
                       eval_every=5, save_every=0, max_steps=20, sample_tokens=2, response_tokens=6, lora_rank=4,
                       lora_dropout=0.1, dropout=0.1)
-    straight = finetune(FinetuneConfig(**fields), progress=False).run_dir  # in this process: no start-up
+    straight = finetune(FinetuneConfig.of(**fields), progress=False).run_dir  # in this process: no start-up
 
     run = tmp_path / "run"
     flags = [x for k, v in {**fields, "out": run}.items() for x in (f"--{k.replace('_', '-')}", str(v))]
@@ -156,7 +156,7 @@ def test_ctrl_c_checkpoints_and_resume_ends_like_an_uninterrupted_run(tiny_check
 
 
 def test_bf16_accumulation_and_truncation(tiny_checkpoint, finetune_data, tmp_path, capsys):
-    cfg = FinetuneConfig(**settings(tiny_checkpoint, finetune_data / "tasks.json", tmp_path / "run", batch_size=2,
+    cfg = FinetuneConfig.of(**settings(tiny_checkpoint, finetune_data / "tasks.json", tmp_path / "run", batch_size=2,
                                     grad_accum=2, dtype="bfloat16", max_steps=6, template="alpaca",
                                     context_length=52))
     result = finetune(cfg, progress=False)
@@ -230,7 +230,7 @@ def test_bad_settings_are_one_line(tiny_checkpoint, finetune_data, tmp_path):
     assert_user_error(run_cli("finetune", *common), "finetune needs --init-from")
     assert not (tmp_path / "run").exists()
     with pytest.raises(UserError, match="stride is a pretraining setting"):
-        FinetuneConfig(stride=4)
+        FinetuneConfig.of(stride=4)
 
 
 def test_a_lora_run_refuses_another_base_on_resume(finetune_data, tmp_path):
@@ -238,7 +238,7 @@ def test_a_lora_run_refuses_another_base_on_resume(finetune_data, tmp_path):
 
     base = save_checkpoint(tmp_path / "base", random_gpt(0, vocab_size=50257, context_length=64))
     fields = settings(base, finetune_data / "tasks.json", tmp_path / "run", lora_rank=2, max_steps=2)
-    finetune(FinetuneConfig(**fields), progress=False)
+    finetune(FinetuneConfig.of(**fields), progress=False)
     save_checkpoint(base, random_gpt(1, vocab_size=50257, context_length=64))  # another model in its place
     r = run_cli("finetune", "--resume", str(tmp_path / "run"), "--max-steps", "4")
     assert_user_error(r, "is a LoRA adapter for another base model")
@@ -246,9 +246,10 @@ def test_a_lora_run_refuses_another_base_on_resume(finetune_data, tmp_path):
 
 
 def test_the_bundled_recipes_load():
-    from gptforge.config import load_config_file
+    from gptforge.training.config_files import load_config_file
 
     lora, full = (FinetuneConfig.from_dict(load_config_file(name, FinetuneConfig))
                   for name in ("tasks-lora", "tasks-full"))
-    assert lora.data == full.data == "builtin:tasks" and lora.template == full.template == "chatml"
-    assert lora.lora_rank and full.lora_rank is None
+    assert lora.records.data == full.records.data == "builtin:tasks"
+    assert lora.finetune.template == full.finetune.template == "chatml"
+    assert lora.lora.lora_rank and full.lora.lora_rank is None

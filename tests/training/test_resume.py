@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gptforge.config import TrainConfig
 from gptforge.errors import UserError
 from gptforge.training import train
+from gptforge.training.config import TrainConfig
 
 from helpers import assert_user_error, run_cli
 
@@ -30,7 +30,7 @@ def flip_a_byte(path, from_end: int = 100) -> None:
 @pytest.fixture
 def run_of_two_checkpoints(text, tmp_path):
     """A run with checkpoints at steps 2 and 4 (dropout on, so the RNG state matters)."""
-    cfg = TrainConfig(data=str(text), preset="gpt2-tiny", context_length=32, batch_size=2, dropout=0.1,
+    cfg = TrainConfig.of(data=str(text), preset="gpt2-tiny", context_length=32, batch_size=2, dropout=0.1,
                       lr=1e-3, eval_every=1, eval_batches=1, save_every=2, max_steps=4, device="cpu",
                       out=str(tmp_path / "run"))
     train(cfg, progress=False)

@@ -1,5 +1,6 @@
 """Training: the loop every job shares (loop.py) and the jobs that use it (pretrain.py).
 
+    config.py      a run's settings in groups (TrainConfig, FinetuneConfig); config_files.py: TOML
     loop.py        the loop, its periodic jobs, clean stops
     step.py        one optimizer step (micro-batches, clipping, non-finite guard)
     optim.py       the optimizer (AdamW, or Muon with AdamW) and the learning-rate schedule

@@ -21,14 +21,14 @@ import torch
 from tqdm import tqdm
 
 from .. import distributed
-from ..config import TrainConfig, parse_duration
 from ..data import prefetch
 from ..device import matmul_peak_flops
 from ..errors import UserError, first_line
 from ..evaluate import batch_loss
 from ..tokenizer import tokenizer_of
 from ..weights.checkpoint import save_checkpoint
-from .budget import Clock
+from .budget import Clock, parse_duration
+from .config import RunConfig
 from .loggers import LogHub, check_packages, open_loggers
 from .optim import lr_factor, make_optimizer, set_lr
 from .resume import Position, capture, restore
@@ -109,24 +109,24 @@ class Trainer:
     `started` is the time.monotonic() reading at which the job began (default: now); a
     --max-time budget counts from there (training.budget)."""
 
-    def __init__(self, cfg: TrainConfig, run: RunFolder, model: torch.nn.Module, task: Task,
+    def __init__(self, cfg: RunConfig, run: RunFolder, model: torch.nn.Module, task: Task,
                  total_steps: int, d: distributed.Dist, device: torch.device,
                  resume_from: Path | None = None, progress: bool | None = None,
                  loss_fn: Callable | None = None, started: float | None = None):
         self.cfg, self.run, self.model, self.task, self.d, self.device = cfg, run, model, task, d, device
         self.total_steps, self.loss_fn, self.progress = total_steps, loss_fn or batch_loss, progress
-        check_packages(cfg.log)  # a missing logging package fails before the run folder exists
+        check_packages(cfg.logging.log)  # a missing logging package fails before the run folder exists
         self.say = tqdm.write if d.is_main else (lambda *args, **kwargs: None)  # rank 0 speaks for the job
-        self.wrapped = distributed.wrap(model, d, cfg.distributed, device)
+        self.wrapped = distributed.wrap(model, d, cfg.compute.distributed, device)
         # The trainable parameters, taken now: FSDP2 swaps a module's registered parameters for
         # unsharded copies during a forward and leaves the root's so after one without backward
         # (an evaluation), and those copies never get a gradient.
         self.params = [w for w in model.parameters() if w.requires_grad]
-        self.optimizer = make_optimizer(model, cfg, device)
+        self.optimizer = make_optimizer(model, cfg.optim, device)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.dtype == "float16")
-        self.autocast = torch.autocast(device.type, dtype=getattr(torch, cfg.dtype),
-                                       enabled=cfg.dtype != "float32")
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.compute.dtype == "float16")
+        self.autocast = torch.autocast(device.type, dtype=getattr(torch, cfg.compute.dtype),
+                                       enabled=cfg.compute.dtype != "float32")
         if d.enabled:
             torch.manual_seed(cfg.seed + d.rank)  # independent dropout masks on each rank
         self.position, self.checkpoint, self.evaluated_step = Position(), resume_from, None
@@ -146,7 +146,7 @@ class Trainer:
         if d.is_main:
             run.write_config(resolved, tokenizer_of(model))
             run.write_status("running", step=self.position.step)
-            self.log = open_loggers(cfg.log, run, self.position.step, resolved, cfg.wandb_project)
+            self.log = open_loggers(cfg.logging.log, run, self.position.step, resolved, cfg.logging.wandb_project)
         self.guard = UpdateGuard(device, self.scaler, self.position.step)
         self.skipped_before = self.position.skipped
         self.losses = (math.nan, math.nan)  # (train, val) of the latest evaluation
@@ -158,13 +158,13 @@ class Trainer:
     def _start_clock(self, started: float | None) -> None:
         """The job's clock, and with --max-time the budget it plans against (training.budget)."""
         cfg, p = self.cfg, self.position
-        budget = parse_duration(cfg.max_time, "max-time") if cfg.max_time else None
-        eval_steps = 2 * cfg.eval_batches * self.d.world_size / 3  # forward passes cost ~1/3 of a step
+        budget = parse_duration(cfg.optim.max_time, "max-time") if cfg.optim.max_time else None
+        eval_steps = 2 * cfg.eval.eval_batches * self.d.world_size / 3  # forward passes cost ~1/3 of a step
         save_bytes = 3 * sum(w.numel() * w.element_size() for w in self.model.parameters())  # + 2 moments
         self.clock = Clock(budget, p.wall_s, time.monotonic() if started is None else started, p.step,
                            eval_steps, save_bytes)
         if budget is not None:
-            self.say(f"time budget {cfg.max_time}: {max(0.0, budget - self.clock.now()):.0f} s left, ending "
+            self.say(f"time budget {cfg.optim.max_time}: {max(0.0, budget - self.clock.now()):.0f} s left, ending "
                      f"with an evaluation and a checkpoint; a run on the clock is not bitwise reproducible "
                      f"(a step-based one is)")
 
@@ -192,7 +192,7 @@ class Trainer:
         """The loop: optimizer steps, epoch after epoch, until total_steps or a stop."""
         p, cfg, model = self.position, self.cfg, self.model
         model.train()
-        step_model = torch.compile(self.wrapped) if cfg.compile else self.wrapped  # shares the parameters
+        step_model = torch.compile(self.wrapped) if cfg.compute.compile else self.wrapped  # shares the parameters
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: fp32 range, ~8x the speed
             torch.backends.cudnn.allow_tf32 = True
@@ -201,20 +201,22 @@ class Trainer:
                 self._start_window()
                 with contextlib.closing(prefetch(self.task.batches(p.epoch, start=p.batch),
                                                  pin=self.device.type == "cuda")) as batches:
-                    while p.batch + cfg.grad_accum <= self.task.batches_per_epoch:
+                    while p.batch + cfg.optim.grad_accum <= self.task.batches_per_epoch:
                         step_start = time.perf_counter()
                         self._set_lr()
-                        loss, grad_norm, tokens = optimizer_step(step_model, self.wrapped, batches, cfg.grad_accum,
+                        loss, grad_norm, tokens = optimizer_step(step_model, self.wrapped, batches,
+                                                      cfg.optim.grad_accum,
                                                       self.loss_fn, self.optimizer, self.params, self.guard,
-                                                      cfg.grad_clip, self.autocast, self.d, self.device)
-                        p.step, p.batch = p.step + 1, p.batch + cfg.grad_accum
+                                                      cfg.optim.grad_clip, self.autocast, self.d, self.device)
+                        p.step, p.batch = p.step + 1, p.batch + cfg.optim.grad_accum
                         # Ranks of padded batches read different counts: this rank's stands in for
                         # every rank's until the next sync adds up the real ones.
                         p.tokens_seen += tokens * self.d.world_size
                         self.rank_tokens += tokens
                         self.bar.update(1)
                         evaluating, sampling, saving = (self._due(every) for every in
-                                                        (cfg.eval_every, cfg.sample_every, cfg.save_every))
+                                                        (cfg.eval.eval_every, cfg.eval.sample_every,
+                                                         cfg.checkpoints.save_every))
                         evaluating = evaluating or p.step == 1
                         if self._sync_due() or evaluating or sampling or saving:
                             self._sync(loss, grad_norm, evaluating, sampling, saving)  # waits for the device
@@ -240,12 +242,13 @@ class Trainer:
         return bool(every) and self.position.step % every == 0
 
     def _epoch_done(self) -> bool:
-        return self.position.batch + self.cfg.grad_accum > self.task.batches_per_epoch
+        return self.position.batch + self.cfg.optim.grad_accum > self.task.batches_per_epoch
 
     def _set_lr(self) -> None:
         """The learning rate of the coming update, from the run's progress in steps and in time."""
         p = self.position
-        set_lr(self.optimizer, self.cfg, lr_factor(p.step, self.cfg, self.total_steps, self.clock.progress(p.step)))
+        set_lr(self.optimizer, self.cfg.optim,
+               lr_factor(p.step, self.cfg.optim, self.total_steps, self.clock.progress(p.step)))
 
     def _timed(self, job: str, work: Callable, *args) -> None:
         """Run a periodic job, recording its cost for the time budget."""
@@ -273,7 +276,7 @@ class Trainer:
              guard.first]).tolist()
         p.skipped = self.skipped_before + int(count)
         if count > guard.reported:
-            if not self.cfg.skip_nonfinite:
+            if not self.cfg.optim.skip_nonfinite:
                 raise Diverged(
                     f"step {int(first_step)}: loss {first_loss} / gradient norm {first_norm} is not "
                     f"finite; its update was skipped and training stopped at step {p.step} "
@@ -348,14 +351,14 @@ class Trainer:
             previous = self.checkpoint.name if self.checkpoint else "none"
             raise UserError(f"could not write checkpoint {path}: {e.strerror or e}; the previous "
                             f"checkpoint ({previous}) is intact") from None
-        if self.cfg.keep_last:
-            self.run.prune(self.cfg.keep_last)
+        if self.cfg.checkpoints.keep_last:
+            self.run.prune(self.cfg.checkpoints.keep_last)
 
     def _finish(self) -> TrainResult:
         """The last evaluation and checkpoint (unless this step has them), and the summary."""
         p = self.position
         if self.clock.out_of_time:
-            self.say(f"time budget {self.cfg.max_time} used: stopping at step {p.step} "
+            self.say(f"time budget {self.cfg.optim.max_time} used: stopping at step {p.step} "
                      f"({self.clock.now():.0f} s so far) for the final evaluation and checkpoint")
         if not self.stopping and self.evaluated_step != p.step:
             self.evaluate()
@@ -385,7 +388,7 @@ class Trainer:
                         disable=None if show is None else not show, file=sys.stderr)
         # MFU: the model's FLOP/s over what a large matmul reaches here, per rank. Only when the
         # bar is shown or logged: on a CPU a float16 matmul is emulated and takes seconds to time.
-        self.peak_flops = (matmul_peak_flops(self.device, getattr(torch, self.cfg.dtype)) * self.d.world_size
+        self.peak_flops = (matmul_peak_flops(self.device, getattr(torch, self.cfg.compute.dtype)) * self.d.world_size
                            if not self.bar.disable or self.log else math.inf)
         self.flops_per_token = self.model.flops_per_token(self.model.config.context_length)
         try:
