@@ -132,3 +132,16 @@ class Clock:
         if self.budget_s is None or not self.step_s:
             return 0
         return max(0, int((self.available() - self.synced[1]) / self.step_s) - (step - self.synced[0]))
+
+
+def start_clock(*, max_time: str | None, used_s: float, started: float | None, step: int, eval_steps: float,
+                save_bytes: float, say) -> Clock:
+    """The job's clock, with the --max-time budget it plans against (if any): from `started` (a
+    time.monotonic() reading; default: now) plus the `used_s` of earlier sessions."""
+    budget = parse_duration(max_time, "max-time") if max_time else None
+    clock = Clock(budget, used_s, time.monotonic() if started is None else started, step, eval_steps, save_bytes)
+    if budget is not None:
+        say(f"time budget {max_time}: {max(0.0, budget - clock.now()):.0f} s left, ending "
+            f"with an evaluation and a checkpoint; a run on the clock is not bitwise reproducible "
+            f"(a step-based one is)")
+    return clock

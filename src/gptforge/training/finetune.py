@@ -55,7 +55,8 @@ def finetune(config: FinetuneConfig | None = None, *, resume: str | Path | None 
     torch.manual_seed(cfg.seed)  # the same LoRA initialisation on every rank
     model = resumed_model(checkpoint, device) if checkpoint is not None else initial_finetune_model(cfg, device)
     task = FinetuneTask(cfg, model, train_examples, val_examples, d)
-    trainer = Trainer(cfg, run, model, task, task.total_steps, d, device, checkpoint, progress, started=started)
+    trainer = Trainer(cfg, run, model, task, total_steps=task.total_steps, d=d, device=device, resume_from=checkpoint,
+                      progress=progress, started=started)
     trainable, total = trainable_count(model)
     how = f"LoRA rank {cfg.lora.lora_rank} on {cfg.lora.lora_targets}" if cfg.lora.lora_rank else "full fine-tuning"
     trainer.say(f"model: {cfg.init_from}, {trainable:,} of {total:,} parameters trainable ({how}), "

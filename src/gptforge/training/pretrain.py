@@ -65,7 +65,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     model.tokenizer = tokenizer
     if checkpoint is not None:  # before sharding and the optimizer: loading replaces parameters
         load_weights(model, load_file(checkpoint / WEIGHTS, device=str(device)), source=str(checkpoint))
-    trainer = Trainer(cfg, run, model, task, task.total_steps, d, device, checkpoint, progress, started=started)
+    trainer = Trainer(cfg, run, model, task, total_steps=task.total_steps, d=d, device=device, resume_from=checkpoint,
+                      progress=progress, started=started)
     origin = cfg.init_from if cfg.init_from else cfg.preset
     trainer.say(f"model: {model.num_params():,} parameters ({origin}, context {model_cfg.context_length}) "
                 f"on {device}{distributed.describe(d, cfg.compute.distributed)}")
