@@ -135,8 +135,8 @@ def test_log_flag_repeats_and_checks_its_choices():
     from gptforge.cli import build_parser
 
     args = build_parser().parse_args(["train", "--log", "tensorboard", "--log", "csv"])
-    assert TrainConfig.of(log=args.log).log == ("tensorboard", "csv")
-    assert TrainConfig.of(log=["csv", "csv"]).log == ("csv",)  # a config file's list
+    assert TrainConfig.of(log=args.log).logging.log == ("tensorboard", "csv")
+    assert TrainConfig.of(log=["csv", "csv"]).logging.log == ("csv",)  # a config file's list
     with pytest.raises(UserError, match="log takes tensorboard, wandb, csv, got 'mlflow'"):
         TrainConfig.of(log=("mlflow",))
     from helpers import run_cli
