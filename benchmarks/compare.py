@@ -30,11 +30,12 @@ import torch
 import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
-from gptforge import GPT, GPTConfig, TrainConfig
+from gptforge import GPT, GPTConfig
 from gptforge.device import matmul_peak_flops
 from gptforge.evaluate import batch_loss
 from gptforge.generate import generate
 from gptforge.model import prepare_for_decoding
+from gptforge.training.config import OptimArgs
 from gptforge.training.optim import make_optimizer
 
 MATMULS = ("aten::mm", "aten::addmm", "aten::bmm")  # profiler names of the matmul kernels
@@ -120,7 +121,7 @@ def make_contestants(config: GPTConfig, with_transformers: bool):
         "gptforge": dict(model=ours, step=lambda m, x: batch_loss(m, x[:, :-1], x[:, 1:]),
                          gen=lambda m, idx, n: generate(m, idx, n, temperature=0.0),
                          prepare=prepare_for_decoding,
-                         opt=make_optimizer(ours, TrainConfig(lr=1e-4), torch.device("cpu"))),
+                         opt=make_optimizer(ours, OptimArgs(lr=1e-4), torch.device("cpu"))),
         "reference": dict(model=ref, step=lambda m, x: nn.functional.cross_entropy(
                               m(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()),
                           gen=ref_generate,

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from gptforge import GPT, GPTConfig, TrainConfig, prepare_corpus
-from gptforge.config import FinetuneConfig
 from gptforge.training import train
+from gptforge.training.config import FinetuneConfig
 from gptforge.training.finetune import finetune
 from gptforge.weights import save_checkpoint
 
@@ -57,13 +57,13 @@ def main() -> None:
     common = dict(max_steps=args.steps, eval_every=args.skip, eval_batches=1, save_every=0, lr=1e-4,
                   device="cpu", seed=0)
     jobs = {
-        "pretrain": lambda out: train(TrainConfig(data=str(corpus), preset=args.preset, out=str(out),
+        "pretrain": lambda out: train(TrainConfig.of(data=str(corpus), preset=args.preset, out=str(out),
                                                   context_length=args.context_length,
                                                   batch_size=args.batch_size, **common), progress=False),
-        "finetune (full)": lambda out: finetune(FinetuneConfig(
+        "finetune (full)": lambda out: finetune(FinetuneConfig.of(
             init_from=str(base), data="builtin:tasks", out=str(out), batch_size=args.finetune_batch_size,
             epochs=1000, response_tokens=0, **common), progress=False),
-        "finetune (LoRA r=16)": lambda out: finetune(FinetuneConfig(
+        "finetune (LoRA r=16)": lambda out: finetune(FinetuneConfig.of(
             init_from=str(base), data="builtin:tasks", out=str(out), batch_size=args.finetune_batch_size,
             epochs=1000, response_tokens=0, lora_rank=16, **common), progress=False),
     }

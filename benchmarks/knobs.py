@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from compare import MATMULS, timed  # benchmarks/ is on the path when this runs as a script
 from torch.profiler import ProfilerActivity, profile
 
-from gptforge import GPT, GPTConfig, TrainConfig
+from gptforge import GPT, GPTConfig
 from gptforge.device import matmul_peak_flops
 from gptforge.generate import generate
 from gptforge.model import prepare_for_decoding
 from gptforge.model.cpu_decoding import linear
+from gptforge.training.config import OptimArgs
 from gptforge.training.optim import make_optimizer
 
 # How the profile's operators are grouped (anything else is "other").
@@ -52,7 +53,7 @@ def training(config: GPTConfig, batch: int, steps: int) -> dict:
     model = GPT(config).train()
     x = torch.randint(0, config.vocab_size, (batch, config.context_length + 1))
     optimizers = {
-        "fused AdamW (shipped)": make_optimizer(model, TrainConfig(lr=1e-4), torch.device("cpu")),
+        "fused AdamW (shipped)": make_optimizer(model, OptimArgs(lr=1e-4), torch.device("cpu")),
         "foreach AdamW (PyTorch default)": torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True),
     }
 

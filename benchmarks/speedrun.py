@@ -36,12 +36,14 @@ from pathlib import Path
 
 import torch
 
-from gptforge.config import TrainConfig, load_config_file, parse_duration
 from gptforge.data import load_splits
 from gptforge.device import matmul_peak_flops
 from gptforge.evaluate import evaluate_tokens
 from gptforge.generate import generate_text
 from gptforge.tokenizer import tokenizer_of
+from gptforge.training.budget import parse_duration
+from gptforge.training.config import TrainConfig
+from gptforge.training.config_files import load_config_file
 from gptforge.weights import load_any
 
 DATA = "builtin:shakespeare"

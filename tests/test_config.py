@@ -43,26 +43,3 @@ def test_unknown_preset_and_field():
 def test_dict_round_trip():
     c = GPTConfig.from_preset("gpt2-mini", dropout=0.1)
     assert GPTConfig.from_dict(c.to_dict()) == c
-
-
-def test_finetune_config_has_the_fine_tuning_defaults_and_hides_pretraining_flags():
-    from gptforge.cli import finetune
-    from gptforge.cli.common import Parser
-    from gptforge.config import FinetuneConfig, TrainConfig
-
-    cfg = FinetuneConfig()
-    assert (cfg.lr, cfg.epochs, cfg.dropout, cfg.template, cfg.lora_rank) == (5e-5, 2, 0.0, "chatml", None)
-    assert cfg.command == "finetune" and TrainConfig.command == "train"
-    assert FinetuneConfig(lora_targets="mlp_out, qkv").lora_targets == "qkv,mlp_out"
-    with pytest.raises(UserError, match="unknown LoRA target"):
-        FinetuneConfig(lora_targets="qkv,c_fc")
-    with pytest.raises(UserError, match="preset is a pretraining setting"):
-        FinetuneConfig(preset="gpt2-124m")
-    with pytest.raises(UserError, match="lora-rank must be"):
-        FinetuneConfig(lora_rank=0)
-    parser = Parser(prog="gptforge finetune")
-    finetune.add_arguments(parser)
-    help_text = parser.format_help()
-    assert "--lora-rank" in help_text and "--train-on-prompt" in help_text and "--template" in help_text
-    assert "--preset" not in help_text and "--stride" not in help_text and "--sample-prompt" not in help_text
-    assert FinetuneConfig.from_dict(FinetuneConfig(lora_rank=4).to_dict()).lora_rank == 4

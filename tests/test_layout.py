@@ -15,14 +15,15 @@ TESTS = Path(__file__).parent
 # The top-level modules and packages in pipeline order: each may import its own stage and the ones
 # before it, never a later one. The README's code map tells the same order.
 STAGES = (
-    ("errors", "checks", "files", "device", "distributed"),  # shared by every stage
+    ("errors", "checks", "files", "field_docs", "device", "distributed"),  # shared by every stage
     ("text",),  # what an INPUT names, read as documents; the train/val split
     ("tokenizer",),  # text <-> ids, and training one on text
     ("config",),  # the model's shape (its default vocabulary is GPT-2's) and a run's settings
     ("data",),  # documents -> token corpora -> batches
     ("model",),
     ("weights",),  # checkpoints and Hugging Face folders
-    ("generate", "evaluate"),  # before training: a run samples and measures its loss as it goes
+    ("generate", "evaluate", "tools"),  # before training: a run samples and measures its loss as it goes;
+    # tools: what a reply calls, and the tools the terminal chat runs
     ("training",),
     ("chat", "serve", "retrieval", "bench"),
     ("cli", "__main__"),

@@ -3,13 +3,14 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from .chat import chat_text
-from .config import PRESETS, FinetuneConfig, GPTConfig, TrainConfig
+from .config import PRESETS, GPTConfig
 from .data import prepare_corpus
 from .errors import UserError
 from .generate import generate, generate_text, generate_texts
 from .model import GPT, prepare_for_decoding
 from .tokenizer import Tokenizer, ids_to_text, load_tokenizer, text_to_ids, tokenizer_of
 from .training import finetune, train
+from .training.config import FinetuneConfig, TrainConfig
 from .weights import load_any
 
 try:

@@ -16,11 +16,12 @@ import time
 
 import torch
 
-from .config import GPTConfig, TrainConfig
+from .config import GPTConfig
 from .device import matmul_peak_flops, pick_device, synchronize
 from .evaluate import batch_loss
 from .generate import generate
 from .model import GPT, prepare_for_decoding
+from .training.config import OptimArgs
 from .training.optim import make_optimizer
 
 
@@ -47,7 +48,7 @@ def bench_train(preset: str = "gpt2-124m", context_length: int | None = 256, bat
     model = _model(preset, context_length, dev, arch).train()
     T = model.config.context_length
     step_model = torch.compile(model) if compile else model
-    optimizer = make_optimizer(model, TrainConfig(lr=1e-4, optimizer=optimizer), dev)  # the trainer's own
+    optimizer = make_optimizer(model, OptimArgs(lr=1e-4, optimizer=optimizer), dev)  # the trainer's own
     autocast = torch.autocast(dev.type, dtype=getattr(torch, dtype), enabled=dtype != "float32")
     x = torch.randint(0, model.config.vocab_size, (batch_size, T + 1), device=dev)
     times = []

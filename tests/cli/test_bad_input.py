@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 
-from gptforge.config import TrainConfig
 from gptforge.data import prepare_corpus
 from gptforge.text import read_documents
 from gptforge.training import train
+from gptforge.training.config import TrainConfig
 
 from helpers import assert_user_error, run_cli_here
 
@@ -21,7 +21,7 @@ def world(tmp_path_factory):
     text = dict(read_documents("builtin:shakespeare"))["builtin:shakespeare/othello"][:30000]
     (root / "plays.txt").write_text(text, encoding="utf-8")
     prepare_corpus([str(root / "plays.txt")], root / "corpus", progress=False)
-    train(TrainConfig(data=str(root / "corpus"), preset="gpt2-tiny", context_length=32, batch_size=2,
+    train(TrainConfig.of(data=str(root / "corpus"), preset="gpt2-tiny", context_length=32, batch_size=2,
                       max_steps=2, eval_every=0, device="cpu", out=str(root / "run")), progress=False)
     (root / "empty.txt").write_text("")
     (root / "binary.txt").write_bytes(b"GIF89a\x00\x01\x02 not text")

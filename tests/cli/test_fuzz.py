@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptforge.cli import build_parser, main
-from gptforge.config import TrainConfig
+from gptforge.training.config import TrainConfig
 from gptforge.data.instructions import read_examples
 from gptforge.errors import UserError
 
@@ -161,7 +161,7 @@ SCALARS = st.one_of(st.booleans(), st.integers(-2**63, 2**63 - 1), st.sampled_fr
 TOML_VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
                                                             st.dictionaries(st.text(min_size=1, max_size=5),
                                                                             inner, max_size=2)), max_leaves=6)
-FIELDS = sorted(TrainConfig.__dataclass_fields__)
+FIELDS = sorted(TrainConfig.settings())  # every flat key a config file may set
 TOML_FILES = st.one_of(
     st.dictionaries(st.one_of(st.sampled_from(FIELDS), st.text(min_size=1, max_size=8)), TOML_VALUES,
                     min_size=1, max_size=4).map(lambda d: "".join(f"{toml_key(k)} = {toml_value(v)}\n"

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptforge.config import TrainConfig
 from gptforge.data import encode as encoding
 from gptforge.data import load_corpus, prepare, prepare_corpus, tokenize
 from gptforge.errors import UserError
@@ -24,6 +23,7 @@ from gptforge.text.split import val_documents
 from gptforge.tokenizer import gpt2
 from gptforge.tokenizer.gpt2_bpe import GPT2Tokenizer
 from gptforge.training import train
+from gptforge.training.config import TrainConfig
 
 from helpers import (
     EOT_ID,
@@ -381,7 +381,7 @@ def test_training_reads_a_sharded_corpus(tmp_path):
     write_docs(tmp_path / "src")
     meta = prepare_corpus([str(tmp_path / "src")], tmp_path / "c", shard_tokens=1000, progress=False)
     assert len(meta["shards"]["train"]) > 3 and len(meta["shards"]["val"]) > 1
-    result = train(TrainConfig(data=str(tmp_path / "c"), preset="gpt2-tiny", context_length=32, batch_size=4,
+    result = train(TrainConfig.of(data=str(tmp_path / "c"), preset="gpt2-tiny", context_length=32, batch_size=4,
                                max_steps=3, eval_every=2, eval_batches=2, sampling="random", device="cpu",
                                out=str(tmp_path / "run")), progress=False)
     assert result.step == 3 and np.isfinite(result.train_loss) and np.isfinite(result.val_loss)

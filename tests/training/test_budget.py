@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from gptforge.cli.train import QUICKSTART
-from gptforge.config import TrainConfig, parse_duration
 from gptforge.errors import UserError
 from gptforge.training import train
-from gptforge.training.budget import SLACK_S, Clock
+from gptforge.training.budget import SLACK_S, Clock, parse_duration
+from gptforge.training.config import OptimArgs, TrainConfig
 from gptforge.training.optim import lr_factor
 
 from helpers import assert_user_error, run_cli_here
@@ -30,7 +30,7 @@ def budget_config(text, out, **fields):
     base = dict(data=str(text), preset="gpt2-tiny", context_length=64, batch_size=4, lr=2e-3, min_lr=2e-4,
                 lr_schedule="cosine", warmup_steps=5, epochs=1000, eval_every=40, eval_batches=2,
                 save_every=100, device="cpu", out=str(out))
-    return TrainConfig(**{**base, **fields})
+    return TrainConfig.of(**{**base, **fields})
 
 
 def test_durations():
@@ -43,16 +43,16 @@ def test_durations():
 
 
 def test_the_schedule_runs_on_the_larger_of_step_and_time_progress():
-    cfg = TrainConfig(lr=1.0, min_lr=0.1, lr_schedule="cosine", warmup_steps=0)
+    cfg = OptimArgs(lr=1.0, min_lr=0.1, lr_schedule="cosine", warmup_steps=0)
     cosine = lambda q: 0.1 + 0.45 * (1 + math.cos(math.pi * q))  # noqa: E731
     assert lr_factor(10, cfg, 1000, time_progress=0.5) == pytest.approx(cosine(0.5))  # time ahead
     assert lr_factor(800, cfg, 1000, time_progress=0.5) == pytest.approx(cosine(0.8))  # steps ahead
     assert lr_factor(10, cfg, 1000, time_progress=1.3) == pytest.approx(0.1)  # never below the floor
-    warm = TrainConfig(lr=1.0, min_lr=0.0, lr_schedule="cosine", warmup_steps=100)
+    warm = OptimArgs(lr=1.0, min_lr=0.0, lr_schedule="cosine", warmup_steps=100)
     assert lr_factor(49, warm, 1000, time_progress=0.9) == 0.5  # warmup is counted in steps
     assert lr_factor(100, warm, 1000, time_progress=0.1) == pytest.approx(1.0)  # decay starts after it
     assert lr_factor(100, warm, 1000, time_progress=0.55) == pytest.approx(0.5)  # half of (0.1, 1]
-    assert lr_factor(10, TrainConfig(lr=1.0), 1000, time_progress=0.9) == 1.0  # constant stays constant
+    assert lr_factor(10, OptimArgs(lr=1.0), 1000, time_progress=0.9) == 1.0  # constant stays constant
 
 
 def test_the_clock_plans_syncs_and_stops_before_the_final_jobs():

@@ -12,7 +12,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gptforge.config import FinetuneConfig
 from gptforge.data.example_batches import IGNORE, ExampleBatches
 from gptforge.data.instructions import read_examples
 from gptforge.data.templates import alpaca_prompt, encode_example, encode_examples
@@ -20,10 +19,11 @@ from gptforge.errors import UserError
 from gptforge.evaluate import batch_loss
 from gptforge.model.vocab import grow_vocabulary
 from gptforge.tokenizer import CHAT_TOKENS, gpt2
+from gptforge.training.config import FinetuneConfig
 from gptforge.training.finetune import RESPONSES, finetune
 from gptforge.weights import load_any
 
-from helpers import assert_user_error, random_gpt, run_cli, run_cli_here, wait_for
+from helpers import assert_user_error, random_gpt, run_cli, wait_for
 
 
 def rows(run_dir):
@@ -84,9 +84,8 @@ def test_masked_positions_contribute_nothing():
 
 # --- runs --------------------------------------------------------------------------------------
 
-@pytest.mark.slow  # a fine-tuning run that learns
 def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, finetune_data, tmp_path):
-    cfg = FinetuneConfig(**settings(tiny_checkpoint, finetune_data / "tasks.json", tmp_path / "run", epochs=3, lr=3e-3,
+    cfg = FinetuneConfig.of(**settings(tiny_checkpoint, finetune_data / "tasks.json", tmp_path / "run", epochs=3, lr=3e-3,
                                     lr_schedule="cosine", warmup_steps=2))
     result = finetune(cfg, progress=False)
     history = rows(result.run_dir)
@@ -95,7 +94,7 @@ def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, fin
     steps_per_epoch = (54 // 4)  # 60 records, 6 for validation
     assert result.step == 3 * steps_per_epoch
     # the schedule: warmup, then cosine to 0
-    assert history[1]["lr"] == pytest.approx(cfg.lr / 2) and history[-1]["lr"] < cfg.lr / 10
+    assert history[1]["lr"] == pytest.approx(cfg.optim.lr / 2) and history[-1]["lr"] < cfg.optim.lr / 10
     checkpoint = result.checkpoint
     meta = json.loads((checkpoint / "config.json").read_text())
     assert meta["model"]["vocab_size"] == 50259
@@ -107,13 +106,12 @@ def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, fin
     assert model.tokenizer.special_tokens["<|im_end|>"] == 50258
 
 
-@pytest.mark.slow  # two fine-tuning runs and a resume
 @pytest.mark.parametrize("lora", [False, True])
 def test_resume_is_bitwise_exact(tiny_checkpoint, finetune_data, tmp_path, lora):
     extra = {"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.1} if lora else {}
     fields = settings(tiny_checkpoint, finetune_data / "chat.jsonl", None, dropout=0.1, eval_every=1, **extra)
-    straight = finetune(FinetuneConfig(**{**fields, "out": str(tmp_path / "a")}, max_steps=8), progress=False)
-    finetune(FinetuneConfig(**{**fields, "out": str(tmp_path / "b")}, max_steps=4), progress=False)
+    straight = finetune(FinetuneConfig.of(**{**fields, "out": str(tmp_path / "a")}, max_steps=8), progress=False)
+    finetune(FinetuneConfig.of(**{**fields, "out": str(tmp_path / "b")}, max_steps=4), progress=False)
     resumed = finetune(resume=tmp_path / "b", max_steps=8, progress=False)
     assert strip(rows(resumed.run_dir)) == strip(rows(straight.run_dir))
     a = load_file(straight.checkpoint / "model.safetensors")
@@ -122,7 +120,6 @@ def test_resume_is_bitwise_exact(tiny_checkpoint, finetune_data, tmp_path, lora)
     assert all("lora_" in k or k.endswith("new_rows") for k in a) == lora
 
 
-@pytest.mark.slow  # processes and Ctrl-C
 def test_ctrl_c_checkpoints_and_resume_ends_like_an_uninterrupted_run(tiny_checkpoint, finetune_data, tmp_path):
     """SIGINT to `gptforge finetune` mid-run (LoRA, dropout on, so the RNG state matters): exit 0
     with a checkpoint of the step it stopped at and the status "interrupted", no responses yet;
@@ -130,7 +127,7 @@ def test_ctrl_c_checkpoints_and_resume_ends_like_an_uninterrupted_run(tiny_check
     fields = settings(tiny_checkpoint, finetune_data / "chat.jsonl", tmp_path / "straight", batch_size=2,
                       eval_every=5, save_every=0, max_steps=20, sample_tokens=2, response_tokens=6, lora_rank=4,
                       lora_dropout=0.1, dropout=0.1)
-    straight = finetune(FinetuneConfig(**fields), progress=False).run_dir  # in this process: no start-up
+    straight = finetune(FinetuneConfig.of(**fields), progress=False).run_dir  # in this process: no start-up
 
     run = tmp_path / "run"
     flags = [x for k, v in {**fields, "out": run}.items() for x in (f"--{k.replace('_', '-')}", str(v))]
@@ -159,7 +156,7 @@ def test_ctrl_c_checkpoints_and_resume_ends_like_an_uninterrupted_run(tiny_check
 
 
 def test_bf16_accumulation_and_truncation(tiny_checkpoint, finetune_data, tmp_path, capsys):
-    cfg = FinetuneConfig(**settings(tiny_checkpoint, finetune_data / "tasks.json", tmp_path / "run", batch_size=2,
+    cfg = FinetuneConfig.of(**settings(tiny_checkpoint, finetune_data / "tasks.json", tmp_path / "run", batch_size=2,
                                     grad_accum=2, dtype="bfloat16", max_steps=6, template="alpaca",
                                     context_length=52))
     result = finetune(cfg, progress=False)
@@ -179,7 +176,6 @@ def test_bf16_accumulation_and_truncation(tiny_checkpoint, finetune_data, tmp_pa
     assert json.loads((result.checkpoint / "config.json").read_text())["model"]["vocab_size"] == 50257
 
 
-@pytest.mark.slow  # the workflow as CLI processes
 def test_the_lora_workflow_on_the_command_line(tiny_checkpoint, finetune_data, tmp_path):
     run = tmp_path / "run"
     r = run_cli("finetune", "--init-from", str(tiny_checkpoint), "--data", str(finetune_data / "chat.jsonl"),
@@ -218,7 +214,7 @@ BAD_DATA = {
 def test_bad_data_is_one_line_and_writes_nothing(tiny_checkpoint, tmp_path, name):
     content, message = BAD_DATA[name]
     (tmp_path / name).write_text(content)
-    r = run_cli_here("finetune", "--init-from", str(tiny_checkpoint), "--data", str(tmp_path / name),
+    r = run_cli("finetune", "--init-from", str(tiny_checkpoint), "--data", str(tmp_path / name),
                 "--out", str(tmp_path / "run"), "--device", "cpu")
     assert_user_error(r, message)
     assert str(tmp_path / name) in r.stderr
@@ -227,14 +223,14 @@ def test_bad_data_is_one_line_and_writes_nothing(tiny_checkpoint, tmp_path, name
 
 def test_bad_settings_are_one_line(tiny_checkpoint, finetune_data, tmp_path):
     common = ["--data", str(finetune_data / "tasks.json"), "--out", str(tmp_path / "run"), "--device", "cpu"]
-    assert_user_error(run_cli_here("finetune", "--init-from", str(tiny_checkpoint), "--lora-rank", "0", *common),
+    assert_user_error(run_cli("finetune", "--init-from", str(tiny_checkpoint), "--lora-rank", "0", *common),
                       "lora-rank must be")
-    assert_user_error(run_cli_here("finetune", "--init-from", str(tiny_checkpoint), "--lora-targets", "c_attn", *common),
+    assert_user_error(run_cli("finetune", "--init-from", str(tiny_checkpoint), "--lora-targets", "c_attn", *common),
                       "unknown LoRA target(s) c_attn")
-    assert_user_error(run_cli_here("finetune", *common), "finetune needs --init-from")
+    assert_user_error(run_cli("finetune", *common), "finetune needs --init-from")
     assert not (tmp_path / "run").exists()
     with pytest.raises(UserError, match="stride is a pretraining setting"):
-        FinetuneConfig(stride=4)
+        FinetuneConfig.of(stride=4)
 
 
 def test_a_lora_run_refuses_another_base_on_resume(finetune_data, tmp_path):
@@ -242,17 +238,18 @@ def test_a_lora_run_refuses_another_base_on_resume(finetune_data, tmp_path):
 
     base = save_checkpoint(tmp_path / "base", random_gpt(0, vocab_size=50257, context_length=64))
     fields = settings(base, finetune_data / "tasks.json", tmp_path / "run", lora_rank=2, max_steps=2)
-    finetune(FinetuneConfig(**fields), progress=False)
+    finetune(FinetuneConfig.of(**fields), progress=False)
     save_checkpoint(base, random_gpt(1, vocab_size=50257, context_length=64))  # another model in its place
-    r = run_cli_here("finetune", "--resume", str(tmp_path / "run"), "--max-steps", "4")
+    r = run_cli("finetune", "--resume", str(tmp_path / "run"), "--max-steps", "4")
     assert_user_error(r, "is a LoRA adapter for another base model")
     assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 1
 
 
 def test_the_bundled_recipes_load():
-    from gptforge.config import load_config_file
+    from gptforge.training.config_files import load_config_file
 
     lora, full = (FinetuneConfig.from_dict(load_config_file(name, FinetuneConfig))
                   for name in ("tasks-lora", "tasks-full"))
-    assert lora.data == full.data == "builtin:tasks" and lora.template == full.template == "chatml"
-    assert lora.lora_rank and full.lora_rank is None
+    assert lora.records.data == full.records.data == "builtin:tasks"
+    assert lora.finetune.template == full.finetune.template == "chatml"
+    assert lora.lora.lora_rank and full.lora.lora_rank is None

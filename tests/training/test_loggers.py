@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 import gptforge.training.loggers as loggers
-from gptforge.config import TrainConfig
 from gptforge.errors import UserError
 from gptforge.training import train
+from gptforge.training.config import TrainConfig
 from gptforge.training.optim import lr_factor
 from gptforge.training.runs import summarize_run
 
@@ -36,7 +36,7 @@ def config(text, out, **fields):
     base = dict(data=str(text), preset="gpt2-tiny", context_length=32, batch_size=2, lr=1e-3,
                 lr_schedule="cosine", warmup_steps=3, eval_every=5, eval_batches=1, save_every=10,
                 sample_every=10, sample_tokens=5, device="cpu", out=str(out))
-    return TrainConfig(**{**base, **fields})
+    return TrainConfig.of(**{**base, **fields})
 
 
 def read_tensorboard(run: Path):
@@ -67,7 +67,7 @@ def test_tensorboard_holds_every_scalar_at_its_step(logged_run):
     for tag in TRAIN_TAGS:
         assert scalar_steps(acc, tag) == syncs, tag
     value = lambda tag: {e.step: e.value for e in acc.Scalars(tag)}
-    assert value("train/lr") == pytest.approx({s: cfg.lr * lr_factor(s - 1, cfg, 25) for s in syncs}, rel=1e-6)
+    assert value("train/lr") == pytest.approx({s: cfg.optim.lr * lr_factor(s - 1, cfg.optim, 25) for s in syncs}, rel=1e-6)
     assert value("train/tokens_seen") == {s: s * 2 * 32 for s in syncs}
     assert set(value("train/skipped_updates").values()) == {0.0}
     assert all(math.isfinite(v) and v > 0 for tag in ("train/grad_norm", "train/tokens_per_s", "train/mfu")
@@ -90,11 +90,11 @@ def test_tensorboard_holds_the_samples_and_the_config(logged_run):
     samples = acc.Tensors("sample/text_summary")
     assert [e.step for e in samples] == [10, 20]
     text = tensor_util.make_ndarray(samples[0].tensor_proto).item().decode()
-    assert cfg.sample_prompt in text
+    assert cfg.eval.sample_prompt in text
     content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     hparams = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
-    assert hparams["train/lr"].number_value == cfg.lr
-    assert hparams["train/data"].string_value == cfg.data
+    assert hparams["train/lr"].number_value == cfg.optim.lr
+    assert hparams["train/data"].string_value == cfg.corpus.data
     assert hparams["model/n_layers"].number_value == 2
     assert hparams["train/log"].string_value == "tensorboard,csv"
 
@@ -135,10 +135,10 @@ def test_log_flag_repeats_and_checks_its_choices():
     from gptforge.cli import build_parser
 
     args = build_parser().parse_args(["train", "--log", "tensorboard", "--log", "csv"])
-    assert TrainConfig(log=args.log).log == ("tensorboard", "csv")
-    assert TrainConfig(log=["csv", "csv"]).log == ("csv",)  # a config file's list
+    assert TrainConfig.of(log=args.log).logging.log == ("tensorboard", "csv")
+    assert TrainConfig.of(log=["csv", "csv"]).logging.log == ("csv",)  # a config file's list
     with pytest.raises(UserError, match="log takes tensorboard, wandb, csv, got 'mlflow'"):
-        TrainConfig(log=("mlflow",))
+        TrainConfig.of(log=("mlflow",))
     assert_user_error(run_cli_here("train", "--log", "mlflow"), "invalid choice: 'mlflow'")
 
 

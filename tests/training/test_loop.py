@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import gptforge.training.loop as loop
-from gptforge.config import TrainConfig
 from gptforge.errors import UserError
 from gptforge.training import Diverged, train
+from gptforge.training.config import TrainConfig
 
 from helpers import WriteFaults, assert_user_error, run_cli, run_cli_here, wait_for
 
@@ -27,7 +27,7 @@ def rows(run_dir):
 def config(text, out, **fields):
     base = dict(data=str(text), preset="gpt2-tiny", context_length=32, batch_size=2, dropout=0.1,
                 lr=1e-3, eval_every=2, eval_batches=1, save_every=1000, device="cpu", out=str(out))
-    return TrainConfig(**{**base, **fields})
+    return TrainConfig.of(**{**base, **fields})
 
 
 def poison_training_loss(monkeypatch, steps: set[int], value: float) -> None:

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 import gptforge.training.loop as loop
-from gptforge.config import GPTConfig, TrainConfig
+from gptforge.config import GPTConfig
 from gptforge.model import GPT
 from gptforge.training import train
+from gptforge.training.config import OptimArgs, TrainConfig
 from gptforge.training.optim import MuonAdamW, make_optimizer, set_lr
 from gptforge.training.step import UpdateGuard
 
@@ -32,7 +33,7 @@ def backward(m: GPT, seed: int) -> None:
 @pytest.mark.parametrize("arch", ["gpt2", "modern"])
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(arch):
     m = model(arch)
-    opt = make_optimizer(m, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02), CPU)
+    opt = make_optimizer(m, OptimArgs(optimizer="muon", lr=1e-3, muon_lr=0.02), CPU)
     assert isinstance(opt, MuonAdamW)
     names = {id(p): n for n, p in m.named_parameters()}
     muon = {names[id(p)] for g in opt.muon.param_groups for p in g["params"]}
@@ -40,15 +41,15 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest(arch):
     assert muon == {n for n, p in m.named_parameters() if n.startswith("blocks.") and p.dim() == 2}
     assert adamw == set(names.values()) - muon and "tok_emb.weight" in adamw
     assert {"blocks.0.attn.qkv.weight", "blocks.1.mlp.out_proj.weight"} <= muon
-    set_lr(opt, TrainConfig(optimizer="muon", lr=1e-3, muon_lr=0.02), 0.5)
+    set_lr(opt, OptimArgs(optimizer="muon", lr=1e-3, muon_lr=0.02), 0.5)
     assert [g["lr"] for g in opt.param_groups] == [5e-4, 5e-4, 0.01]
-    assert type(make_optimizer(m, TrainConfig(), CPU)) is torch.optim.AdamW  # the default
+    assert type(make_optimizer(m, OptimArgs(), CPU)) is torch.optim.AdamW  # the default
 
 
 def test_a_muon_step_is_torch_muon_plus_fused_adamw():
     """The composite steps exactly like the two torch optimizers it holds, built by hand."""
     a, b = model(), model()
-    cfg = TrainConfig(optimizer="muon", lr=3e-3, weight_decay=0.1)
+    cfg = OptimArgs(optimizer="muon", lr=3e-3, weight_decay=0.1)
     composite = make_optimizer(a, cfg, CPU)
     params = dict(b.named_parameters())
     hidden = [p for n, p in params.items() if n.startswith("blocks.") and p.dim() == 2]
@@ -70,7 +71,7 @@ def test_a_muon_step_is_torch_muon_plus_fused_adamw():
 
 def test_the_guard_skips_a_nonfinite_update_for_both_optimizers():
     m = model()
-    opt = make_optimizer(m, TrainConfig(optimizer="muon", lr=3e-3), CPU)
+    opt = make_optimizer(m, OptimArgs(optimizer="muon", lr=3e-3), CPU)
     for step in range(2):  # some state to keep intact
         opt.zero_grad()
         backward(m, step)
@@ -100,8 +101,8 @@ def test_muon_resume_is_bitwise(text, tmp_path):
     fields = dict(data=str(text), preset="gpt2-tiny", arch="modern", optimizer="muon", lr=3e-3, muon_lr=0.02,
                   warmup_steps=2, context_length=32, batch_size=2, dropout=0.1,
                   eval_every=1, eval_batches=1, save_every=3, device="cpu", seed=3)
-    straight = train(TrainConfig(**fields, max_steps=8, out=str(tmp_path / "a")), progress=False)
-    train(TrainConfig(**fields, max_steps=4, out=str(tmp_path / "b")), progress=False)
+    straight = train(TrainConfig.of(**fields, max_steps=8, out=str(tmp_path / "a")), progress=False)
+    train(TrainConfig.of(**fields, max_steps=4, out=str(tmp_path / "b")), progress=False)
     resumed = train(resume=tmp_path / "b", max_steps=8, progress=False)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]  # noqa: E731
     assert strip(rows(resumed.run_dir)) == strip(rows(straight.run_dir))
@@ -126,7 +127,7 @@ def test_a_poisoned_step_is_skipped_under_muon(text, tmp_path, monkeypatch):
         return loss
 
     monkeypatch.setattr(loop, "batch_loss", poisoned)
-    result = train(TrainConfig(data=str(text), preset="gpt2-tiny", arch="modern", optimizer="muon", max_steps=5,
+    result = train(TrainConfig.of(data=str(text), preset="gpt2-tiny", arch="modern", optimizer="muon", max_steps=5,
                                context_length=32, batch_size=2, skip_nonfinite=True, device="cpu",
                                out=str(tmp_path / "run")), progress=False)
     assert result.step == 5 and math.isfinite(result.train_loss)

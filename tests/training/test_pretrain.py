@@ -7,7 +7,6 @@ import torch
 from safetensors.torch import load_file
 
 import gptforge.training.loop as loop
-from gptforge.config import TrainConfig, load_config_file
 from gptforge.data import prepare_corpus
 from gptforge.errors import UserError
 from gptforge.generate import generate_text
@@ -15,6 +14,8 @@ from gptforge.text import read_documents
 from gptforge.tokenizer import gpt2, load_tokenizer
 from gptforge.tokenizer.train import train_on_train_split
 from gptforge.training import train
+from gptforge.training.config import OptimArgs, TrainConfig
+from gptforge.training.config_files import load_config_file
 from gptforge.training.optim import lr_factor, make_optimizer
 from gptforge.training.step import UpdateGuard
 from gptforge.weights import load_any
@@ -73,8 +74,8 @@ def test_reference_recipe_overfits_on_a_tiny_model(story, tmp_path):
 def test_resume_gives_the_same_losses_bitwise(story, tmp_path):
     fields = tiny(data=str(story), context_length=64, dropout=0.1, lr=1e-3, eval_every=1,
                   eval_batches=1, save_every=3)
-    straight = train(TrainConfig(**fields, max_steps=8, out=str(tmp_path / "a")), progress=False)
-    train(TrainConfig(**fields, max_steps=4, out=str(tmp_path / "b")), progress=False)
+    straight = train(TrainConfig.of(**fields, max_steps=8, out=str(tmp_path / "a")), progress=False)
+    train(TrainConfig.of(**fields, max_steps=4, out=str(tmp_path / "b")), progress=False)
     resumed = train(resume=tmp_path / "b", max_steps=8, progress=False)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]
     assert strip(rows(resumed.run_dir)) == strip(rows(straight.run_dir))
@@ -89,8 +90,8 @@ def test_resume_crosses_an_epoch_boundary_with_shuffling(story, tmp_path):
     fields = tiny(data=str(story), context_length=256, dropout=0.1, lr=1e-3, eval_every=2,
                   eval_batches=1, save_every=5, epochs=2)
     # the 18k-character train split gives 9 steps per epoch: 13 steps cross into epoch 2
-    straight = train(TrainConfig(**fields, max_steps=13, out=str(tmp_path / "a")), progress=False)
-    train(TrainConfig(**fields, max_steps=5, out=str(tmp_path / "b")), progress=False)
+    straight = train(TrainConfig.of(**fields, max_steps=13, out=str(tmp_path / "a")), progress=False)
+    train(TrainConfig.of(**fields, max_steps=5, out=str(tmp_path / "b")), progress=False)
     resumed = train(resume=tmp_path / "b", max_steps=13, progress=False)
     by_step = lambda run: {r["step"]: (r["train_loss"], r["val_loss"]) for r in rows(run)}
     resumed_losses, straight_losses = by_step(resumed.run_dir), by_step(straight.run_dir)
@@ -102,20 +103,20 @@ def test_resume_crosses_an_epoch_boundary_with_shuffling(story, tmp_path):
 
 
 def test_lr_schedules():
-    cfg = TrainConfig(lr=2.0, warmup_steps=4, lr_schedule="cosine", min_lr=0.2)
+    cfg = OptimArgs(lr=2.0, warmup_steps=4, lr_schedule="cosine", min_lr=0.2)
     lrs = [2.0 * lr_factor(s, cfg, 14) for s in range(14)]
     assert lrs[:4] == [0.5, 1.0, 1.5, 2.0]
     assert lrs[4] == pytest.approx(2.0) and lrs[-1] == pytest.approx(0.2 + 0.9 * (1 + math.cos(math.pi * 0.9)))
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
     assert lr_factor(100, cfg, 14) == pytest.approx(0.1)
-    assert lr_factor(7, TrainConfig(lr=0.5), 10) == 1.0
+    assert lr_factor(7, OptimArgs(lr=0.5), 10) == 1.0
 
 
 def test_weight_decay_only_on_matrices():
     from gptforge import GPT, GPTConfig
 
     model = GPT(GPTConfig.from_preset("gpt2-tiny"))
-    opt = make_optimizer(model, TrainConfig(weight_decay=0.1), torch.device("cpu"))
+    opt = make_optimizer(model, OptimArgs(weight_decay=0.1), torch.device("cpu"))
     decayed, plain = opt.param_groups
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
@@ -126,8 +127,8 @@ def test_weight_decay_only_on_matrices():
 def test_random_offset_sampling_trains_and_resumes(story, tmp_path):
     fields = tiny(data=str(story), context_length=64, sampling="random", eval_every=2, eval_batches=1,
                   save_every=3)
-    straight = train(TrainConfig(**fields, max_steps=6, out=str(tmp_path / "a")), progress=False)
-    train(TrainConfig(**fields, max_steps=3, out=str(tmp_path / "b")), progress=False)
+    straight = train(TrainConfig.of(**fields, max_steps=6, out=str(tmp_path / "a")), progress=False)
+    train(TrainConfig.of(**fields, max_steps=3, out=str(tmp_path / "b")), progress=False)
     resumed = train(resume=tmp_path / "b", max_steps=6, progress=False)
     assert rows(resumed.run_dir)[-1]["train_loss"] == rows(straight.run_dir)[-1]["train_loss"]
     assert straight.step == 6
@@ -169,7 +170,7 @@ def test_bad_input_is_one_clear_line_and_touches_nothing(story, tmp_path):
     assert not (tmp_path / "never").exists()
 
     run = tmp_path / "run"
-    train(TrainConfig(**tiny(data=str(story), context_length=32, max_steps=2, out=str(run))), progress=False)
+    train(TrainConfig.of(**tiny(data=str(story), context_length=32, max_steps=2, out=str(run))), progress=False)
     before = snapshot(run)
     assert_user_error(run_cli_here("train", "--resume", str(run), "--context-length", "64"),
                       "context-length=64 does not match the run's 32")
@@ -199,17 +200,16 @@ def test_cli_train_eval_plot_generate(story, tmp_path):
 
 def test_bundled_configs_resolve():
     from gptforge.cli.train import QUICKSTART
-    from gptforge.config import load_config_file
 
     verdict = TrainConfig.from_dict(load_config_file("the-verdict")).model_config()
     assert (verdict.n_layers, verdict.context_length, verdict.dropout, verdict.qkv_bias) == (12, 256, 0.1, False)
     medium = TrainConfig.from_dict(load_config_file("gutenberg-345m"))
-    assert (medium.model_config().n_layers, medium.seed, medium.lr, medium.batch_size) == (24, 246, 2e-4, 8)
+    assert (medium.model_config().n_layers, medium.seed, medium.optim.lr, medium.optim.batch_size) == (24, 246, 2e-4, 8)
     old_quick = TrainConfig.from_dict(load_config_file("shakespeare-cpu"))
-    assert old_quick.data == "builtin:shakespeare" and old_quick.max_steps == 300
+    assert old_quick.corpus.data == "builtin:shakespeare" and old_quick.optim.max_steps == 300
     quick = TrainConfig.from_dict(load_config_file(QUICKSTART))  # `gptforge train` with no arguments
-    assert quick.data == "builtin:shakespeare" and quick.tokenizer == "bpe:4096" and quick.max_time == "5m"
-    assert quick.model_config().arch == "modern" and quick.optimizer == "muon"
+    assert quick.corpus.data == "builtin:shakespeare" and quick.corpus.tokenizer == "bpe:4096" and quick.optim.max_time == "5m"
+    assert quick.model_config().arch == "modern" and quick.optim.optimizer == "muon"
     with pytest.raises(UserError, match="bundled configs"):
         load_config_file("no-such-recipe")
 
@@ -217,11 +217,10 @@ def test_bundled_configs_resolve():
 def test_the_gpu_speedrun_config_runs_on_a_cpu_at_a_tiny_size(text, tmp_path):
     """speedrun-gpu as a user would run it (its bfloat16 autocast, Muon, cosine schedule and time
     budget), with only the shape shrunk and compilation off, so it runs here in seconds."""
-    from gptforge.config import load_config_file
 
     settings = load_config_file("speedrun-gpu")
     full = TrainConfig.from_dict(settings)
-    assert full.model_config().arch == "modern" and full.optimizer == "muon" and full.max_time == "10m"
+    assert full.model_config().arch == "modern" and full.optim.optimizer == "muon" and full.optim.max_time == "10m"
     assert full.model_config().n_layers == 12 and full.model_config().emb_dim == 768
     small = dict(n_layers=2, emb_dim=32, n_heads=2, context_length=32, batch_size=2, max_steps=3, eval_every=3,
                  eval_batches=1, compile=False, device="cpu", data=str(text), out=str(tmp_path / "run"))
@@ -235,9 +234,9 @@ def test_the_gpu_speedrun_config_runs_on_a_cpu_at_a_tiny_size(text, tmp_path):
 
 @pytest.mark.slow  # two runs
 def test_init_from_continues_pretraining_with_a_new_optimizer(story, tmp_path):
-    first = train(TrainConfig(**tiny(data=str(story), context_length=64, lr=3e-3, max_steps=30,
+    first = train(TrainConfig.of(**tiny(data=str(story), context_length=64, lr=3e-3, max_steps=30,
                                      eval_every=0, out=str(tmp_path / "a"))), progress=False)
-    cont = train(TrainConfig(**tiny(data=str(story), init_from=str(tmp_path / "a"), context_length=32,
+    cont = train(TrainConfig.of(**tiny(data=str(story), init_from=str(tmp_path / "a"), context_length=32,
                                     max_steps=2, eval_every=1, out=str(tmp_path / "b"))), progress=False)
     history = rows(cont.run_dir)
     # starts from the trained weights (far below the untrained ~10.8), not from scratch
@@ -247,10 +246,10 @@ def test_init_from_continues_pretraining_with_a_new_optimizer(story, tmp_path):
     source = load_file(first.checkpoint / "model.safetensors")
     assert not torch.equal(saved["pos_emb.weight"], source["pos_emb.weight"][:32])  # trained on
     with pytest.raises(UserError, match="does not match the --init-from model"):
-        train(TrainConfig(**tiny(data=str(story), init_from=str(tmp_path / "a"), n_layers=3,
+        train(TrainConfig.of(**tiny(data=str(story), init_from=str(tmp_path / "a"), n_layers=3,
                                  max_steps=1, out=str(tmp_path / "c"))), progress=False)
     with pytest.raises(UserError, match="longer than the --init-from model"):
-        train(TrainConfig(**tiny(data=str(story), init_from=str(tmp_path / "a"), context_length=128,
+        train(TrainConfig.of(**tiny(data=str(story), init_from=str(tmp_path / "a"), context_length=128,
                                  max_steps=1, out=str(tmp_path / "d"))), progress=False)
 
 
@@ -332,7 +331,7 @@ def test_checkpoints_hold_vocab_size_rows_for_weights_and_moments(story, tmp_pat
 
 def test_float16_with_fsdp_is_refused():
     with pytest.raises(UserError, match="float16 does not work with distributed fsdp"):
-        TrainConfig(dtype="float16", distributed="fsdp")
+        TrainConfig.of(dtype="float16", distributed="fsdp")
 
 
 @pytest.mark.slow  # the workflow as CLI processes
@@ -342,7 +341,7 @@ def test_a_run_with_its_own_tokenizer_carries_it_everywhere(story, tmp_path, tin
     run = tmp_path / "run"
     fields = tiny(data=str(story), tokenizer=str(folder), context_length=32, eval_every=2, save_every=2,
                   sample_every=2, sample_prompt="Thou art", out=str(run))
-    train(TrainConfig(**fields, max_steps=2), progress=False)
+    train(TrainConfig.of(**fields, max_steps=2), progress=False)
     shutil.rmtree(folder)  # the run needs nothing outside itself from now on
     resumed = train(resume=run, max_steps=4, progress=False)
 
@@ -379,7 +378,7 @@ def test_a_corpus_prepared_with_another_tokenizer_is_refused(story, tmp_path, ti
     prepare_corpus([str(story)], tmp_path / "ours", tokenizer=tiny_bpe, progress=False)
     prepare_corpus([str(story)], tmp_path / "gpt2", progress=False)
     run = tmp_path / "run"
-    result = train(TrainConfig(**tiny(data=str(tmp_path / "ours"), context_length=32, max_steps=2, out=str(run))),
+    result = train(TrainConfig.of(**tiny(data=str(tmp_path / "ours"), context_length=32, max_steps=2, out=str(run))),
                    progress=False)
     model = load_any(run)  # the corpus's tokenizer, its vocabulary, copied into the run
     assert model.config.vocab_size == 400 and model.tokenizer.same_as(tiny_bpe) and result.step == 2
@@ -402,7 +401,7 @@ def test_a_corpus_prepared_with_another_tokenizer_is_refused(story, tmp_path, ti
 
 def test_tokenizer_bpe_n_trains_one_on_the_train_split_first(story, tmp_path):
     run = tmp_path / "run"
-    train(TrainConfig(**tiny(data=str(story), tokenizer="bpe:300", context_length=32, max_steps=2, out=str(run))),
+    train(TrainConfig.of(**tiny(data=str(story), tokenizer="bpe:300", context_length=32, max_steps=2, out=str(run))),
           progress=False)
     tokenizer = load_tokenizer(run / "tokenizer")
     text = story.read_text()

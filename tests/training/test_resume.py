@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gptforge.config import TrainConfig
 from gptforge.errors import UserError
 from gptforge.training import train
+from gptforge.training.config import TrainConfig
 
 from helpers import assert_user_error, run_cli
 
@@ -30,7 +30,7 @@ def flip_a_byte(path, from_end: int = 100) -> None:
 @pytest.fixture
 def run_of_two_checkpoints(text, tmp_path):
     """A run with checkpoints at steps 2 and 4 (dropout on, so the RNG state matters)."""
-    cfg = TrainConfig(data=str(text), preset="gpt2-tiny", context_length=32, batch_size=2, dropout=0.1,
+    cfg = TrainConfig.of(data=str(text), preset="gpt2-tiny", context_length=32, batch_size=2, dropout=0.1,
                       lr=1e-3, eval_every=1, eval_batches=1, save_every=2, max_steps=4, device="cpu",
                       out=str(tmp_path / "run"))
     train(cfg, progress=False)
@@ -139,7 +139,7 @@ def test_a_corrupt_tokenizer_falls_back_like_corrupt_weights(story_bpe_run, caps
 
 @pytest.fixture
 def story_bpe_run(text, tiny_bpe_dir, tmp_path):
-    cfg = TrainConfig(data=str(text), tokenizer=str(tiny_bpe_dir), preset="gpt2-tiny", context_length=32,
+    cfg = TrainConfig.of(data=str(text), tokenizer=str(tiny_bpe_dir), preset="gpt2-tiny", context_length=32,
                       batch_size=2, eval_every=2, eval_batches=1, save_every=2, max_steps=4, device="cpu",
                       out=str(tmp_path / "run"))
     train(cfg, progress=False)

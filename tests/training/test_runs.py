@@ -12,9 +12,9 @@ import sys
 import pytest
 
 import gptforge.training.loop as loop
-from gptforge.config import TrainConfig
 from gptforge.errors import UserError
 from gptforge.training import Diverged, train
+from gptforge.training.config import TrainConfig
 from gptforge.training.run_folder import RunFolder
 from gptforge.training.runs import format_runs, list_runs, summarize_run
 
@@ -24,7 +24,7 @@ from helpers import run_cli_here
 def config(text, out, **fields):
     base = dict(data=str(text), preset="gpt2-tiny", context_length=32, batch_size=2, lr=1e-3, eval_every=2,
                 eval_batches=1, save_every=1000, device="cpu", out=str(out))
-    return TrainConfig(**{**base, **fields})
+    return TrainConfig.of(**{**base, **fields})
 
 
 def metrics(run):

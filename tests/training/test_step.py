@@ -6,14 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from gptforge.config import TrainConfig
 from gptforge.training import train
+from gptforge.training.config import TrainConfig
 
 
 def run(text, out, **fields):
     base = dict(data=str(text), preset="gpt2-tiny", context_length=32, dropout=0.0, lr=1e-3,
                 eval_every=1, eval_batches=2, save_every=0, device="cpu", out=str(out), seed=7)
-    return train(TrainConfig(**{**base, **fields}), progress=False)
+    return train(TrainConfig.of(**{**base, **fields}), progress=False)
 
 
 def test_accumulating_4x2_equals_one_batch_of_8(text, tmp_path):

@@ -398,15 +398,15 @@ def test_export_refuses_to_overwrite_and_never_leaves_a_partial_folder(tmp_path,
 
 def test_train_init_from_a_hugging_face_folder(tmp_path):
     """Continued pretraining of GPT-2 weights: the run takes the folder's shape and weights."""
-    from gptforge.config import TrainConfig
     from gptforge.text import read_documents
     from gptforge.training import train
+    from gptforge.training.config import TrainConfig
 
     source = hf_model(vocab_size=50257, n_positions=64)
     source.save_pretrained(tmp_path / "hf")
     text = dict(read_documents("builtin:shakespeare"))["builtin:shakespeare/hamlet"][:20000]
     (tmp_path / "text.txt").write_text(text)
-    result = train(TrainConfig(data=str(tmp_path / "text.txt"), init_from=str(tmp_path / "hf"),
+    result = train(TrainConfig.of(data=str(tmp_path / "text.txt"), init_from=str(tmp_path / "hf"),
                                context_length=32, batch_size=2, max_steps=2, eval_every=1,
                                device="cpu", out=str(tmp_path / "run")), progress=False)
     trained = load_any(result.checkpoint)

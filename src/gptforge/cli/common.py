@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import typing
 from typing import Literal
 
-from ..config import base_type, field_docs
+from ..config import base_type
 from ..errors import one_line
 
 
@@ -28,18 +27,19 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per field of a config dataclass (none for those in cls.cli_hidden): --field-name,
-    its docstring as help, a Literal's values as choices, --x/--no-x for booleans. Unset flags are
-    absent from the parsed args, so they never override a config file."""
-    hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
-    for field in dataclasses.fields(cls):
-        if field.name in getattr(cls, "cli_hidden", ()):
-            continue
-        flag = "--" + field.name.replace("_", "-")
-        kind = base_type(hints[field.name])
-        default = "" if field.default in (None, ()) else f" (default: {field.default})"
-        kwargs = dict(dest=field.name, default=argparse.SUPPRESS, help=docs.get(field.name, "") + default)
+    """One flag per setting of a run config (training.config): --setting-name, its docstring as
+    help, a Literal's values as choices, --x/--no-x for booleans. Unset flags are absent from the
+    parsed args, so they never override a config file."""
+    defaults = cls().to_dict()
+    for name, setting in cls.settings().items():
+        flag = "--" + name.replace("_", "-")
+        kind = base_type(setting.hint)
+        default = defaults[name]
+        if default in (None, ()):
+            default = " (default: the model's)" if setting.group == "model" else ""
+        else:
+            default = f" (default: {default})"
+        kwargs = dict(dest=name, default=argparse.SUPPRESS, help=setting.doc + default)
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         elif typing.get_origin(kind) is Literal:
@@ -48,12 +48,12 @@ def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
             choices = typing.get_args(typing.get_args(kind)[0])
             parser.add_argument(flag, action="append", choices=choices, **kwargs)
         else:
-            parser.add_argument(flag, type=kind, metavar=field.name.split("_")[-1].upper(), **kwargs)
+            parser.add_argument(flag, type=kind, metavar=name.split("_")[-1].upper(), **kwargs)
 
 
 def config_flags(args: argparse.Namespace, cls) -> dict:
-    """The config fields the user set on the command line."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    """The settings the user set on the command line."""
+    names = cls.settings()
     return {k: v for k, v in vars(args).items() if k in names}
 
 
@@ -102,9 +102,9 @@ def run_job(args: argparse.Namespace, cls, job, default_settings=None) -> int:
     """Start a training job (`job(config, progress=..., started=...)`, e.g. training.train) with the
     settings of the defaults, then --config (else default_settings(flags), when given), then the flags;
     or resume one (`job(resume=RUN, ...)`) with its own config and the flags that may change."""
-    from ..config import load_config_file
     from ..errors import UserError
     from ..training.budget import process_start
+    from ..training.config_files import load_config_file
 
     started = process_start()  # a --max-time budget covers Python's and torch's start-up too
     flags = config_flags(args, cls)

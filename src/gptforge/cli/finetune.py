@@ -12,13 +12,13 @@ HELP = "fine-tune a model on instruction or chat data (full or LoRA)"
 
 
 def add_arguments(p) -> None:
-    from ..config import FinetuneConfig
+    from ..training.config import FinetuneConfig
 
     add_run_arguments(p, FinetuneConfig, "tasks-lora, tasks-full")
 
 
 def run(args) -> int:
-    from ..config import FinetuneConfig
+    from ..training.config import FinetuneConfig
     from ..training.finetune import finetune
 
     return run_job(args, FinetuneConfig, finetune)

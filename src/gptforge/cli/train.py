@@ -12,14 +12,14 @@ QUICKSTART = "speedrun-cpu"  # the bundled config run when neither --data nor --
 
 
 def add_arguments(p) -> None:
-    from ..config import TrainConfig
+    from ..training.config import TrainConfig
 
     add_run_arguments(p, TrainConfig, "speedrun-cpu, speedrun-gpu, shakespeare-cpu, the-verdict, gutenberg-345m")
 
 
 def _quickstart(flags: dict) -> dict:
     """No --config: the quickstart's settings, unless --data says what to train on."""
-    from ..config import load_config_file
+    from ..training.config_files import load_config_file
 
     if "data" in flags:
         return {}
@@ -28,7 +28,7 @@ def _quickstart(flags: dict) -> dict:
 
 
 def run(args) -> int:
-    from ..config import TrainConfig
     from ..training import train
+    from ..training.config import TrainConfig
 
     return run_job(args, TrainConfig, train, _quickstart)

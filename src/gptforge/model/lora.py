@@ -24,12 +24,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
-from ..config import LORA_TARGETS
+from ..errors import UserError
 from .cpu_decoding import Linear, linear
 
-# --lora-targets names (config.LORA_TARGETS) -> the projection in each block they adapt.
-TARGETS = dict(zip(LORA_TARGETS, ("attn.qkv", "attn.out_proj", "mlp.fc", "mlp.out_proj")))
+# --lora-targets names -> the projection in each block they adapt.
+TARGETS = {"qkv": "attn.qkv", "attn_out": "attn.out_proj", "mlp_in": "mlp.fc", "mlp_out": "mlp.out_proj"}
 ROWS_KEY = "new_rows"  # an adapter's trainable vocabulary rows: tok_emb.new_rows, lm_head.new_rows
+
+
+def lora_targets(spec: str | list | tuple) -> tuple[str, ...]:
+    """'qkv,mlp_in' (or a list of names) -> ('qkv', 'mlp_in'), in TARGETS's order."""
+    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    unknown = [n for n in names if n not in TARGETS]
+    if unknown or not names:
+        raise UserError(f"unknown LoRA target(s) {', '.join(unknown) or '(none given)'}; "
+                        f"choose among {', '.join(TARGETS)}")
+    return tuple(n for n in TARGETS if n in names)
 
 
 class LoRALinear(Linear):

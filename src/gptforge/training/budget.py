@@ -10,13 +10,30 @@ ranks stop at the same step and set the same learning rates.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
 
+from ..errors import UserError
+
 SLACK_S = 0.5  # kept free at the end: process exit, and the error in the estimates below
 MARGIN = 1.25  # costs of evaluations, saves and samples are taken this much larger
 SAVE_BYTES_PER_S = 200e6  # a first guess at writing (and hashing) a checkpoint, until one is timed
+
+
+def parse_duration(text, name: str = "duration") -> float:
+    """Seconds in a duration such as '90s', '10m', '2h', '1.5h' or a bare number of seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    raw = str(text).strip().lower()
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in units else (raw, "s")
+    try:
+        seconds = float(number) * units[unit]
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise UserError(f"{name} must be a positive duration such as 90s, 10m or 2h, got {text!r}")
+    return seconds
 
 
 def process_start() -> float:
@@ -115,3 +132,16 @@ class Clock:
         if self.budget_s is None or not self.step_s:
             return 0
         return max(0, int((self.available() - self.synced[1]) / self.step_s) - (step - self.synced[0]))
+
+
+def start_clock(*, max_time: str | None, used_s: float, started: float | None, step: int, eval_steps: float,
+                save_bytes: float, say) -> Clock:
+    """The job's clock, with the --max-time budget it plans against (if any): from `started` (a
+    time.monotonic() reading; default: now) plus the `used_s` of earlier sessions."""
+    budget = parse_duration(max_time, "max-time") if max_time else None
+    clock = Clock(budget, used_s, time.monotonic() if started is None else started, step, eval_steps, save_bytes)
+    if budget is not None:
+        say(f"time budget {max_time}: {max(0.0, budget - clock.now()):.0f} s left, ending "
+            f"with an evaluation and a checkpoint; a run on the clock is not bitwise reproducible "
+            f"(a step-based one is)")
+    return clock

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from .. import distributed
-from ..config import FinetuneConfig, lora_targets
 from ..data.example_batches import ExampleBatches
 from ..data.instructions import Example, load_examples
 from ..data.templates import encode_examples, prompt_ids, stop_id
@@ -23,11 +22,12 @@ from ..evaluate import mean_loss
 from ..files import atomic_write
 from ..generate import complete_ids
 from ..model import GPT
-from ..model.lora import add_lora, trainable_count
+from ..model.lora import add_lora, lora_targets, trainable_count
 from ..model.vocab import grow_vocabulary
 from ..tokenizer import CHAT_TOKENS, tokenizer_of
 from ..weights.checkpoint import load_checkpoint, read_checkpoint_config
 from ..weights.load import base_identity, load_lora
+from .config import FinetuneConfig
 from .loop import Trainer, TrainResult
 from .pretrain import initial_model
 from .resume import resolve_run
@@ -45,25 +45,27 @@ def finetune(config: FinetuneConfig | None = None, *, resume: str | Path | None 
     `finetune(resume="runs/ft", epochs=3)` continues one from its newest intact checkpoint.
     """
     cfg, run, checkpoint = resolve_run(config, resume, fields, cls=FinetuneConfig)
-    if not cfg.data or not cfg.init_from:
+    if not cfg.records.data or not cfg.init_from:
         raise UserError("finetune needs --init-from MODEL (a checkpoint, run, Hugging Face folder or hub id) "
                         "and --data FILE (instruction or chat records)")
-    train_examples, val_examples = load_examples(cfg.data, cfg.val_data, cfg.val_fraction, cfg.seed,
-                                                 cfg.max_examples)  # bad records fail before anything else
-    d, device = distributed.setup(pick_device(cfg.device))
+    records = cfg.records
+    train_examples, val_examples = load_examples(records.data, records.val_data, records.val_fraction, cfg.seed,
+                                                 records.max_examples)  # bad records fail before anything else
+    d, device = distributed.setup(pick_device(cfg.compute.device))
     torch.manual_seed(cfg.seed)  # the same LoRA initialisation on every rank
     model = resumed_model(checkpoint, device) if checkpoint is not None else initial_finetune_model(cfg, device)
     task = FinetuneTask(cfg, model, train_examples, val_examples, d)
-    trainer = Trainer(cfg, run, model, task, task.total_steps, d, device, checkpoint, progress, started=started)
+    trainer = Trainer(cfg, run, model, task, total_steps=task.total_steps, d=d, device=device, resume_from=checkpoint,
+                      progress=progress, started=started)
     trainable, total = trainable_count(model)
-    how = f"LoRA rank {cfg.lora_rank} on {cfg.lora_targets}" if cfg.lora_rank else "full fine-tuning"
+    how = f"LoRA rank {cfg.lora.lora_rank} on {cfg.lora.lora_targets}" if cfg.lora.lora_rank else "full fine-tuning"
     trainer.say(f"model: {cfg.init_from}, {trainable:,} of {total:,} parameters trainable ({how}), "
-                f"template {cfg.template}, on {device}{distributed.describe(d, cfg.distributed)}")
+                f"template {cfg.finetune.template}, on {device}{distributed.describe(d, cfg.compute.distributed)}")
     trainer.say(task.describe())
     if checkpoint is None:
         trainer.evaluate()  # step 0: where fine-tuning starts from
     result = trainer.fit()
-    if cfg.response_tokens and not result.interrupted:
+    if cfg.finetune.response_tokens and not result.interrupted:
         path = task.write_responses(model, run.path / RESPONSES)
         trainer.say(f"wrote {path}: the answer to each of {len(task.val_examples)} val examples")
     distributed.teardown(d)
@@ -75,13 +77,14 @@ def initial_finetune_model(cfg: FinetuneConfig, device: torch.device) -> GPT:
     tokens for the chatml template, with LoRA adapters when asked."""
     model = initial_model(cfg, device)
     tokenizer = tokenizer_of(model)
-    if cfg.template == "chatml":
+    if cfg.finetune.template == "chatml":
         tokenizer = tokenizer.with_special_tokens(CHAT_TOKENS)
     old_vocab = model.config.vocab_size
     model = grow_vocabulary(model, max(old_vocab, tokenizer.vocab_size))
     model.tokenizer = tokenizer
-    if cfg.lora_rank:
-        add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, lora_targets(cfg.lora_targets),
+    if cfg.lora.lora_rank:
+        lora = cfg.lora
+        add_lora(model, lora.lora_rank, lora.lora_alpha, lora.lora_dropout, lora_targets(lora.lora_targets),
                  new_rows=(old_vocab, model.config.vocab_size))
         model.lora["base"] = base_identity(cfg.init_from)
     return model
@@ -104,25 +107,25 @@ class FinetuneTask:
         self.cfg, self.d, self.val_examples = cfg, d, val
         self.tokenizer = tokenizer_of(model)
         ctx = model.config.context_length
-        encode = lambda examples: encode_examples(examples, self.tokenizer, cfg.template, ctx,  # noqa: E731
-                                                  cfg.train_on_prompt)
+        encode = lambda examples: encode_examples(examples, self.tokenizer, cfg.finetune.template, ctx,  # noqa: E731
+                                                  cfg.finetune.train_on_prompt)
         train_set, self.truncated, self.dropped = encode(train)
         val_set, val_truncated, val_dropped = encode(val)
         self.truncated, self.dropped = self.truncated + val_truncated, self.dropped + val_dropped
-        B, pad = cfg.batch_size, self.tokenizer.eot_id
-        self.train = ExampleBatches(train_set, B, cfg.seed, cfg.shuffle, rank=d.rank, world_size=d.world_size,
+        B, pad = cfg.optim.batch_size, self.tokenizer.eot_id
+        self.train = ExampleBatches(train_set, B, cfg.seed, cfg.records.shuffle, rank=d.rank, world_size=d.world_size,
                                     pad_id=pad)
-        if self.train.num_batches < cfg.grad_accum:
-            raise UserError(f"{len(train_set)} training example(s) cannot fill one step of {cfg.grad_accum} x "
+        if self.train.num_batches < cfg.optim.grad_accum:
+            raise UserError(f"{len(train_set)} training example(s) cannot fill one step of {cfg.optim.grad_accum} x "
                             f"{B} per process (x {d.world_size} processes); lower --batch-size")
         self.train_eval = ExampleBatches(train_set, B, cfg.seed + 1, pad_id=pad)  # fixed, comparable evaluations
         self.val = ExampleBatches(val_set, B, shuffle=False, drop_last=False, pad_id=pad) if val_set else None
         self.train_tokens = sum(len(ids) - 1 for ids, _ in train_set)
-        self.steps_per_epoch = self.train.num_batches // cfg.grad_accum
-        self.batches_per_epoch = self.steps_per_epoch * cfg.grad_accum
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        if cfg.max_steps is not None:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.steps_per_epoch = self.train.num_batches // cfg.optim.grad_accum
+        self.batches_per_epoch = self.steps_per_epoch * cfg.optim.grad_accum
+        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+        if cfg.optim.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.optim.max_steps)
 
     def describe(self) -> str:
         cut = (f"; {self.truncated} example(s) longer than the context were cut to it"
@@ -137,7 +140,7 @@ class FinetuneTask:
 
     def evaluate(self, model: torch.nn.Module) -> tuple[float, float]:
         # As many examples per evaluation batch as an optimizer step of the whole job reads.
-        n = self.cfg.eval_batches * self.cfg.grad_accum * self.d.world_size
+        n = self.cfg.eval.eval_batches * self.cfg.optim.grad_accum * self.d.world_size
         device = next(model.parameters()).device
 
         def pairs(loader):
@@ -148,12 +151,12 @@ class FinetuneTask:
 
     def answer(self, model: torch.nn.Module, example: Example, max_new_tokens: int) -> str:
         """The model's greedy answer to an example's last turn, up to its end-of-answer token."""
-        ids = prompt_ids(example, self.tokenizer, self.cfg.template)
-        new = complete_ids(model, ids, max_new_tokens, eos_id=stop_id(self.tokenizer, self.cfg.template))
+        ids = prompt_ids(example, self.tokenizer, self.cfg.finetune.template)
+        new = complete_ids(model, ids, max_new_tokens, eos_id=stop_id(self.tokenizer, self.cfg.finetune.template))
         return self.tokenizer.decode(new)
 
     def sample(self, model: torch.nn.Module) -> str:
-        return " | ".join(f"{e.messages[-2]['content']!r} -> {self.answer(model, e, self.cfg.sample_tokens)!r}"
+        return " | ".join(f"{e.messages[-2]['content']!r} -> {self.answer(model, e, self.cfg.eval.sample_tokens)!r}"
                           for e in self.val_examples[:SAMPLES])
 
     def write_responses(self, model: torch.nn.Module, path: Path) -> Path:
@@ -162,7 +165,7 @@ class FinetuneTask:
         Every rank generates (a sharded model needs them all); rank 0 writes."""
         rows = []
         for example in self.val_examples:
-            response = self.answer(model, example, self.cfg.response_tokens)
+            response = self.answer(model, example, self.cfg.finetune.response_tokens)
             if example.instruction is not None:
                 rows.append({**example.instruction, "response": response})
             else:

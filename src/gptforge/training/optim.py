@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from ..config import TrainConfig
 from ..errors import UserError
+from .config import OptimArgs
 
 HIDDEN = "blocks."  # parameters under this prefix are the blocks' own; Muon takes their matrices
 
@@ -45,7 +45,7 @@ class MuonAdamW(torch.optim.Optimizer):
         self.muon.step()
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: OptimArgs, device: torch.device) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters, weight decay on matrices only; with cfg.optimizer
     'muon', Muon for the blocks' 2-D weights and AdamW for the rest (MuonAdamW)."""
     # Decaying biases and LayerNorm gains just pulls them toward 0 for no regularising benefit.
@@ -70,19 +70,19 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return MuonAdamW(adamw, muon)
 
 
-def peak_lr(group: dict, cfg: TrainConfig) -> float:
+def peak_lr(group: dict, cfg: OptimArgs) -> float:
     """The peak learning rate of a parameter group: --muon-lr (default --lr) for Muon's, --lr else."""
     muon = "ns_steps" in group  # a hyperparameter only Muon's groups have
     return (cfg.muon_lr or cfg.lr) if muon else cfg.lr
 
 
-def set_lr(optimizer: torch.optim.Optimizer, cfg: TrainConfig, factor: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, cfg: OptimArgs, factor: float) -> None:
     """Every group's learning rate: its peak times the schedule's factor (see lr_factor)."""
     for group in optimizer.param_groups:
         group["lr"] = peak_lr(group, cfg) * factor
 
 
-def lr_factor(step: int, cfg: TrainConfig, total_steps: int, time_progress: float = 0.0) -> float:
+def lr_factor(step: int, cfg: OptimArgs, total_steps: int, time_progress: float = 0.0) -> float:
     """The learning rate of update `step` (0-based) relative to the peak: a linear warmup over the
     first warmup_steps, then constant or a cosine down to min_lr / lr.
 

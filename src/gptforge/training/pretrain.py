@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from .. import distributed
-from ..config import GPTConfig, TrainConfig
+from ..config import GPTConfig
 from ..data import BatchLoader, corpus_tokenizer, is_corpus, load_splits
 from ..device import pick_device
 from ..errors import UserError
@@ -28,6 +28,7 @@ from ..tokenizer import Tokenizer, gpt2, load_tokenizer, tokenizer_of
 from ..tokenizer.train import train_on_train_split
 from ..weights.checkpoint import WEIGHTS, checkpoint_tokenizer, load_weights, read_checkpoint_config
 from ..weights.load import load_any, reshape
+from .config import CorpusArgs, RunConfig, TrainConfig
 from .loop import Trainer, TrainResult
 from .resume import resolve_run
 
@@ -45,7 +46,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     """
     started = time.monotonic() if started is None else started
     cfg, run, checkpoint = resolve_run(config, resume, fields)
-    d, device = distributed.setup(pick_device(cfg.device))
+    d, device = distributed.setup(pick_device(cfg.compute.device))
     # No teardown on an exception: its barrier would wait for ranks that may be blocked in another
     # collective; torchrun ends them once this process has exited.
     initial = None
@@ -54,7 +55,7 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     elif cfg.init_from:
         initial = initial_model(cfg, device)
         model_cfg = initial.config
-    tokenizer = _run_tokenizer(cfg, checkpoint, initial, tqdm.write if d.is_main else lambda *_: None)
+    tokenizer = _run_tokenizer(cfg.corpus, checkpoint, initial, tqdm.write if d.is_main else lambda *_: None)
     if checkpoint is None and initial is None:  # a new model: its vocabulary is its tokenizer's
         model_cfg = dataclasses.replace(cfg.model_config(), vocab_size=tokenizer.vocab_size)
     # Data first: a bad corpus (or one prepared with another tokenizer) fails before the run folder exists.
@@ -64,10 +65,11 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     model.tokenizer = tokenizer
     if checkpoint is not None:  # before sharding and the optimizer: loading replaces parameters
         load_weights(model, load_file(checkpoint / WEIGHTS, device=str(device)), source=str(checkpoint))
-    trainer = Trainer(cfg, run, model, task, task.total_steps, d, device, checkpoint, progress, started=started)
+    trainer = Trainer(cfg, run, model, task, total_steps=task.total_steps, d=d, device=device, resume_from=checkpoint,
+                      progress=progress, started=started)
     origin = cfg.init_from if cfg.init_from else cfg.preset
     trainer.say(f"model: {model.num_params():,} parameters ({origin}, context {model_cfg.context_length}) "
-                f"on {device}{distributed.describe(d, cfg.distributed)}")
+                f"on {device}{distributed.describe(d, cfg.compute.distributed)}")
     trainer.say(f"data: {task.train_tokens:,} train / {task.val_tokens:,} val tokens; {task.steps_per_epoch} "
                 f"steps per epoch, {task.total_steps} steps in total")
     result = trainer.fit()
@@ -78,30 +80,31 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
 class WindowTask:
     """Pretraining's batches: stride windows (or random offsets) over the training tokens; its
     evaluation: the mean loss of fixed train and val batches; its sample: a continuation of
-    cfg.sample_prompt."""
+    cfg.eval.sample_prompt."""
 
     def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig, d: distributed.Dist, tokenizer: Tokenizer):
         self.cfg, self.d = cfg, d
         # An evaluation batch holds as many windows as an optimizer step of the whole job, read as
         # micro-batches, so --grad-accum 4 --batch-size 2 reports the same losses as --batch-size
         # 8, and 2 processes the same as --grad-accum 2.
-        self.eval_batches = cfg.eval_batches * cfg.grad_accum * d.world_size
+        self.eval_batches = cfg.eval.eval_batches * cfg.optim.grad_accum * d.world_size
         ctx, vocab = model_cfg.context_length, model_cfg.vocab_size
         # Text is tokenized with the run's tokenizer; a corpus prepared with another is refused.
-        train_tokens, val_tokens, _ = load_splits(cfg.data, cfg.val_fraction, cfg.verify_data, tokenizer)
-        if cfg.val_data:
-            val_tokens = load_splits(cfg.val_data, 0.0, cfg.verify_data, tokenizer)[0]
+        corpus = cfg.corpus
+        train_tokens, val_tokens, _ = load_splits(corpus.data, corpus.val_fraction, corpus.verify_data, tokenizer)
+        if corpus.val_data:
+            val_tokens = load_splits(corpus.val_data, 0.0, corpus.verify_data, tokenizer)[0]
         self.train_tokens, self.val_tokens = len(train_tokens), len(val_tokens)
         # Each rank reads its own slice of every global batch; evaluation reads whole batches on
         # every rank (it is a small share of the work, and the result then needs no reduction).
-        self.train = _loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
-                             shuffle=cfg.shuffle, seed=cfg.seed, drop_last=True, mode=cfg.sampling,
+        self.train = _loader(train_tokens, cfg, ctx, "training split", stride=cfg.corpus.stride or ctx,
+                             shuffle=cfg.corpus.shuffle, seed=cfg.seed, drop_last=True, mode=cfg.corpus.sampling,
                              rank=d.rank, world_size=d.world_size, vocab_size=vocab)
-        if self.train.num_batches < cfg.grad_accum:
+        if self.train.num_batches < cfg.optim.grad_accum:
             raise UserError(f"training split: {self.train.windows.num_windows} window(s) of {ctx} tokens "
-                            f"cannot fill one step of {cfg.grad_accum} x {cfg.batch_size}")
+                            f"cannot fill one step of {cfg.optim.grad_accum} x {cfg.optim.batch_size}")
         # A fixed set of training batches, so evaluations are comparable.
-        self.train_eval = _loader(train_tokens, cfg, ctx, "training split", stride=cfg.stride or ctx,
+        self.train_eval = _loader(train_tokens, cfg, ctx, "training split", stride=cfg.corpus.stride or ctx,
                                   shuffle=True, seed=cfg.seed + 1, drop_last=True, vocab_size=vocab)
         self.val, self.val_bytes_per_token = None, None
         if len(val_tokens) > 0:
@@ -111,12 +114,12 @@ class WindowTask:
             self.val_bytes_per_token = bytes_per_token(
                 (targets.numpy() for _, targets in islice(self.val.batches(0), self.eval_batches)),
                 tokenizer.token_byte_lengths())
-        self.steps_per_epoch = self.train.num_batches // cfg.grad_accum
+        self.steps_per_epoch = self.train.num_batches // cfg.optim.grad_accum
         # A last partial step's batches are dropped.
-        self.batches_per_epoch = self.steps_per_epoch * cfg.grad_accum
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        if cfg.max_steps is not None:
-            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.batches_per_epoch = self.steps_per_epoch * cfg.optim.grad_accum
+        self.total_steps = cfg.optim.epochs * self.steps_per_epoch
+        if cfg.optim.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.optim.max_steps)
 
     def batches(self, epoch: int, start: int):
         return self.train.batches(epoch, start=start)
@@ -128,12 +131,12 @@ class WindowTask:
         return mean_loss(model, self.train_eval.batches(0), n, device), val
 
     def sample(self, model: torch.nn.Module) -> str:
-        cfg = self.cfg
+        cfg = self.cfg.eval
         return "".join(generate_text(model, cfg.sample_prompt, cfg.sample_tokens, temperature=cfg.sample_temperature,
-                                     top_k=cfg.sample_top_k or None, seed=cfg.seed, include_prompt=True))
+                                     top_k=cfg.sample_top_k or None, seed=self.cfg.seed, include_prompt=True))
 
 
-def _run_tokenizer(cfg: TrainConfig, checkpoint: Path | None, initial: GPT | None, say) -> Tokenizer:
+def _run_tokenizer(cfg: CorpusArgs, checkpoint: Path | None, initial: GPT | None, say) -> Tokenizer:
     """The run's tokenizer: a resumed checkpoint's, or the --init-from model's (--tokenizer, if
     given, must name the same), or --tokenizer (bpe:N: trained now on the train split of text
     --data), or a prepared --data corpus's, or GPT-2's."""
@@ -162,20 +165,20 @@ def _run_tokenizer(cfg: TrainConfig, checkpoint: Path | None, initial: GPT | Non
 
 def _loader(tokens, cfg: TrainConfig, ctx: int, what: str, **kwargs) -> BatchLoader:
     try:
-        return BatchLoader(tokens, max_length=ctx, batch_size=cfg.batch_size, **kwargs)
+        return BatchLoader(tokens, max_length=ctx, batch_size=cfg.optim.batch_size, **kwargs)
     except UserError as e:
         raise UserError(f"{what}: {e}") from None
 
 
-def initial_model(cfg: TrainConfig, device: torch.device) -> GPT:
+def initial_model(cfg: RunConfig, device: torch.device) -> GPT:
     """The --init-from weights with the run's dropout, and its context cropped if asked (see
     weights.load.reshape)."""
     source = load_any(cfg.init_from, device)  # checkpoint, run, HF folder or hub id
     src = source.config
-    for name in TrainConfig.fields_where("shape"):
-        wanted = getattr(cfg, name)
+    for name in cfg.fields_where("shape"):
+        wanted = cfg.model.get(name)
         if wanted is not None and wanted != getattr(src, name):
             raise UserError(f"--{name.replace('_', '-')} {wanted} does not match the --init-from model's "
                             f"{getattr(src, name)}; drop it to use the model's shape")
-    return reshape(source, cfg.context_length or src.context_length,
-                   src.dropout if cfg.dropout is None else cfg.dropout)
+    return reshape(source, cfg.model.get("context_length") or src.context_length,
+                   cfg.model.get("dropout", src.dropout))

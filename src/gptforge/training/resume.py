@@ -21,9 +21,13 @@ import torch
 from tqdm import tqdm
 
 from .. import distributed
-from ..config import TrainConfig
 from ..errors import UserError
-from ..weights.checkpoint import load_train_state, newest_intact_checkpoint, read_checkpoint_config
+from ..weights.checkpoint import (
+    load_train_state,
+    newest_intact_checkpoint,
+    read_checkpoint_config,
+)
+from .config import RunConfig, TrainConfig
 from .run_folder import RunFolder, warn
 
 
@@ -85,8 +89,8 @@ def restore(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Opt
     return Position(**state["position"])
 
 
-def resolve_run(config: TrainConfig | None, resume: str | Path | None, fields: dict, cls=TrainConfig
-                ) -> tuple[TrainConfig, RunFolder, Path | None]:
+def resolve_run(config: RunConfig | None, resume: str | Path | None, fields: dict, cls=TrainConfig
+                ) -> tuple[RunConfig, RunFolder, Path | None]:
     """The run's config, its folder, and the checkpoint to resume from (None for a new run).
 
     Resuming takes the newest checkpoint whose files are all intact (a corrupt newer one is named
@@ -94,12 +98,12 @@ def resolve_run(config: TrainConfig | None, resume: str | Path | None, fields: d
     the run's own config, in which only the fields marked resumable may change.
     """
     if resume is None:
-        cfg = dataclasses.replace(config, **fields) if config else cls(**fields)
-        run = RunFolder(cfg.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
+        cfg = config.replace(**fields) if config else cls.of(**fields)
+        run = RunFolder(cfg.checkpoints.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S"))
         if run.holds_a_run():
             raise UserError(f"run folder {run} already holds a run; continue it with "
                             f"--resume {run} or choose another --out")
-        return dataclasses.replace(cfg, out=str(run)), run, None
+        return cfg.replace(out=str(run)), run, None
 
     run = RunFolder(resume)
     if not run.path.is_dir():
@@ -115,13 +119,13 @@ def resolve_run(config: TrainConfig | None, resume: str | Path | None, fields: d
         tqdm.write(f"{run} has no checkpoint yet: starting it over from step 0")
     else:
         raise UserError(f"--resume: {run} has no complete checkpoint to resume from")
-    given = dataclasses.asdict(config) if config else {}
-    given.update(fields)
+    given = config.to_dict() if config else {}
+    given.update(cls.flatten(fields))
     resumable = cls.fields_where("resumable")
     for name, value in given.items():
-        if name not in resumable and name != "out" and value != getattr(saved, name):
+        if name not in resumable and name != "out" and value != saved.get(name):
             raise UserError(f"{name.replace('_', '-')}={value!r} does not match the run's "
-                            f"{getattr(saved, name)!r}; a resumed run keeps its config (only "
+                            f"{saved.get(name)!r}; a resumed run keeps its config (only "
                             f"{', '.join(sorted(resumable))} may change)")
     changes = {k: v for k, v in given.items() if k in resumable}
-    return dataclasses.replace(saved, **changes, out=str(run)), run, checkpoint
+    return saved.replace(**changes, out=str(run)), run, checkpoint

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -50,36 +52,58 @@ class UpdateGuard:
         self.scaler.update()
 
 
-def optimizer_step(step_model: torch.nn.Module, wrapped: torch.nn.Module, batches: Iterator[tuple],
-                   grad_accum: int, loss_fn: Callable, optimizer: torch.optim.Optimizer, params: list,
-                   guard: UpdateGuard, grad_clip: float, autocast, d: distributed.Dist,
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One optimizer step over `grad_accum` micro-batches from `batches`.
+@dataclass
+class StepParts:
+    """What an optimizer step works with (see optimizer_step)."""
+
+    step_model: torch.nn.Module  # what the forward calls: the wrapped model, or its torch.compile
+    wrapped: torch.nn.Module  # the DDP / FSDP2 wrapper (or the model): when gradients sync
+    loss_fn: Callable  # loss_fn(model, inputs, targets): a micro-batch's mean loss
+    optimizer: torch.optim.Optimizer
+    params: list  # the trainable parameters, whose gradient norm is clipped
+    guard: UpdateGuard
+    autocast: Any  # the run's torch.autocast context
+    d: distributed.Dist
+    device: torch.device
+    grad_accum: int  # micro-batches per step
+    grad_clip: float  # the gradient norm's limit; 0: no clipping
+
+
+@dataclass
+class StepOutput:
+    """An optimizer step's loss (the mean of the micro-batch means, averaged over ranks) and
+    gradient norm before clipping, both device scalars, and the tokens this rank read."""
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    tokens: int
+
+
+def optimizer_step(parts: StepParts, batches: Iterator[tuple]) -> StepOutput:
+    """One optimizer step over `parts.grad_accum` micro-batches from `batches`.
 
     A micro-batch is (inputs, targets) of (B, T) ids, or (inputs, targets, tokens) when some
-    inputs are padding (tokens: how many are real). loss_fn(model, inputs, targets) gives the
-    micro-batch's mean loss; params are the trainable parameters (their gradient norm is
-    clipped). Returns the step's loss (a device scalar: the mean of the
-    micro-batch means, averaged over ranks), its gradient norm before clipping (a device scalar)
-    and the tokens this rank read. Queues work only: nothing here waits for the device.
+    inputs are padding (tokens: how many are real). Queues work only: nothing here waits for the
+    device.
     """
+    optimizer, guard, device, grad_accum = parts.optimizer, parts.guard, parts.device, parts.grad_accum
     optimizer.zero_grad(set_to_none=True)
     loss, tokens = torch.zeros((), device=device), 0
     for micro in range(grad_accum):
         batch = next(batches)
         inputs, targets = (t.to(device, non_blocking=True) for t in batch[:2])
         # Gradients are averaged across ranks only after the last micro-batch.
-        with distributed.gradient_sync(wrapped, micro == grad_accum - 1), autocast:
-            micro_loss = loss_fn(step_model, inputs, targets) / grad_accum
+        with distributed.gradient_sync(parts.wrapped, micro == grad_accum - 1), parts.autocast:
+            micro_loss = parts.loss_fn(parts.step_model, inputs, targets) / grad_accum
         guard.scaler.scale(micro_loss).backward()
         loss += micro_loss.detach()
         tokens += batch[2] if len(batch) > 2 else inputs.numel()
     guard.scaler.unscale_(optimizer)
-    max_norm = grad_clip if grad_clip > 0 else math.inf  # inf: measure the norm, never clip
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    max_norm = parts.grad_clip if parts.grad_clip > 0 else math.inf  # inf: measure the norm, never clip
+    grad_norm = torch.nn.utils.clip_grad_norm_(parts.params, max_norm)
     if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
         grad_norm = grad_norm.full_tensor()
     # Every rank sees the job's loss, so all ranks take the same skip decisions.
-    loss = distributed.mean_over_ranks(loss, d)
+    loss = distributed.mean_over_ranks(loss, parts.d)
     guard.step(optimizer, loss, grad_norm)
-    return loss, grad_norm, tokens
+    return StepOutput(loss, grad_norm, tokens)
