@@ -23,7 +23,7 @@ from gptforge.training.config import FinetuneConfig
 from gptforge.training.finetune import RESPONSES, finetune
 from gptforge.weights import load_any
 
-from helpers import assert_user_error, random_gpt, run_cli, wait_for
+from helpers import assert_user_error, random_gpt, run_cli, run_cli_here, wait_for
 
 
 def rows(run_dir):
@@ -84,6 +84,7 @@ def test_masked_positions_contribute_nothing():
 
 # --- runs --------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a fine-tuning run that learns
 def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, finetune_data, tmp_path):
     cfg = FinetuneConfig.of(**settings(tiny_checkpoint, finetune_data / "tasks.json", tmp_path / "run", epochs=3, lr=3e-3,
                                     lr_schedule="cosine", warmup_steps=2))
@@ -106,6 +107,7 @@ def test_a_full_run_learns_the_format_and_leaves_everything(tiny_checkpoint, fin
     assert model.tokenizer.special_tokens["<|im_end|>"] == 50258
 
 
+@pytest.mark.slow  # two fine-tuning runs and a resume
 @pytest.mark.parametrize("lora", [False, True])
 def test_resume_is_bitwise_exact(tiny_checkpoint, finetune_data, tmp_path, lora):
     extra = {"lora_rank": 4, "lora_alpha": 8.0, "lora_dropout": 0.1} if lora else {}
@@ -120,6 +122,7 @@ def test_resume_is_bitwise_exact(tiny_checkpoint, finetune_data, tmp_path, lora)
     assert all("lora_" in k or k.endswith("new_rows") for k in a) == lora
 
 
+@pytest.mark.slow  # processes and Ctrl-C
 def test_ctrl_c_checkpoints_and_resume_ends_like_an_uninterrupted_run(tiny_checkpoint, finetune_data, tmp_path):
     """SIGINT to `gptforge finetune` mid-run (LoRA, dropout on, so the RNG state matters): exit 0
     with a checkpoint of the step it stopped at and the status "interrupted", no responses yet;
@@ -176,6 +179,7 @@ def test_bf16_accumulation_and_truncation(tiny_checkpoint, finetune_data, tmp_pa
     assert json.loads((result.checkpoint / "config.json").read_text())["model"]["vocab_size"] == 50257
 
 
+@pytest.mark.slow  # the workflow as CLI processes
 def test_the_lora_workflow_on_the_command_line(tiny_checkpoint, finetune_data, tmp_path):
     run = tmp_path / "run"
     r = run_cli("finetune", "--init-from", str(tiny_checkpoint), "--data", str(finetune_data / "chat.jsonl"),
@@ -214,7 +218,7 @@ BAD_DATA = {
 def test_bad_data_is_one_line_and_writes_nothing(tiny_checkpoint, tmp_path, name):
     content, message = BAD_DATA[name]
     (tmp_path / name).write_text(content)
-    r = run_cli("finetune", "--init-from", str(tiny_checkpoint), "--data", str(tmp_path / name),
+    r = run_cli_here("finetune", "--init-from", str(tiny_checkpoint), "--data", str(tmp_path / name),
                 "--out", str(tmp_path / "run"), "--device", "cpu")
     assert_user_error(r, message)
     assert str(tmp_path / name) in r.stderr
@@ -223,11 +227,11 @@ def test_bad_data_is_one_line_and_writes_nothing(tiny_checkpoint, tmp_path, name
 
 def test_bad_settings_are_one_line(tiny_checkpoint, finetune_data, tmp_path):
     common = ["--data", str(finetune_data / "tasks.json"), "--out", str(tmp_path / "run"), "--device", "cpu"]
-    assert_user_error(run_cli("finetune", "--init-from", str(tiny_checkpoint), "--lora-rank", "0", *common),
+    assert_user_error(run_cli_here("finetune", "--init-from", str(tiny_checkpoint), "--lora-rank", "0", *common),
                       "lora-rank must be")
-    assert_user_error(run_cli("finetune", "--init-from", str(tiny_checkpoint), "--lora-targets", "c_attn", *common),
+    assert_user_error(run_cli_here("finetune", "--init-from", str(tiny_checkpoint), "--lora-targets", "c_attn", *common),
                       "unknown LoRA target(s) c_attn")
-    assert_user_error(run_cli("finetune", *common), "finetune needs --init-from")
+    assert_user_error(run_cli_here("finetune", *common), "finetune needs --init-from")
     assert not (tmp_path / "run").exists()
     with pytest.raises(UserError, match="stride is a pretraining setting"):
         FinetuneConfig.of(stride=4)
@@ -240,7 +244,7 @@ def test_a_lora_run_refuses_another_base_on_resume(finetune_data, tmp_path):
     fields = settings(base, finetune_data / "tasks.json", tmp_path / "run", lora_rank=2, max_steps=2)
     finetune(FinetuneConfig.of(**fields), progress=False)
     save_checkpoint(base, random_gpt(1, vocab_size=50257, context_length=64))  # another model in its place
-    r = run_cli("finetune", "--resume", str(tmp_path / "run"), "--max-steps", "4")
+    r = run_cli_here("finetune", "--resume", str(tmp_path / "run"), "--max-steps", "4")
     assert_user_error(r, "is a LoRA adapter for another base model")
     assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 1
 
@@ -253,3 +257,26 @@ def test_the_bundled_recipes_load():
     assert lora.records.data == full.records.data == "builtin:tasks"
     assert lora.finetune.template == full.finetune.template == "chatml"
     assert lora.lora.lora_rank and full.lora.lora_rank is None
+
+
+def test_tool_records_grow_the_vocabulary_by_the_tool_markers_and_train(tmp_path):
+    """Fine-tuning on records with tools adds the chat and tool-call tokens to the base's
+    vocabulary (and the template trains on the calls): a chat with tools is then possible."""
+    from gptforge.tokenizer import TOOL_TOKENS, tokenizer_of
+    from gptforge.weights.checkpoint import save_checkpoint
+
+    base = save_checkpoint(tmp_path / "base", random_gpt(0, vocab_size=50257, context_length=256))
+    tool = {"type": "function", "function": {"name": "add", "description": "a + b", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
+    record = {"tools": [tool], "messages": [
+        {"role": "user", "content": "2+3?"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "5"}, {"role": "assistant", "content": "5"}]}
+    data = tmp_path / "tools.jsonl"
+    data.write_text("\n".join(json.dumps(record) for _ in range(8)) + "\n")
+    cfg = FinetuneConfig.of(**settings(base, data, tmp_path / "run", max_steps=1, response_tokens=0,
+                                       val_fraction=0.25))
+    result = finetune(cfg, progress=False)
+    tokenizer = tokenizer_of(load_any(result.run_dir))
+    assert all(name in tokenizer.special_tokens for name in CHAT_TOKENS + TOOL_TOKENS)
+    assert load_any(result.run_dir).config.vocab_size >= tokenizer.vocab_size == 50257 + len(CHAT_TOKENS + TOOL_TOKENS)

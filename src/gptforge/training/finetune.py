@@ -15,7 +15,7 @@ import torch
 from .. import distributed
 from ..data.example_batches import ExampleBatches
 from ..data.instructions import Example, load_examples
-from ..data.templates import encode_examples, prompt_ids, stop_id
+from ..data.templates import encode_examples, prompt_ids, stop_id, template_tokens
 from ..device import pick_device
 from ..errors import UserError
 from ..evaluate import mean_loss
@@ -24,7 +24,7 @@ from ..generate import complete_ids
 from ..model import GPT
 from ..model.lora import add_lora, lora_targets, trainable_count
 from ..model.vocab import grow_vocabulary
-from ..tokenizer import CHAT_TOKENS, tokenizer_of
+from ..tokenizer import tokenizer_of
 from ..weights.checkpoint import load_checkpoint, read_checkpoint_config
 from ..weights.load import base_identity, load_lora
 from .config import FinetuneConfig
@@ -53,7 +53,7 @@ def finetune(config: FinetuneConfig | None = None, *, resume: str | Path | None 
                                                  records.max_examples)  # bad records fail before anything else
     d, device = distributed.setup(pick_device(cfg.compute.device))
     torch.manual_seed(cfg.seed)  # the same LoRA initialisation on every rank
-    model = resumed_model(checkpoint, device) if checkpoint is not None else initial_finetune_model(cfg, device)
+    model = resumed_model(checkpoint, device) if checkpoint is not None else initial_finetune_model(cfg, device, train_examples + val_examples)
     task = FinetuneTask(cfg, model, train_examples, val_examples, d)
     trainer = Trainer(cfg, run, model, task, total_steps=task.total_steps, d=d, device=device, resume_from=checkpoint,
                       progress=progress, started=started)
@@ -72,13 +72,11 @@ def finetune(config: FinetuneConfig | None = None, *, resume: str | Path | None 
     return result
 
 
-def initial_finetune_model(cfg: FinetuneConfig, device: torch.device) -> GPT:
-    """The --init-from model (context and dropout as asked), its vocabulary grown by the chat
-    tokens for the chatml template, with LoRA adapters when asked."""
+def initial_finetune_model(cfg: FinetuneConfig, device: torch.device, examples: list[Example]) -> GPT:
+    """The --init-from model (context and dropout as asked), its vocabulary grown by the special
+    tokens its examples need (data.templates.template_tokens), with LoRA adapters when asked."""
     model = initial_model(cfg, device)
-    tokenizer = tokenizer_of(model)
-    if cfg.finetune.template == "chatml":
-        tokenizer = tokenizer.with_special_tokens(CHAT_TOKENS)
+    tokenizer = tokenizer_of(model).with_special_tokens(template_tokens(examples, cfg.finetune.template))
     old_vocab = model.config.vocab_size
     model = grow_vocabulary(model, max(old_vocab, tokenizer.vocab_size))
     model.tokenizer = tokenizer
