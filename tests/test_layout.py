@@ -195,3 +195,10 @@ def test_tests_mirror_the_package():
     test_dirs = {p.relative_to(TESTS).as_posix() for p in TESTS.iterdir()
                  if p.is_dir() and any(p.glob("test_*.py"))}
     assert packages == test_dirs
+
+
+def test_test_file_names_are_unique():
+    """pytest imports test files by basename (rootdir-relative packages are not used here), so two
+    test files of one name in different folders cannot be collected in one run."""
+    names = [p.name for p in TESTS.rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
