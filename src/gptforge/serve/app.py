@@ -30,7 +30,7 @@ from ..errors import UserError
 from ..generate import TextPieces, token_bytes_of
 from ..model import GPT
 from ..tokenizer import tokenizer_of
-from ..tools.structured import Grammar, compile_grammar, grammar_text
+from ..tools.structured import Grammar, compile_grammar, grammar_text, require
 from .engine import Engine, QueueFull, Sampling, Sequence
 from .protocol import (ApiError, CallDeltas, ChatRequest, CompletionRequest, Reply, ResponseFormat, SamplingFields,
                        parse, usage)
@@ -103,19 +103,27 @@ class Service:
         schema = response_format.schema() if response_format is not None else None
         if schema is None and not tools:
             return None
+        try:
+            require()
+        except UserError as e:
+            raise ApiError(400, str(e), param="tools" if tools else "response_format") from None
         tokenizer = tokenizer_of(self.model)
         if schema is not None:  # the JSON alone first, so that an error in its schema is named as such
             grammar = self._compiled(grammar_text(tokenizer, json_schema=schema, json_content=True), "response_format")
         if tools:
-            grammar = self._compiled(grammar_text(tokenizer, tools, *tool_mode, parallel, schema,
-                                                  json_content=schema is not None), "tools")
+            text = grammar_text(tokenizer, tools, *tool_mode, parallel, schema, json_content=schema is not None)
+            try:
+                grammar = self._compiled(text, "tools")
+            except ApiError:  # name the tool whose schema it is
+                for i, tool in enumerate(tools):
+                    self._compiled(grammar_text(tokenizer, json_schema=tool["function"].get("parameters"),
+                                                json_content=True), f"tools[{i}].function.parameters")
+                raise
         return grammar
 
     def _compiled(self, text: str, param: str) -> Grammar:
         try:
             return compile_grammar(tokenizer_of(self.model), text, self.model.config.vocab_size)
-        except UserError as e:  # llguidance is not installed
-            raise ApiError(400, str(e), param=param) from None
         except ValueError as e:  # a schema it cannot enforce
             raise ApiError(400, f"invalid '{param}': {e}", param=param) from None
 

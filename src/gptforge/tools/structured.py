@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,7 +43,8 @@ _NO_ARGUMENTS = {"type": "object", "properties": {}, "additionalProperties": Fal
 Choice = Literal["none", "auto", "required"]
 
 
-def _llguidance():
+def require():
+    """The llguidance module, or a UserError saying how to install it."""
     try:
         import llguidance
     except ImportError:
@@ -50,20 +52,11 @@ def _llguidance():
     return llguidance
 
 
-def available() -> bool:
-    """Whether llguidance is installed (constrained decoding can run)."""
-    try:
-        _llguidance()
-    except UserError:
-        return False
-    return True
-
-
 @functools.lru_cache(maxsize=4)
 def _ll_tokenizer(tokenizer: Tokenizer):
     """llguidance's view of `tokenizer`: every id's bytes, the special tokens marked as such (so
     no text rule can produce one). Built once per tokenizer (about a second for GPT-2's)."""
-    llg = _llguidance()
+    llg = require()
 
     class View:  # the duck type llguidance.TokenizerWrapper reads
         eos_token_id, bos_token_id = tokenizer.eot_id, None
@@ -132,15 +125,22 @@ class Grammar:
 def compile_grammar(tokenizer: Tokenizer, text: str, vocab_size: int | None = None) -> Grammar:
     """`text` (grammar_text's) compiled for `tokenizer`. Raises ValueError with llguidance's
     reason when a schema in it is not one it can enforce."""
-    llg = _llguidance()
+    llg = require()
     lark = llg.LLMatcher.grammar_from_lark(text)
     failed, messages = llg.LLMatcher.validate_grammar_with_warnings(lark, _ll_tokenizer(tokenizer))
     if failed:
-        raise ValueError(messages[0])
+        raise ValueError(_reason(messages[0]))
     matcher = llg.LLMatcher(_ll_tokenizer(tokenizer), lark, log_level=0)
     if matcher.is_error():
-        raise ValueError(matcher.get_error())
+        raise ValueError(_reason(matcher.get_error()))
     return Grammar(matcher, max(vocab_size or 0, tokenizer.vocab_size))
+
+
+def _reason(message: str) -> str:
+    """llguidance's error as one line: its first, without the grammar's line and column (the
+    grammar is ours; the schema is the caller's)."""
+    first = message.strip().splitlines()[0] if message.strip() else "the grammar does not compile"
+    return re.sub(r"^at \d+\(\d+\): ", "", first)
 
 
 class Constraint:
