@@ -299,3 +299,15 @@ def schema_errors(value, schema: dict, where: str = "$") -> list[str]:
         if value < schema.get("minimum", value) or value > schema.get("maximum", value):
             errors.append(f"{where}: {value} is out of range")
     return errors
+
+
+def random_tool_model(context_length: int = 512):
+    """A random gpt2-tiny whose tokenizer is GPT-2's plus the chat and tool tokens (a context long
+    enough for the tools' block in the system turn), ready to decode."""
+    from gptforge.model import prepare_for_decoding
+    from gptforge.model.vocab import grow_vocabulary
+    from gptforge.tokenizer import CHAT_TOKENS, TOOL_TOKENS
+
+    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=context_length), 50263).eval()
+    model.tokenizer = gpt2().with_special_tokens(CHAT_TOKENS + TOOL_TOKENS)
+    return prepare_for_decoding(model)

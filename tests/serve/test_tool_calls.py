@@ -14,11 +14,10 @@ import openai
 import pytest
 import torch
 
-from gptforge.model import prepare_for_decoding
-from gptforge.tokenizer import CHAT_TOKENS, TOOL_TOKENS, gpt2, tokenizer_of
+from gptforge.tokenizer import tokenizer_of
 from gptforge.tokenizer.chat import render
 
-from helpers import random_gpt, schema_errors
+from helpers import random_tool_model, schema_errors
 from server_helpers import serving
 
 pytest.importorskip("llguidance")
@@ -42,12 +41,7 @@ QUESTION = [{"role": "user", "content": "What is 48213 * 7719?"}]
 
 @pytest.fixture(scope="module")
 def tool_model():
-    """A random gpt2-tiny (context 512, for the tools' block) whose tokenizer has the chat and tool tokens."""
-    from gptforge.model.vocab import grow_vocabulary
-
-    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=512), 50263).eval()
-    model.tokenizer = gpt2().with_special_tokens(CHAT_TOKENS + TOOL_TOKENS)
-    return prepare_for_decoding(model)
+    return random_tool_model()
 
 
 @pytest.fixture(scope="module")
