@@ -164,7 +164,7 @@ class Constraint:
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """(1, V) logits with every token the grammar forbids at -inf."""
-        return logits.masked_fill(~self.allowed().to(logits.device), float("-inf"))
+        return torch.where(self.allowed().to(logits.device), logits, float("-inf"))
 
     def accept(self, token: int) -> None:
         if token in self.stop_ids:
