@@ -337,8 +337,9 @@ class CallDeltas:
     """One streamed chat choice with tools: its text in, OpenAI's deltas out. Content goes out as
     it comes, but for an end that could begin a call (held back until it is known); each call
     goes out once its </tool_call> is in, read by tools/calls.py's parse_reply: a delta with its
-    index, id, type and name, then one with its arguments. Text whose calls do not read (a call
-    cut by max_tokens) goes out as content at the end, as parse_reply reads it."""
+    index, id, type and name, then one with its arguments. Text whose calls do not read goes out
+    as content at the end; so a reply whose last call max_tokens cut has its earlier calls sent as
+    calls here, where the whole response (parse_reply on the whole text) gives it all as content."""
 
     def __init__(self):
         self.text = ""
@@ -349,7 +350,8 @@ class CallDeltas:
     def push(self, piece: str) -> list[dict]:
         self.text += piece
         if CALL_OPEN not in self.text:
-            return self._content_upto(len(self.text) - _held_back(self.text, "\n" + CALL_OPEN))
+            held = max(_held_back(self.text, marker) for marker in ("\n" + CALL_OPEN, CALL_OPEN))
+            return self._content_upto(len(self.text) - held)
         if self.text.count(CALL_CLOSE) == self.closed:
             return []
         self.closed = self.text.count(CALL_CLOSE)
