@@ -37,7 +37,7 @@ from gptforge.tools.calls import parse_reply
 from gptforge.tools.structured import Constraint, compile_grammar, grammar_text
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-from helpers import schema_errors  # noqa: E402
+from helpers import schema_errors
 
 TOOLS = [
     {"type": "function", "function": {"name": "add", "parameters": {

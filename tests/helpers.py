@@ -295,9 +295,9 @@ def schema_errors(value, schema: dict, where: str = "$") -> list[str]:
             errors += schema_errors(item, schema.get("items", {}), f"{where}[{i}]")
     if isinstance(value, str) and not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)):
         errors.append(f"{where}: a string of {len(value)} characters")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < schema.get("minimum", value) or value > schema.get("maximum", value):
-            errors.append(f"{where}: {value} is out of range")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and not schema.get("minimum", value) <= value <= schema.get("maximum", value):
+        errors.append(f"{where}: {value} is out of range")
     return errors
 
 

@@ -235,7 +235,7 @@ class EvenTokens:
         self.accepted.append(token)
 
 
-@pytest.mark.parametrize("settings", [dict(temperature=0.0), dict(temperature=1.0, top_k=50, seed=7)])
+@pytest.mark.parametrize("settings", [{"temperature": 0.0}, {"temperature": 1.0, "top_k": 50, "seed": 7}])
 def test_a_constrained_row_beside_free_rows(model, settings):
     """The constraint masks its own row: its tokens keep to it, and it follows each one drawn;
     the free rows batched with it decode exactly as they do alone."""

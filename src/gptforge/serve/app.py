@@ -32,8 +32,17 @@ from ..model import GPT
 from ..tokenizer import tokenizer_of
 from ..tools.structured import Grammar, compile_grammar, grammar_text, require
 from .engine import Engine, QueueFull, Sampling, Sequence
-from .protocol import (ApiError, CallDeltas, ChatRequest, CompletionRequest, Reply, ResponseFormat, SamplingFields,
-                       parse, usage)
+from .protocol import (
+    ApiError,
+    CallDeltas,
+    ChatRequest,
+    CompletionRequest,
+    Reply,
+    ResponseFormat,
+    SamplingFields,
+    parse,
+    usage,
+)
 
 MAX_BODY_BYTES = 1 << 20  # far more text than any context we serve holds
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions

@@ -59,9 +59,10 @@ def _ll_tokenizer(tokenizer: Tokenizer):
     llg = require()
 
     class View:  # the duck type llguidance.TokenizerWrapper reads
-        eos_token_id, bos_token_id = tokenizer.eot_id, None
-        tokens = [tokenizer.decode_bytes([i]) for i in range(tokenizer.vocab_size)]
-        special_token_ids = sorted(tokenizer.special_tokens.values())
+        def __init__(self):
+            self.eos_token_id, self.bos_token_id = tokenizer.eot_id, None
+            self.tokens = [tokenizer.decode_bytes([i]) for i in range(tokenizer.vocab_size)]
+            self.special_token_ids = sorted(tokenizer.special_tokens.values())
 
         def __call__(self, text):
             return tokenizer.encode(text.decode("utf-8", "replace") if isinstance(text, bytes) else text)
