@@ -261,3 +261,53 @@ class WriteFaults:
         self.count += 1
         if self.count == self.fail_at:
             raise OSError(self.error, os.strerror(self.error))
+
+
+def schema_errors(value, schema: dict, where: str = "$") -> list[str]:
+    """Where `value` breaks `schema`: a small JSON Schema checker of its own (type, enum, const,
+    properties, required, additionalProperties, items, minItems/maxItems, minLength/maxLength,
+    minimum/maximum), independent of the library that constrains decoding. [] when it validates."""
+    kinds = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+    kind = schema.get("type")
+    if kind in ("integer", "number"):
+        ok = (isinstance(value, int) or (kind == "number" and isinstance(value, float))) and not isinstance(value, bool)
+    else:
+        ok = kind is None or isinstance(value, kinds[kind])
+    if not ok:
+        return [f"{where}: {value!r} is not of type {kind}"]
+    errors = []
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{where}: {value!r} is not one of {schema['enum']}")
+    if "const" in schema and value != schema["const"]:
+        errors.append(f"{where}: {value!r} is not {schema['const']!r}")
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        errors += [f"{where}: {key!r} is missing" for key in schema.get("required", []) if key not in value]
+        for key, item in value.items():
+            if key in properties:
+                errors += schema_errors(item, properties[key], f"{where}.{key}")
+            elif schema.get("additionalProperties", True) is False:
+                errors.append(f"{where}: {key!r} is not allowed")
+    if isinstance(value, list):
+        if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)):
+            errors.append(f"{where}: {len(value)} items")
+        for i, item in enumerate(value):
+            errors += schema_errors(item, schema.get("items", {}), f"{where}[{i}]")
+    if isinstance(value, str) and not schema.get("minLength", 0) <= len(value) <= schema.get("maxLength", len(value)):
+        errors.append(f"{where}: a string of {len(value)} characters")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and not schema.get("minimum", value) <= value <= schema.get("maximum", value):
+        errors.append(f"{where}: {value} is out of range")
+    return errors
+
+
+def random_tool_model(context_length: int = 512):
+    """A random gpt2-tiny whose tokenizer is GPT-2's plus the chat and tool tokens (a context long
+    enough for the tools' block in the system turn), ready to decode."""
+    from gptforge.model import prepare_for_decoding
+    from gptforge.model.vocab import grow_vocabulary
+    from gptforge.tokenizer import CHAT_TOKENS, TOOL_TOKENS
+
+    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=context_length), 50263).eval()
+    model.tokenizer = gpt2().with_special_tokens(CHAT_TOKENS + TOOL_TOKENS)
+    return prepare_for_decoding(model)

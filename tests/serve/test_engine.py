@@ -218,3 +218,43 @@ def test_a_row_whose_sampling_fails_fails_alone(model, broken):
         assert out.tokens == alone(model, ps[0], 5)
     finally:
         engine.stop()
+
+
+class EvenTokens:
+    """A constraint (the duck type of tools/structured.py's Constraint) that allows even tokens
+    only, and records the tokens it is told were drawn."""
+
+    def __init__(self):
+        self.accepted = []
+
+    def mask(self, logits):  # (1, V)
+        odd = torch.arange(logits.shape[-1]) % 2 == 1
+        return logits.masked_fill(odd, float("-inf"))
+
+    def accept(self, token):
+        self.accepted.append(token)
+
+
+@pytest.mark.parametrize("settings", [{"temperature": 0.0}, {"temperature": 1.0, "top_k": 50, "seed": 7}])
+def test_a_constrained_row_beside_free_rows(model, settings):
+    """The constraint masks its own row: its tokens keep to it, and it follows each one drawn;
+    the free rows batched with it decode exactly as they do alone."""
+    free_prompts = prompts(2, seed=5)
+    reference = []
+    for p in free_prompts:
+        engine = Engine(model, max_batch=4)
+        seq, out = sequence(p, max_tokens=12, **settings)
+        run_until_done(engine, [out], arrivals=[(0, [seq])])
+        reference.append(out.tokens)
+    assert any(t % 2 for tokens in reference for t in tokens)  # unconstrained, this model writes odd tokens
+
+    engine = Engine(model, max_batch=4)
+    constraint = EvenTokens()
+    constrained_out = Collect()
+    constrained = Sequence(prompts(1, seed=6)[0], Sampling(max_tokens=12, **settings), constrained_out, constraint)
+    free = [sequence(p, max_tokens=12, **settings) for p in free_prompts]
+    run_until_done(engine, [constrained_out] + [o for _, o in free],
+                   arrivals=[(0, [free[0][0]]), (1, [constrained]), (2, [free[1][0]])])
+    assert constrained_out.tokens and all(t % 2 == 0 for t in constrained_out.tokens)
+    assert constraint.accepted == constrained_out.tokens
+    assert [o.tokens for _, o in free] == reference

@@ -30,8 +30,19 @@ from ..errors import UserError
 from ..generate import TextPieces, token_bytes_of
 from ..model import GPT
 from ..tokenizer import tokenizer_of
+from ..tools.structured import Grammar, compile_grammar, grammar_text, require
 from .engine import Engine, QueueFull, Sampling, Sequence
-from .protocol import ApiError, ChatRequest, CompletionRequest, Reply, SamplingFields, parse, usage
+from .protocol import (
+    ApiError,
+    CallDeltas,
+    ChatRequest,
+    CompletionRequest,
+    Reply,
+    ResponseFormat,
+    SamplingFields,
+    parse,
+    usage,
+)
 
 MAX_BODY_BYTES = 1 << 20  # far more text than any context we serve holds
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
@@ -94,6 +105,37 @@ class Service:
                            param=fields[1], code="context_length_exceeded", details=sizes)
         return requested if requested is not None else min(default or room, room)
 
+    def grammar(self, response_format: ResponseFormat | None, tools: list[dict] | None = None,
+                tool_mode: tuple[str, str | None] = ("auto", None), parallel: bool = True) -> Grammar | None:
+        """What a reply must keep to (tools/structured.py): JSON per the response_format, calls to
+        the tools as tool_mode says; None when neither is asked for."""
+        schema = response_format.schema() if response_format is not None else None
+        if schema is None and not tools:
+            return None
+        try:
+            require()
+        except UserError as e:
+            raise ApiError(400, str(e), param="tools" if tools else "response_format") from None
+        tokenizer = tokenizer_of(self.model)
+        if schema is not None:  # the JSON alone first, so that an error in its schema is named as such
+            grammar = self._compiled(grammar_text(tokenizer, json_schema=schema, json_content=True), "response_format")
+        if tools:
+            text = grammar_text(tokenizer, tools, *tool_mode, parallel, schema, json_content=schema is not None)
+            try:
+                grammar = self._compiled(text, "tools")
+            except ApiError:  # name the tool whose schema it is
+                for i, tool in enumerate(tools):
+                    self._compiled(grammar_text(tokenizer, json_schema=tool["function"].get("parameters"),
+                                                json_content=True), f"tools[{i}].function.parameters")
+                raise
+        return grammar
+
+    def _compiled(self, text: str, param: str) -> Grammar:
+        try:
+            return compile_grammar(tokenizer_of(self.model), text, self.model.config.vocab_size)
+        except ValueError as e:  # a schema it cannot enforce
+            raise ApiError(400, f"invalid '{param}': {e}", param=param) from None
+
 
 @dataclass
 class Prepared:
@@ -103,17 +145,19 @@ class Prepared:
     prompts: list[list[int]]
     budgets: list[int]  # max_tokens of each prompt
     stops: frozenset[int]  # token ids that end an answer
+    grammar: Grammar | None = None  # what every answer keeps to
+    tools: bool = False  # answers may hold tool calls
 
     def run(self, service: Service) -> Run:
-        return Run(service, self.prompts, self.request, self.budgets, self.stops)
+        return Run(service, self.prompts, self.request, self.budgets, self.stops, self.grammar, self.tools)
 
 
 class Run:
     """One request's sequences (n per prompt) in the engine, and their text as it becomes final."""
 
     def __init__(self, service: Service, prompts: list[list[int]], fields: SamplingFields,
-                 max_tokens: list[int], stops: frozenset[int]):
-        self.service, self.prompts = service, prompts
+                 max_tokens: list[int], stops: frozenset[int], grammar: Grammar | None = None, tools: bool = False):
+        self.service, self.prompts, self.tools = service, prompts, tools
         self.events: asyncio.Queue = asyncio.Queue()
         self.stop_strings = fields.stop_strings()
         loop = asyncio.get_running_loop()
@@ -125,7 +169,8 @@ class Run:
                                     top_k=fields.top_k or None, top_p=fields.top_p,
                                     seed=None if fields.seed is None else (fields.seed + j) % 2**64,
                                     stop_ids=stops)
-                self.sequences.append(Sequence(ids, sampling, self._emitter(loop, len(self.sequences))))
+                constraint = grammar.constraint(stops) if grammar is not None else None
+                self.sequences.append(Sequence(ids, sampling, self._emitter(loop, len(self.sequences)), constraint))
         self.tokens = [0] * len(self.sequences)
 
     def _emitter(self, loop: asyncio.AbstractEventLoop, index: int):
@@ -215,9 +260,13 @@ async def _stream(run: Run, reply: Reply, include_usage: bool):
         if reply.chat:  # OpenAI opens each chat choice with its role
             yield _sse(reply.chunk([reply.choice(i, "", None, chunk=True, first=True)
                                     for i in range(len(run.sequences))]))
+        calls = [CallDeltas() for _ in run.sequences] if run.tools else None
         try:
             async for index, text, reason in run.updates():
-                if text or reason:
+                if calls is not None:
+                    for chunk in _call_chunks(reply, index, calls[index], text, reason):
+                        yield _sse(chunk)
+                elif text or reason:
                     yield _sse(reply.chunk([reply.choice(index, text, reason, chunk=True)]))
         except ApiError as e:
             yield _sse(e.body())
@@ -227,6 +276,17 @@ async def _stream(run: Run, reply: Reply, include_usage: bool):
         yield "data: [DONE]\n\n"
     finally:
         run.cancel()
+
+
+def _call_chunks(reply: Reply, index: int, calls: CallDeltas, text: str, reason: str | None) -> list[dict]:
+    """The chunks of one choice's new text when it may hold tool calls: its deltas, then at the
+    end an empty delta with the finish reason ("tool_calls" for a reply that ended on its calls)."""
+    deltas = calls.push(text) + (calls.finish() if reason else [])
+    chunks = [reply.chunk([reply.delta(index, delta)]) for delta in deltas]
+    if reason:
+        reason = "tool_calls" if reason == "stop" and calls.calls else reason
+        chunks.append(reply.chunk([reply.delta(index, {}, reason)]))
+    return chunks
 
 
 async def _until_disconnected(request: Request) -> None:
@@ -257,7 +317,7 @@ async def _respond(request: Request, run: Run, reply: Reply, fields: SamplingFie
     if work.cancelled():
         return Response(status_code=499)  # nobody is there to read it
     work.result()  # raises the ApiError the generation ended with, if any
-    return JSONResponse(reply.complete(texts, reasons, run.usage()))
+    return JSONResponse(reply.complete(texts, reasons, run.usage(), tools=run.tools))
 
 
 def build_app(service: Service) -> Starlette:
@@ -275,7 +335,7 @@ def build_app(service: Service) -> Starlette:
         tokenizer = tokenizer_of(service.model)
         prompts = [tokenizer.encode_prompt(t) for t in texts]
         budgets = [service.budget(len(p), req.max_tokens, DEFAULT_COMPLETION_TOKENS) for p in prompts]
-        return Prepared(req, prompts, budgets, stop_ids(service.model, chat=False))
+        return Prepared(req, prompts, budgets, stop_ids(service.model, chat=False), service.grammar(req.response_format))
 
     def prepare_chat(body: bytes) -> Prepared:
         req = parse(ChatRequest, body)
@@ -284,12 +344,16 @@ def build_app(service: Service) -> Starlette:
             raise ApiError(400, f"'{service.name}' is a base model without a chat template: use /v1/completions",
                            param="messages")
         service.check_fits_queue(1, req.n or 1)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in req.messages]
-        prompt = chat_prompt(service.model, messages)
+        tools = req.tool_list()
+        messages = req.conversation(tools)
+        try:
+            prompt = chat_prompt(service.model, messages, tools)
+        except ValueError as e:  # a model not fine-tuned for tools: its tokenizer has no tool tokens
+            raise ApiError(400, f"'{service.name}' cannot take tools: {e}", param="tools" if tools else "messages") from None
         field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         budget = service.budget(len(prompt), getattr(req, field), None, ("messages", field))
-        return Prepared(req, [prompt], [budget], stop_ids(service.model, chat=True))
+        grammar = service.grammar(req.response_format, tools, req.tool_mode(), req.parallel_tool_calls is not False)
+        return Prepared(req, [prompt], [budget], stop_ids(service.model, chat=True), grammar, bool(tools))
 
     async def completions(request: Request):
         service.authorize(request)

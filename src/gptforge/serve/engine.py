@@ -60,7 +60,7 @@ class Sequence:
     engine's thread: (token, None) for each new token, then once (None, reason), reason being
     "stop", "length", "cancelled" or "error"."""
 
-    def __init__(self, prompt: list[int], sampling: Sampling, emit: Emit):
+    def __init__(self, prompt: list[int], sampling: Sampling, emit: Emit, constraint=None):
         check_sampling_args(sampling.temperature, sampling.top_k, sampling.top_p, sampling.max_tokens,
                             sampling.seed)
         if not prompt:
@@ -74,6 +74,9 @@ class Sequence:
         self.finish_reason: str | None = None
         self.cancelled = False  # set from any thread; the engine acts on it before its next step
         self.generator: torch.Generator | None = None
+        # A grammar this row's tokens keep to (tools/structured.py's Constraint: tool calls, JSON),
+        # or None. It masks only this row's logits, so the rows beside it decode as if alone.
+        self.constraint = constraint
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -234,7 +237,11 @@ class Engine:
             if seq.generator is None:
                 seed = s.seed if s.seed is not None else secrets.randbits(63)
                 seq.generator = torch.Generator(device=self.device).manual_seed(seed)
+            if seq.constraint is not None:
+                logits = seq.constraint.mask(logits)
             token = int(sample_next(logits, s.temperature, s.top_k, s.top_p, seq.generator)[0])
+            if seq.constraint is not None:
+                seq.constraint.accept(token)
         except Exception:
             traceback.print_exc(file=sys.stderr)
             seq.finish("error")

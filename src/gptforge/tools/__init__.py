@@ -5,4 +5,5 @@
     calculator.py  exact arithmetic on `ast`, bounded, never eval
     clock.py       today's date and time, and date arithmetic
     registry.py    tools as (schema, function): the built-in ones, a user's module, running a call
+    structured.py  valid calls and JSON by construction: a reply's grammar, a per-row logit mask (llguidance)
 """
