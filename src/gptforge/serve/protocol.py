@@ -161,6 +161,7 @@ class Reply:
 
     def __init__(self, model: str, chat: bool):
         self.model, self.chat = model, chat
+        self.extra: dict = {}  # fields beside the choices (e.g. "sources"): in the completion and the first chunk
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
@@ -179,7 +180,7 @@ class Reply:
 
     def complete(self, texts: list[str], reasons: list[str], usage: dict) -> dict:
         choices = [self.choice(i, t, r, chunk=False) for i, (t, r) in enumerate(zip(texts, reasons))]
-        return {**self._envelope(False, choices), "usage": usage}
+        return {**self._envelope(False, choices), **self.extra, "usage": usage}
 
     def chunk(self, choices: list[dict], usage: dict | None = None) -> dict:
         out = self._envelope(True, choices)

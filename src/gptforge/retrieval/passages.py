@@ -1,0 +1,49 @@
+"""Retrieved chunks as the passages a chat prompt carries (`ask`, `chat --index`, `serve --index`):
+{"source", "text"} dicts, most relevant first, as the chat template's context block renders them,
+with where each came from for the answer's list of sources."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from ..errors import UserError
+from .index import connect
+from .search import Hit, search
+
+
+def shown_path(path: str) -> str:
+    """A path as the user would type it: relative to the current folder when it is inside it."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def passage(hit: Hit) -> dict:
+    """One hit as a passage: its source is file:lines (pages for a PDF), as `index search` shows it."""
+    lines = hit.where.rsplit(":", 1)[1]
+    return {"source": f"{shown_path(hit.path)}:{lines}", "text": hit.text.strip(), "path": hit.path,
+            "lines": lines, "score": hit.score, "chunk_id": hit.chunk_id}
+
+
+def retriever(folder, k: int = 4, embedder=None) -> Callable[[str], list[dict]]:
+    """A function from a question to the passages of its `k` best chunks in the index at `folder`
+    (checked now: a missing index is a UserError before any question). A question without a word
+    to search for gets none."""
+    if not isinstance(k, int) or k < 1:
+        raise UserError(f"-k must be a positive integer, got {k}")
+    connect(folder).close()
+
+    def retrieve(question: str) -> list[dict]:
+        try:
+            return [passage(hit) for hit in search(folder, question, k)]
+        except UserError:  # no words in the question: nothing to look up, the model answers alone
+            return []
+
+    return retrieve
+
+
+def sources(passages: list[dict]) -> list[dict]:
+    """The passages as the server returns them beside its choices: their number in the prompt,
+    file, lines and score (no text: the client has the index's files)."""
+    return [{"index": n, "source": p["source"], "path": p["path"], "lines": p["lines"], "score": p["score"]}
+            for n, p in enumerate(passages, 1)]
