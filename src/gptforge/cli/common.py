@@ -179,11 +179,12 @@ def retriever_from_args(args: argparse.Namespace, model):
     from ..chat import has_chat
     from ..errors import UserError
 
+    from ..retrieval.passages import retriever
+
     if not args.index:
         return None
+    retrieve = retriever(args.index, args.passages)  # a missing index first: the model is not the mistake
     if not has_chat(model):
         raise UserError("--index needs a chat model (one with a chat template): the passages go into its "
                         "system turn; fine-tune a base model first (gptforge finetune)")
-    from ..retrieval.passages import retriever
-
-    return retriever(args.index, args.passages)
+    return retrieve
