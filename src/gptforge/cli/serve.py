@@ -1,5 +1,5 @@
 """`gptforge serve`: Serve a model over HTTP: an OpenAI-compatible API (/v1/completions,
-/v1/chat/completions with streaming, /v1/models, /health) and a web chat page at /. Concurrent
+/v1/chat/completions with streaming, /v1/embeddings, /v1/models, /health) and a web chat page at /. Concurrent
 requests are decoded together (continuous batching). Listens on 127.0.0.1 unless --host says
 otherwise; Ctrl-C or SIGTERM stops it. With --index DIR, each chat request's last user message
 retrieves its best passages into the prompt, and the response lists them in "sources"."""

@@ -25,17 +25,31 @@ def passage(hit: Hit) -> dict:
             "lines": lines, "score": hit.score, "chunk_id": hit.chunk_id}
 
 
-def retriever(folder, k: int = 4, embedder=None) -> Callable[[str], list[dict]]:
+def index_embedder(folder):
+    """The embedder an index was built with (loaded: a model, a URL, a folder), or None."""
+    from .embed import embedder_of
+    from .index import read_meta
+
+    db = connect(folder)
+    try:
+        record = read_meta(db).get("embedder")
+    finally:
+        db.close()
+    return embedder_of(record) if record else None
+
+
+def retriever(folder, k: int = 4, mode: str = "hybrid") -> Callable[[str], list[dict]]:
     """A function from a question to the passages of its `k` best chunks in the index at `folder`
-    (checked now: a missing index is a UserError before any question). A question without a word
-    to search for gets none."""
+    (hybrid when the index has vectors, see search()); the index and its embedder are checked and
+    loaded now, so a missing index is a UserError before any question. A question without a word
+    to search for (and no vectors) gets none."""
     if not isinstance(k, int) or k < 1:
         raise UserError(f"-k must be a positive integer, got {k}")
-    connect(folder).close()
+    embedder = index_embedder(folder)
 
     def retrieve(question: str) -> list[dict]:
         try:
-            return [passage(hit) for hit in search(folder, question, k)]
+            return [passage(hit) for hit in search(folder, question, k, embedder, mode)]
         except UserError:  # no words in the question: nothing to look up, the model answers alone
             return []
 

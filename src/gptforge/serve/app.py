@@ -31,6 +31,7 @@ from ..errors import UserError
 from ..generate import TextPieces, token_bytes_of
 from ..model import GPT
 from ..tokenizer import tokenizer_of
+from .embeddings import embeddings as embeddings_response
 from .engine import Engine, QueueFull, Sampling, Sequence
 from .protocol import ApiError, ChatRequest, CompletionRequest, Reply, SamplingFields, parse, usage
 
@@ -308,6 +309,11 @@ def build_app(service: Service) -> Starlette:
         reply.extra = ready.extra
         return await _respond(request, ready.run(service), reply, ready.request)
 
+    async def embeddings(request: Request):
+        service.authorize(request)
+        body = await _body(request)
+        return JSONResponse(await anyio.to_thread.run_sync(embeddings_response, service, body))
+
     async def models(request: Request):
         service.authorize(request)
         return JSONResponse({"object": "list", "data": [service.card()]})
@@ -335,7 +341,8 @@ def build_app(service: Service) -> Starlette:
     routes = [Route("/", page), Route("/health", health), Route("/v1/models", models),
               Route("/v1/models/{name:path}", model),
               Route("/v1/completions", completions, methods=["POST"]),
-              Route("/v1/chat/completions", chat_completions, methods=["POST"])]
+              Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+              Route("/v1/embeddings", embeddings, methods=["POST"])]
     handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     return Guard(BodyLimit(app, MAX_BODY_BYTES), check_host=service.api_key is None)

@@ -122,6 +122,14 @@ class ChatRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
 
 
+class EmbeddingRequest(_Strict):
+    """/v1/embeddings: texts (plain text, never special tokens) or token ids to embed."""
+
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
 def parse(cls: type[_Strict], body: bytes) -> _Strict:
     """The request object, or an ApiError(400) naming the first problem and its field."""
     try:
@@ -144,7 +152,7 @@ def parse(cls: type[_Strict], body: bytes) -> _Strict:
 def _param(loc: tuple) -> str | None:
     """A field's path as OpenAI writes it ("messages[0].content"), without the union-member tags
     ("str", "list[str]") pydantic adds to the location."""
-    fields = {name for cls in (CompletionRequest, ChatRequest, Message, TextPart, StreamOptions)
+    fields = {name for cls in (CompletionRequest, ChatRequest, Message, TextPart, StreamOptions, EmbeddingRequest)
               for name in cls.model_fields}
     path = ""
     for part in loc:
