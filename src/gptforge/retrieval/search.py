@@ -55,15 +55,15 @@ def _bm25_rows(db, query: str, n: int) -> list[tuple]:
         "WHERE chunks_fts MATCH ? ORDER BY bm25(chunks_fts), c.id LIMIT ?", (fts_query(query), n)).fetchall()
 
 
-def nearest(db, vector: np.ndarray, n: int) -> list[tuple[float, int]]:
+def nearest(db, vector: np.ndarray, n: int, block: int = SCAN_ROWS) -> list[tuple[float, int]]:
     """(cosine, chunk id) of the `n` chunks whose vectors are nearest `vector` (unit length), best
     first: a scan of the vectors in blocks, keeping the best n so far."""
     best_scores, best_ids = np.zeros(0, np.float32), np.zeros(0, np.int64)
     cursor = db.execute("SELECT chunk_id, vector FROM vectors ORDER BY chunk_id")
-    while rows := cursor.fetchmany(SCAN_ROWS):
+    while rows := cursor.fetchmany(block):
         ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-        block = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
-        best_scores = np.concatenate([best_scores, block @ vector])
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)  # (rows, dim)
+        best_scores = np.concatenate([best_scores, matrix @ vector])
         best_ids = np.concatenate([best_ids, ids])
         if len(best_scores) > n:
             keep = np.argpartition(-best_scores, n)[:n]
