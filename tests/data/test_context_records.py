@@ -58,7 +58,7 @@ def test_records_without_context_encode_as_before(tmp_path, tokenizer):
 
 def test_a_long_context_that_crowds_out_the_answer_drops_the_example(tmp_path, tokenizer):
     long = {**CHAT, "context": [{"source": "a.md:1", "text": "word " * 200}]}
-    encoded, truncated, dropped = encode_examples(examples_of(tmp_path, long, CHAT), tokenizer, "chatml", 128)
+    encoded, _, dropped = encode_examples(examples_of(tmp_path, long, CHAT), tokenizer, "chatml", 128)
     assert len(encoded) == 1 and dropped == 1  # the long one: its answer is cut off
 
 

@@ -11,8 +11,22 @@ import sys
 
 from .. import __version__
 from ..errors import UserError, one_line
-from . import (ask, bench, chat, convert, evaluate, finetune, generate, index, plot, prepare, runs, serve, tokenizer,
-               train)
+from . import (
+    ask,
+    bench,
+    chat,
+    convert,
+    evaluate,
+    finetune,
+    generate,
+    index,
+    plot,
+    prepare,
+    runs,
+    serve,
+    tokenizer,
+    train,
+)
 from .common import Parser
 
 # in the order --help lists them

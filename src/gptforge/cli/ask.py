@@ -6,8 +6,14 @@ with their file and lines."""
 from __future__ import annotations
 
 from ..config import DTYPES
-from .common import (add_device, add_index_flags, add_model_source, add_sampling_flags, model_from_args,
-                     retriever_from_args)
+from .common import (
+    add_device,
+    add_index_flags,
+    add_model_source,
+    add_sampling_flags,
+    model_from_args,
+    retriever_from_args,
+)
 
 NAME = "ask"
 HELP = "answer one question from your documents (an index), with its sources"
@@ -27,8 +33,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import sys
 
-    from ..checks import require_int
     from ..chat import sources_lines
+    from ..checks import require_int
     from ..generate import check_sampling_args
     from ..retrieval.ask import question_prompt, stream_answer
 

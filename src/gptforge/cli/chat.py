@@ -7,8 +7,14 @@ passages from an index of your documents into the prompt and lists their sources
 from __future__ import annotations
 
 from ..config import DTYPES
-from .common import (add_device, add_index_flags, add_model_source, add_sampling_flags, model_from_args,
-                     retriever_from_args)
+from .common import (
+    add_device,
+    add_index_flags,
+    add_model_source,
+    add_sampling_flags,
+    model_from_args,
+    retriever_from_args,
+)
 
 NAME = "chat"
 HELP = "talk to a model in the terminal"

@@ -178,7 +178,6 @@ def retriever_from_args(args: argparse.Namespace, model):
     template cannot read passages, which is one line of error."""
     from ..chat import has_chat
     from ..errors import UserError
-
     from ..retrieval.passages import retriever
 
     if not args.index:
