@@ -81,3 +81,17 @@ def test_a_message_without_words_retrieves_nothing(served):
     body = {"model": "docs", "messages": [{"role": "user", "content": "?!"}], "max_tokens": 2}
     out = httpx.post(url + "/v1/chat/completions", json=body, timeout=60).json()
     assert out["sources"] == [] and out["choices"][0]["message"]["role"] == "assistant"
+
+
+def test_an_index_that_breaks_while_serving_is_an_openai_error(served):
+    from gptforge.errors import UserError
+
+    def broken(question):
+        raise UserError("no index at /gone")
+
+    _, model, _ = served
+    with serving(model, "docs", retrieve=broken) as (url, _):
+        body = {"model": "docs", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 2}
+        response = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 500
+    assert response.json()["error"]["message"] == "the index could not be searched: no index at /gone"

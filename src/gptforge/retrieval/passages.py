@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from ..errors import UserError
 from .index import connect
-from .search import Hit, search
+from .search import Hit, has_words, search
 
 
 def shown_path(path: str) -> str:
@@ -48,10 +48,9 @@ def retriever(folder, k: int = 4, mode: str = "hybrid") -> Callable[[str], list[
     embedder = index_embedder(folder)
 
     def retrieve(question: str) -> list[dict]:
-        try:
-            return [passage(hit) for hit in search(folder, question, k, embedder, mode)]
-        except UserError:  # no words in the question: nothing to look up, the model answers alone
+        if embedder is None and not has_words(question):  # nothing to look up: the model answers alone
             return []
+        return [passage(hit) for hit in search(folder, question, k, embedder, mode)]
 
     return retrieve
 

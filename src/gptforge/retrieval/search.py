@@ -37,6 +37,11 @@ class Hit:
         return f"{self.path}:{'p' if self.kind == 'pdf' else ''}{span}"
 
 
+def has_words(query: str) -> bool:
+    """Whether BM25 has anything to look for in `query`."""
+    return WORD.search(query) is not None
+
+
 def fts_query(query: str) -> str:
     """The FTS5 expression that matches chunks holding any word of `query`."""
     words = dict.fromkeys(WORD.findall(query.lower()))

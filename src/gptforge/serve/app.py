@@ -356,7 +356,10 @@ def _retrieved_prompt(service: Service, messages: list[dict], req: ChatRequest) 
     from ..retrieval.passages import sources
 
     question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    passages = service.retrieve(question) if question.strip() else []
+    try:
+        passages = service.retrieve(question) if question.strip() else []
+    except UserError as e:  # the index went missing or broke while serving
+        raise ApiError(500, f"the index could not be searched: {e}", type="server_error") from None
     room = req.max_completion_tokens or req.max_tokens or service.context // 4
     prompt, passages = fit_passages(service.model, messages, passages, service.context - room)
     return prompt, {"sources": sources(passages)}
