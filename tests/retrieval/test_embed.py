@@ -140,3 +140,12 @@ def test_a_missing_embedder_is_one_line(tmp_path):
 def test_sentence_transformers_without_the_package_is_one_line(tmp_path):
     with pytest.raises(UserError, match="pip install sentence-transformers"):
         load_embedder(f"st:{tmp_path}")
+
+
+def test_chunks_longer_than_the_models_context_are_said_once(docs, tmp_path):
+    lines = []
+    short = ModelEmbedder(random_gpt(2, context_length=8, vocab_size=50257).eval(), "short")
+    add_paths(tmp_path / "index", [docs], progress=False, embedder=short, warn=lines.append)
+    # the three chunks: 15, 9 and 8 GPT-2 tokens
+    assert lines == ["2 chunks were longer than the embedder's context: each vector is of its first 8 tokens "
+                     "(a smaller --chunk-tokens avoids it)"]

@@ -62,10 +62,13 @@ class ModelEmbedder:
 
         self.model, self.tokenizer = model, tokenizer_of(model)
         self.record = {"kind": "model", "source": source}
+        self.cut = 0  # texts cut to the context so far
 
     def embed(self, texts: list[str]) -> np.ndarray:
         context = self.model.config.context_length
-        rows = [self.tokenizer.encode(t)[:context] or [self.tokenizer.eot_id] for t in texts]
+        rows = [self.tokenizer.encode(t) or [self.tokenizer.eot_id] for t in texts]
+        self.cut += sum(len(r) > context for r in rows)
+        rows = [r[:context] for r in rows]
         out = [pooled_states(self.model, rows[i:i + BATCH]) for i in range(0, len(rows), BATCH)]
         return unit_rows(np.concatenate(out) if out else np.zeros((0, self.model.config.emb_dim)))
 

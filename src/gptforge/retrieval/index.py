@@ -249,6 +249,9 @@ def add_paths(folder: str | Path, paths: list[str | Path], chunk_tokens: int | N
         db.close()
     for path, why in report.skipped:
         warn(f"skipped {path}: {why}")
+    if getattr(embedder, "cut", 0):
+        warn(f"{embedder.cut} chunks were longer than the embedder's context: each vector is of its first "
+             f"{embedder.model.config.context_length} tokens (a smaller --chunk-tokens avoids it)")
     return report
 
 
