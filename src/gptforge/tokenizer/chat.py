@@ -42,6 +42,10 @@ TOOLS_OUTRO = ("\n</tools>\n\nTo call a function, answer with a tool call holdin
                "one another in the same answer. Each result comes back in a tool turn.")
 
 
+# The system turn's context block (retrieval): the passages, numbered from [1], most relevant first,
+# each under its source. Plain text in every tokenizer, like the tool block.
+CONTEXT_INTRO = "# Documents\n\nAnswer from these passages, most relevant first; cite a passage by its number, as [1]."
+
 
 def _jinja_string(text: str) -> str:
     """`text` as a single-quoted Jinja string literal."""
@@ -51,18 +55,26 @@ def _jinja_string(text: str) -> str:
 # The same template for transformers (tokenizer_config.json's "chat_template") and llama.cpp's
 # --jinja (the GGUF's tokenizer.chat_template). `tojson` is Python's json.dumps with
 # ensure_ascii=False in both, as tool_json below; arguments given as a JSON string go in as written.
+# Retrieved passages come as `documents` ({"source", "text"} each: transformers' apply_chat_template
+# passes its documents= argument through).
 CHAT_TEMPLATE_JINJA = (
-    "{%- if tools %}"
+    "{%- if tools or documents %}"
     "{{- '<|im_start|>system\\n' }}"
     "{%- if messages[0]['role'] == 'system' and messages[0]['content'] %}"
     "{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}"
+    "{%- if documents %}{{- " + _jinja_string(CONTEXT_INTRO) + " }}"
+    "{%- for doc in documents %}"
+    "{{- '\\n\\n[' + (loop.index | string) + '] ' + doc['source'] + '\\n' + doc['text'] }}"
+    "{%- endfor %}{%- if tools %}{{- '\\n\\n' }}{%- endif %}{%- endif %}"
+    "{%- if tools %}"
     "{{- " + _jinja_string(TOOLS_INTRO) + " }}"
     "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
     "{{- " + _jinja_string(TOOLS_OUTRO) + " }}"
+    "{%- endif %}"
     "{{- '<|im_end|>\\n' }}"
     "{%- endif %}"
     "{%- for message in messages %}"
-    "{%- if tools and loop.first and message['role'] == 'system' %}"
+    "{%- if (tools or documents) and loop.first and message['role'] == 'system' %}"
     "{%- elif message['role'] == 'tool' %}"
     "{{- '<|im_start|>tool\\n<tool_response>\\n' + message['content'] + '\\n</tool_response><|im_end|>\\n' }}"
     "{%- elif message['role'] == 'assistant' and message['tool_calls'] is defined and message['tool_calls'] %}"
@@ -135,11 +147,6 @@ def call_text(call: dict) -> str:
     arguments = function["arguments"]
     arguments = arguments if isinstance(arguments, str) else tool_json(arguments)
     return f'{{"name": {tool_json(function["name"])}, "arguments": {arguments}}}'
-
-
-# The system turn's context block (retrieval): the passages, numbered from [1], most relevant first,
-# each under its source. Plain text in every tokenizer, like the tool block.
-CONTEXT_INTRO = "# Documents\n\nAnswer from these passages, most relevant first; cite a passage by its number, as [1]."
 
 
 def context_text(context: list[dict]) -> str:
