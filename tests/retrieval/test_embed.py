@@ -149,3 +149,12 @@ def test_chunks_longer_than_the_models_context_are_said_once(docs, tmp_path):
     # the three chunks: 15, 9 and 8 GPT-2 tokens
     assert lines == ["2 chunks were longer than the embedder's context: each vector is of its first 8 tokens "
                      "(a smaller --chunk-tokens avoids it)"]
+
+
+def test_an_embedder_whose_vectors_changed_size_is_refused(model, docs, tmp_path):
+    add_paths(tmp_path / "index", [docs], progress=False, embedder=ModelEmbedder(model, "m"))
+    wider = ModelEmbedder(random_gpt(2, context_length=64, vocab_size=50257, emb_dim=32).eval(), "m")
+    write(docs / "new.txt", "A new note.\n")
+    with pytest.raises(UserError, match="1 vectors of 32 dimensions for 1 chunks \\(the index's vectors have 64\\)"):
+        add_paths(tmp_path / "index", [docs], progress=False, embedder=wider)
+    assert len(stored(tmp_path / "index")) == 3  # the add was rolled back

@@ -142,13 +142,17 @@ def _resolve_embedder(db: sqlite3.Connection, folder: Path, asked):
 
 
 def embed_missing(db: sqlite3.Connection, embedder, batch: int = 256) -> int:
-    """Give every chunk without a vector one; returns how many."""
-    done, dim = 0, None
+    """Give every chunk without a vector one; returns how many. Every vector has the first one's
+    length (an embedder whose vectors changed size is refused)."""
+    done = 0
+    stored = db.execute("SELECT length(vector) FROM vectors LIMIT 1").fetchone()
+    dim = stored[0] // 4 if stored else None  # float32
     while rows := db.execute("SELECT c.id, c.text FROM chunks c LEFT JOIN vectors v ON v.chunk_id = c.id "
                              "WHERE v.chunk_id IS NULL ORDER BY c.id LIMIT ?", (batch,)).fetchall():
         vectors = embedder.embed([text for _, text in rows])
         if len(vectors) != len(rows) or (dim is not None and vectors.shape[1] != dim):
-            raise UserError(f"the embedder gave {vectors.shape} vectors for {len(rows)} chunks")
+            raise UserError(f"the embedder gave {len(vectors)} vectors of {vectors.shape[1]} dimensions for "
+                            f"{len(rows)} chunks (the index's vectors have {dim})")
         dim = vectors.shape[1]
         db.executemany("INSERT INTO vectors VALUES (?, ?)",
                        [(i, v.astype(np.float32).tobytes()) for (i, _), v in zip(rows, vectors)])
