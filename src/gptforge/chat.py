@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TextIO
@@ -30,12 +30,33 @@ def has_chat(model: GPT) -> bool:
     return has_chat_template(tokenizer_of(model))
 
 
-def chat_prompt(model: GPT, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+def chat_prompt(model: GPT, messages: list[dict], tools: list[dict] | None = None,
+                context: list[dict] | None = None) -> list[int]:
     """The ids of a conversation (role/content dicts) ending with the assistant's generation prompt,
-    with the tools it may call (OpenAI's tool objects). Contents are plain text: typing a chat
-    token's text never makes the token."""
-    ids, _ = render(messages, tokenizer_of(model), add_generation_prompt=True, tools=tools)
+    with the tools it may call (OpenAI's tool objects) and the passages it may read ({"source",
+    "text"}, in the system turn). Contents are plain text: typing a chat token's text never makes
+    the token."""
+    ids, _ = render(messages, tokenizer_of(model), add_generation_prompt=True, tools=tools, context=context)
     return list(ids)
+
+
+def fit_passages(model: GPT, messages: list[dict], passages: list[dict], limit: int,
+                 tools: list[dict] | None = None) -> tuple[list[int], list[dict]]:
+    """(prompt ids, the passages in it): the most relevant passages (a prefix of `passages`, the
+    last one cut short where that is enough) whose chat_prompt holds at most `limit` tokens; none
+    when even the first would not fit (the caller decides whether the prompt alone fits)."""
+    tokenizer = tokenizer_of(model)
+    kept = list(passages)
+    while True:
+        ids = chat_prompt(model, messages, tools, kept or None)
+        over = len(ids) - limit
+        if over <= 0 or not kept:
+            return ids, kept
+        text_ids = tokenizer.encode(kept[-1]["text"])
+        if len(text_ids) > over + 16:  # a useful part of it still fits: cut it (the rest re-counted next round)
+            kept[-1] = {**kept[-1], "text": tokenizer.decode(text_ids[:len(text_ids) - over])}
+        else:
+            kept.pop()
 
 
 def stop_ids(model: GPT, chat: bool) -> frozenset[int]:
@@ -74,8 +95,10 @@ class Conversation:
     `answer_room` tokens left for the answer."""
 
     def __init__(self, model: GPT, system: str | None = None, answer_room: int = 256,
-                 tools: list[dict] | None = None):
+                 tools: list[dict] | None = None, retrieve: Callable[[str], list[dict]] | None = None):
         self.model, self.system, self.tools = model, system, tools or None
+        # retrieve: a user message -> the passages for its answer (prompt() calls it each turn)
+        self.retrieve, self.passages = retrieve, []
         self.context = model.config.context_length
         self.room = min(answer_room, self.context // 2)
         self.turns: list[dict] = []
@@ -90,6 +113,8 @@ class Conversation:
         """The ids for the conversation followed by user message `text`, and the number of earlier
         messages dropped (for good) to fit. Raises UserError if the message alone does not fit."""
         self.turns.append({"role": "user", "content": text})
+        if self.retrieve is not None:
+            self.passages = self.retrieve(text)
         try:
             return self.fitting_prompt()
         except UserError:
@@ -101,12 +126,15 @@ class Conversation:
         dropped to fit (each from a user message up to the next one), and how many messages went."""
         dropped = 0
         while True:
-            ids = chat_prompt(self.model, self._messages(), self.tools)
+            ids = chat_prompt(self.model, self._messages(), self.tools, self.passages or None)
             later_users = [i for i, t in enumerate(self.turns) if t["role"] == "user" and i > 0]
             if len(ids) + self.room <= self.context or not later_users:
                 break
             del self.turns[:later_users[0]]  # the oldest question, its calls, results and answer
             dropped += later_users[0]
+        if self.passages and len(ids) + self.room > self.context:  # the passages give way after the history
+            ids, self.passages = fit_passages(self.model, self._messages(), self.passages,
+                                              self.context - self.room, self.tools)
         if len(ids) >= self.context:
             raise UserError(f"that message is too long: with the system prompt it takes {len(ids)} tokens, "
                             f"and the model's context holds {self.context}")
@@ -146,6 +174,9 @@ class ChatSettings:
     """The local tools the model may call (chat models with the tool tokens)."""
     max_tool_rounds: int = 5
     """The most rounds of calls (calls, results, the model again) in one answer."""
+    retrieve: Callable[[str], list[dict]] | None = None
+    """Passages for a message ({"source", "text"}, most relevant first; `--index`): each turn's go
+    into its system turn, and their sources are listed after the answer."""
 
 
 HELP = "commands: /reset (new conversation), /system TEXT (set the system prompt), /exit; Ctrl-C stops an answer"
@@ -205,7 +236,7 @@ def _converse(model: GPT, settings: ChatSettings, read, out: TextIO, ctrl_c: Ctr
     chat = has_chat(model)
     tools = check_tools_fit(model, settings.tools)
     conversation = Conversation(model, settings.system, settings.max_new_tokens,
-                                [t.schema for t in tools.values()])
+                                [t.schema for t in tools.values()], settings.retrieve)
     if chat:
         out.write(f"Chat with the model ({HELP}).\n")
         if tools:
@@ -253,6 +284,12 @@ def _converse(model: GPT, settings: ChatSettings, read, out: TextIO, ctrl_c: Ctr
                       "the oldest turns are dropped from now on)\n")
             told_trimmed = True
         answer_with_tools(model, conversation, ids, settings, seed, tools, out, ctrl_c)
+        out.write("".join(f"{line}\n" for line in sources_lines(conversation.passages)))
+
+
+def sources_lines(passages: list[dict]) -> list[str]:
+    """The passages an answer was given, one line each: "[n] source" (their numbers in the prompt)."""
+    return [f"[{n}] {p['source']}" for n, p in enumerate(passages, 1)]
 
 
 def check_tools_fit(model: GPT, tools: list[Tool] | None) -> dict[str, Tool]:

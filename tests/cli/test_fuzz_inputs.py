@@ -41,6 +41,7 @@ COMMANDS = {
     "generate": ["generate", "--checkpoint", MISSING, "--prompt", "x"],
     "eval": ["eval", "--checkpoint", MISSING, "--data", MISSING],
     "chat": ["chat", "--checkpoint", MISSING],
+    "ask": ["ask", "--checkpoint", MISSING, "--index", MISSING, "question"],
     "serve": ["serve", "--checkpoint", MISSING],
     "tokenizer train": ["tokenizer", "train", MISSING, "--out", "{tmp}/tok", "--vocab-size", "300"],
     "tokenizer encode": ["tokenizer", "encode", "x", "--tokenizer", MISSING],

@@ -42,9 +42,10 @@ def browser():
 
 
 @contextlib.contextmanager
-def opened(browser, model):
-    """(page, base URL, Service): the page of a server running `model`, loaded in a fresh context."""
-    with serving(model) as (url, service):
+def opened(browser, model, **options):
+    """(page, base URL, Service): the page of a server running `model` (Service's `options`), loaded
+    in a fresh context."""
+    with serving(model, **options) as (url, service):
         context = browser.new_context(viewport={"width": 900, "height": 560})
         page = context.new_page()
         requested = []
@@ -151,3 +152,27 @@ def test_a_question_that_leaves_little_room_gets_a_shorter_answer_not_an_error(p
     assert 0 < left < 60 and f"limited to {left} tokens" in page.inner_text(".fitted")
     expected = tokenizer_of(chat_model).decode(greedy_tokens(chat_model, sent[-1]["messages"], left))
     assert page.inner_text(".msg.assistant") == expected
+
+
+def test_the_sources_of_an_answer_are_listed_under_it(browser, tmp_path):
+    """serve --index: the page shows the passages the answer was given, numbered as in the prompt."""
+    import torch
+
+    from gptforge.config import GPTConfig
+    from gptforge.model import GPT
+    from gptforge.retrieval import add_paths
+    from gptforge.retrieval.passages import retriever
+    from gptforge.tokenizer import CHAT_TOKENS, gpt2
+
+    from helpers import write
+
+    write(tmp_path / "docs" / "pump.md", "To reset the pump, hold the red lever.\n")
+    add_paths(tmp_path / "index", [tmp_path / "docs"], progress=False)
+    tokenizer = gpt2().with_special_tokens(CHAT_TOKENS)
+    torch.manual_seed(5)
+    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=tokenizer.vocab_size, context_length=256))
+    model.tokenizer = tokenizer
+    with opened(browser, prepare_for_decoding(model), retrieve=retriever(tmp_path / "index", 2)) as (page, _, _):
+        ask(page, "How do I reset the pump?", max_tokens="4")
+        page.wait_for_selector(".msg.assistant[data-done='1']")
+        assert page.inner_text(".sources") == f"Sources: [1] {tmp_path / 'docs' / 'pump.md'}:1"

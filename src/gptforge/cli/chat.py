@@ -1,12 +1,20 @@
 """`gptforge chat`: Talk to a model in the terminal. A chat model (one with a chat template) answers
 through its template, with the conversation so far; a base model continues each line as plain
 text. Commands: /reset, /system TEXT, /exit. Ctrl-C stops an answer. --tools / --tools-module give a
-model fine-tuned on tool use functions to call, run here."""
+model fine-tuned on tool use functions to call, run here. --index DIR retrieves each message's best
+passages from an index of your documents into the prompt and lists their sources after the answer."""
 
 from __future__ import annotations
 
 from ..config import DTYPES
-from .common import add_device, add_model_source, add_sampling_flags, model_from_args
+from .common import (
+    add_device,
+    add_index_flags,
+    add_model_source,
+    add_sampling_flags,
+    model_from_args,
+    retriever_from_args,
+)
 
 NAME = "chat"
 HELP = "talk to a model in the terminal"
@@ -22,6 +30,7 @@ def add_arguments(p) -> None:
     p.add_argument("--tools-module", default=None, metavar="FILE.py",
                    help="your own tools: every public function of this Python file, its schema from its type "
                         "hints and docstring (your code, run on your machine)")
+    add_index_flags(p)
     add_sampling_flags(p, max_new_tokens=256, temperature=0.7, top_k=50)
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="precision of the weights (default: float32)")
@@ -40,6 +49,7 @@ def run(args) -> int:
 
     tools = builtin_tools(args.tools or "") + (module_tools(args.tools_module) if args.tools_module else [])
     model = model_from_args(args, args.dtype)
+    retrieve = retriever_from_args(args, model)
     chat_in_terminal(model, ChatSettings(args.max_new_tokens, args.temperature, top_k, args.top_p, args.seed,
-                                         args.system, tools))
+                                         args.system, tools, retrieve=retrieve))
     return 0

@@ -161,3 +161,29 @@ def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int, tem
                         help=f"sample only from the K most likely tokens (default: {top_k}; 0 turns it off)")
     parser.add_argument("--top-p", type=float, default=None, metavar="P",
                         help="sample only from the smallest set of tokens with probability >= P")
+
+
+def add_index_flags(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    """--index DIR (answers retrieve from it) and -k N."""
+    parser.add_argument("--index", required=required, metavar="DIR",
+                        help="an index of your documents (gptforge index add): each question's best passages go "
+                             "into the prompt, and their sources are listed")
+    parser.add_argument("-k", type=int, default=4, metavar="N", dest="passages",
+                        help="with --index: passages retrieved per question, before trimming to fit the "
+                             "model's context (default: 4)")
+
+
+def retriever_from_args(args: argparse.Namespace, model):
+    """The retriever --index names for `model` (None without --index); a model without a chat
+    template cannot read passages, which is one line of error."""
+    from ..chat import has_chat
+    from ..errors import UserError
+    from ..retrieval.passages import retriever
+
+    if not args.index:
+        return None
+    retrieve = retriever(args.index, args.passages)  # a missing index first: the model is not the mistake
+    if not has_chat(model):
+        raise UserError("--index needs a chat model (one with a chat template): the passages go into its "
+                        "system turn; fine-tune a base model first (gptforge finetune)")
+    return retrieve

@@ -1,7 +1,10 @@
 """`gptforge eval`: Evaluate a model. --task loss (default): loss, perplexity and bits per byte over
 non-overlapping windows of its context length (every token after the first predicted once).
 --task hellaswag / mc: zero-shot multiple choice on a JSONL file in HellaSwag's format (acc and
-acc_norm, as lm-evaluation-harness scores them)."""
+acc_norm, as lm-evaluation-harness scores them). --task retrieval: recall@k and MRR of an index
+(--index) on your queries (JSONL of {"query", "relevant": [FILE, ...]}); --task qa: exact match and
+token F1 of a chat model's answers (JSONL of {"question", "answer"}), with the index's passages and
+without."""
 
 from __future__ import annotations
 
@@ -16,11 +19,17 @@ HELP = "loss / perplexity / bits per byte on text, or a multiple-choice benchmar
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="PATH",
-                   help="checkpoint or run folder, Hugging Face GPT-2 folder or hub id")
-    p.add_argument("--task", choices=("loss", "hellaswag", "mc"), default="loss",
+    p.add_argument("--checkpoint", metavar="PATH",
+                   help="checkpoint or run folder, Hugging Face GPT-2 folder or hub id (every task but retrieval)")
+    p.add_argument("--task", choices=("loss", "hellaswag", "mc", "retrieval", "qa"), default="loss",
                    help="loss: of text; hellaswag: HellaSwag's JSONL, cleaned as lm-evaluation-harness "
-                        "does; mc: any JSONL of that shape (ctx, endings, label) as it is (default: loss)")
+                        "does; mc: any JSONL of that shape (ctx, endings, label) as it is; retrieval, qa: "
+                        "an index on your questions (see above) (default: loss)")
+    p.add_argument("--index", metavar="DIR", help="retrieval, qa: the index (gptforge index add)")
+    p.add_argument("-k", type=int, default=None, metavar="N",
+                   help="retrieval: chunks per query (default: 5); qa: passages per question (default: 4)")
+    p.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
+                   help="qa: longest answer, in tokens (default: 32)")
     p.add_argument("--data", required=True, metavar="PATH",
                    help="loss: prepared corpus folder (its val split) or text file / folder / glob; "
                         "hellaswag, mc: a JSONL file, or an http(s) URL downloaded once into the cache")
@@ -35,11 +44,17 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..device import pick_device
+    from ..errors import UserError
     from ..evaluate import evaluate_path, format_report
     from ..evaluate.multiple_choice import evaluate_choice, format_choice_report
 
     progress = not args.json and sys.stderr.isatty()
-    if args.task == "loss":
+    if args.task in ("retrieval", "qa"):
+        result = _documents_task(args)
+        report = _format_documents
+    elif args.checkpoint is None:
+        raise UserError(f"--task {args.task} needs --checkpoint")
+    elif args.task == "loss":
         result = evaluate_path(args.checkpoint, args.data, batch_size=args.batch_size,
                                device=pick_device(args.device), split=args.split, progress=progress)
         report = format_report
@@ -52,3 +67,38 @@ def run(args) -> int:
                   for k, v in result.items()}
     print(json.dumps(result) if args.json else report(result))
     return 0
+
+
+def _documents_task(args) -> dict:
+    """--task retrieval or qa: an index measured on the user's own questions."""
+    from ..checks import require_int
+    from ..errors import UserError
+    from ..retrieval.evaluation import evaluate_qa, evaluate_retrieval
+
+    if not args.index:
+        raise UserError(f"--task {args.task} needs --index DIR")
+    if args.k is not None:
+        require_int("-k", args.k)
+    if args.task == "retrieval":
+        return evaluate_retrieval(args.index, args.data, args.k or 5)
+    if args.checkpoint is None:
+        raise UserError("--task qa needs --checkpoint (a chat model)")
+    require_int("--max-new-tokens", args.max_new_tokens)
+    from ..chat import has_chat
+    from ..device import pick_device
+    from ..weights import load_any
+
+    model = load_any(args.checkpoint, pick_device(args.device))
+    if not has_chat(model):
+        raise UserError("--task qa needs a chat model (one with a chat template): the passages go into its "
+                        "system turn")
+    return evaluate_qa(model, args.index, args.data, args.k or 4, args.max_new_tokens, args.limit)
+
+
+def _format_documents(result: dict) -> str:
+    if result["task"] == "retrieval":
+        k = result["k"]
+        return f"{result['queries']} queries: recall@{k} {result[f'recall@{k}']:.3f}, MRR {result['mrr']:.3f}"
+    return (f"{result['questions']} questions, {result['k']} passages each:\n"
+            f"  with retrieval     exact {result['exact_with']:.3f}  F1 {result['f1_with']:.3f}\n"
+            f"  without retrieval  exact {result['exact_without']:.3f}  F1 {result['f1_without']:.3f}")

@@ -6,8 +6,6 @@ an interrupted add leaves the index as it was."""
 
 from __future__ import annotations
 
-import os
-
 from ..errors import UserError
 
 NAME = "index"
@@ -32,6 +30,13 @@ def add_arguments(p) -> None:
                           "holding one (default: gpt2; an existing index keeps its own)")
     add.add_argument("--text-field", default="text", metavar="NAME",
                      help="the field holding the text in .jsonl records (default: text)")
+    add.add_argument("--embedder", metavar="SPEC",
+                     help="also store a vector per chunk, for hybrid search: a model (checkpoint, run or Hugging "
+                          "Face folder: its mean-pooled hidden states), an OpenAI-compatible URL "
+                          "(http://HOST/v1, key in $GPTFORGE_EMBEDDER_KEY), or st:FOLDER (a local "
+                          "sentence-transformers model); fixed when first given, later adds use it")
+    add.add_argument("--embedder-model", metavar="NAME",
+                     help="with a URL embedder: the model to ask for (default: the first it lists)")
     add.add_argument("--no-progress", action="store_true", help="no progress bar")
     add.set_defaults(action=_add)
 
@@ -43,6 +48,9 @@ def add_arguments(p) -> None:
     search.add_argument("-k", type=int, default=5, metavar="N", help="how many chunks (default: 5)")
     search.add_argument("--lines", type=int, default=3, metavar="N",
                         help="lines of each chunk to show (default: 3)")
+    search.add_argument("--mode", choices=("hybrid", "bm25", "vector"), default="hybrid",
+                        help="hybrid: BM25 and the vectors fused by reciprocal rank, when the index has vectors "
+                             "(else BM25); bm25; vector (default: hybrid)")
     search.set_defaults(action=_search)
 
     listing = sub.add_parser("list", help="the documents in an index", description="One line per document: "
@@ -64,25 +72,33 @@ def run(args) -> int:
 
 
 def _shown(path: str) -> str:
-    """A path as the user would type it: relative to the current folder when it is inside it."""
-    rel = os.path.relpath(path)
-    return path if rel.startswith("..") else rel
+    from ..retrieval.passages import shown_path
+
+    return shown_path(path)
 
 
 def _add(args) -> int:
     from ..retrieval import add_paths
+    from ..retrieval.embed import load_embedder
 
+    if args.embedder_model and not args.embedder:
+        raise UserError("--embedder-model goes with --embedder URL")
+    embedder = load_embedder(args.embedder, args.embedder_model) if args.embedder else None
     report = add_paths(args.index, args.paths, chunk_tokens=args.chunk_tokens, overlap=args.overlap,
-                       tokenizer=args.tokenizer, text_field=args.text_field, progress=not args.no_progress)
+                       tokenizer=args.tokenizer, text_field=args.text_field, progress=not args.no_progress,
+                       embedder=embedder)
+    vectors = f", {report.vectors:,} embedded" if report.vectors else ""
     print(f"{args.index}: {report.added} added, {report.updated} updated, {report.removed} removed, "
-          f"{report.unchanged} unchanged, {len(report.skipped)} skipped; {report.chunks:,} chunks written")
+          f"{report.unchanged} unchanged, {len(report.skipped)} skipped; {report.chunks:,} chunks written{vectors}")
     return 0
 
 
 def _search(args) -> int:
     from ..retrieval import search
+    from ..retrieval.passages import index_embedder
 
-    hits = search(args.folder, args.query, args.k)
+    embedder = index_embedder(args.folder) if args.mode != "bm25" else None
+    hits = search(args.folder, args.query, args.k, embedder, args.mode)
     if not hits:
         print("no chunk matches")
     for hit in hits:
@@ -113,5 +129,8 @@ def _stats(args) -> int:
     print(f"index size    {s['index_bytes']:,} bytes")
     print(f"chunk tokens  {s['chunk_tokens']} (overlap {s['overlap']})")
     print(f"tokenizer     {s['tokenizer']}")
-    print(f"embedder      {s['embedder'] or 'none (BM25 only)'}")
+    from ..retrieval.embed import describe
+
+    embedder = f"{describe(s['embedder'])} ({s['vectors']:,} vectors)" if s["embedder"] else "none (BM25 only)"
+    print(f"embedder      {embedder}")
     return 0

@@ -1,7 +1,8 @@
 """`gptforge serve`: Serve a model over HTTP: an OpenAI-compatible API (/v1/completions,
-/v1/chat/completions with streaming, /v1/models, /health) and a web chat page at /. Concurrent
+/v1/chat/completions with streaming, /v1/embeddings, /v1/models, /health) and a web chat page at /. Concurrent
 requests are decoded together (continuous batching). Listens on 127.0.0.1 unless --host says
-otherwise; Ctrl-C or SIGTERM stops it."""
+otherwise; Ctrl-C or SIGTERM stops it. With --index DIR, each chat request's last user message
+retrieves its best passages into the prompt, and the response lists them in "sources"."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 from pathlib import Path
 
 from ..config import DTYPES
-from .common import add_device, add_model_source, model_from_args
+from .common import add_device, add_index_flags, add_model_source, model_from_args, retriever_from_args
 
 NAME = "serve"
 HELP = "serve a model: OpenAI-compatible API and a web chat page"
@@ -33,6 +34,7 @@ def add_arguments(p) -> None:
                    help="sequences that may wait for a free row; more get 503 (default: 64)")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="precision of the weights (default: float32)")
+    add_index_flags(p)
     add_device(p)
 
 
@@ -56,5 +58,6 @@ def run(args) -> int:
         raise UserError(f"{source} is empty: give a key, or leave it out to serve without one")
     model = model_from_args(args, args.dtype)
     name = args.model_name or (Path(args.checkpoint).resolve().name if args.checkpoint else args.preset)
-    serve(model, name, args.host, args.port, api_key, args.max_batch, args.max_queue)
+    retrieve = retriever_from_args(args, model)
+    serve(model, name, args.host, args.port, api_key, args.max_batch, args.max_queue, retrieve)
     return 0

@@ -6,6 +6,8 @@ Two record shapes, one per line of a .jsonl file or the elements of a .json list
 - a chat record `{"messages": [{"role": "system" | "user" | "assistant", "content": ...}, ...]}`
   (the OpenAI / Hugging Face shape), any number of turns, the last one the assistant's; with an
   optional "tools" list, assistant "tool_calls" and "tool" messages (data/tool_records.py).
+Either may carry "context": retrieved passages, a list of {"source", "text"} (most relevant first),
+which the chat template renders in the system turn; the loss stays on the answer.
 
 DATA is one such file (split into train and val by --val-fraction, seeded), a folder holding
 train.json(l) and val.json(l), `builtin:NAME` (a set shipped with gptforge), or `hf:NAME[:CONFIG]`
@@ -41,6 +43,7 @@ class Example:
     where: str  # "FILE record N", for messages about it
     instruction: dict | None = None  # the instruction record it was read from (the Alpaca template needs it)
     tools: list[dict] | None = None  # the functions it may call (OpenAI's tool objects)
+    context: list[dict] | None = None  # retrieved passages ({"source", "text"}) the template renders
 
     @property
     def uses_tools(self) -> bool:
@@ -93,13 +96,28 @@ def check_messages(messages, where: str, final_assistant: bool = True, tools: li
     return out
 
 
+def check_context(context, where: str) -> list[dict] | None:
+    """A record's "context" (retrieved passages, most relevant first) as {"source", "text"} dicts,
+    or one UserError line; None or [] is none."""
+    if context is None:
+        return None
+    if not isinstance(context, list):
+        raise UserError(f"{where}: \"context\" must be a list of {{source, text}} objects")
+    for i, item in enumerate(context, 1):
+        if not (isinstance(item, dict) and isinstance(item.get("source"), str) and isinstance(item.get("text"), str)):
+            raise UserError(f"{where}: context passage {i} must be an object with a \"source\" and a \"text\" "
+                            "(both text)")
+    return [{"source": item["source"], "text": item["text"]} for item in context] or None
+
+
 def parse_record(record, where: str) -> Example:
     """One record (instruction or chat shape) as an Example, or one UserError line."""
     if not isinstance(record, dict):
         raise UserError(f"{where} is {type(record).__name__}, not an object")
+    context = check_context(record.get("context"), where)
     if "messages" in record:
         tools = check_tools(record["tools"], where) if record.get("tools") is not None else None
-        return Example(check_messages(record["messages"], where, tools=tools), where, tools=tools)
+        return Example(check_messages(record["messages"], where, tools=tools), where, tools=tools, context=context)
     if "instruction" not in record:
         raise UserError(f"{where} has neither \"messages\" (a chat record) nor \"instruction\" and "
                         f"\"output\" (an instruction record); it has: {', '.join(map(str, record)) or 'nothing'}")
@@ -109,7 +127,7 @@ def parse_record(record, where: str) -> Example:
         if record.get(key) is not None and not isinstance(record[key], str):
             raise UserError(f"{where}: \"{key}\" is {type(record[key]).__name__}, not text")
     fields = {"instruction": record["instruction"], "input": record.get("input") or "", "output": record["output"]}
-    return Example(instruction_messages(fields), where, fields)
+    return Example(instruction_messages(fields), where, fields, context=context)
 
 
 def _json_records(path: Path) -> list[tuple[str, object]]:

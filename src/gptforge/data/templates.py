@@ -52,6 +52,9 @@ def template_tokens(examples: list[Example], template: str) -> tuple[str, ...]:
 
 def _alpaca_record(example: Example) -> dict:
     """The instruction record of an example (a single-turn chat reads as one)."""
+    if example.context:
+        raise UserError(f"{example.where}: --template alpaca has no place for \"context\" passages; "
+                        "use --template chatml")
     if example.instruction is not None:
         return example.instruction
     if example.uses_tools:
@@ -71,7 +74,7 @@ def stop_id(tokenizer: Tokenizer, template: str) -> int:
 def encode_example(example: Example, tokenizer: Tokenizer, template: str) -> tuple[list[int], list[bool]]:
     """(ids, loss mask) of a whole example."""
     if template == "chatml":
-        return render(example.messages, tokenizer, tools=example.tools)
+        return render(example.messages, tokenizer, tools=example.tools, context=example.context)
     record = _alpaca_record(example)
     prompt = alpaca_prompt(record)
     ids, answer = encode_marked(tokenizer, prompt + record["output"], len(prompt.encode()))
@@ -81,7 +84,8 @@ def encode_example(example: Example, tokenizer: Tokenizer, template: str) -> tup
 def prompt_ids(example: Example, tokenizer: Tokenizer, template: str) -> list[int]:
     """The ids a model answers the example's last turn from."""
     if template == "chatml":
-        return render(example.messages[:-1], tokenizer, add_generation_prompt=True, tools=example.tools)[0]
+        return render(example.messages[:-1], tokenizer, add_generation_prompt=True, tools=example.tools,
+                      context=example.context)[0]
     return tokenizer.encode(alpaca_prompt(_alpaca_record(example)))
 
 

@@ -3,7 +3,11 @@
     readers.py   what a PATH names; .txt, .md, .html, .jsonl, .pdf read as text, mapped back to lines
     chunking.py  a text as chunks: by headings and paragraphs, then token windows with overlap
     index.py     the SQLite database: documents, chunks, FTS5, settings; incremental, transactional add
-    search.py    BM25 search of the chunks (FTS5)
+    search.py    BM25 search of the chunks (FTS5), the vector scan, and both fused (reciprocal rank)
+    embed.py     embedders: our model's mean-pooled states, an OpenAI-compatible URL, sentence-transformers
+    passages.py  hits as the passages a chat prompt carries, and the retriever ask/chat/serve use
+    ask.py       one question answered from an index (`gptforge ask`)
+    evaluation.py  recall@k and MRR of an index; exact match and F1 of answers with and without it
 """
 
 from .chunking import Chunk, ChunkSettings, chunk_text

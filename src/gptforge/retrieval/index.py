@@ -3,8 +3,14 @@ chunks, an FTS5 table over the chunks for BM25 (see search.py), and the settings
 
 Adding is incremental (a file whose sha256 changed is re-chunked, one gone from a folder being
 re-added is dropped, an unchanged one is skipped) and one transaction: a crash or kill mid-way
-leaves the index as it was before. The `vectors` table and the `embedder` setting are the place
-for embeddings; nothing fills them yet.
+leaves the index as it was before.
+
+With an embedder (retrieval/embed.py) every chunk also has a vector: float32 bytes in a BLOB of the
+`vectors` table, searched by a plain scan in numpy (search.py). At our sizes that is simpler than a
+vector extension such as sqlite-vec, and as exact (its vec0 tables scan too): no native extension
+to load (many Pythons' sqlite3 cannot load one), vectors written in the same transaction as their
+chunks, memory bounded by a scan in blocks. The embedder is the index's own, like its chunk
+settings: its record is kept in meta, later adds use it, and asking for another is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import UserError
 from ..tokenizer import TOKENIZER_DIR, Tokenizer, gpt2, load_tokenizer, tokenizer_from_record
@@ -34,7 +42,7 @@ SCHEMA = (
      "ordinal INTEGER NOT NULL, line_start INTEGER NOT NULL, line_end INTEGER NOT NULL, "
      "char_start INTEGER NOT NULL, char_end INTEGER NOT NULL, text TEXT NOT NULL, tokens INTEGER NOT NULL, "
      "UNIQUE (doc_id, ordinal))"),
-    # one embedding per chunk, by the embedder that meta's 'embedder' names (none yet)
+    # one embedding per chunk (float32, unit length), by the embedder that meta's 'embedder' names
     "CREATE TABLE vectors (chunk_id INTEGER PRIMARY KEY REFERENCES chunks(id), vector BLOB NOT NULL)",
     # BM25 over the chunks' text: external content (the text is stored once, in chunks), kept in
     # step by the triggers
@@ -54,6 +62,7 @@ class AddReport:
     removed: int = 0
     unchanged: int = 0
     chunks: int = 0  # chunks written
+    vectors: int = 0  # chunks embedded
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, why)
 
 
@@ -116,6 +125,41 @@ def _resolve_settings(db: sqlite3.Connection, folder: Path, chunk_tokens: int | 
     return settings, own, False
 
 
+def _resolve_embedder(db: sqlite3.Connection, folder: Path, asked):
+    """The embedder this add uses: the index's own (asking for another is a UserError), else the
+    one asked for (recorded now; every chunk gets a vector), else none."""
+    from .embed import describe, embedder_of, same_embedder
+
+    own = read_meta(db).get("embedder")
+    if own is None:
+        if asked is not None:
+            db.execute("UPDATE meta SET value = ? WHERE key = 'embedder'", (json.dumps(asked.record),))
+        return asked
+    if asked is not None and not same_embedder(own, asked.record):
+        raise UserError(f"index {folder} was built with the embedder {describe(own)}, not {describe(asked.record)}: "
+                        "its vectors cannot be compared; build a new index in another folder")
+    return asked if asked is not None else embedder_of(own)
+
+
+def embed_missing(db: sqlite3.Connection, embedder, batch: int = 256) -> int:
+    """Give every chunk without a vector one; returns how many. Every vector has the first one's
+    length (an embedder whose vectors changed size is refused)."""
+    done = 0
+    stored = db.execute("SELECT length(vector) FROM vectors LIMIT 1").fetchone()
+    dim = stored[0] // 4 if stored else None  # float32
+    while rows := db.execute("SELECT c.id, c.text FROM chunks c LEFT JOIN vectors v ON v.chunk_id = c.id "
+                             "WHERE v.chunk_id IS NULL ORDER BY c.id LIMIT ?", (batch,)).fetchall():
+        vectors = embedder.embed([text for _, text in rows])
+        if len(vectors) != len(rows) or (dim is not None and vectors.shape[1] != dim):
+            raise UserError(f"the embedder gave {len(vectors)} vectors of {vectors.shape[1]} dimensions for "
+                            f"{len(rows)} chunks (the index's vectors have {dim})")
+        dim = vectors.shape[1]
+        db.executemany("INSERT INTO vectors VALUES (?, ?)",
+                       [(i, v.astype(np.float32).tobytes()) for (i, _), v in zip(rows, vectors)])
+        done += len(rows)
+    return done
+
+
 def _create(db: sqlite3.Connection, folder: Path, settings: ChunkSettings, tokenizer: Tokenizer) -> None:
     for statement in SCHEMA:
         db.execute(statement)
@@ -166,10 +210,11 @@ def _index_one(db, path: Path, known: dict, settings: ChunkSettings, tokenizer: 
 
 def add_paths(folder: str | Path, paths: list[str | Path], chunk_tokens: int | None = None,
               overlap: int | None = None, tokenizer: str | Tokenizer | None = None, text_field: str = "text",
-              progress: bool = True, warn: Callable[[str], None] | None = None) -> AddReport:
+              progress: bool = True, warn: Callable[[str], None] | None = None, embedder=None) -> AddReport:
     """Index the files the PATHs name into the index at `folder` (made if missing), in one
     transaction. Files that cannot be read are skipped, each reported through `warn` (one line
-    on stderr by default); a folder named again loses the documents no longer in it."""
+    on stderr by default); a folder named again loses the documents no longer in it. With an
+    embedder (retrieval/embed.py), or when the index has one, every new chunk gets its vector."""
     folder = Path(folder).expanduser()
     warn = warn or (lambda line: print(line, file=sys.stderr))
     files, folders = find_files(paths)
@@ -182,6 +227,7 @@ def add_paths(folder: str | Path, paths: list[str | Path], chunk_tokens: int | N
         settings, tokenizer, new = _resolve_settings(db, folder, chunk_tokens, overlap, tokenizer)
         if new:
             _create(db, folder, settings, tokenizer)
+        embedder = _resolve_embedder(db, folder, embedder)
         known = {p: (i, h) for i, p, h in db.execute("SELECT id, path, sha256 FROM documents")}
         report = AddReport()
         seen = {str(f) for f in files}
@@ -196,6 +242,8 @@ def add_paths(folder: str | Path, paths: list[str | Path], chunk_tokens: int | N
                 _index_one(db, path, known, settings, tokenizer, report, text_field)
             except OSError as e:
                 report.skipped.append((path, e.strerror or str(e)))
+        if embedder is not None:
+            report.vectors = embed_missing(db, embedder)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -205,6 +253,9 @@ def add_paths(folder: str | Path, paths: list[str | Path], chunk_tokens: int | N
         db.close()
     for path, why in report.skipped:
         warn(f"skipped {path}: {why}")
+    if getattr(embedder, "cut", 0):
+        warn(f"{embedder.cut} chunks were longer than the embedder's context: each vector is of its first "
+             f"{embedder.model.config.context_length} tokens (a smaller --chunk-tokens avoids it)")
     return report
 
 

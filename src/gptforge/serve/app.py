@@ -15,7 +15,8 @@ import ipaddress
 import json
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
 
 import anyio
@@ -31,6 +32,7 @@ from ..generate import TextPieces, token_bytes_of
 from ..model import GPT
 from ..tokenizer import tokenizer_of
 from ..tools.structured import Grammar, compile_grammar, grammar_text, require
+from .embeddings import embeddings as embeddings_response
 from .engine import Engine, QueueFull, Sampling, Sequence
 from .protocol import (
     ApiError,
@@ -54,8 +56,9 @@ class Service:
     """What the routes share: the model and its name, the engine, the API key (None: open)."""
 
     def __init__(self, model: GPT, name: str, api_key: str | None = None, max_batch: int = 8,
-                 max_queue: int = 64):
+                 max_queue: int = 64, retrieve: Callable[[str], list[dict]] | None = None):
         self.model, self.name, self.api_key = model, name, api_key
+        self.retrieve = retrieve  # a chat request's last user message -> passages for its prompt (--index)
         self.engine = Engine(model, max_batch=max_batch, max_queue=max_queue)
         self.context = model.config.context_length
         self.chat = has_chat(model)
@@ -147,6 +150,7 @@ class Prepared:
     stops: frozenset[int]  # token ids that end an answer
     grammar: Grammar | None = None  # what every answer keeps to
     tools: bool = False  # answers may hold tool calls
+    extra: dict = field(default_factory=dict)  # fields the response carries beside its choices
 
     def run(self, service: Service) -> Run:
         return Run(service, self.prompts, self.request, self.budgets, self.stops, self.grammar, self.tools)
@@ -258,8 +262,8 @@ def _sse(obj) -> str:
 async def _stream(run: Run, reply: Reply, include_usage: bool):
     try:
         if reply.chat:  # OpenAI opens each chat choice with its role
-            yield _sse(reply.chunk([reply.choice(i, "", None, chunk=True, first=True)
-                                    for i in range(len(run.sequences))]))
+            yield _sse({**reply.chunk([reply.choice(i, "", None, chunk=True, first=True)
+                                       for i in range(len(run.sequences))]), **reply.extra})
         calls = [CallDeltas() for _ in run.sequences] if run.tools else None
         try:
             async for index, text, reason in run.updates():
@@ -346,14 +350,18 @@ def build_app(service: Service) -> Starlette:
         service.check_fits_queue(1, req.n or 1)
         tools = req.tool_list()
         messages = req.conversation(tools)
+        extra = {}
         try:
-            prompt = chat_prompt(service.model, messages, tools)
+            if service.retrieve is not None:
+                prompt, extra = _retrieved_prompt(service, messages, req, tools)
+            else:
+                prompt = chat_prompt(service.model, messages, tools)
         except ValueError as e:  # a model not fine-tuned for tools: its tokenizer has no tool tokens
             raise ApiError(400, f"'{service.name}' cannot take tools: {e}", param="tools" if tools else "messages") from None
         field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         budget = service.budget(len(prompt), getattr(req, field), None, ("messages", field))
         grammar = service.grammar(req.response_format, tools, req.tool_mode(), req.parallel_tool_calls is not False)
-        return Prepared(req, [prompt], [budget], stop_ids(service.model, chat=True), grammar, bool(tools))
+        return Prepared(req, [prompt], [budget], stop_ids(service.model, chat=True), grammar, bool(tools), extra)
 
     async def completions(request: Request):
         service.authorize(request)
@@ -363,7 +371,14 @@ def build_app(service: Service) -> Starlette:
     async def chat_completions(request: Request):
         service.authorize(request)
         ready = await anyio.to_thread.run_sync(prepare_chat, await _body(request))
-        return await _respond(request, ready.run(service), Reply(service.name, chat=True), ready.request)
+        reply = Reply(service.name, chat=True)
+        reply.extra = ready.extra
+        return await _respond(request, ready.run(service), reply, ready.request)
+
+    async def embeddings(request: Request):
+        service.authorize(request)
+        body = await _body(request)
+        return JSONResponse(await anyio.to_thread.run_sync(embeddings_response, service, body))
 
     async def models(request: Request):
         service.authorize(request)
@@ -392,10 +407,29 @@ def build_app(service: Service) -> Starlette:
     routes = [Route("/", page), Route("/health", health), Route("/v1/models", models),
               Route("/v1/models/{name:path}", model),
               Route("/v1/completions", completions, methods=["POST"]),
-              Route("/v1/chat/completions", chat_completions, methods=["POST"])]
+              Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+              Route("/v1/embeddings", embeddings, methods=["POST"])]
     handlers = {ApiError: _api_error, HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     return Guard(BodyLimit(app, MAX_BODY_BYTES), check_host=service.api_key is None)
+
+
+def _retrieved_prompt(service: Service, messages: list[dict], req: ChatRequest,
+                      tools: list[dict] | None) -> tuple[list[int], dict]:
+    """(prompt ids, {"sources": ...}) of a chat request on a server with an index: the last user
+    message's passages in the system turn, trimmed to leave room for the answer (the request's
+    max_tokens, else a quarter of the context)."""
+    from ..chat import fit_passages
+    from ..retrieval.passages import sources
+
+    question = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "") or ""
+    try:
+        passages = service.retrieve(question) if question.strip() else []
+    except UserError as e:  # the index went missing or broke while serving
+        raise ApiError(500, f"the index could not be searched: {e}", type="server_error") from None
+    room = req.max_completion_tokens or req.max_tokens or service.context // 4
+    prompt, passages = fit_passages(service.model, messages, passages, service.context - room, tools)
+    return prompt, {"sources": sources(passages)}
 
 
 def _error_response(error: ApiError) -> JSONResponse:
@@ -514,7 +548,7 @@ class BodyLimit:
 
 
 def serve(model: GPT, name: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          max_batch: int = 8, max_queue: int = 64) -> None:
+          max_batch: int = 8, max_queue: int = 64, retrieve: Callable[[str], list[dict]] | None = None) -> None:
     """Serve `model` until Ctrl-C or SIGTERM (uvicorn's graceful shutdown: running requests get a
     few seconds, then the engine stops and every open stream ends)."""
     import signal
@@ -524,7 +558,7 @@ def serve(model: GPT, name: str, host: str = "127.0.0.1", port: int = 8000, api_
 
     from .transport import server_config
 
-    service = Service(model, name, api_key, max_batch, max_queue)
+    service = Service(model, name, api_key, max_batch, max_queue, retrieve)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

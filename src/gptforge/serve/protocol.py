@@ -240,6 +240,14 @@ class ChatRequest(StructuredFields):
         return self.tool_choice or "auto", None
 
 
+class EmbeddingRequest(_Strict):
+    """/v1/embeddings: texts (plain text, never special tokens) or token ids to embed."""
+
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
 def parse(cls: type[_Strict], body: bytes) -> _Strict:
     """The request object, or an ApiError(400) naming the first problem and its field."""
     try:
@@ -263,7 +271,7 @@ def _param(loc: tuple) -> str | None:
     """A field's path as OpenAI writes it ("messages[0].content"), without the union-member tags
     ("str", "list[str]") pydantic adds to the location."""
     fields = {name for cls in (CompletionRequest, ChatRequest, Message, TextPart, StreamOptions, ResponseFormat,
-                               ToolCallItem, CalledFunction, ToolDef, FunctionDef, NamedToolChoice)
+                               ToolCallItem, CalledFunction, ToolDef, FunctionDef, NamedToolChoice, EmbeddingRequest)
               for name in cls.model_fields} | {"schema"}
     path = ""
     for part in loc:
@@ -280,6 +288,7 @@ class Reply:
 
     def __init__(self, model: str, chat: bool):
         self.model, self.chat = model, chat
+        self.extra: dict = {}  # fields beside the choices (e.g. "sources"): in the completion and the first chunk
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
@@ -310,7 +319,7 @@ class Reply:
         """The whole response; with `tools`, each choice's calls are read out of its text."""
         choices = [self.call_choice(i, t, r) if tools else self.choice(i, t, r, chunk=False)
                    for i, (t, r) in enumerate(zip(texts, reasons))]
-        return {**self._envelope(False, choices), "usage": usage}
+        return {**self._envelope(False, choices), **self.extra, "usage": usage}
 
     def delta(self, index: int, delta: dict, finish_reason: str | None = None) -> dict:
         return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}

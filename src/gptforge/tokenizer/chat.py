@@ -42,6 +42,10 @@ TOOLS_OUTRO = ("\n</tools>\n\nTo call a function, answer with a tool call holdin
                "one another in the same answer. Each result comes back in a tool turn.")
 
 
+# The system turn's context block (retrieval): the passages, numbered from [1], most relevant first,
+# each under its source. Plain text in every tokenizer, like the tool block.
+CONTEXT_INTRO = "# Documents\n\nAnswer from these passages, most relevant first; cite a passage by its number, as [1]."
+
 
 def _jinja_string(text: str) -> str:
     """`text` as a single-quoted Jinja string literal."""
@@ -51,18 +55,26 @@ def _jinja_string(text: str) -> str:
 # The same template for transformers (tokenizer_config.json's "chat_template") and llama.cpp's
 # --jinja (the GGUF's tokenizer.chat_template). `tojson` is Python's json.dumps with
 # ensure_ascii=False in both, as tool_json below; arguments given as a JSON string go in as written.
+# Retrieved passages come as `documents` ({"source", "text"} each: transformers' apply_chat_template
+# passes its documents= argument through).
 CHAT_TEMPLATE_JINJA = (
-    "{%- if tools %}"
+    "{%- if tools or documents %}"
     "{{- '<|im_start|>system\\n' }}"
     "{%- if messages[0]['role'] == 'system' and messages[0]['content'] %}"
     "{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}"
+    "{%- if documents %}{{- " + _jinja_string(CONTEXT_INTRO) + " }}"
+    "{%- for doc in documents %}"
+    "{{- '\\n\\n[' + (loop.index | string) + '] ' + doc['source'] + '\\n' + doc['text'] }}"
+    "{%- endfor %}{%- if tools %}{{- '\\n\\n' }}{%- endif %}{%- endif %}"
+    "{%- if tools %}"
     "{{- " + _jinja_string(TOOLS_INTRO) + " }}"
     "{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}"
     "{{- " + _jinja_string(TOOLS_OUTRO) + " }}"
+    "{%- endif %}"
     "{{- '<|im_end|>\\n' }}"
     "{%- endif %}"
     "{%- for message in messages %}"
-    "{%- if tools and loop.first and message['role'] == 'system' %}"
+    "{%- if (tools or documents) and loop.first and message['role'] == 'system' %}"
     "{%- elif message['role'] == 'tool' %}"
     "{{- '<|im_start|>tool\\n<tool_response>\\n' + message['content'] + '\\n</tool_response><|im_end|>\\n' }}"
     "{%- elif message['role'] == 'assistant' and message['tool_calls'] is defined and message['tool_calls'] %}"
@@ -137,6 +149,17 @@ def call_text(call: dict) -> str:
     return f'{{"name": {tool_json(function["name"])}, "arguments": {arguments}}}'
 
 
+def context_text(context: list[dict]) -> str:
+    """The system turn's context block: each passage ({"source", "text"}) numbered, under its source."""
+    return CONTEXT_INTRO + "".join(f"\n\n[{n}] {p['source']}\n{p['text']}" for n, p in enumerate(context, 1))
+
+
+def _system_extra(tools: list[dict] | None, context: list[dict] | None) -> str | None:
+    """What the template adds to the system turn: the context block, then the tool block."""
+    parts = ([context_text(context)] if context else []) + ([tools_text(tools)] if tools else [])
+    return "\n\n".join(parts) or None
+
+
 # A turn as pieces: a special token's name, or (text, the byte the loss starts at; None: not trained).
 Piece = str | tuple[str, int | None]
 
@@ -163,23 +186,25 @@ def _turn_pieces(message: dict, system_extra: str | None) -> list[Piece]:
 
 
 def render(messages: list[dict], tokenizer: Tokenizer, add_generation_prompt: bool = False,
-           tools: list[dict] | None = None) -> tuple[list[int], list[bool]]:
-    """(ids, loss_mask) of a conversation, with the tools it may call (OpenAI's tool objects):
-    loss_mask marks each assistant turn's content, its calls and the <|im_end|> that closes it (what
-    fine-tuning trains on), never a tool's result."""
+           tools: list[dict] | None = None, context: list[dict] | None = None) -> tuple[list[int], list[bool]]:
+    """(ids, loss_mask) of a conversation, with the tools it may call (OpenAI's tool objects) and
+    the retrieved passages it may read (`context`: {"source", "text"} dicts, most relevant first,
+    rendered as plain text in the system turn): loss_mask marks each assistant turn's content, its
+    calls and the <|im_end|> that closes it (what fine-tuning trains on), never a tool's result or
+    a passage."""
     if not has_chat_template(tokenizer):
         raise ValueError(f"the tokenizer {tokenizer.name} has no chat tokens ({', '.join(CHAT_TOKENS)})")
     uses_tools = bool(tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in messages)
     if uses_tools and not has_tool_tokens(tokenizer):
         raise ValueError(f"the tokenizer {tokenizer.name} has no tool tokens ({', '.join(TOOL_TOKENS)})")
     turns = list(messages)
-    if tools and not (turns and turns[0]["role"] == "system"):
+    if (tools or context) and not (turns and turns[0]["role"] == "system"):
         turns.insert(0, {"role": "system", "content": ""})
     ids: list[int] = []
     mask: list[bool] = []
     for n, message in enumerate(turns):
         trained = message["role"] == "assistant"
-        for piece in _turn_pieces(message, tools_text(tools) if tools and n == 0 else None):
+        for piece in _turn_pieces(message, _system_extra(tools, context) if n == 0 else None):
             if isinstance(piece, str):
                 ids.append(tokenizer.special_tokens[piece])
                 mask.append(trained and piece != IM_START)
