@@ -3,8 +3,8 @@
     python scripts/make_preferences.py
 
 The tasks of scripts/make_tasks.py (short, with answers a program can check), each with its right
-answer as "chosen" and a near miss as "rejected" (the word not reversed, lower case, one off, the
-numbers unsorted, ...), drawn with a fixed seed of its own: the output is a pure function of
+answer as "chosen" and a near miss as "rejected" (the task done on another word, a number one off,
+the numbers unsorted, ...), drawn with a fixed seed of its own: the output is a pure function of
 this script and make_tasks.py. A chat model fine-tuned on builtin:tasks (the tasks-full recipe)
 often gives such near misses; DPO on these pairs teaches it to prefer the right ones.
 
@@ -16,22 +16,26 @@ from __future__ import annotations
 import json
 import random
 
-from make_tasks import NUMBER_WORDS, OUT_DIR, as_user_message, task
+from make_tasks import NUMBER_WORDS, OUT_DIR, WORDS, as_user_message, task
 
 SEED = 2027
 COUNT = 300
 
 
 def near_miss(instruction: str, input_text: str, output: str, rng: random.Random) -> str:
-    """A wrong answer close to `output`, of the kind a small model makes."""
+    """A wrong answer in the right form, the kind a small chat model gives: the task done on another
+    word than the one asked about (such a model often answers "WINDOW" to "pillow in capitals"),
+    or a number one off, the smaller one, the numbers unsorted."""
+    word = input_text or (instruction.split()[3] if instruction.startswith("Repeat the word") else "")
+    other = rng.choice([w for w in WORDS if w != word and w[0] != word[:1]]) if word else ""
     if instruction == "Spell the word backwards.":
-        return input_text  # not reversed
+        return other[::-1]
     if instruction == "Write the word in capital letters.":
-        return input_text  # left in lower case
+        return other.upper()
     if instruction.startswith("Repeat the word"):
-        return " ".join(output.split()[:2])  # twice, not three times
+        return " ".join([other] * 3)
     if instruction == "What is the first letter of the word?":
-        return input_text[-1] if input_text[-1] != output else input_text[1]
+        return other[0]
     if instruction.startswith("Sort these numbers"):
         numbers = input_text.split(", ")
         return ", ".join(reversed(numbers) if ", ".join(numbers) == output else numbers)
