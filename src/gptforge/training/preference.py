@@ -21,12 +21,15 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from .. import distributed
 from ..data.example_batches import IGNORE, PairBatches, PairTargets
@@ -118,25 +121,30 @@ class PreferenceTask:
                 raise UserError(f"{path} is missing: the run's cached reference log-probabilities are needed to resume")
             cached = load_file(path)
         else:
-            device = next(self.model.parameters()).device
+            device, start = next(self.model.parameters()).device, time.perf_counter()
             with autocast:
                 cached = {name: self._all_logps(batches, device) for name, batches in
                           (("train", self.train), ("val", self.val)) if batches is not None}
             if self.d.is_main:
                 save_file(cached, str(path))
+                pairs = sum(len(t) for t in cached.values())
+                tqdm.write(f"reference log-probs of {pairs} pairs cached in {path.name} "
+                           f"({time.perf_counter() - start:.1f} s)")
         self.train.reference = self.train_eval.reference = cached["train"]
         if self.val is not None:
             self.val.reference = cached["val"]
 
     def _all_logps(self, batches: PairBatches, device: torch.device) -> torch.Tensor:
-        """(N, 2) reference log-probabilities (chosen, rejected) of every pair of `batches`, in order."""
-        ordered = PairBatches(batches.examples, batches.batch_size, shuffle=False, drop_last=False,
-                              pad_id=batches.pad_id)
-        out = []
-        for inputs, targets, _ in ordered.batches(0):
-            logps = self.reference_logps(inputs.to(device), targets.ids.to(device)).cpu()
-            out.append(torch.stack(logps.chunk(2), dim=1))
-        return torch.cat(out).contiguous()
+        """(N, 2) reference log-probabilities (chosen, rejected) of every pair of `batches`, in
+        their order; computed in batches of similar lengths, to spend little on padding."""
+        out = torch.empty(len(batches.examples), 2)
+        order = np.argsort(batches.lengths, kind="stable")
+        for start in range(0, len(order), batches.batch_size):
+            indices = order[start:start + batches.batch_size]
+            inputs, targets, _ = batches.collate(indices)
+            logps = self.reference_logps(inputs.to(device), targets.ids.to(device)).float().cpu()
+            out[torch.from_numpy(indices)] = torch.stack(logps.chunk(2), dim=1)
+        return out
 
     # --- training and evaluation ----------------------------------------------------------------
 
