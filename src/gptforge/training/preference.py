@@ -120,6 +120,10 @@ class PreferenceTask:
             if not path.is_file():
                 raise UserError(f"{path} is missing: the run's cached reference log-probabilities are needed to resume")
             cached = load_file(path)
+            sizes = {"train": len(self.train.examples), "val": len(self.val.examples) if self.val else 0}
+            if any(len(cached.get(name, ())) != n for name, n in sizes.items() if n):
+                raise UserError(f"{path} holds the reference log-probs of other data than --data's now; "
+                                "resume with the run's own data")
         else:
             device, start = next(self.model.parameters()).device, time.perf_counter()
             with autocast:
