@@ -12,7 +12,7 @@ from gptforge.cli import train as train_cli
 from gptforge.cli.common import Parser
 from gptforge.errors import UserError
 from gptforge.training import train
-from gptforge.training.config import FinetuneConfig, OptimArgs, TrainConfig
+from gptforge.training.config import FinetuneConfig, OptimArgs, PreferenceArgs, TrainConfig
 from gptforge.training.config_files import load_config_file
 
 SAVED = Path(__file__).parent / "saved_configs"  # written by the code before the groups (see README.md)
@@ -67,9 +67,9 @@ def test_a_group_stands_alone():
 
 def test_every_bundled_config_loads_unchanged():
     bundled = sorted(p.stem for p in (Path(train_cli.__file__).parents[1] / "configs").glob("*.toml"))
-    assert len(bundled) == 7
+    assert len(bundled) == 8
     for name in bundled:
-        cls = FinetuneConfig if name.startswith("tasks") else TrainConfig
+        cls = FinetuneConfig if name.startswith(("tasks", "dpo")) else TrainConfig
         settings = load_config_file(name, cls)
         cfg = cls.from_dict(settings)
         assert {k: cfg.get(k) for k in settings} == settings  # every key landed where it is read back
@@ -128,6 +128,8 @@ def test_a_flat_config_saved_before_the_groups_loads_and_is_written_back_the_sam
             2, "qkv", "alpaca", {"dropout": 0.0})
         # the old shape also listed the pretraining settings, at their defaults; the new one drops them
         written = cfg.to_dict()
+        added = vars(PreferenceArgs())  # settings newer than the file: at their defaults
+        assert all(written.pop(k) == v for k, v in added.items())
         assert set(written) < set(saved) and all(saved[k] == json.loads(json.dumps(v)) for k, v in written.items())
 
 

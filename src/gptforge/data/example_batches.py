@@ -22,6 +22,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 IGNORE = -100  # F.cross_entropy's default ignore_index
 GROUP = 32  # batches per length-sorted group
 
@@ -33,6 +35,18 @@ def fit_to_context(ids: np.ndarray, loss: np.ndarray, context_length: int) -> tu
     return (ids, loss) if loss[1:].any() else None
 
 
+def pad_examples(rows: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(inputs, targets, real) of (ids, loss) examples, padded to the longest (see above)."""
+    L = max(len(ids) for ids, _ in rows) - 1
+    inputs = torch.full((len(rows), L), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), L), IGNORE, dtype=torch.long)
+    for j, (ids, loss) in enumerate(rows):
+        t = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        inputs[j, :len(t) - 1] = t[:-1]
+        targets[j, :len(t) - 1] = torch.where(torch.from_numpy(np.asarray(loss[1:], dtype=bool)), t[1:], IGNORE)
+    return inputs, targets, sum(len(ids) - 1 for ids, _ in rows)
+
+
 class ExampleBatches:
     """The batches of a list of (ids, loss) examples, reproducible and resumable by index."""
 
@@ -41,9 +55,21 @@ class ExampleBatches:
                  pad_id: int = 0):
         self.examples, self.batch_size, self.seed, self.shuffle = examples, batch_size, seed, shuffle
         self.drop_last, self.rank, self.world_size, self.pad_id = drop_last, rank, world_size, pad_id
-        self.lengths = np.array([len(ids) for ids, _ in examples])
+        self.lengths = np.array([self.length(e) for e in examples])
         n_batches = len(examples) // batch_size if drop_last else -(-len(examples) // batch_size)
         self.num_batches = n_batches // world_size  # per rank
+
+    def steps_per_epoch(self, grad_accum: int, world_size: int = 1) -> int:
+        """Optimizer steps of grad_accum batches per epoch; UserError when there is not one."""
+        if self.num_batches < grad_accum:
+            raise UserError(f"{len(self.examples)} training example(s) cannot fill one step of {grad_accum} x "
+                            f"{self.batch_size} per process (x {world_size} processes); lower --batch-size")
+        return self.num_batches // grad_accum
+
+    @staticmethod
+    def length(example) -> int:
+        """What batches are sorted by (an example's token count)."""
+        return len(example[0])
 
     def plan(self, epoch: int) -> list[np.ndarray]:
         """Every batch of the epoch (all ranks'), as arrays of example indices."""
@@ -63,18 +89,47 @@ class ExampleBatches:
 
     def collate(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(inputs, targets, real) of the examples `indices`, padded to the longest (see above)."""
-        rows = [self.examples[i] for i in indices]
-        L = max(len(ids) for ids, _ in rows) - 1
-        inputs = torch.full((len(rows), L), self.pad_id, dtype=torch.long)
-        targets = torch.full((len(rows), L), IGNORE, dtype=torch.long)
-        for j, (ids, loss) in enumerate(rows):
-            t = torch.from_numpy(np.asarray(ids, dtype=np.int64))
-            inputs[j, :len(t) - 1] = t[:-1]
-            targets[j, :len(t) - 1] = torch.where(torch.from_numpy(np.asarray(loss[1:], dtype=bool)), t[1:], IGNORE)
-        return inputs, targets, sum(len(ids) - 1 for ids, _ in rows)
+        return pad_examples([self.examples[i] for i in indices], self.pad_id)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
         """This rank's batches of `epoch`, from its batch `start` on."""
         plan = self.plan(epoch)
         for i in range(start, self.num_batches):
             yield self.collate(plan[i * self.world_size + self.rank])
+
+
+class PairTargets:
+    """A preference batch's targets: (2B, L) ids, IGNORE off the answers (the B chosen answers, then
+    the B rejected ones), and the reference model's (2B,) log-probabilities of those answers when
+    they were computed beforehand (None: the step computes them). `.to` moves both, as the
+    training step moves a batch's targets."""
+
+    def __init__(self, ids: torch.Tensor, reference: torch.Tensor | None):
+        self.ids, self.reference = ids, reference
+
+    def to(self, device, non_blocking: bool = False) -> "PairTargets":
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return PairTargets(move(self.ids), move(self.reference))
+
+
+class PairBatches(ExampleBatches):
+    """Batches of preference pairs ((chosen ids, loss), (rejected ids, loss)), each batch of B pairs
+    one (inputs, PairTargets, real) of 2B rows: chosen first, then rejected, padded together.
+    `reference`: the (N, 2) reference log-probabilities of every pair (chosen, rejected), or None."""
+
+    def __init__(self, pairs: list, batch_size: int, reference: torch.Tensor | None = None, **kwargs):
+        super().__init__(pairs, batch_size, **kwargs)
+        self.reference = reference
+
+    @staticmethod
+    def length(example) -> int:
+        return max(len(example[0][0]), len(example[1][0]))
+
+    def collate(self, indices: np.ndarray) -> tuple[torch.Tensor, PairTargets, int]:
+        rows = [self.examples[i][0] for i in indices] + [self.examples[i][1] for i in indices]
+        inputs, targets, real = pad_examples(rows, self.pad_id)
+        reference = None
+        if self.reference is not None:
+            picked = self.reference[torch.from_numpy(np.asarray(indices, dtype=np.int64))]  # (B, 2)
+            reference = torch.cat([picked[:, 0], picked[:, 1]])
+        return inputs, PairTargets(targets, reference), real

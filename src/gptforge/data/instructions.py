@@ -17,6 +17,7 @@ naming the file and the record's number.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from itertools import islice
@@ -32,7 +33,8 @@ from .tool_records import check_tool_answer, check_tool_calls, check_tools, decl
 ROLES = ("system", "user", "assistant", "tool")
 SUFFIXES = (".jsonl", ".json")
 # in gptforge/corpora/; a folder holds train, val (and test) files
-BUILTIN_SETS = {"tasks": "tasks.json", "tasks-chat": "tasks-chat.jsonl", "tools": "tools"}
+BUILTIN_SETS = {"tasks": "tasks.json", "tasks-chat": "tasks-chat.jsonl", "tools": "tools",
+                "tasks-preferences": "tasks-preferences.jsonl"}  # the last for --method dpo
 
 
 @dataclass
@@ -152,18 +154,18 @@ def _json_records(path: Path) -> list[tuple[str, object]]:
     return out
 
 
-def read_file(path: Path, max_examples: int | None = None) -> list[Example]:
-    """The examples of one .json / .jsonl file, every record checked."""
-    examples = [parse_record(record, where) for where, record in islice(_json_records(path), max_examples)]
+def read_file(path: Path, max_examples: int | None = None, parse: Callable = parse_record) -> list:
+    """The examples of one .json / .jsonl file, every record checked by `parse` (record, where)."""
+    examples = [parse(record, where) for where, record in islice(_json_records(path), max_examples)]
     if not examples:
         raise UserError(f"{path} holds no records")
     return examples
 
 
-def read_hf(spec: str, split: str, max_examples: int | None) -> list[Example]:
+def read_hf(spec: str, split: str, max_examples: int | None, parse: Callable = parse_record) -> list:
     """The examples of a Hugging Face dataset's split, streamed (the first max_examples only)."""
     source = HFDataset(spec, SourceOptions(hf_split=split))
-    examples = [parse_record(row, f"{spec} ({split}) record {i}")
+    examples = [parse(row, f"{spec} ({split}) record {i}")
                 for i, row in enumerate(islice(source.rows(), max_examples), 1)]
     if not examples:
         raise UserError(f"{spec} ({split}) holds no records")
@@ -186,23 +188,25 @@ def _split_file(folder: Path, split: str) -> Path | None:
     return found[0] if found else None
 
 
-def read_examples(spec: str, max_examples: int | None = None) -> tuple[list[Example], list[Example] | None]:
-    """(train, val) examples of DATA; val is None when DATA has no validation part of its own
+def read_examples(spec: str, max_examples: int | None = None, parse: Callable = parse_record
+                  ) -> tuple[list[Example], list[Example] | None]:
+    """(train, val) examples of DATA, each record read by `parse` (parse_record, or
+    data.preferences.parse_preference); val is None when DATA has no validation part of its own
     (a single file), for split_examples to cut."""
     if spec.startswith(HF_PREFIX):
-        return read_hf(spec, "train", max_examples), None
+        return read_hf(spec, "train", max_examples, parse), None
     path = _builtin(spec) if spec.startswith(BUILTIN_PREFIX) else Path(spec).expanduser()
     if path.is_dir():
         train, val = _split_file(path, "train"), _split_file(path, "val")
         if train is None:
             raise UserError(f"{path} has no train.jsonl or train.json (a data folder holds train.* and val.*)")
-        return read_file(train, max_examples), (read_file(val, max_examples) if val else None)
+        return read_file(train, max_examples, parse), (read_file(val, max_examples, parse) if val else None)
     if not path.is_file():
         raise UserError(f"no such instruction or chat data: {spec} (a .json / .jsonl file, a folder with "
                         "train.* and val.*, builtin:NAME or hf:NAME)")
     if path.suffix not in SUFFIXES:
         raise UserError(f"{path}: fine-tuning data is a .json list or .jsonl file of records")
-    return read_file(path, max_examples), None
+    return read_file(path, max_examples, parse), None
 
 
 def split_examples(examples: list[Example], val_fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -219,12 +223,12 @@ def split_examples(examples: list[Example], val_fraction: float, seed: int) -> t
 
 
 def load_examples(data: str, val_data: str | None, val_fraction: float, seed: int,
-                  max_examples: int | None = None) -> tuple[list[Example], list[Example]]:
+                  max_examples: int | None = None, parse: Callable = parse_record) -> tuple[list[Example], list[Example]]:
     """The (train, val) examples of a fine-tuning run: DATA's own val part, else --val-data's
     examples, else a seeded --val-fraction of DATA's."""
-    train, val = read_examples(data, max_examples)
+    train, val = read_examples(data, max_examples, parse)
     if val_data:
-        val = read_examples(val_data, max_examples)[0]
+        val = read_examples(val_data, max_examples, parse)[0]
     elif val is None:
         train, val = split_examples(train, val_fraction, seed)
     return train, val

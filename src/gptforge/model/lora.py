@@ -17,7 +17,9 @@ Adapter tensors are named as in the model (`blocks.0.attn.qkv.lora_A`, ...) plus
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -46,6 +48,8 @@ class LoRALinear(Linear):
     """A frozen linear layer (same `weight` and `bias`, so the base's names are unchanged) plus a
     trainable low-rank update."""
 
+    enabled = True  # False inside adapter_disabled: the base layer alone
+
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float):
         nn.Module.__init__(self)
         self.in_features, self.out_features = base.in_features, base.out_features
@@ -61,6 +65,8 @@ class LoRALinear(Linear):
         self.lora_dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return linear(x, self.weight, self.bias)
         update = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)  # (..., r) -> (..., out)
         return linear(x, self.weight, self.bias) + update * self.scaling
 
@@ -78,12 +84,16 @@ class LoRALinear(Linear):
 class NewRows(nn.Module):
     """Parametrization of a frozen (padded V, C) matrix whose rows start:end are trainable."""
 
+    enabled = True  # False inside adapter_disabled: the frozen matrix's own rows
+
     def __init__(self, weight: torch.Tensor, start: int, end: int):
         super().__init__()
         self.start, self.end = start, end
         setattr(self, ROWS_KEY, nn.Parameter(weight[start:end].detach().clone()))  # (end - start, C)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return weight
         return torch.cat([weight[:self.start], getattr(self, ROWS_KEY), weight[self.end:]])
 
 
@@ -108,6 +118,20 @@ def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float, targets:
     model.lora = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": list(targets),
                   "new_rows": list(new_rows) if new_rows and new_rows[1] > new_rows[0] else None}
     return model
+
+
+@contextlib.contextmanager
+def adapter_disabled(model: nn.Module) -> Iterator[None]:
+    """Inside, the model computes as its base: every LoRA update and trained vocabulary row off
+    (DPO's reference model, with no second copy of the weights)."""
+    parts = [m for m in model.modules() if isinstance(m, (LoRALinear, NewRows))]
+    for m in parts:
+        m.enabled = False
+    try:
+        yield
+    finally:
+        for m in parts:
+            m.enabled = True
 
 
 def is_adapter_key(name: str) -> bool:

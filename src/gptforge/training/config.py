@@ -216,6 +216,20 @@ class LoraArgs(Group):
         self.lora_targets = ",".join(lora_targets(self.lora_targets))
 
 
+@dataclass
+class PreferenceArgs(Group):
+    """Preference tuning (DPO, training/preference.py); none unless --method dpo."""
+
+    method: Literal["sft", "dpo"] = "sft"
+    """'sft': learn the answers of instruction or chat records; 'dpo': learn to prefer each record's "chosen"
+    answer to its "rejected" one (Rafailov et al. 2023), against the frozen starting model."""
+    beta: float = rule(0.1, minimum=0.0, strict=True)
+    """DPO's beta: how far the model may move from the starting model (larger: less far)."""
+    reference: Literal["cached", "per-batch"] = "cached"
+    """DPO's reference log-probabilities: 'cached' (computed once for every record before training) or
+    'per-batch' (computed with each batch: a frozen copy of the model, or with LoRA the adapter turned off)."""
+
+
 @dataclass(frozen=True)
 class Setting:
     """One flat setting: its flag, TOML key and config.json key is `name`."""
@@ -387,6 +401,7 @@ class FinetuneConfig(RunConfig):
     compute: ComputeArgs = field(default_factory=ComputeArgs)
     finetune: FinetuneArgs = field(default_factory=FinetuneArgs)
     lora: LoraArgs = field(default_factory=LoraArgs)
+    preference: PreferenceArgs = field(default_factory=PreferenceArgs)
 
     @classmethod
     def flatten(cls, data: dict, where: str = "") -> dict:

@@ -6,6 +6,7 @@ validation example beside the reference answer."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,8 @@ import torch
 
 from .. import distributed
 from ..data.example_batches import ExampleBatches
-from ..data.instructions import Example, load_examples
+from ..data.instructions import Example, load_examples, parse_record
+from ..data.preferences import parse_preference
 from ..data.templates import encode_examples, prompt_ids, stop_id, template_tokens
 from ..device import pick_device
 from ..errors import UserError
@@ -29,6 +31,7 @@ from ..weights.checkpoint import load_checkpoint, read_checkpoint_config
 from ..weights.load import base_identity, load_lora
 from .config import FinetuneConfig
 from .loop import Trainer, TrainResult
+from .preference import PreferenceTask
 from .pretrain import initial_model
 from .resume import resolve_run
 
@@ -48,26 +51,32 @@ def finetune(config: FinetuneConfig | None = None, *, resume: str | Path | None 
     if not cfg.records.data or not cfg.init_from:
         raise UserError("finetune needs --init-from MODEL (a checkpoint, run, Hugging Face folder or hub id) "
                         "and --data FILE (instruction or chat records)")
-    records = cfg.records
+    records, dpo = cfg.records, cfg.preference.method == "dpo"
     train_examples, val_examples = load_examples(records.data, records.val_data, records.val_fraction, cfg.seed,
-                                                 records.max_examples)  # bad records fail before anything else
+                                                 records.max_examples, parse_preference if dpo else parse_record)
     d, device = distributed.setup(pick_device(cfg.compute.device))
     torch.manual_seed(cfg.seed)  # the same LoRA initialisation on every rank
     model = resumed_model(checkpoint, device) if checkpoint is not None else initial_finetune_model(cfg, device, train_examples + val_examples)
-    task = FinetuneTask(cfg, model, train_examples, val_examples, d)
+    task = (PreferenceTask if dpo else FinetuneTask)(cfg, model, train_examples, val_examples, d)
+    if dpo and cfg.preference.reference == "per-batch" and not cfg.lora.lora_rank:
+        task.reference_model = frozen_reference(cfg, model, device, train_examples + val_examples, checkpoint)
     trainer = Trainer(cfg, run, model, task, total_steps=task.total_steps, d=d, device=device, resume_from=checkpoint,
-                      progress=progress, started=started)
+                      progress=progress, started=started, loss_fn=task.loss if dpo else None)
     trainable, total = trainable_count(model)
     how = f"LoRA rank {cfg.lora.lora_rank} on {cfg.lora.lora_targets}" if cfg.lora.lora_rank else "full fine-tuning"
     trainer.say(f"model: {cfg.init_from}, {trainable:,} of {total:,} parameters trainable ({how}), "
                 f"template {cfg.finetune.template}, on {device}{distributed.describe(d, cfg.compute.distributed)}")
     trainer.say(task.describe())
+    if dpo:
+        task.cache_reference(run.path, checkpoint is not None, trainer.parts.autocast)
+        task.write_before(model, run.path / RESPONSES, checkpoint is not None)
     if checkpoint is None:
         trainer.evaluate()  # step 0: where fine-tuning starts from
     result = trainer.fit()
     if cfg.finetune.response_tokens and not result.interrupted:
         path = task.write_responses(model, run.path / RESPONSES)
-        trainer.say(f"wrote {path}: the answer to each of {len(task.val_examples)} val examples")
+        trainer.say(f"wrote {path}: the answer to each of {len(task.val_examples)} val examples"
+                    + (" before and after training" if dpo else ""))
     distributed.teardown(d)
     return result
 
@@ -86,6 +95,14 @@ def initial_finetune_model(cfg: FinetuneConfig, device: torch.device, examples: 
                  new_rows=(old_vocab, model.config.vocab_size))
         model.lora["base"] = base_identity(cfg.init_from)
     return model
+
+
+def frozen_reference(cfg: FinetuneConfig, model: GPT, device: torch.device, examples: list,
+                     checkpoint: Path | None) -> GPT:
+    """DPO's reference for --reference per-batch with all weights training: a frozen copy of the
+    starting model (on resume, --init-from's model made again: the run's model has moved on)."""
+    reference = copy.deepcopy(model) if checkpoint is None else initial_finetune_model(cfg, device, examples)
+    return reference.requires_grad_(False).eval()
 
 
 def resumed_model(checkpoint: Path, device: torch.device) -> GPT:
@@ -113,13 +130,10 @@ class FinetuneTask:
         B, pad = cfg.optim.batch_size, self.tokenizer.eot_id
         self.train = ExampleBatches(train_set, B, cfg.seed, cfg.records.shuffle, rank=d.rank, world_size=d.world_size,
                                     pad_id=pad)
-        if self.train.num_batches < cfg.optim.grad_accum:
-            raise UserError(f"{len(train_set)} training example(s) cannot fill one step of {cfg.optim.grad_accum} x "
-                            f"{B} per process (x {d.world_size} processes); lower --batch-size")
         self.train_eval = ExampleBatches(train_set, B, cfg.seed + 1, pad_id=pad)  # fixed, comparable evaluations
         self.val = ExampleBatches(val_set, B, shuffle=False, drop_last=False, pad_id=pad) if val_set else None
         self.train_tokens = sum(len(ids) - 1 for ids, _ in train_set)
-        self.steps_per_epoch = self.train.num_batches // cfg.optim.grad_accum
+        self.steps_per_epoch = self.train.steps_per_epoch(cfg.optim.grad_accum, d.world_size)
         self.batches_per_epoch = self.steps_per_epoch * cfg.optim.grad_accum
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
         if cfg.optim.max_steps is not None:

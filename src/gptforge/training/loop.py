@@ -357,12 +357,17 @@ class Jobs:
         bytes_per_token = getattr(self.task, "val_bytes_per_token", None)
         val_bpb = val / math.log(2) / bytes_per_token if val is not None and bytes_per_token else None
         epoch = p.epoch + p.batch / self.task.batches_per_epoch
+        # A task's own measures of this evaluation (DPO's rewards), NaN written as null.
+        extra = {k: None if math.isnan(v) else v for k, v in (getattr(self.task, "eval_metrics", None) or {}).items()}
         self.run.append_metrics({
             "step": p.step, "epoch": epoch, "tokens_seen": p.tokens_seen, "train_loss": train_loss,
             "val_loss": val, "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(p.elapsed_s, 3),
-            **({"val_bpb": val_bpb} if val_bpb is not None else {})})
-        self.log.scalars(p.step, {"eval/train_loss": train_loss, "eval/val_loss": val, "eval/val_bpb": val_bpb})
-        self.say(f"epoch {epoch:.2f} step {p.step:>6}: train loss {train_loss:.3f}, val loss {val_loss:.3f}")
+            **({"val_bpb": val_bpb} if val_bpb is not None else {}), **extra})
+        self.log.scalars(p.step, {"eval/train_loss": train_loss, "eval/val_loss": val, "eval/val_bpb": val_bpb,
+                                  **{f"eval/{k}": v for k, v in extra.items()}})
+        shown = "".join(f", {k.removeprefix('val_').replace('_', ' ')} {v:.3f}" for k, v in extra.items()
+                        if k.startswith("val_") and v is not None)
+        self.say(f"epoch {epoch:.2f} step {p.step:>6}: train loss {train_loss:.3f}, val loss {val_loss:.3f}{shown}")
         _redraw_plot(self.run)
 
     def sample(self, p: Position, when: str) -> None:
