@@ -77,11 +77,9 @@ def without_tools(model, question: str, reference: str, results: list[str], sche
     return (start + rest).strip()
 
 
-def measure(checkpoint: str, data: str | Path = TEST_SPLIT, limit: int | None = None,
-            max_new_tokens: int = 96) -> dict:
-    """Per category: records, exact with tools, exact without; and the transcripts of the first of each."""
-    model = load_any(checkpoint)
-    records = read_file(Path(data), limit)
+def measure(model, records: list, max_new_tokens: int = 96) -> dict:
+    """Per category: records, exact with tools, exact without, calls made; the seconds it took;
+    and the transcript of the first record of each category."""
     tools = check_unique(builtin_tools("calculator,clock"))
     settings = ChatSettings(max_new_tokens=max_new_tokens, temperature=0.0, top_k=None)
     counts = defaultdict(lambda: {"records": 0, "with_tools": 0, "without_tools": 0, "calls": 0})
@@ -105,8 +103,7 @@ def measure(checkpoint: str, data: str | Path = TEST_SPLIT, limit: int | None = 
                                                   max_new_tokens) == reference
     seconds = time.perf_counter() - started
     table = {k: dict(counts[k]) for k in CATEGORIES if k in counts}
-    return {"checkpoint": checkpoint, "records": len(records), "seconds": round(seconds, 1),
-            "categories": table, "transcripts": transcripts}
+    return {"records": len(records), "seconds": round(seconds, 1), "categories": table, "transcripts": transcripts}
 
 
 def report(result: dict) -> str:
@@ -128,7 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-new-tokens", type=int, default=96, help="longest reply, in tokens (default: 96)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = p.parse_args(argv)
-    result = measure(args.checkpoint, args.data, args.limit, args.max_new_tokens)
+    result = {"checkpoint": args.checkpoint, **measure(load_any(args.checkpoint), read_file(Path(args.data), args.limit),
+                                                       args.max_new_tokens)}
     print(json.dumps(result) if args.json else report(result))
 
 
