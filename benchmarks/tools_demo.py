@@ -10,7 +10,8 @@ back as a tool turn, the model answers. A final answer counts when it is exactly
 Without tools: the same prompt (the tools still declared, as in training), but nothing runs; the
 model's answer is started for it with the reference's words up to the first tool result (e.g.
 `48213 * 7719 = `), so it must write the number itself, and it counts when the rest is exactly the
-record's. Questions that need no tool are asked once (their answer is the same either way): they
+record's; beside them, how often its calls named the right tools and were exactly the record's
+(the same arguments). Questions that need no tool are asked once (their answer is the same either way): they
 count when the model answers directly, without a call, and exactly.
 
 Categories as scripts/make_tools.py draws them: arithmetic (one calculator call on integers), dates
@@ -53,16 +54,26 @@ def category(messages: list[dict]) -> str:
     return "conversion" if "." in expression else "arithmetic"
 
 
-def with_tools(model, question: str, tools: dict, settings: ChatSettings) -> tuple[str, int, str]:
-    """(final answer, calls made, transcript) of one question through the chat's tool loop."""
+def calls_of(turns: list[dict]) -> list[tuple[str, str]]:
+    """The (name, arguments as canonical JSON) of every call in some turns, sorted."""
+    found = []
+    for turn in turns:
+        for c in turn.get("tool_calls") or []:
+            arguments = c["function"]["arguments"]
+            arguments = json.loads(arguments) if isinstance(arguments, str) else arguments
+            found.append((c["function"]["name"], json.dumps(arguments, sort_keys=True)))
+    return sorted(found)
+
+
+def with_tools(model, question: str, tools: dict, settings: ChatSettings) -> tuple[str, list, str]:
+    """(final answer, its calls (calls_of), transcript) of one question through the chat's tool loop."""
     conversation = Conversation(model, None, settings.max_new_tokens, [t.schema for t in tools.values()])
     ids, _ = conversation.prompt(question)
     shown = io.StringIO()
     answer_with_tools(model, conversation, ids, settings, None, tools, shown, CtrlC())
     last = conversation.turns[-1]
     final = last["content"] if last["role"] == "assistant" and not last.get("tool_calls") else ""
-    calls = sum(len(t.get("tool_calls", [])) for t in conversation.turns)
-    return final.strip(), calls, f"you> {question}\n{shown.getvalue()}"
+    return final.strip(), calls_of(conversation.turns), f"you> {question}\n{shown.getvalue()}"
 
 
 def without_tools(model, question: str, reference: str, results: list[str], schemas: list[dict],
@@ -82,7 +93,8 @@ def measure(model, records: list, max_new_tokens: int = 96) -> dict:
     and the transcript of the first record of each category."""
     tools = check_unique(builtin_tools("calculator,clock"))
     settings = ChatSettings(max_new_tokens=max_new_tokens, temperature=0.0, top_k=None)
-    counts = defaultdict(lambda: {"records": 0, "with_tools": 0, "without_tools": 0, "calls": 0})
+    counts = defaultdict(lambda: {"records": 0, "with_tools": 0, "without_tools": 0, "calls": 0,
+                                  "right_tools": 0, "exact_calls": 0})
     transcripts: dict[str, str] = {}
     started = time.perf_counter()
     for example in records:
@@ -91,8 +103,11 @@ def measure(model, records: list, max_new_tokens: int = 96) -> dict:
         row = counts[kind]
         row["records"] += 1
         final, calls, shown = with_tools(model, question, tools, settings)
-        row["calls"] += calls
-        right = final == reference and (kind != "no tool" or calls == 0)
+        expected = calls_of(messages)
+        row["calls"] += len(calls)
+        row["right_tools"] += [n for n, _ in calls] == [n for n, _ in expected]
+        row["exact_calls"] += calls == expected
+        right = final == reference and (kind != "no tool" or not calls)
         row["with_tools"] += right
         transcripts.setdefault(kind, shown)
         if kind == "no tool":
@@ -108,10 +123,12 @@ def measure(model, records: list, max_new_tokens: int = 96) -> dict:
 
 def report(result: dict) -> str:
     lines = [f"{result['records']} test records from {result['checkpoint']} in {result['seconds']:.0f} s",
-             "", "| category | records | exact with tools | exact without tools | calls made |", "|---|---|---|---|---|"]
+             "", "| category | records | exact with tools | exact without tools | calls made | the right tools "
+             "| exact calls |", "|---|---|---|---|---|---|---|"]
     for kind, row in result["categories"].items():
         n = row["records"]
-        lines.append(f"| {kind} | {n} | {row['with_tools'] / n:.0%} | {row['without_tools'] / n:.0%} | {row['calls']} |")
+        lines.append(f"| {kind} | {n} | {row['with_tools'] / n:.0%} | {row['without_tools'] / n:.0%} | {row['calls']} "
+                     f"| {row['right_tools'] / n:.0%} | {row['exact_calls'] / n:.0%} |")
     lines += ["", "A transcript of each (the first record of its kind):", ""]
     lines += [shown for shown in result["transcripts"].values()]
     return "\n".join(lines)

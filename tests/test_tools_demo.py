@@ -91,6 +91,7 @@ ARITHMETIC = {"tools": None, "messages": [
     {"role": "assistant", "content": "48213 * 7719 = 372156147."}]}
 DIRECT = {"tools": None, "messages": [{"role": "user", "content": "Write rocket in capital letters."},
                                       {"role": "assistant", "content": "ROCKET"}]}
+WRONG = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "48213 * 7718"}}\n</tool_call>'
 CALC = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "48213 * 7719"}}\n</tool_call>'
 
 
@@ -125,7 +126,8 @@ def chat_model():
 
 def test_an_answer_counts_when_the_call_runs_and_the_answer_is_exact(monkeypatch):
     result, prompts, model = scripted_measure(monkeypatch, [ARITHMETIC], [CALC, "48213 * 7719 = 372156147.", "372156146."])
-    assert result["categories"] == {"arithmetic": {"records": 1, "with_tools": 1, "without_tools": 0, "calls": 1}}
+    assert result["categories"] == {"arithmetic": {"records": 1, "with_tools": 1, "without_tools": 0, "calls": 1,
+                                                 "right_tools": 1, "exact_calls": 1}}
     text = model.tokenizer.decode
     assert "<tool_response>\n372156147\n</tool_response>" in text(prompts[1])  # the calculator's own result
     assert text(prompts[2]).endswith("<|im_start|>assistant\n48213 * 7719 = ")  # without tools: started for it
@@ -134,10 +136,11 @@ def test_an_answer_counts_when_the_call_runs_and_the_answer_is_exact(monkeypatch
 
 
 def test_an_inexact_answer_or_a_needless_call_does_not_count(monkeypatch):
-    result, _, _ = scripted_measure(monkeypatch, [ARITHMETIC, DIRECT, DIRECT],
+    result, _, _ = scripted_measure(monkeypatch, [ARITHMETIC, ARITHMETIC, DIRECT, DIRECT],
                                     [CALC, "48213 * 7719 = 372156147", "372156147.",  # no final stop
+                                     WRONG, "48213 * 7719 = 372156147.", "0.",  # right answer, wrong call
                                      CALC, "ROCKET",  # right, but it called the calculator for it
                                      "ROCKET"])
     assert result["categories"] == {
-        "arithmetic": {"records": 1, "with_tools": 0, "without_tools": 1, "calls": 1},
-        "no tool": {"records": 2, "with_tools": 1, "without_tools": 1, "calls": 1}}
+        "arithmetic": {"records": 2, "with_tools": 1, "without_tools": 1, "calls": 2, "right_tools": 2, "exact_calls": 1},
+        "no tool": {"records": 2, "with_tools": 1, "without_tools": 1, "calls": 1, "right_tools": 1, "exact_calls": 1}}
