@@ -14,7 +14,7 @@ HELP = "fine-tune a model on instruction or chat data (full or LoRA)"
 def add_arguments(p) -> None:
     from ..training.config import FinetuneConfig
 
-    add_run_arguments(p, FinetuneConfig, "tasks-lora, tasks-full")
+    add_run_arguments(p, FinetuneConfig, "tasks-lora, tasks-full, tools-cpu")
 
 
 def run(args) -> int:
