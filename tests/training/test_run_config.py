@@ -65,11 +65,15 @@ def test_a_group_stands_alone():
         OptimArgs(lr=0)
 
 
+PRETRAINING_RECIPES = {"gutenberg-345m", "shakespeare-cpu", "speedrun-cpu", "speedrun-gpu", "the-verdict"}
+FINETUNING_RECIPES = {"tasks-full", "tasks-lora", "dpo-cpu", "tools-cpu"}
+
+
 def test_every_bundled_config_loads_unchanged():
-    bundled = sorted(p.stem for p in (Path(train_cli.__file__).parents[1] / "configs").glob("*.toml"))
-    assert len(bundled) == 8
-    for name in bundled:
-        cls = FinetuneConfig if name.startswith(("tasks", "dpo")) else TrainConfig
+    bundled = {p.stem for p in (Path(train_cli.__file__).parents[1] / "configs").glob("*.toml")}
+    assert bundled == PRETRAINING_RECIPES | FINETUNING_RECIPES  # a new recipe is listed as one or the other
+    for name in sorted(bundled):
+        cls = FinetuneConfig if name in FINETUNING_RECIPES else TrainConfig
         settings = load_config_file(name, cls)
         cfg = cls.from_dict(settings)
         assert {k: cfg.get(k) for k in settings} == settings  # every key landed where it is read back
