@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gptforge.errors import UserError
 from gptforge.generate import generate
 from gptforge.model import prepare_for_decoding
 from gptforge.model.quantize import Int8Linear, quantize_model
@@ -67,7 +68,7 @@ def test_int8_refuses_training_and_other_dtypes():
     model = quantize_model(prepare_for_decoding(random_gpt(0)), "int8")
     with pytest.raises(RuntimeError, match="for inference"):
         model.train()(torch.zeros(1, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match="float32 model on a CPU"):
+    with pytest.raises(UserError, match="runs on a CPU in float32"):
         quantize_model(prepare_for_decoding(random_gpt(0), torch.bfloat16), "int8")
     untouched = random_gpt(0)
     assert quantize_model(untouched, None) is untouched and not isinstance(untouched.lm_head, Int8Linear)

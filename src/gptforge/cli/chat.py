@@ -6,7 +6,7 @@ model fine-tuned on tool use functions to call, run here."""
 from __future__ import annotations
 
 from ..config import DTYPES
-from .common import add_device, add_model_source, add_sampling_flags, model_from_args
+from .common import add_device, add_quantize, add_model_source, add_sampling_flags, model_from_args
 
 NAME = "chat"
 HELP = "talk to a model in the terminal"
@@ -26,6 +26,7 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="precision of the weights (default: float32)")
     add_device(p)
+    add_quantize(p)
 
 
 def run(args) -> int:

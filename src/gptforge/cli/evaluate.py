@@ -9,7 +9,7 @@ import json
 import math
 import sys
 
-from .common import add_device
+from .common import add_device, add_quantize
 
 NAME = "eval"
 HELP = "loss / perplexity / bits per byte on text, or a multiple-choice benchmark (HellaSwag)"
@@ -30,6 +30,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=8,
                    help="windows (loss) or items (hellaswag, mc) per forward pass (default: 8)")
     add_device(p)
+    add_quantize(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
@@ -41,7 +42,8 @@ def run(args) -> int:
     progress = not args.json and sys.stderr.isatty()
     if args.task == "loss":
         result = evaluate_path(args.checkpoint, args.data, batch_size=args.batch_size,
-                               device=pick_device(args.device), split=args.split, progress=progress)
+                               device=pick_device(args.device), split=args.split, progress=progress,
+                               quantize=args.quantize)
         report = format_report
     else:
         result = evaluate_choice(args.checkpoint, args.data, task=args.task, limit=args.limit,

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from ..config import DTYPES
-from .common import add_device, add_model_source, model_from_args
+from .common import add_device, add_quantize, add_model_source, model_from_args
 
 NAME = "serve"
 HELP = "serve a model: OpenAI-compatible API and a web chat page"
@@ -34,6 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="precision of the weights (default: float32)")
     add_device(p)
+    add_quantize(p)
 
 
 def run(args) -> int:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..errors import UserError
+
 QUANTIZATIONS = ("int8",)
 _INT8_MAX = 127
 
@@ -60,10 +62,11 @@ def quantize_model(model: nn.Module, how: str | None) -> nn.Module:
     if how is None:
         return model
     if how not in QUANTIZATIONS:
-        raise ValueError(f"unknown quantization {how!r}; choose from {', '.join(QUANTIZATIONS)}")
+        raise UserError(f"unknown quantization {how!r}; choose from {', '.join(QUANTIZATIONS)}")
     weight = next(model.parameters())
-    if weight.device.type != "cpu" or weight.dtype != torch.float32:
-        raise ValueError(f"int8 quantization takes a float32 model on a CPU, got {weight.dtype} on {weight.device}")
+    if weight.device.type != "cpu" or weight.dtype != torch.float32:  # _int_mm's CPU kernel, float32 scales
+        raise UserError(f"--quantize {how} runs on a CPU in float32 (--device cpu --dtype float32); "
+                        f"this model is {str(weight.dtype).removeprefix('torch.')} on {weight.device}")
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
     with torch.no_grad():
         for parent in list(model.modules()):
