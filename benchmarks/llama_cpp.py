@@ -105,7 +105,9 @@ def transformers_speed(model: GPT, prompt: torch.Tensor, tokens: int, repeats: i
 
 def rows_for(arch: str, args, folder: Path) -> list[tuple[str, float | str, float]]:
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_preset(args.preset, arch=arch)).eval()
+    # The modern block on the preset's shape, without GPT-2's q/k/v biases (as Qwen3, its export)
+    overrides = {"arch": arch} if arch == "gpt2" else {"arch": arch, "qkv_bias": False}
+    model = GPT(GPTConfig.from_preset(args.preset, **overrides)).eval()
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
     n, rows_ = matrix_weights(model), model.config.vocab_size  # q8_0: 34 bytes per 32 weights
     int8_bytes = n + 4 * (sum(m.weight.shape[0] for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)) + rows_)
