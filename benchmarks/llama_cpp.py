@@ -7,7 +7,8 @@ prompt, the same number of greedy new tokens and the same threads; best of --rep
 Decoding one token reads every weight matrix once (the LM head's 50K rows included), so its speed
 is bounded by memory bandwidth: the table gives each contestant's weight bytes per token, and
 bytes per token x tokens/s as a fraction of this machine's bandwidth, measured here by copying a
-buffer far larger than the caches (read + write counted).
+buffer far larger than the caches (read only, as decoding reads weights; the best of a measurement
+before and one after the contestants, so a busy moment does not lower it).
 
     python benchmarks/llama_cpp.py                   # both blocks, 64 tokens (~3 minutes on 2 cores)
     python benchmarks/llama_cpp.py --tokens 16 --blocks gpt2 --repeats 1   # a quick look
@@ -38,11 +39,11 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 
 def bandwidth_gb_s(mb: int = 1024, repeats: int = 5) -> float:
-    """Memory bandwidth from the best of `repeats` copies of an `mb` MB buffer (bytes read + written)."""
+    """Memory read bandwidth: the best of `repeats` sums of an `mb` MB buffer, far past the caches
+    (a sum does one add per 4 bytes read: memory-bound, like a matrix-vector product)."""
     src = torch.ones(mb * 2**20 // 4)
-    dst = torch.empty_like(src)
-    best = min(_timed(lambda: dst.copy_(src)) for _ in range(repeats))
-    return 2 * src.numel() * 4 / best / 1e9
+    best = min(_timed(lambda: src.sum()) for _ in range(repeats))
+    return src.numel() * 4 / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -132,21 +133,22 @@ def main() -> None:
                    help="threads for every contestant (default: torch's, here %(default)s)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    bw = bandwidth_gb_s()
+    before = bandwidth_gb_s()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [(arch, *row) for arch in args.blocks.split(",") for row in rows_for(arch, args, Path(tmp))]
+    bw = max(before, bandwidth_gb_s())
     print(f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
           f"{args.preset}, prompt {args.prompt_tokens} tokens, {args.tokens} greedy new tokens, best of "
-          f"{args.repeats}; measured memory bandwidth {bw:.1f} GB/s (copy of 1 GiB, read + write)\n")
-    print(f"| block | contestant | tokens/s | ms/token | weight MB/token | GB/s | of bandwidth |")
-    print(f"|---|---|---:|---:|---:|---:|---:|")
-    with tempfile.TemporaryDirectory() as tmp:
-        for arch in args.blocks.split(","):
-            for name, speed, nbytes in rows_for(arch, args, Path(tmp)):
-                if isinstance(speed, str):
-                    print(f"| {arch} | {name} | {speed} | | {nbytes / 1e6:.0f} | | |", flush=True)
-                    continue
-                rate = nbytes * speed / 1e9
-                print(f"| {arch} | {name} | {speed:.1f} | {1000 / speed:.1f} | {nbytes / 1e6:.0f} | {rate:.1f} | "
-                      f"{100 * rate / bw:.0f}% |", flush=True)
+          f"{args.repeats}; memory read bandwidth {bw:.1f} GB/s (best sum of 1 GiB; {before:.1f} before)\n")
+    print("| block | contestant | tokens/s | ms/token | weight MB/token | GB/s | of bandwidth |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for arch, name, speed, nbytes in rows:
+        if isinstance(speed, str):
+            print(f"| {arch} | {name} | {speed} | | {nbytes / 1e6:.0f} | | |")
+            continue
+        rate = nbytes * speed / 1e9
+        print(f"| {arch} | {name} | {speed:.1f} | {1000 / speed:.1f} | {nbytes / 1e6:.0f} | {rate:.1f} | "
+              f"{100 * rate / bw:.0f}% |")
 
 
 if __name__ == "__main__":
