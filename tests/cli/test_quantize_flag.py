@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +36,11 @@ def test_eval_int8_reports_bits_per_byte_close_to_float32(tmp_path):
     assert results["int8"]["tokens"] == results[None]["tokens"]
     assert results["int8"]["bits_per_byte"] != results[None]["bits_per_byte"]  # it did quantize
     assert results["int8"]["bits_per_byte"] == pytest.approx(results[None]["bits_per_byte"], rel=0.01)
+    mc = run_cli_here("eval", "--checkpoint", str(tmp_path / "ckpt"), "--task", "mc", "--limit", "3", "--json",
+                      "--data", str(Path(__file__).parent.parent / "evaluate" / "hellaswag_sample.jsonl"),
+                      "--device", "cpu", "--quantize", "int8")
+    assert mc.returncode == 0, mc.stderr
+    assert json.loads(mc.stdout)["items"] == 3
 
 
 @pytest.mark.parametrize("args, fragment", [

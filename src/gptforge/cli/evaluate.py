@@ -47,7 +47,8 @@ def run(args) -> int:
         report = format_report
     else:
         result = evaluate_choice(args.checkpoint, args.data, task=args.task, limit=args.limit,
-                                 batch_size=args.batch_size, device=pick_device(args.device), progress=progress)
+                                 batch_size=args.batch_size, device=pick_device(args.device), progress=progress,
+                                 quantize=args.quantize)
         report = format_choice_report
     if args.json:  # strict JSON: an overflowing perplexity is null, not Infinity
         result = {k: None if isinstance(v, float) and not math.isfinite(v) else v
