@@ -1,16 +1,15 @@
 """int8 inference on CPUs (`--quantize int8`): every linear layer's weight stored as int8 with one
 scale per output channel, the LM head included, and each input row quantized to int8 on the fly
-with a scale of its own, so the matmul is int8 x int8 -> int32 (torch._int_mm, oneDNN's VNNI
-kernel) and comes back to float32 through the two scales.
+with a scale of its own, so the matmul is int8 x int8 -> int32 (torch._int_mm) and comes back to float32 through the two scales.
 
-Why not weight-only int8 (float activations, int8 weights): on the AVX-512 machine measured, its
-kernels were no faster than our float32 path (torchao's Int8WeightOnlyConfig 0.74 ms vs 1.07 ms
-for a 768 x 2304 matmul of one row) or far slower (aten._weight_int8pack_mm 3.9 ms), while
-_int_mm took 0.18 ms. Why not torch.ao's quantize_dynamic (fbgemm), 2x faster again in isolation:
-it quantizes a whole batch with one activation scale, so a row's tokens would depend on the
-other rows decoded with it (the server batches strangers together), and it is deprecated. With a
-scale per row, every row's integers and its int32 sums are exact whatever else is in the batch:
-a row decoded in a batch gets the very logits it gets alone. The numbers: benchmarks/README.md.
+Why not weight-only int8 (float activations, int8 weights): on the AVX-512 machine measured
+(benchmarks/int8_kernels.py, one row through a 768 x 2304 weight read from memory), torchao's
+Int8WeightOnlyConfig took 0.29 ms and aten._weight_int8pack_mm 1.45 ms, against 0.23 ms for
+Int8Linear (and 0.45 ms for our float32 path). Why not torch.ao's quantize_dynamic (fbgemm), at
+0.13 ms the fastest: it quantizes a whole batch with one activation scale, so a row's tokens would
+depend on the other rows decoded with it (the server batches strangers together), and it is
+deprecated. With a scale per row, every row's integers and its int32 sums are exact whatever else
+is in the batch: the linear layers give a row in a batch exactly what they give it alone.
 
 Only for inference: the integer weights have no gradients, and a module in training mode refuses.
 """
@@ -34,7 +33,7 @@ class Int8Linear(nn.Module):
         weight = weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / _INT8_MAX  # (N,)
         # Stored (N, K) row-major and handed to _int_mm transposed: oneDNN reads that layout
-        # fastest for a few rows (measured 0.18 vs 0.25 ms at 768 x 2304).
+        # fastest for a few rows (0.18 vs 0.25 ms at 768 x 2304 for one row, in one measurement).
         self.register_buffer("qweight", torch.round(weight / scale[:, None]).to(torch.int8))
         self.register_buffer("scale", scale)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
