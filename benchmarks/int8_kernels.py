@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -59,17 +60,17 @@ def main() -> None:
     for rows in (1, 8):
         x = torch.randn(rows, K)
         xq = torch.round(x / (x.abs().amax(1, keepdim=True) / 127)).to(torch.int8)
+        linear_dynamic, int8pack_mm = torch.ops.quantized.linear_dynamic, torch.ops.aten._weight_int8pack_mm
         contestants = {
-            "float32, ours (column-major)": (4, [lambda w=w: linear(x, w) for w in column_major]),
-            "torch._int_mm alone": (1, [lambda q=q: torch._int_mm(xq, q.t()) for q in int8]),
-            "Int8Linear": (1, [lambda m=m: m(x) for m in ours]),
-            "fbgemm quantized::linear_dynamic": (1, [lambda p=p: torch.ops.quantized.linear_dynamic(x, p, True)
-                                                     for p in fbgemm]),
-            "aten._weight_int8pack_mm": (1, [lambda q=q, s=s: torch.ops.aten._weight_int8pack_mm(x, q, s)
-                                             for q, s in zip(int8, scales)][:12]),
+            "float32, ours (column-major)": (4, [partial(linear, x, w) for w in column_major]),
+            "torch._int_mm alone": (1, [partial(torch._int_mm, xq, q.t()) for q in int8]),
+            "Int8Linear": (1, [partial(m, x) for m in ours]),
+            "fbgemm quantized::linear_dynamic": (1, [partial(linear_dynamic, x, p, True) for p in fbgemm]),
+            # 12 copies only (it is that slow): they fit the L3, which flatters it
+            "aten._weight_int8pack_mm": (1, [partial(int8pack_mm, x, q, s) for q, s in zip(int8, scales)][:12]),
         }
         if torchao is not None:
-            contestants["torchao Int8WeightOnlyConfig"] = (1, [lambda m=m: m(x) for m in torchao])
+            contestants["torchao Int8WeightOnlyConfig"] = (1, [partial(m, x) for m in torchao])
         with torch.no_grad():
             for name, (nbytes, calls) in contestants.items():
                 ms = best_ms(calls)

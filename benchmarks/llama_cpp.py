@@ -109,10 +109,12 @@ def rows_for(arch: str, args, folder: Path) -> list[tuple[str, float | str, floa
     # The modern block on the preset's shape, without GPT-2's q/k/v biases (as Qwen3, its export)
     overrides = {"arch": arch} if arch == "gpt2" else {"arch": arch, "qkv_bias": False}
     model = GPT(GPTConfig.from_preset(args.preset, **overrides)).eval()
-    prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(1))
-    n, rows_ = matrix_weights(model), model.config.vocab_size  # q8_0: 34 bytes per 32 weights
-    int8_bytes = n + 4 * (sum(m.weight.shape[0] for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)) + rows_)
-    fp32, q8 = 4 * n, n * 34 / 32
+    prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_tokens),
+                           generator=torch.Generator().manual_seed(1))
+    n = matrix_weights(model)
+    rows = sum(m.weight.shape[0] for m in model.blocks.modules() if isinstance(m, torch.nn.Linear))
+    int8_bytes = n + 4 * (rows + model.config.vocab_size)  # a float32 scale per output row
+    fp32, q8 = 4 * n, n * 34 / 32  # q8_0: 34 bytes per block of 32 weights
     return [
         ("gptforge float32", ours(model, prompt, args.tokens, args.repeats, None), fp32),
         ("gptforge int8", ours(model, prompt, args.tokens, args.repeats, "int8"), int8_bytes),

@@ -99,7 +99,8 @@ def bench_generate(preset: str = "gpt2-124m", prompt_tokens: int = 8, new_tokens
     flops_per_token = model.flops_per_token(int(mean_ctx)) / 3  # forward only: a third of training
     peak = matmul_peak_flops(dev, getattr(torch, dtype))
     return {"what": "generate", "preset": preset, "arch": c.arch, "prompt_tokens": prompt_tokens,
-            "new_tokens": new_tokens, "batch_size": batch_size, "dtype": dtype, "quantize": quantize, "device": str(dev),
+            "new_tokens": new_tokens, "batch_size": batch_size, "dtype": dtype, "quantize": quantize,
+            "device": str(dev),
             "kv_cache": use_cache, "seconds": seconds, "tokens_per_s": tokens_per_s,
             "ms_per_token": 1000 * seconds / new_tokens, "n_layers": c.n_layers,
             "mfu": flops_per_token * tokens_per_s / peak, "peak_tflops": peak / 1e12,

@@ -6,7 +6,7 @@ model fine-tuned on tool use functions to call, run here."""
 from __future__ import annotations
 
 from ..config import DTYPES
-from .common import add_device, add_quantize, add_model_source, add_sampling_flags, model_from_args
+from .common import add_device, add_model_source, add_quantize, add_sampling_flags, model_from_args
 
 NAME = "chat"
 HELP = "talk to a model in the terminal"

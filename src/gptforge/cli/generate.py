@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from ..config import DTYPES
-from .common import add_device, add_quantize, add_model_source, add_sampling_flags, model_from_args
+from .common import add_device, add_model_source, add_quantize, add_sampling_flags, model_from_args
 
 NAME = "generate"
 HELP = "continue a prompt with a trained or randomly initialised model"

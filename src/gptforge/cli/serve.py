@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from ..config import DTYPES
-from .common import add_device, add_quantize, add_model_source, model_from_args
+from .common import add_device, add_model_source, add_quantize, model_from_args
 
 NAME = "serve"
 HELP = "serve a model: OpenAI-compatible API and a web chat page"

@@ -1,6 +1,7 @@
 """int8 inference on CPUs (`--quantize int8`): every linear layer's weight stored as int8 with one
 scale per output channel, the LM head included, and each input row quantized to int8 on the fly
-with a scale of its own, so the matmul is int8 x int8 -> int32 (torch._int_mm) and comes back to float32 through the two scales.
+with a scale of its own, so the matmul is int8 x int8 -> int32 (torch._int_mm) and comes back to
+float32 through the two scales.
 
 Why not weight-only int8 (float activations, int8 weights): on the AVX-512 machine measured
 (benchmarks/int8_kernels.py, one row through a 768 x 2304 weight read from memory), torchao's
