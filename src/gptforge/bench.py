@@ -21,6 +21,7 @@ from .device import matmul_peak_flops, pick_device, synchronize
 from .evaluate import batch_loss
 from .generate import generate
 from .model import GPT, prepare_for_decoding
+from .model.quantize import quantize_model
 from .training.config import OptimArgs
 from .training.optim import make_optimizer
 
@@ -76,10 +77,12 @@ def bench_train(preset: str = "gpt2-124m", context_length: int | None = 256, bat
 
 def bench_generate(preset: str = "gpt2-124m", prompt_tokens: int = 8, new_tokens: int = 200,
                    batch_size: int = 1, dtype: str = "float32", device: str = "auto",
-                   use_cache: bool = True, repeats: int = 3) -> dict:
-    """Greedy decoding speed: median over `repeats` runs of new tokens per second."""
+                   use_cache: bool = True, repeats: int = 3, quantize: str | None = None,
+                   arch: str | None = None) -> dict:
+    """Greedy decoding speed: median over `repeats` runs of new tokens per second (of the
+    quantized model with quantize="int8")."""
     dev = pick_device(device)
-    model = prepare_for_decoding(_model(preset, None, dev), getattr(torch, dtype))
+    model = quantize_model(prepare_for_decoding(_model(preset, None, dev, arch), getattr(torch, dtype)), quantize)
     idx = torch.randint(0, model.config.vocab_size, (batch_size, prompt_tokens), device=dev)
     generate(model, idx, 4, temperature=0.0, use_cache=use_cache)  # warm-up
     times = []
@@ -95,8 +98,9 @@ def bench_generate(preset: str = "gpt2-124m", prompt_tokens: int = 8, new_tokens
     mean_ctx = prompt_tokens + new_tokens / 2
     flops_per_token = model.flops_per_token(int(mean_ctx)) / 3  # forward only: a third of training
     peak = matmul_peak_flops(dev, getattr(torch, dtype))
-    return {"what": "generate", "preset": preset, "prompt_tokens": prompt_tokens,
-            "new_tokens": new_tokens, "batch_size": batch_size, "dtype": dtype, "device": str(dev),
+    return {"what": "generate", "preset": preset, "arch": c.arch, "prompt_tokens": prompt_tokens,
+            "new_tokens": new_tokens, "batch_size": batch_size, "dtype": dtype, "quantize": quantize,
+            "device": str(dev),
             "kv_cache": use_cache, "seconds": seconds, "tokens_per_s": tokens_per_s,
             "ms_per_token": 1000 * seconds / new_tokens, "n_layers": c.n_layers,
             "mfu": flops_per_token * tokens_per_s / peak, "peak_tflops": peak / 1e12,
@@ -111,7 +115,8 @@ def format_result(r: dict) -> str:
                 ("tokens/s", f"{r['tokens_per_s']:,.0f}")]
     else:
         head = (f"generate {r['preset']} prompt={r['prompt_tokens']} new={r['new_tokens']} "
-                f"B={r['batch_size']} {r['dtype']} kv_cache={r['kv_cache']} on {r['device']}")
+                f"B={r['batch_size']} {r['dtype']}{' ' + r['quantize'] if r.get('quantize') else ''} "
+                f"kv_cache={r['kv_cache']} on {r['device']}")
         rows = [("tokens/s", f"{r['tokens_per_s']:,.1f}"), ("ms per token", f"{r['ms_per_token']:.2f}")]
     rows += [("peak memory", f"{r['peak_memory_mb']:,.0f} MiB"),
              ("MFU", f"{100 * r['mfu']:.1f}% of a measured {r['peak_tflops'] * 1000:,.0f} GFLOP/s matmul peak")]

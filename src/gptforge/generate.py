@@ -13,6 +13,7 @@ from .config import GPTConfig
 from .device import pick_device
 from .errors import UserError
 from .model import GPT, prepare_for_decoding
+from .model.quantize import quantize_model
 from .tokenizer import tokenizer_of
 from .weights import load_any
 
@@ -305,10 +306,11 @@ def generate_texts(model: GPT, prompt: str, num_samples: int, max_new_tokens: in
 
 
 def model_for_generation(source: str | None = None, preset: str | None = None, seed: int | None = None,
-                         device: str = "auto", dtype: str = "float32", allow_nonfinite: bool = False) -> GPT:
+                         device: str = "auto", dtype: str = "float32", allow_nonfinite: bool = False,
+                         quantize: str | None = None) -> GPT:
     """A model ready to decode (see prepare_for_decoding): from `source` (anything load_any
     takes; weights with NaN or inf refused unless `allow_nonfinite`), or a `preset` with random
-    weights drawn from `seed`."""
+    weights drawn from `seed`; quantized if `quantize` says how (see model.quantize)."""
     dev = pick_device(device)
     if dtype == "float16" and dev.type == "cpu":
         raise UserError("--dtype float16 is for GPUs (a CPU emulates it, very slowly); "
@@ -320,4 +322,4 @@ def model_for_generation(source: str | None = None, preset: str | None = None, s
             torch.manual_seed(seed)
         with torch.device(dev):
             model = GPT(GPTConfig.from_preset(preset))
-    return prepare_for_decoding(model, getattr(torch, dtype))
+    return quantize_model(prepare_for_decoding(model, getattr(torch, dtype)), quantize)

@@ -258,3 +258,22 @@ def test_a_constrained_row_beside_free_rows(model, settings):
     assert constrained_out.tokens and all(t % 2 == 0 for t in constrained_out.tokens)
     assert constraint.accepted == constrained_out.tokens
     assert [o.tokens for _, o in free] == reference
+
+
+def test_int8_greedy_tokens_are_the_same_alone_and_beside_others():
+    """The int8 model (model.quantize) under continuous batching: each request's greedy tokens are
+    the ones the int8 model gives it alone. (That a row's logits do not depend on its neighbours
+    at all is tests/model/test_quantize.py's; greedy tokens of this tiny model would survive a
+    batch-wide scale too: this one checks that the engine runs the int8 model, chunked prefill and
+    rows at different lengths included.)"""
+    from gptforge.model.quantize import quantize_model
+
+    torch.manual_seed(0)
+    config = GPTConfig.from_preset("gpt2-tiny", vocab_size=257, context_length=64)
+    int8 = quantize_model(prepare_for_decoding(GPT(config)), "int8")
+    engine = Engine(int8, max_batch=4, max_queue=16, prefill_chunk=16)
+    budgets = [20, 3, 11, 24, 7, 20, 30, 1]
+    seqs, outs = zip(*(sequence(p, max_tokens=m) for p, m in zip(prompts(8), budgets)))
+    run_until_done(engine, outs, arrivals=[(0, list(seqs[:3])), (2, list(seqs[3:6])), (9, list(seqs[6:]))])
+    for p, m, out in zip(prompts(8), budgets, outs):
+        assert out.reason == "length" and out.tokens == alone(int8, p, m)

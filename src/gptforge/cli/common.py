@@ -88,6 +88,15 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
 
 
+def add_quantize(parser: argparse.ArgumentParser) -> None:
+    from ..model.quantize import QUANTIZATIONS
+
+    parser.add_argument("--quantize", choices=QUANTIZATIONS, default=None,
+                        help="int8: int8 weights and activations in every linear layer, on a CPU in float32 "
+                             "(faster decoding, a quarter of the linear weights' memory, slightly different "
+                             "logits; docs/generate.md)")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, cls, bundled: str) -> None:
     """What a training command takes: --config (a file or one of the `bundled` configs),
     --resume, one flag per field of `cls`, --no-progress."""
@@ -148,7 +157,7 @@ def model_from_args(args: argparse.Namespace, dtype: str = "float32"):
     if args.random_init and not args.preset:
         raise UserError("--random-init needs --preset NAME")
     return model_for_generation(args.checkpoint, args.preset, args.seed, args.device, dtype,
-                                allow_nonfinite=args.allow_nonfinite)
+                                allow_nonfinite=args.allow_nonfinite, quantize=args.quantize)
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int, temperature: float, top_k: int) -> None:

@@ -12,7 +12,7 @@ import json
 import math
 import sys
 
-from .common import add_device
+from .common import add_device, add_quantize
 
 NAME = "eval"
 HELP = "loss / perplexity / bits per byte on text, or a multiple-choice benchmark (HellaSwag)"
@@ -39,6 +39,7 @@ def add_arguments(p) -> None:
     p.add_argument("--batch-size", type=int, default=8,
                    help="windows (loss) or items (hellaswag, mc) per forward pass (default: 8)")
     add_device(p)
+    add_quantize(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
 
 
@@ -56,11 +57,13 @@ def run(args) -> int:
         raise UserError(f"--task {args.task} needs --checkpoint")
     elif args.task == "loss":
         result = evaluate_path(args.checkpoint, args.data, batch_size=args.batch_size,
-                               device=pick_device(args.device), split=args.split, progress=progress)
+                               device=pick_device(args.device), split=args.split, progress=progress,
+                               quantize=args.quantize)
         report = format_report
     else:
         result = evaluate_choice(args.checkpoint, args.data, task=args.task, limit=args.limit,
-                                 batch_size=args.batch_size, device=pick_device(args.device), progress=progress)
+                                 batch_size=args.batch_size, device=pick_device(args.device), progress=progress,
+                                 quantize=args.quantize)
         report = format_choice_report
     if args.json:  # strict JSON: an overflowing perplexity is null, not Infinity
         result = {k: None if isinstance(v, float) and not math.isfinite(v) else v

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from ..config import DTYPES
-from .common import add_device, add_model_source, add_sampling_flags, model_from_args
+from .common import add_device, add_model_source, add_quantize, add_sampling_flags, model_from_args
 
 NAME = "generate"
 HELP = "continue a prompt with a trained or randomly initialised model"
@@ -34,6 +34,7 @@ def add_arguments(p) -> None:
                         "halves the model's memory, with slightly different logits (on the CPUs "
                         "measured it decodes slower than float32); float16 only on GPUs")
     add_device(p)
+    add_quantize(p)
 
 
 def run(args) -> int:

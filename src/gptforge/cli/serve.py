@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from ..config import DTYPES
-from .common import add_device, add_index_flags, add_model_source, model_from_args, retriever_from_args
+from .common import add_device, add_index_flags, add_model_source, add_quantize, model_from_args, retriever_from_args
 
 NAME = "serve"
 HELP = "serve a model: OpenAI-compatible API and a web chat page"
@@ -36,6 +36,7 @@ def add_arguments(p) -> None:
                    help="precision of the weights (default: float32)")
     add_index_flags(p)
     add_device(p)
+    add_quantize(p)
 
 
 def run(args) -> int:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from ..data import as_token_array, is_corpus, load_corpus, tokenize
 from ..device import pick_device
 from ..errors import UserError
+from ..model.quantize import quantize_model
 from ..text.split import SPLITS
 from ..tokenizer import tokenizer_of
 from ..weights import load_any, resolve_model_path
@@ -141,16 +142,16 @@ def evaluate_tokens(model: torch.nn.Module, tokens: np.ndarray, batch_size: int 
 
 
 def evaluate_path(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_size: int = 8,
-                  device: torch.device | str = "cpu", split: str = "val", progress: bool = True
-                  ) -> dict[str, Any]:
+                  device: torch.device | str = "cpu", split: str = "val", progress: bool = True,
+                  quantize: str | None = None) -> dict[str, Any]:
     """Evaluate a model (anything load_any takes) on a prepared corpus's `split`, or on all of a text
     file / folder / glob (every document, joined as `prepare` would, with the model's own
     tokenizer). A corpus's shards are checked against their sha256 first, and a corpus prepared
     with another tokenizer than the model's is refused. The result is evaluate_tokens's dict plus
-    checkpoint, data and split."""
+    checkpoint, data and split. quantize="int8" evaluates the int8 model (model.quantize)."""
     checkpoint = resolve_model_path(checkpoint)
     device = pick_device(device) if isinstance(device, str) else device
-    model = load_any(checkpoint, device)  # fails fast, before any tokenizing
+    model = quantize_model(load_any(checkpoint, device), quantize)  # fails fast, before any tokenizing
     tokenizer = tokenizer_of(model)
     folder = Path(data)
     if is_corpus(folder):
@@ -168,7 +169,7 @@ def evaluate_path(checkpoint: str | os.PathLike, data: str | os.PathLike, batch_
     else:
         tokens, used_split = tokenize([str(data)], progress=progress, tokenizer=tokenizer)[0], None
     result = evaluate_tokens(model, tokens, batch_size=batch_size, device=device, progress=progress)
-    return {**result, "checkpoint": str(checkpoint), "data": str(data), "split": used_split}
+    return {**result, "checkpoint": str(checkpoint), "data": str(data), "split": used_split, "quantize": quantize}
 
 
 def format_report(result: dict[str, Any]) -> str:

@@ -32,6 +32,7 @@ from ..device import pick_device
 from ..errors import UserError
 from ..model import GPT
 from ..model.gpt import KVCache
+from ..model.quantize import quantize_model
 from ..tokenizer import Tokenizer, tokenizer_of
 from ..weights import load_any, resolve_model_path
 from .loss import eval_mode
@@ -178,13 +179,14 @@ def _stderr(values: list[float]) -> float:
 
 def evaluate_choice(checkpoint: str | os.PathLike, data: str | os.PathLike, task: Task = "hellaswag",
                     limit: int | None = None, batch_size: int = 8, device: torch.device | str = "cpu",
-                    progress: bool = True) -> dict[str, Any]:
-    """Score a model (anything load_any takes) on a multiple-choice file (see evaluate.tasks):
-    choice_metrics's dict plus task, checkpoint, data and the chance level (mean 1/choices)."""
+                    progress: bool = True, quantize: str | None = None) -> dict[str, Any]:
+    """Score a model (anything load_any takes; quantized as `quantize` says, see model.quantize) on a
+    multiple-choice file (see evaluate.tasks): choice_metrics's dict plus task, checkpoint, data and
+    the chance level (mean 1/choices)."""
     checkpoint = resolve_model_path(checkpoint)
     device = pick_device(device) if isinstance(device, str) else device
     items = read_items(data, task, limit)  # a bad file fails before the model is loaded
-    model = load_any(checkpoint, device)
+    model = quantize_model(load_any(checkpoint, device), quantize)
     scores = score_items(model, items, batch_size=batch_size, progress=progress)
     chance = float(np.mean([1 / len(item.choices) for item in items]))
     return {"task": task, "checkpoint": str(checkpoint), "data": str(data), **choice_metrics(items, scores),

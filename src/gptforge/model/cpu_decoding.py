@@ -105,7 +105,7 @@ def pack_for_batches(model: nn.Module) -> nn.Module:
             if isinstance(module, Linear) and module.weight.numel() >= 2**17:
                 module.packed = reorder(module.weight.detach().contiguous(), 8)
         head, vocab = getattr(model, "lm_head", None), getattr(getattr(model, "config", None), "vocab_size", None)
-        if head is not None and vocab is not None and head.weight.numel() >= 2**17:
+        if isinstance(head, nn.Linear) and vocab is not None and head.weight.numel() >= 2**17:
             head.packed = reorder(head.weight.detach()[:vocab].contiguous(), 8)
     return model
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from ..config import GPTConfig
 from .cpu_decoding import Linear, linear
 from .layers import MLP, apply_rotary, make_norm, rotary_angles
+from .quantize import Int8Linear
 
 
 class KVCache:
@@ -225,9 +226,12 @@ class GPT(nn.Module):
             return x
         x = self.final_norm(x)
         V, cap = self.config.vocab_size, self.config.logit_softcap
-        if targets is None:  # only the real vocabulary's rows: padded ids never get a logit
-            logits = linear(x, self.lm_head.weight[:V], packed=getattr(self.lm_head, "packed", None))  # (B, T, V)
-            return cap * torch.tanh(logits / cap) if cap else logits
+        int8_head = isinstance(self.lm_head, Int8Linear)  # it holds the vocab_size rows alone
+        if targets is None or int8_head:  # only the real vocabulary's rows: padded ids never get a logit
+            logits = self.lm_head(x) if int8_head else linear(
+                x, self.lm_head.weight[:V], packed=getattr(self.lm_head, "packed", None))
+            logits = cap * torch.tanh(logits / cap) if cap else logits  # (B, T, V)
+            return logits if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         # The matmul with aligned shapes, (B, T, padded V); a bias of -inf gives the padded ids
         # no probability, hence no gradient (inside the same addmm when nothing is capped).
         mask = x.new_zeros(self.config.padded_vocab_size)

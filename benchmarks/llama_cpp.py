@@ -1,0 +1,157 @@
+"""Batch-1 decoding speed against llama.cpp, in one run on one machine: gptforge float32 and int8
+(`--quantize int8`), llama.cpp on our GGUF exports (f32 and q8_0, through llama-cpp-python) and
+transformers on our HF export, for gpt2-124m and for the modern block on the same shape (random
+weights, seeded: speed does not depend on what the weights say). Every contestant gets the same
+prompt, the same number of greedy new tokens and the same threads; best of --repeats.
+
+Decoding one token reads every weight matrix once (the LM head's 50K rows included), so its speed
+is bounded by memory bandwidth: the table gives each contestant's weight bytes per token, and
+bytes per token x tokens/s as a fraction of this machine's bandwidth, measured here by copying a
+buffer far larger than the caches (read only, as decoding reads weights; the best of a measurement
+before and one after the contestants, so a busy moment does not lower it).
+
+    python benchmarks/llama_cpp.py                   # both blocks, 64 tokens (~3 minutes on 2 cores)
+    python benchmarks/llama_cpp.py --tokens 16 --blocks gpt2 --repeats 1   # a quick look
+
+llama-cpp-python (`pip install llama-cpp-python`, built from source: minutes) and transformers are
+optional: without them their rows say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from gptforge.config import GPTConfig
+from gptforge.generate import generate
+from gptforge.model import GPT, prepare_for_decoding
+from gptforge.model.quantize import quantize_model
+
+# This file's name is the package's: drop its folder from the path, or `import llama_cpp` imports it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+
+def bandwidth_gb_s(mb: int = 1024, repeats: int = 5) -> float:
+    """Memory read bandwidth: the best of `repeats` sums of an `mb` MB buffer, far past the caches
+    (a sum does one add per 4 bytes read: memory-bound, like a matrix-vector product)."""
+    src = torch.ones(mb * 2**20 // 4)
+    best = min(_timed(lambda: src.sum()) for _ in range(repeats))
+    return src.numel() * 4 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def matrix_weights(model: GPT) -> int:
+    """Weights a decoding step multiplies by: every linear layer and the LM head's real rows."""
+    blocks = sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, torch.nn.Linear))
+    return blocks + model.config.vocab_size * model.config.emb_dim
+
+
+def ours(model: GPT, prompt: torch.Tensor, tokens: int, repeats: int, quantize: str | None) -> float:
+    m = quantize_model(prepare_for_decoding(copy.deepcopy(model)), quantize)
+    generate(m, prompt, 2, temperature=0.0)  # warm-up
+    return max(tokens / _timed(lambda: generate(m, prompt, tokens, temperature=0.0)) for _ in range(repeats))
+
+
+def llama_cpp(model: GPT, prompt: torch.Tensor, tokens: int, repeats: int, threads: int, type: str,
+              folder: Path) -> float | str:
+    try:
+        import llama_cpp as lc
+    except ImportError:
+        return "llama_cpp not installed"
+    from gptforge.weights.gguf_export import write_gguf
+
+    path = write_gguf(model, folder / f"{model.config.arch}-{type}.gguf", type)
+    llm = lc.Llama(model_path=str(path), n_ctx=model.config.context_length, n_threads=threads,
+                   n_threads_batch=threads, n_batch=64, verbose=False)
+    ids = prompt[0].tolist()
+
+    def run(n):
+        for i, _ in enumerate(llm.generate(ids, top_k=1, temp=0.0, reset=True), start=1):
+            if i == n:  # generate() never stops by itself: it ignores end-of-text
+                break
+    run(2)
+    return max(tokens / _timed(lambda: run(tokens)) for _ in range(repeats))
+
+
+def transformers_speed(model: GPT, prompt: torch.Tensor, tokens: int, repeats: int, folder: Path) -> float | str:
+    try:
+        from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return "transformers not installed"
+    hf_logging.disable_progress_bar()
+    from gptforge.weights.hf import export_hf
+
+    hf = AutoModelForCausalLM.from_pretrained(export_hf(model, folder / f"hf-{model.config.arch}")).eval()
+
+    def run(n):
+        with torch.no_grad():
+            hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
+                        pad_token_id=0, attention_mask=torch.ones_like(prompt))
+    run(2)
+    return max(tokens / _timed(lambda: run(tokens)) for _ in range(repeats))
+
+
+def rows_for(arch: str, args, folder: Path) -> list[tuple[str, float | str, float]]:
+    torch.manual_seed(0)
+    # The modern block on the preset's shape, without GPT-2's q/k/v biases (as Qwen3, its export)
+    overrides = {"arch": arch} if arch == "gpt2" else {"arch": arch, "qkv_bias": False}
+    model = GPT(GPTConfig.from_preset(args.preset, **overrides)).eval()
+    prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_tokens),
+                           generator=torch.Generator().manual_seed(1))
+    n = matrix_weights(model)
+    rows = sum(m.weight.shape[0] for m in model.blocks.modules() if isinstance(m, torch.nn.Linear))
+    int8_bytes = n + 4 * (rows + model.config.vocab_size)  # a float32 scale per output row
+    fp32, q8 = 4 * n, n * 34 / 32  # q8_0: 34 bytes per block of 32 weights
+    return [
+        ("gptforge float32", ours(model, prompt, args.tokens, args.repeats, None), fp32),
+        ("gptforge int8", ours(model, prompt, args.tokens, args.repeats, "int8"), int8_bytes),
+        ("llama.cpp f32", llama_cpp(model, prompt, args.tokens, args.repeats, args.threads, "f32", folder), fp32),
+        ("llama.cpp q8_0", llama_cpp(model, prompt, args.tokens, args.repeats, args.threads, "q8_0", folder), q8),
+        ("transformers float32", transformers_speed(model, prompt, args.tokens, args.repeats, folder), fp32),
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="gpt2-124m")
+    p.add_argument("--blocks", default="gpt2,modern", help="comma-separated: gpt2, modern (default: both)")
+    p.add_argument("--tokens", type=int, default=64, help="greedy new tokens per run (default: 64)")
+    p.add_argument("--prompt-tokens", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3, help="runs per contestant, the best kept (default: 3)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="threads for every contestant (default: torch's, here %(default)s)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    before = bandwidth_gb_s()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [(arch, *row) for arch in args.blocks.split(",") for row in rows_for(arch, args, Path(tmp))]
+    bw = max(before, bandwidth_gb_s())
+    print(f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
+          f"{args.preset}, prompt {args.prompt_tokens} tokens, {args.tokens} greedy new tokens, best of "
+          f"{args.repeats}; memory read bandwidth {bw:.1f} GB/s (best sum of 1 GiB; {before:.1f} before)\n")
+    print("| block | contestant | tokens/s | ms/token | weight MB/token | GB/s | of bandwidth |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for arch, name, speed, nbytes in rows:
+        if isinstance(speed, str):
+            print(f"| {arch} | {name} | {speed} | | {nbytes / 1e6:.0f} | | |")
+            continue
+        rate = nbytes * speed / 1e9
+        print(f"| {arch} | {name} | {speed:.1f} | {1000 / speed:.1f} | {nbytes / 1e6:.0f} | {rate:.1f} | "
+              f"{100 * rate / bw:.0f}% |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""int8 inference on CPUs (`--quantize int8`): every linear layer's weight stored as int8 with one
+scale per output channel, the LM head included, and each input row quantized to int8 on the fly
+with a scale of its own, so the matmul is int8 x int8 -> int32 (torch._int_mm) and comes back to
+float32 through the two scales.
+
+Why not weight-only int8 (float activations, int8 weights): on the AVX-512 machine measured
+(benchmarks/int8_kernels.py, one row through a 768 x 2304 weight read from memory), torchao's
+Int8WeightOnlyConfig took 0.29 ms and aten._weight_int8pack_mm 1.45 ms, against 0.23 ms for
+Int8Linear (and 0.45 ms for our float32 path). Why not torch.ao's quantize_dynamic (fbgemm), at
+0.13 ms the fastest: it quantizes a whole batch with one activation scale, so a row's tokens would
+depend on the other rows decoded with it (the server batches strangers together), and it is
+deprecated. With a scale per row, every row's integers and its int32 sums are exact whatever else
+is in the batch: the linear layers give a row in a batch exactly what they give it alone.
+
+Only for inference: the integer weights have no gradients, and a module in training mode refuses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+
+QUANTIZATIONS = ("int8",)
+_INT8_MAX = 127
+
+
+class Int8Linear(nn.Module):
+    """y = x W^T + b with W stored as int8 rows times a float32 scale per row (output channel)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        weight = weight.detach().float()
+        scale = weight.abs().amax(dim=1).clamp(min=1e-12) / _INT8_MAX  # (N,)
+        # Stored (N, K) row-major and handed to _int_mm transposed: oneDNN reads that layout
+        # fastest for a few rows (0.18 vs 0.25 ms at 768 x 2304 for one row, in one measurement).
+        self.register_buffer("qweight", torch.round(weight / scale[:, None]).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise RuntimeError("an int8-quantized model is for inference: train the float32 model")
+        rows = x.reshape(-1, self.in_features)  # (M, K)
+        row_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / _INT8_MAX  # (M, 1)
+        q = torch.round(rows / row_scale).to(torch.int8)
+        y = torch._int_mm(q, self.qweight.t()) * (row_scale * self.scale)  # (M, N) float32
+        if self.bias is not None:
+            y += self.bias
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def quantize_model(model: nn.Module, how: str | None) -> nn.Module:
+    """Quantize `model` (a float32 CPU model ready to decode) in place and return it; how=None leaves
+    it as it is. Every nn.Linear becomes an Int8Linear. The LM head's int8 copy holds the real
+    vocabulary's rows only; a tied embedding keeps its float32 table for the lookups."""
+    if how is None:
+        return model
+    if how not in QUANTIZATIONS:
+        raise UserError(f"unknown quantization {how!r}; choose from {', '.join(QUANTIZATIONS)}")
+    weight = next(model.parameters())
+    if weight.device.type != "cpu" or weight.dtype != torch.float32:  # _int_mm's CPU kernel, float32 scales
+        raise UserError(f"--quantize {how} runs on a CPU in float32 (--device cpu --dtype float32); "
+                        f"this model is {str(weight.dtype).removeprefix('torch.')} on {weight.device}")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    with torch.no_grad():
+        for parent in list(model.modules()):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    w = child.weight
+                    if name == "lm_head" and vocab is not None:
+                        w = w[:vocab]  # padded rows never get a logit
+                    setattr(parent, name, Int8Linear(w, child.bias))
+    return model.eval()
