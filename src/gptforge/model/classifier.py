@@ -63,3 +63,16 @@ def as_classifier(model: GPT, classes: list[str], pad_id: int) -> Classifier:
     if hasattr(model, "tokenizer"):
         clf.tokenizer = model.tokenizer
     return clf.train(model.training)
+
+
+def set_trainable(model: Classifier, trainable: str, blocks: int = 1) -> None:
+    """Which weights train: 'all', the 'head' only, or the 'last' `blocks` blocks, the final norm
+    and the head; with LoRA adapters (model.lora) the adapters and the head. The head always trains."""
+    lora = getattr(model, "lora", None) is not None
+    if not lora:
+        for p in model.parameters():
+            p.requires_grad_(trainable == "all")
+        if trainable == "last":
+            for module in (*model.blocks[-blocks:], model.final_norm):
+                module.requires_grad_(True)
+    model.score.requires_grad_(True)

@@ -25,8 +25,8 @@ from ..model import GPT
 from ..model.lora import add_lora, lora_targets, trainable_count
 from ..model.vocab import grow_vocabulary
 from ..tokenizer import tokenizer_of
-from ..weights.checkpoint import load_checkpoint, read_checkpoint_config
-from ..weights.load import base_identity, load_lora
+from ..weights.load import base_identity, resumed_model
+from .classify import train_classifier
 from .config import FinetuneConfig
 from .loop import Trainer, TrainResult
 from .pretrain import initial_model
@@ -45,6 +45,8 @@ def finetune(config: FinetuneConfig | None = None, *, resume: str | Path | None 
     `finetune(resume="runs/ft", epochs=3)` continues one from its newest intact checkpoint.
     """
     cfg, run, checkpoint = resolve_run(config, resume, fields, cls=FinetuneConfig)
+    if cfg.classify.task == "classify":
+        return train_classifier(cfg, run, checkpoint, progress=progress, started=started)
     if not cfg.records.data or not cfg.init_from:
         raise UserError("finetune needs --init-from MODEL (a checkpoint, run, Hugging Face folder or hub id) "
                         "and --data FILE (instruction or chat records)")
@@ -86,14 +88,6 @@ def initial_finetune_model(cfg: FinetuneConfig, device: torch.device, examples: 
                  new_rows=(old_vocab, model.config.vocab_size))
         model.lora["base"] = base_identity(cfg.init_from)
     return model
-
-
-def resumed_model(checkpoint: Path, device: torch.device) -> GPT:
-    """The model of a fine-tuning checkpoint: all its weights, or its base with its adapter
-    (refused when the base is not the one it was trained on)."""
-    if "lora" in read_checkpoint_config(checkpoint):
-        return load_lora(checkpoint, device)
-    return load_checkpoint(checkpoint, device)
 
 
 class FinetuneTask:

@@ -170,3 +170,11 @@ def load_lora(checkpoint: Path, device: str | torch.device = "cpu", base: str | 
     model.lora = {**model.lora, "base": lora["base"]}
     model.tokenizer = checkpoint_tokenizer(checkpoint)
     return model.eval()
+
+
+def resumed_model(checkpoint: Path, device: str | torch.device = "cpu") -> GPT:
+    """The model of a fine-tuning checkpoint: all its weights, or its base with its adapter
+    (refused when the base is not the one it was trained on)."""
+    if "lora" in read_checkpoint_config(checkpoint):
+        return load_lora(checkpoint, device)
+    return load_checkpoint(checkpoint, device)
