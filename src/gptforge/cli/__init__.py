@@ -11,11 +11,11 @@ import sys
 
 from .. import __version__
 from ..errors import UserError, one_line
-from . import bench, chat, convert, evaluate, finetune, generate, index, plot, prepare, runs, serve, tokenizer, train
+from . import bench, chat, classify, convert, evaluate, finetune, generate, index, plot, prepare, runs, serve, tokenizer, train
 from .common import Parser
 
 # in the order --help lists them
-COMMANDS = (tokenizer, prepare, train, finetune, evaluate, generate, chat, serve, index, convert, runs, plot, bench)
+COMMANDS = (tokenizer, prepare, train, finetune, evaluate, classify, generate, chat, serve, index, convert, runs, plot, bench)
 
 
 # OSErrors that say a path given by the user cannot name a file at all (too long, a loop of links).

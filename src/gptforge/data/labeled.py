@@ -125,6 +125,24 @@ def read_labeled(spec: str, text_column: str | None = None, label_column: str | 
     return records
 
 
+def read_texts(spec: str, text_column: str | None = None) -> list[dict]:
+    """{"text"} of every record of a file to classify (with "true_label" where it has a label
+    column); one line naming the first record without a text."""
+    path, out, label_column = data_path(spec), [], None
+    for n, row in _rows(path):
+        if n == 1:
+            text_column = _column(text_column, TEXT_NAMES, list(row), path, "text")
+            label_column = next((c for c in row if str(c).lower() in LABEL_NAMES), None)
+        text = row.get(text_column)
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{path.name} record {n}: the text ({text_column!r}) is missing, empty or not a string")
+        label = row.get(label_column) if label_column is not None else None
+        out.append({"text": text, **({"true_label": str(label)} if label is not None else {})})
+    if not out:
+        raise UserError(f"{path.name} holds no records")
+    return out
+
+
 def class_names(train: list[Labeled], where: str) -> list[str]:
     """The sorted classes of the training records; one line when there is only one."""
     classes = sorted({r.label for r in train})

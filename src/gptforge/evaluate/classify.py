@@ -74,8 +74,9 @@ def format_scores(result: dict) -> str:
     """The scores as lines for a terminal: accuracy, macro-F1 and the confusion matrix."""
     classes = result["classes"]
     width = max(len(c) for c in classes)
+    cell = max(len(str(result["examples"])), min(width, 12))
     lines = [f"examples: {result['examples']}", f"accuracy: {result['accuracy']:.4f}",
              f"macro-F1: {result['macro_f1']:.4f}", "confusion (rows: true class, columns: predicted):",
-             " " * (width + 2) + " ".join(f"{c[:8]:>8}" for c in classes)]
-    lines += [f"{c:>{width}}  " + " ".join(f"{n:>8}" for n in row) for c, row in zip(classes, result["confusion"])]
+             " " * (width + 2) + " ".join(f"{c[:cell]:>{cell}}" for c in classes)]
+    lines += [f"{c:>{width}}  " + " ".join(f"{n:>{cell}}" for n in row) for c, row in zip(classes, result["confusion"])]
     return "\n".join(lines)
