@@ -70,30 +70,30 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
                     try:
                         record = json.loads(line)
                     except ValueError as e:
-                        raise UserError(f"{path.name} record {n} is not valid JSON ({e})") from None
+                        raise UserError(f"{path} record {n} is not valid JSON ({e})") from None
                     if not isinstance(record, dict):
-                        raise UserError(f"{path.name} record {n} is not a JSON object")
+                        raise UserError(f"{path} record {n} is not a JSON object")
                     yield n, record
             else:
                 reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
                 for n, row in enumerate(reader, 1):
                     if None in row:  # more fields than the header names
-                        raise UserError(f"{path.name} record {n} has more fields than the header line")
+                        raise UserError(f"{path} record {n} has more fields than the header line")
                     yield n, row
     except UnicodeDecodeError as e:
-        raise UserError(f"{path.name} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def _column(given: str | None, names: tuple[str, ...], columns: list, path: Path, what: str) -> str:
     """The column to read: the one given, else the first usual name present."""
     if given is not None:
         if given not in columns:
-            raise UserError(f"{path.name} record 1 has no {what} column {given!r} (its columns: "
+            raise UserError(f"{path} record 1 has no {what} column {given!r} (its columns: "
                             f"{', '.join(map(str, columns))})")
         return given
     found = next((c for c in columns if str(c).lower() in names), None)
     if found is None:
-        raise UserError(f"{path.name} record 1 has no {what} column (looked for {', '.join(names)}; its columns: "
+        raise UserError(f"{path} record 1 has no {what} column (looked for {', '.join(names)}; its columns: "
                         f"{', '.join(map(str, columns))}); name it with --{what}-column")
     return found
 
@@ -106,7 +106,7 @@ def read_labeled(spec: str, text_column: str | None = None, label_column: str | 
     for n, row in _rows(path):
         if max_records is not None and len(records) >= max_records:
             break
-        where = f"{path.name} record {n}"
+        where = f"{path} record {n}"
         if columns is None:
             text_column = _column(text_column, TEXT_NAMES, list(row), path, "text")
             label_column = _column(label_column, LABEL_NAMES, list(row), path, "label")
@@ -121,7 +121,7 @@ def read_labeled(spec: str, text_column: str | None = None, label_column: str | 
             raise UserError(f"{where}: the label ({label_column!r}) is empty or not a string or number")
         records.append(Labeled(text, str(label).strip(), where))
     if not records:
-        raise UserError(f"{path.name} holds no records")
+        raise UserError(f"{path} holds no records")
     return records
 
 
@@ -135,11 +135,11 @@ def read_texts(spec: str, text_column: str | None = None) -> list[dict]:
             label_column = next((c for c in row if str(c).lower() in LABEL_NAMES), None)
         text = row.get(text_column)
         if not isinstance(text, str) or not text.strip():
-            raise UserError(f"{path.name} record {n}: the text ({text_column!r}) is missing, empty or not a string")
+            raise UserError(f"{path} record {n}: the text ({text_column!r}) is missing, empty or not a string")
         label = row.get(label_column) if label_column is not None else None
         out.append({"text": text, **({"true_label": str(label)} if label is not None else {})})
     if not out:
-        raise UserError(f"{path.name} holds no records")
+        raise UserError(f"{path} holds no records")
     return out
 
 
