@@ -94,6 +94,10 @@ def test_the_workflow_on_the_command_line(tiny_checkpoint, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(load_any(run)(ids), hf(ids).logits, rtol=1e-4, atol=1e-5)
     assert_user_error(run_cli_here("generate", "--checkpoint", str(run), "--prompt", "hi"), "is a classifier")
+    assert_user_error(run_cli_here("convert", "--to-gguf", str(run), "--out", str(tmp_path / "c.gguf")),
+                      "a classifier does not export to GGUF")
+    assert_user_error(run_cli_here("convert", "--to-peft", str(run), "--out", str(tmp_path / "peft")),
+                      "is a classifier's adapter")
     assert_user_error(run_cli_here("classify", "--checkpoint", str(tiny_checkpoint), "hi"), "not a classifier")
 
 
@@ -121,3 +125,11 @@ def test_lora_with_another_trainable_choice_is_refused(tiny_checkpoint, tmp_path
                      "--lora-rank", "2", "--trainable", "head", "--out", str(tmp_path / "run"))
     assert_user_error(r, "drop --trainable head")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_bundled_recipe_loads():
+    from gptforge.training.config_files import load_config_file
+
+    cfg = FinetuneConfig.from_dict(load_config_file("classify-cpu", FinetuneConfig))
+    assert cfg.classify.task == "classify" and cfg.records.data == "builtin:genres"
+    assert cfg.classify.balance == "weights"

@@ -32,7 +32,7 @@ from ..text.sources import BUILTIN_PREFIX
 
 TEXT_NAMES = ("text", "sentence", "content", "review", "passage", "input")
 LABEL_NAMES = ("label", "labels", "class", "category", "target")
-BUILTIN = {"sources": "sources.jsonl"}  # in gptforge/corpora/
+BUILTIN = {"sources": "sources.jsonl", "genres": "genres.jsonl"}  # in gptforge/corpora/ (scripts/make_classify_sets.py)
 SUFFIXES = (".csv", ".tsv", ".jsonl")
 
 
