@@ -44,3 +44,10 @@ def test_the_export_computes_our_logits(family, tmp_path):
         ours = clf(batch)
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(torch.cat([clf(t[None]) for t in texts]), theirs, rtol=1e-4, atol=1e-5)
+    # transformers' tokenizer pads with the same token, so its own padded batches read the same token
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tokenizer.pad_token_id == EOT
+    words = ["A short one.", "A rather longer text, which the shorter is padded to."]
+    encoded = tokenizer(words, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        torch.testing.assert_close(clf(encoded["input_ids"]), hf(**encoded).logits, rtol=1e-4, atol=1e-5)

@@ -238,13 +238,16 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {key: (part.t() if conv else part).contiguous() for key, part, conv in hf_tensors(model)}
 
 
-def _write_tokenizer(folder: Path, tokenizer: Tokenizer, context_length: int) -> None:
+def _write_tokenizer(folder: Path, tokenizer: Tokenizer, context_length: int, pad: bool = False) -> None:
     """The tokenizer's files for transformers' AutoTokenizer: for GPT-2's, our bundled BPE files
     under the names GPT2Tokenizer expects (any further special tokens listed, so they get the
     same ids); for our own, its tokenizer.json for PreTrainedTokenizerFast. A chat model's also
     carry the chat template (CHAT_TEMPLATE_JINJA, for apply_chat_template) and a
-    generation_config.json whose end tokens include <|im_end|>."""
+    generation_config.json whose end tokens include <|im_end|>. `pad`: <|endoftext|> pads too (a
+    classifier's pad id, which tokenizer(..., padding=True) then uses)."""
     special: dict = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN}
+    if pad:
+        special["pad_token"] = EOT_TOKEN
     if tokenizer.kind == "gpt2":
         shutil.copyfile(asset_path("encoder.json"), folder / "vocab.json")
         shutil.copyfile(asset_path("vocab.bpe"), folder / "merges.txt")
@@ -289,5 +292,5 @@ def export_hf(model: GPT, out: str | Path, overwrite: bool = False) -> Path:
             config.update(classifier_config(model.config, model.classes, model.pad_id))
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if model.config.vocab_size >= tokenizer.vocab_size:
-            _write_tokenizer(tmp, tokenizer, model.config.context_length)
+            _write_tokenizer(tmp, tokenizer, model.config.context_length, pad=isinstance(model, Classifier))
     return out
