@@ -40,6 +40,7 @@ COMMANDS = {
     "prepare": ["prepare", MISSING, "--out", "{tmp}/corpus"],
     "generate": ["generate", "--checkpoint", MISSING, "--prompt", "x"],
     "eval": ["eval", "--checkpoint", MISSING, "--data", MISSING],
+    "classify": ["classify", "--checkpoint", MISSING, "x"],
     "chat": ["chat", "--checkpoint", MISSING],
     "serve": ["serve", "--checkpoint", MISSING],
     "tokenizer train": ["tokenizer", "train", MISSING, "--out", "{tmp}/tok", "--vocab-size", "300"],

@@ -99,6 +99,8 @@ def test_the_workflow_on_the_command_line(tiny_checkpoint, tmp_path):
     assert_user_error(run_cli_here("convert", "--to-peft", str(run), "--out", str(tmp_path / "peft")),
                       "is a classifier's adapter")
     assert_user_error(run_cli_here("classify", "--checkpoint", str(tiny_checkpoint), "hi"), "not a classifier")
+    assert_user_error(run_cli_here("classify", "--checkpoint", str(run), "--data", DATA, "--out",
+                                   str(tmp_path / "nowhere" / "p.jsonl")), "no such folder")
 
 
 BAD = {

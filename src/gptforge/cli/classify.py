@@ -38,6 +38,8 @@ def run(args) -> int:
         raise UserError("--out is for --data")
     if args.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if args.out and not Path(args.out).parent.is_dir():  # before a load and a pass that may take minutes
+        raise UserError(f"no such folder: {Path(args.out).parent}")
     records = read_texts(args.data, args.text_column) if args.data else [{"text": t} for t in args.texts]
     model = check_classifier(load_any(args.checkpoint, pick_device(args.device)), args.checkpoint)
     predictions = predict(model, [r["text"] for r in records], args.batch_size)
