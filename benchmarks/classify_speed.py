@@ -47,8 +47,8 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="classify-speed-"))
-    common = dict(init_from=args.base, max_steps=args.steps, eval_every=args.skip, eval_batches=1, save_every=0,
-                  lr=1e-4, device="cpu", seed=0)
+    common = {"init_from": args.base, "max_steps": args.steps, "eval_every": args.skip, "eval_batches": 1,
+              "save_every": 0, "lr": 1e-4, "device": "cpu", "seed": 0}
 
     def classify(out: Path, **fields):
         finetune(FinetuneConfig.of(data="builtin:sources", task="classify", out=str(out),

@@ -51,7 +51,7 @@ def test_resume_is_bitwise_exact_and_only_the_chosen_weights_train(tiny_checkpoi
     straight = finetune(FinetuneConfig.of(**{**fields, "out": str(tmp_path / "a")}, max_steps=6), progress=False)
     finetune(FinetuneConfig.of(**{**fields, "out": str(tmp_path / "b")}, max_steps=4), progress=False)
     resumed = finetune(resume=tmp_path / "b", max_steps=6, progress=False)
-    strip = lambda history: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in history]  # noqa: E731
+    strip = lambda history: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in history]
     assert strip(rows(resumed.run_dir)) == strip(rows(straight.run_dir))
     a = load_file(straight.checkpoint / "model.safetensors")
     b = load_file(resumed.checkpoint / "model.safetensors")

@@ -11,7 +11,7 @@ never seen). transformers picks the same token, the last one that is not config.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from ..config import GPTConfig
 from .gpt import GPT
