@@ -9,9 +9,11 @@ file and the record; so does training data with a single class.
 
 A batch of encoded texts is (inputs, labels, real): inputs (B, L) right-padded with the pad id
 to the batch's longest text, labels (B,) class ids, real the number of tokens that are not
-padding. The order of an epoch depends on the seed and the epoch alone (resumable by index);
-with balance="sample" each epoch draws its examples with probability inverse to their class's
-size (with replacement, as many as the set has), so every class is seen about equally often.
+padding. Texts of similar length are batched together, as fine-tuning's examples are
+(data/example_batches.py), and the order of an epoch depends on the seed and the epoch alone
+(resumable by index); with balance="sample" each epoch draws its examples with probability
+inverse to their class's size (with replacement, as many as the set has), so every class is seen
+about equally often.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 
 from ..errors import UserError
 from ..text.sources import BUILTIN_PREFIX
+from .example_batches import ExampleBatches
 
 TEXT_NAMES = ("text", "sentence", "content", "review", "passage", "input")
 LABEL_NAMES = ("label", "labels", "class", "category", "target")
@@ -193,40 +196,26 @@ def pad_batch(rows: list[np.ndarray], pad_id: int, left: bool = False) -> torch.
     return out
 
 
-class LabeledBatches:
-    """Batches of (ids, label) examples, reproducible and resumable by index (see the docstring)."""
+class LabeledBatches(ExampleBatches):
+    """Batches of (ids, label) examples, grouped by length as ExampleBatches groups them (little
+    padding), reproducible and resumable by index; with `balance`, drawn class-balanced."""
 
     def __init__(self, ids: list[np.ndarray], labels: np.ndarray, batch_size: int, seed: int = 0,
                  shuffle: bool = True, drop_last: bool = True, balance: bool = False, rank: int = 0,
                  world_size: int = 1, pad_id: int = 0):
-        self.ids, self.labels, self.batch_size, self.seed = ids, labels, batch_size, seed
-        self.shuffle, self.drop_last, self.balance, self.pad_id = shuffle, drop_last, balance, pad_id
-        self.rank, self.world_size = rank, world_size
-        n_batches = len(ids) // batch_size if drop_last else -(-len(ids) // batch_size)
-        self.num_batches = n_batches // world_size  # per rank
+        super().__init__(list(zip(ids, labels)), batch_size, seed, shuffle, drop_last, rank, world_size, pad_id)
+        self.ids, self.labels, self.balance = ids, labels, balance
 
-    def order(self, epoch: int) -> np.ndarray:
-        """The example indices of an epoch, in order."""
-        n = len(self.ids)
-        if not self.shuffle:
-            return np.arange(n)
-        rng = np.random.default_rng([self.seed, epoch])
-        if self.balance:
-            counts = np.bincount(self.labels)
-            p = 1.0 / counts[self.labels]
-            return rng.choice(n, size=n, replace=True, p=p / p.sum())
-        return rng.permutation(n)
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        if not self.balance:
+            return super().draw(rng)
+        p = 1.0 / np.bincount(self.labels)[self.labels]
+        return rng.choice(len(self.ids), size=len(self.ids), replace=True, p=p / p.sum())
 
     def collate(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(inputs (B, L) right-padded, labels (B,), real tokens) of the examples `indices`."""
         rows = [self.ids[i] for i in indices]
         return pad_batch(rows, self.pad_id), torch.from_numpy(self.labels[indices]), sum(len(r) for r in rows)
-
-    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-        """This rank's batches of `epoch`, from its batch `start` on (rank r takes r, r + W, ...)."""
-        order, B = self.order(epoch), self.batch_size
-        for i in range(start, self.num_batches):
-            k = i * self.world_size + self.rank
-            yield self.collate(order[k * B:(k + 1) * B])
 
 
 def class_counts(labels: np.ndarray, classes: list[str]) -> str:
