@@ -317,6 +317,9 @@ def model_for_generation(source: str | None = None, preset: str | None = None, s
                         "use bfloat16 or float32")
     if source is not None:
         model = load_any(source, dev, nonfinite="warn" if allow_nonfinite else "refuse")
+        if not hasattr(model, "lm_head"):  # a Classifier (model.classifier) has a head of classes, not tokens
+            raise UserError(f"{source} is a classifier, which labels texts and cannot generate; use "
+                            f"`gptforge classify --checkpoint {source} TEXT`")
     else:
         if seed is not None:
             torch.manual_seed(seed)

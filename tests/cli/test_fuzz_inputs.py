@@ -40,6 +40,7 @@ COMMANDS = {
     "prepare": ["prepare", MISSING, "--out", "{tmp}/corpus"],
     "generate": ["generate", "--checkpoint", MISSING, "--prompt", "x"],
     "eval": ["eval", "--checkpoint", MISSING, "--data", MISSING],
+    "classify": ["classify", "--checkpoint", MISSING, "x"],
     "chat": ["chat", "--checkpoint", MISSING],
     "ask": ["ask", "--checkpoint", MISSING, "--index", MISSING, "question"],
     "serve": ["serve", "--checkpoint", MISSING],

@@ -12,7 +12,7 @@ from gptforge.cli import train as train_cli
 from gptforge.cli.common import Parser
 from gptforge.errors import UserError
 from gptforge.training import train
-from gptforge.training.config import FinetuneConfig, OptimArgs, PreferenceArgs, TrainConfig
+from gptforge.training.config import FinetuneConfig, OptimArgs, TrainConfig
 from gptforge.training.config_files import load_config_file
 
 SAVED = Path(__file__).parent / "saved_configs"  # written by the code before the groups (see README.md)
@@ -66,7 +66,7 @@ def test_a_group_stands_alone():
 
 
 PRETRAINING_RECIPES = {"gutenberg-345m", "shakespeare-cpu", "speedrun-cpu", "speedrun-gpu", "the-verdict"}
-FINETUNING_RECIPES = {"tasks-full", "tasks-lora", "dpo-cpu", "tools-cpu"}
+FINETUNING_RECIPES = {"tasks-full", "tasks-lora", "dpo-cpu", "tools-cpu", "classify-cpu"}
 
 
 def test_every_bundled_config_loads_unchanged():
@@ -132,9 +132,11 @@ def test_a_flat_config_saved_before_the_groups_loads_and_is_written_back_the_sam
             2, "qkv", "alpaca", {"dropout": 0.0})
         # the old shape also listed the pretraining settings, at their defaults; the new one drops them
         written = cfg.to_dict()
-        added = vars(PreferenceArgs())  # settings newer than the file: at their defaults
-        assert all(written.pop(k) == v for k, v in added.items())
-        assert set(written) < set(saved) and all(saved[k] == json.loads(json.dumps(v)) for k, v in written.items())
+        added = set(written) - set(saved)  # settings added since (DPO's, classification's), at their defaults
+        assert all(FinetuneConfig.settings()[k].group in ("preference", "classify") and written[k] == FinetuneConfig().get(k)
+                   for k in added)
+        old = {k: v for k, v in written.items() if k not in added}
+        assert set(old) < set(saved) and all(saved[k] == json.loads(json.dumps(v)) for k, v in old.items())
 
 
 def test_a_run_whose_checkpoint_holds_the_old_flat_config_resumes(text, tmp_path):

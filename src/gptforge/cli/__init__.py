@@ -15,6 +15,7 @@ from . import (
     ask,
     bench,
     chat,
+    classify,
     convert,
     evaluate,
     finetune,
@@ -30,8 +31,8 @@ from . import (
 from .common import Parser
 
 # in the order --help lists them
-COMMANDS = (tokenizer, prepare, train, finetune, evaluate, generate, chat, ask, serve, index, convert, runs, plot,
-            bench)
+COMMANDS = (tokenizer, prepare, train, finetune, evaluate, classify, generate, chat, ask, serve, index, convert, runs,
+            plot, bench)
 
 
 # OSErrors that say a path given by the user cannot name a file at all (too long, a loop of links).

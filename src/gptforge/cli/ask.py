@@ -10,6 +10,7 @@ from .common import (
     add_device,
     add_index_flags,
     add_model_source,
+    add_quantize,
     add_sampling_flags,
     model_from_args,
     retriever_from_args,
@@ -28,6 +29,7 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="precision of the weights (default: float32)")
     add_device(p)
+    add_quantize(p)
 
 
 def run(args) -> int:

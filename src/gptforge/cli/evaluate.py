@@ -4,7 +4,8 @@ non-overlapping windows of its context length (every token after the first predi
 acc_norm, as lm-evaluation-harness scores them). --task retrieval: recall@k and MRR of an index
 (--index) on your queries (JSONL of {"query", "relevant": [FILE, ...]}); --task qa: exact match and
 token F1 of a chat model's answers (JSONL of {"question", "answer"}), with the index's passages and
-without."""
+without. --task classify: a classifier (`finetune --task classify`) on a labeled CSV/TSV/JSONL file:
+accuracy, macro-F1 and the confusion matrix."""
 
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ HELP = "loss / perplexity / bits per byte on text, or a multiple-choice benchmar
 def add_arguments(p) -> None:
     p.add_argument("--checkpoint", metavar="PATH",
                    help="checkpoint or run folder, Hugging Face GPT-2 folder or hub id (every task but retrieval)")
-    p.add_argument("--task", choices=("loss", "hellaswag", "mc", "retrieval", "qa"), default="loss",
+    p.add_argument("--task", choices=("loss", "hellaswag", "mc", "classify", "retrieval", "qa"), default="loss",
                    help="loss: of text; hellaswag: HellaSwag's JSONL, cleaned as lm-evaluation-harness "
-                        "does; mc: any JSONL of that shape (ctx, endings, label) as it is; retrieval, qa: "
-                        "an index on your questions (see above) (default: loss)")
+                        "does; mc: any JSONL of that shape (ctx, endings, label) as it is; classify: a "
+                        "classifier on labeled texts; retrieval, qa: an index on your questions (see above) "
+                        "(default: loss)")
     p.add_argument("--index", metavar="DIR", help="retrieval, qa: the index (gptforge index add)")
     p.add_argument("-k", type=int, default=None, metavar="N",
                    help="retrieval: chunks per query (default: 5); qa: passages per question (default: 4)")
@@ -32,10 +34,13 @@ def add_arguments(p) -> None:
                    help="qa: longest answer, in tokens (default: 32)")
     p.add_argument("--data", required=True, metavar="PATH",
                    help="loss: prepared corpus folder (its val split) or text file / folder / glob; "
-                        "hellaswag, mc: a JSONL file, or an http(s) URL downloaded once into the cache")
+                        "hellaswag, mc: a JSONL file, or an http(s) URL downloaded once into the cache; "
+                        "classify: a CSV, TSV or JSONL file with a text and a label column")
     p.add_argument("--split", choices=("val", "train"), default="val",
                    help="split of a prepared corpus to evaluate (default: val)")
     p.add_argument("--limit", type=int, metavar="N", help="hellaswag, mc: score only the first N items")
+    p.add_argument("--text-column", metavar="NAME", help="classify: the text column (default: detected)")
+    p.add_argument("--label-column", metavar="NAME", help="classify: the label column (default: detected)")
     p.add_argument("--batch-size", type=int, default=8,
                    help="windows (loss) or items (hellaswag, mc) per forward pass (default: 8)")
     add_device(p)
@@ -47,6 +52,7 @@ def run(args) -> int:
     from ..device import pick_device
     from ..errors import UserError
     from ..evaluate import evaluate_path, format_report
+    from ..evaluate.classify import evaluate_classifier, format_scores
     from ..evaluate.multiple_choice import evaluate_choice, format_choice_report
 
     progress = not args.json and sys.stderr.isatty()
@@ -60,6 +66,11 @@ def run(args) -> int:
                                device=pick_device(args.device), split=args.split, progress=progress,
                                quantize=args.quantize)
         report = format_report
+    elif args.task == "classify":
+        result = evaluate_classifier(args.checkpoint, args.data, text_column=args.text_column,
+                                     label_column=args.label_column, batch_size=args.batch_size,
+                                     device=pick_device(args.device))
+        report = format_scores
     else:
         result = evaluate_choice(args.checkpoint, args.data, task=args.task, limit=args.limit,
                                  batch_size=args.batch_size, device=pick_device(args.device), progress=progress,

@@ -77,7 +77,7 @@ class ExampleBatches:
         if not self.shuffle:
             return [np.arange(i, min(i + B, n)) for i in range(0, n, B) if i + B <= n or not self.drop_last]
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(n)
+        order = self.draw(rng)
         batches = []
         for g in range(0, n, B * GROUP):
             group = order[g:g + B * GROUP]
@@ -86,6 +86,10 @@ class ExampleBatches:
         if self.drop_last and batches and len(batches[-1]) < B:
             batches.pop()
         return [batches[i] for i in rng.permutation(len(batches))]
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """The example indices of a shuffled epoch, before grouping by length: a permutation."""
+        return rng.permutation(len(self.examples))
 
     def collate(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(inputs, targets, real) of the examples `indices`, padded to the longest (see above)."""

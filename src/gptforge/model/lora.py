@@ -135,8 +135,9 @@ def adapter_disabled(model: nn.Module) -> Iterator[None]:
 
 
 def is_adapter_key(name: str) -> bool:
-    """Whether a state-dict key (of a model with adapters) belongs to the adapter."""
-    return ".lora_A" in name or ".lora_B" in name or name.endswith("." + ROWS_KEY)
+    """Whether a state-dict key (of a model with adapters) belongs to the adapter: a classifier's
+    head (score, model.classifier) always trains, so it is part of the adapter."""
+    return ".lora_A" in name or ".lora_B" in name or name.endswith("." + ROWS_KEY) or name.startswith("score.")
 
 
 def adapter_key(name: str) -> str:
@@ -179,10 +180,11 @@ def merge_lora(model: nn.Module) -> nn.Module:
             module = getattr(parent, name)
             if isinstance(module, LoRALinear):
                 setattr(parent, name, module.merged())
-    for module in (model.tok_emb, model.lm_head):
+    heads = (model.lm_head,) if hasattr(model, "lm_head") else ()  # a classifier has none
+    for module in (model.tok_emb, *heads):
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-    if model.config.tie_embeddings:
+    if model.config.tie_embeddings and heads:
         model.lm_head.weight = model.tok_emb.weight
     for p in model.parameters():
         p.requires_grad_(True)

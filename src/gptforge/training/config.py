@@ -230,6 +230,24 @@ class PreferenceArgs(Group):
     'per-batch' (computed with each batch: a frozen copy of the model, or with LoRA the adapter turned off)."""
 
 
+@dataclass
+class ClassifyArgs(Group):
+    """Classification fine-tuning (--task classify, training/classify.py): a head in place of the LM head."""
+
+    task: Literal["chat", "classify"] = "chat"
+    """'chat': instruction or chat records, the loss on the answers; 'classify': labeled texts (CSV, TSV, JSONL), a classifier."""
+    text_column: str | None = None
+    """--task classify: the column with the text (default: the first of text, sentence, content, review, passage, input)."""
+    label_column: str | None = None
+    """--task classify: the column with the label (default: the first of label, labels, class, category, target)."""
+    trainable: Literal["all", "head", "last"] = "all"
+    """--task classify: what trains besides the head: 'all' weights, only the 'head', or the 'last' --train-blocks blocks and the final norm."""
+    train_blocks: int = rule(1, minimum=1)
+    """--task classify with --trainable last: how many of the last blocks train."""
+    balance: Literal["none", "sample", "weights"] = "none"
+    """--task classify: for unequal classes, draw examples class-balanced ('sample') or weigh the loss by inverse class share ('weights')."""
+
+
 @dataclass(frozen=True)
 class Setting:
     """One flat setting: its flag, TOML key and config.json key is `name`."""
@@ -402,6 +420,7 @@ class FinetuneConfig(RunConfig):
     finetune: FinetuneArgs = field(default_factory=FinetuneArgs)
     lora: LoraArgs = field(default_factory=LoraArgs)
     preference: PreferenceArgs = field(default_factory=PreferenceArgs)
+    classify: ClassifyArgs = field(default_factory=ClassifyArgs)
 
     @classmethod
     def flatten(cls, data: dict, where: str = "") -> dict:

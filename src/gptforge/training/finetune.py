@@ -27,8 +27,8 @@ from ..model import GPT
 from ..model.lora import add_lora, lora_targets, trainable_count
 from ..model.vocab import grow_vocabulary
 from ..tokenizer import tokenizer_of
-from ..weights.checkpoint import load_checkpoint, read_checkpoint_config
-from ..weights.load import base_identity, load_lora
+from ..weights.load import base_identity, resumed_model
+from .classify import train_classifier
 from .config import FinetuneConfig
 from .loop import Trainer, TrainResult
 from .preference import PreferenceTask
@@ -48,6 +48,11 @@ def finetune(config: FinetuneConfig | None = None, *, resume: str | Path | None 
     `finetune(resume="runs/ft", epochs=3)` continues one from its newest intact checkpoint.
     """
     cfg, run, checkpoint = resolve_run(config, resume, fields, cls=FinetuneConfig)
+    if cfg.classify.task == "classify":
+        if cfg.preference.method == "dpo":
+            raise UserError("--task classify trains a classifier on labeled texts; --method dpo tunes a chat "
+                            "model on preference records: use one")
+        return train_classifier(cfg, run, checkpoint, progress=progress, started=started)
     if not cfg.records.data or not cfg.init_from:
         raise UserError("finetune needs --init-from MODEL (a checkpoint, run, Hugging Face folder or hub id) "
                         "and --data FILE (instruction or chat records)")
@@ -103,14 +108,6 @@ def frozen_reference(cfg: FinetuneConfig, model: GPT, device: torch.device, exam
     starting model (on resume, --init-from's model made again: the run's model has moved on)."""
     reference = copy.deepcopy(model) if checkpoint is None else initial_finetune_model(cfg, device, examples)
     return reference.requires_grad_(False).eval()
-
-
-def resumed_model(checkpoint: Path, device: torch.device) -> GPT:
-    """The model of a fine-tuning checkpoint: all its weights, or its base with its adapter
-    (refused when the base is not the one it was trained on)."""
-    if "lora" in read_checkpoint_config(checkpoint):
-        return load_lora(checkpoint, device)
-    return load_checkpoint(checkpoint, device)
 
 
 class FinetuneTask:

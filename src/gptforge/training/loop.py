@@ -60,6 +60,9 @@ class Task(Protocol):
     # Optional: UTF-8 bytes per val token of the evaluated batches, which turns the val loss into
     # bits per byte (comparable across tokenizers); absent or None when unknown.
     val_bytes_per_token: float | None
+    # Optional: further results of the latest evaluate() (a classifier's val accuracy, ...), added
+    # to its metrics.jsonl row; the numbers among them are logged and printed too.
+    eval_metrics: dict
 
 
 @dataclass
@@ -357,16 +360,18 @@ class Jobs:
         bytes_per_token = getattr(self.task, "val_bytes_per_token", None)
         val_bpb = val / math.log(2) / bytes_per_token if val is not None and bytes_per_token else None
         epoch = p.epoch + p.batch / self.task.batches_per_epoch
-        # A task's own measures of this evaluation (DPO's rewards), NaN written as null.
-        extra = {k: None if math.isnan(v) else v for k, v in (getattr(self.task, "eval_metrics", None) or {}).items()}
+        # A task's own measures of this evaluation (DPO's rewards, a classifier's scores), NaN written as null.
+        extra = {k: None if isinstance(v, float) and math.isnan(v) else v
+                 for k, v in (getattr(self.task, "eval_metrics", None) or {}).items()}
+        numbers = {k: v for k, v in extra.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.run.append_metrics({
             "step": p.step, "epoch": epoch, "tokens_seen": p.tokens_seen, "train_loss": train_loss,
             "val_loss": val, "lr": self.optimizer.param_groups[0]["lr"], "elapsed_s": round(p.elapsed_s, 3),
             **({"val_bpb": val_bpb} if val_bpb is not None else {}), **extra})
         self.log.scalars(p.step, {"eval/train_loss": train_loss, "eval/val_loss": val, "eval/val_bpb": val_bpb,
-                                  **{f"eval/{k}": v for k, v in extra.items()}})
-        shown = "".join(f", {k.removeprefix('val_').replace('_', ' ')} {v:.3f}" for k, v in extra.items()
-                        if k.startswith("val_") and v is not None)
+                                  **{f"eval/{k}": v for k, v in numbers.items()}})
+        shown = "".join(f", {k.replace('_', ' ')} {v:.3f}" for k, v in numbers.items()
+                        if k.startswith("val_"))
         self.say(f"epoch {epoch:.2f} step {p.step:>6}: train loss {train_loss:.3f}, val loss {val_loss:.3f}{shown}")
         _redraw_plot(self.run)
 

@@ -159,3 +159,27 @@ def plot_runs(run_dirs: list[str | os.PathLike], out_path: str | os.PathLike) ->
         name = run.resolve().name
         runs[name if name not in runs else str(run)] = read_metrics(run)
     return _save(compare_figure(runs), out_path)
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], out_path: str | os.PathLike,
+                   title: str = "") -> Path:
+    """A classifier's confusion matrix (rows: the true class, columns: the predicted one) as a PNG."""
+    _require_matplotlib()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(confusion)
+    side = 2.5 + 0.5 * len(classes)
+    fig = Figure(figsize=(side + 1, side), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(matrix, cmap="Blues")
+    fig.colorbar(image, ax=ax)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), n in np.ndenumerate(matrix):
+        ax.text(j, i, str(n), ha="center", va="center", color="white" if n > matrix.max() / 2 else "black")
+    ax.set_title(title)
+    return _save(fig, out_path)

@@ -34,6 +34,7 @@ from ..config import GPTConfig
 from ..errors import UserError, first_line
 from ..files import Output, atomic_folder, read_json, sha256_file, write_file
 from ..model import GPT
+from ..model.classifier import Classifier
 from ..model.gpt import VOCAB_ROW_PARAMS, vocab_rows
 from ..model.lora import adapter_state
 from ..tokenizer import TOKENIZER_DIR, Tokenizer, tokenizer_from_record, tokenizer_of
@@ -93,10 +94,25 @@ def save_checkpoint(path: str | Path, model: GPT, train_config: dict | None = No
         with atomic_folder(path) as tmp:
             _write_files(tmp, weights, train_state, tokenizer, {
                 "format": "gptforge-checkpoint-v1", "model": config.to_dict(), "train": train_config or {},
-                "tokenizer": tokenizer.describe(), **({"lora": lora} if lora is not None else {})})
+                "tokenizer": tokenizer.describe(), **({"lora": lora} if lora is not None else {}),
+                **classifier_record(model)})
     except OSError as e:  # the folder's temporary copy is gone, and what was at `path` is untouched
         raise write_failure(path, e) from None
     return path
+
+
+def classifier_record(model: GPT) -> dict:
+    """What a checkpoint's config.json says of a classifier (model.classifier): {"classifier":
+    its class names in id order and its pad id}; nothing for a language model."""
+    if not isinstance(model, Classifier):
+        return {}
+    return {"classifier": {"classes": model.classes, "pad_id": model.pad_id}}
+
+
+def model_of(config: GPTConfig, meta: dict) -> GPT:
+    """The empty model a checkpoint's config.json describes: a GPT, or a Classifier."""
+    record = meta.get("classifier")
+    return GPT(config) if record is None else Classifier(config, record["classes"], record["pad_id"])
 
 
 def _write_files(folder: Path, weights: dict, train_state: dict | None, tokenizer: Tokenizer, meta: dict) -> None:
@@ -234,7 +250,7 @@ def load_weights(model: GPT, weights: dict[str, torch.Tensor], source: str) -> N
                 f"{tuple(expected[name].shape)}"
             )
     model.load_state_dict(weights, strict=False, assign=True)
-    if model.config.tie_embeddings:
+    if model.config.tie_embeddings and hasattr(model, "lm_head"):  # a Classifier has no LM head
         model.lm_head.weight = model.tok_emb.weight  # re-tie after assign replaced the parameter
 
 
@@ -275,7 +291,7 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> GPT:
     except (SafetensorError, OSError) as e:
         raise UserError(f"cannot read weights {path / WEIGHTS}: {e}") from None
     with torch.device("meta"):
-        model = GPT(config)
+        model = model_of(config, meta)
     load_weights(model, weights, source=str(path / WEIGHTS))
     model.tokenizer = tokenizer
     return model.eval()

@@ -95,6 +95,8 @@ def write_gguf(model: GPT, out: str | Path, type: str = "f32", sampling: Samplin
     A model no llama.cpp architecture computes is refused (hf_archs.hf_family)."""
     if type not in TYPES:
         raise UserError(f"unknown GGUF type {type!r}; choose one of {', '.join(TYPES)}")
+    if not hasattr(model, "lm_head"):  # model.classifier: llama.cpp's classifiers are another format
+        raise UserError("a classifier does not export to GGUF; use --to-hf (a *ForSequenceClassification folder)")
     gguf = _gguf()
     family = hf_family(model.config)
     tokenizer = tokenizer_of(model)

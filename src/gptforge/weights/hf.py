@@ -27,11 +27,12 @@ from ..config import GPTConfig
 from ..errors import UserError, first_line
 from ..files import atomic_folder, check_output_folder, read_json
 from ..model import GPT
+from ..model.classifier import Classifier
 from ..tokenizer import EOT_TOKEN, BPETokenizer, Tokenizer, gpt2, tokenizer_of
 from ..tokenizer.chat import CHAT_TEMPLATE_JINJA, end_of_turn, has_chat_template
 from ..tokenizer.gpt2_bpe import GPT2_VOCAB_SIZE, asset_path
 from .checkpoint import load_weights
-from .hf_archs import hf_config, hf_family, parse_hf_config, tensor_map
+from .hf_archs import classifier_config, hf_config, hf_family, parse_hf_config, tensor_map
 
 CONFIG = "config.json"
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -211,11 +212,17 @@ def load_hf_model(name_or_path: str | Path, device: str | torch.device = "cpu") 
 def hf_tensors(model: GPT) -> Iterator[tuple[str, torch.Tensor, bool]]:
     """(name, tensor, conv) for every tensor of the matching transformers model (see hf_archs): its
     name there, the tensor in our nn.Linear layout (out, in) on the CPU, and whether transformers
-    stores it transposed (GPT-2's Conv1D); a bias our model does not have comes as zeros."""
+    stores it transposed (GPT-2's Conv1D); a bias our model does not have comes as zeros. A
+    Classifier's head is the *ForSequenceClassification's score.weight, in place of the LM head."""
     ours = model.state_dict()
     family = hf_family(model.config)
     prefix = "transformer." if family == "gpt2" else ""
+    classifier = isinstance(model, Classifier)
+    if classifier:
+        yield "score.weight", ours["score.weight"].detach().cpu(), False
     for name, (parts, conv) in tensor_map(model.config, family).items():
+        if classifier and name == "lm_head.weight":
+            continue
         if name in ours:
             tensor = ours[name].detach().cpu()
         else:  # no bias: a zero bias is exactly equivalent
@@ -231,13 +238,16 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return {key: (part.t() if conv else part).contiguous() for key, part, conv in hf_tensors(model)}
 
 
-def _write_tokenizer(folder: Path, tokenizer: Tokenizer, context_length: int) -> None:
+def _write_tokenizer(folder: Path, tokenizer: Tokenizer, context_length: int, pad: bool = False) -> None:
     """The tokenizer's files for transformers' AutoTokenizer: for GPT-2's, our bundled BPE files
     under the names GPT2Tokenizer expects (any further special tokens listed, so they get the
     same ids); for our own, its tokenizer.json for PreTrainedTokenizerFast. A chat model's also
     carry the chat template (CHAT_TEMPLATE_JINJA, for apply_chat_template) and a
-    generation_config.json whose end tokens include <|im_end|>."""
+    generation_config.json whose end tokens include <|im_end|>. `pad`: <|endoftext|> pads too (a
+    classifier's pad id, which tokenizer(..., padding=True) then uses)."""
     special: dict = {"bos_token": EOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN}
+    if pad:
+        special["pad_token"] = EOT_TOKEN
     if tokenizer.kind == "gpt2":
         shutil.copyfile(asset_path("encoder.json"), folder / "vocab.json")
         shutil.copyfile(asset_path("vocab.bpe"), folder / "merges.txt")
@@ -277,7 +287,10 @@ def export_hf(model: GPT, out: str | Path, overwrite: bool = False) -> Path:
         # transformers refuses a safetensors file without this metadata
         save_file(hf_state_dict(model), tmp / SAFETENSORS, metadata={"format": "pt"})
         dtype, tokenizer = model.tok_emb.weight.dtype, tokenizer_of(model)
-        (tmp / CONFIG).write_text(json.dumps(hf_config(model.config, dtype, tokenizer), indent=2) + "\n")
+        config = hf_config(model.config, dtype, tokenizer)
+        if isinstance(model, Classifier):
+            config.update(classifier_config(model.config, model.classes, model.pad_id))
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         if model.config.vocab_size >= tokenizer.vocab_size:
-            _write_tokenizer(tmp, tokenizer, model.config.context_length)
+            _write_tokenizer(tmp, tokenizer, model.config.context_length, pad=isinstance(model, Classifier))
     return out

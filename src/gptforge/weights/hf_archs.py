@@ -23,6 +23,8 @@ from ..tokenizer.gpt2_bpe import GPT2_VOCAB_SIZE
 
 FAMILIES = ("gpt2", "llama", "qwen3")
 CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+SEQUENCE_CLASSES = {"gpt2": "GPT2ForSequenceClassification", "llama": "LlamaForSequenceClassification",
+                    "qwen3": "Qwen3ForSequenceClassification"}
 
 # (our name, its HF part names, stored as Conv1D) per layer; "{i}" is the layer.
 TensorMap = dict[str, tuple[tuple[str, ...], bool]]
@@ -133,6 +135,14 @@ def hf_config(config: GPTConfig, dtype: torch.dtype = torch.float32, tokenizer: 
     if config.vocab_size > eot_id:  # the tokenizer's <|endoftext|> exists in this vocabulary
         out.update(bos_token_id=eot_id, eos_token_id=eot_id)
     return out
+
+
+def classifier_config(config: GPTConfig, classes: list[str], pad_id: int) -> dict:
+    """What a classifier's config.json adds: the *ForSequenceClassification class, its labels,
+    and pad_token_id, the id whose last absence marks the token transformers reads (as ours)."""
+    return {"architectures": [SEQUENCE_CLASSES[hf_family(config)]], "num_labels": len(classes),
+            "id2label": {str(i): c for i, c in enumerate(classes)}, "label2id": {c: i for i, c in enumerate(classes)},
+            "pad_token_id": pad_id}
 
 
 def parse_hf_config(raw: dict, path: Path) -> tuple[GPTConfig, str]:

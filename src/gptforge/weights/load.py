@@ -16,6 +16,7 @@ from ..config import GPTConfig
 from ..errors import UserError
 from ..files import sha256_file
 from ..model import GPT
+from ..model.classifier import as_classifier
 from ..model.lora import add_lora, load_adapter, merge_lora
 from ..model.vocab import grow_vocabulary
 from ..tokenizer import tokenizer_of
@@ -153,6 +154,8 @@ def load_lora(checkpoint: Path, device: str | torch.device = "cpu", base: str | 
     config, lora = GPTConfig.from_dict(meta["model"]), meta["lora"]
     model = load_any(find_base(checkpoint, lora, base), device)
     model = grow_vocabulary(reshape(model, config.context_length, config.dropout), config.vocab_size)
+    if "classifier" in meta:  # its head is part of the adapter (model.lora.is_adapter_key)
+        model = as_classifier(model, meta["classifier"]["classes"], meta["classifier"]["pad_id"])
     add_lora(model, lora["rank"], lora["alpha"], lora["dropout"], tuple(lora["targets"]),
              tuple(lora["new_rows"]) if lora.get("new_rows") else None)
     verify_checkpoint(checkpoint, (WEIGHTS,))
@@ -167,3 +170,11 @@ def load_lora(checkpoint: Path, device: str | torch.device = "cpu", base: str | 
     model.lora = {**model.lora, "base": lora["base"]}
     model.tokenizer = checkpoint_tokenizer(checkpoint)
     return model.eval()
+
+
+def resumed_model(checkpoint: Path, device: str | torch.device = "cpu") -> GPT:
+    """The model of a fine-tuning checkpoint: all its weights, or its base with its adapter
+    (refused when the base is not the one it was trained on)."""
+    if "lora" in read_checkpoint_config(checkpoint):
+        return load_lora(checkpoint, device)
+    return load_checkpoint(checkpoint, device)

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import GPTConfig
+from ..errors import UserError
 from ..files import atomic_folder, check_output_folder
 from ..model.lora import ROWS_KEY, TARGETS
 from .checkpoint import WEIGHTS, read_checkpoint_config, verify_checkpoint
@@ -97,6 +98,8 @@ def export_peft(checkpoint: str | Path, out: str | Path, overwrite: bool = False
     check_output_folder(out, overwrite)
     resolved = lora_checkpoint(checkpoint)
     meta = read_checkpoint_config(resolved)
+    if "classifier" in meta:  # its head has no place in a causal-LM adapter
+        raise UserError(f"{checkpoint} is a classifier's adapter; export it merged with --to-hf")
     verify_checkpoint(resolved, (WEIGHTS,))
     config = GPTConfig.from_dict(meta["model"])
     with atomic_folder(out) as tmp:
