@@ -13,9 +13,8 @@ from .config import GPTConfig
 from .device import pick_device
 from .errors import UserError
 from .model import GPT, prepare_for_decoding
-from .tokenizer import tokenizer_of
+from .tokenizer import gpt2, tokenizer_of
 from .weights import load_any
-
 
 # The one rule for sampling values, shared by the CLI and the server (which names its fields).
 # A temperature below MIN_TEMPERATURE is greedy decoding in all but name, and above it logits / T
@@ -319,5 +318,5 @@ def model_for_generation(source: str | None = None, preset: str | None = None, s
         if seed is not None:
             torch.manual_seed(seed)
         with torch.device(dev):
-            model = GPT(GPTConfig.from_preset(preset))
+            model = GPT(GPTConfig.from_preset(preset), gpt2())  # a preset's vocabulary is GPT-2's
     return prepare_for_decoding(model, getattr(torch, dtype))

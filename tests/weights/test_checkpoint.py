@@ -29,7 +29,7 @@ def rehash(path, name) -> None:
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return GPT(GPTConfig.from_preset("gpt2-tiny", qkv_bias=True)).eval()
+    return GPT(GPTConfig.from_preset("gpt2-tiny", qkv_bias=True), gpt2()).eval()
 
 
 def test_round_trip_gives_the_same_logits_and_keeps_tying(tmp_path, model):

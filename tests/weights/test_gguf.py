@@ -301,12 +301,11 @@ def lora_checkpoint(tmp_path, tokenizer):
 
     base_path = save_checkpoint(tmp_path / "base", model_of("llama", tokenizer))
     model = model_of("llama", tokenizer)
-    add_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=("qkv", "mlp_in"))
+    add_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=("qkv", "mlp_in"), base=base_identity(base_path))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora" in name:
                 p.normal_(0, 0.2)
-    model.lora["base"] = base_identity(base_path)
     path = save_checkpoint(tmp_path / "adapter", model)
     return path, merge_lora(model).eval()
 

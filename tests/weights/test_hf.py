@@ -126,7 +126,7 @@ def test_loading_does_not_hold_the_weights_twice(tmp_path, fmt):
     with torch.device("meta"):
         size = sum(p.numel() * 4 for p in GPT(config).parameters())
     torch.manual_seed(0)
-    export_hf(GPT(config), tmp_path / "hf")
+    export_hf(GPT(config, gpt2()), tmp_path / "hf")
     if fmt == "bin":
         torch.save(load_file(tmp_path / "hf/model.safetensors"), tmp_path / "hf/pytorch_model.bin")
         (tmp_path / "hf/model.safetensors").unlink()
@@ -170,7 +170,7 @@ def trained_model(tie_embeddings: bool) -> GPT:
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=50257, context_length=32, emb_dim=32, n_heads=4, n_layers=2,
                        qkv_bias=False, tie_embeddings=tie_embeddings)
-    model = GPT(config)
+    model = GPT(config, gpt2())
     ids = gpt2().encoding.encode("The quick brown fox jumps over the lazy dog. " * 3)[:33]
     batch = torch.tensor([ids])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -226,7 +226,7 @@ def test_greedy_text_from_transformers_equals_gptforge_generate(tmp_path):
 
 def test_exported_tokenizer_encodes_like_ours(tmp_path):
     config = GPTConfig(vocab_size=50257, context_length=48, emb_dim=8, n_heads=2, n_layers=1)
-    export_hf(GPT(config), tmp_path / "hf")
+    export_hf(GPT(config, gpt2()), tmp_path / "hf")
     assert (tmp_path / "hf/vocab.json").read_bytes() == Path(asset_path("encoder.json")).read_bytes()
     assert (tmp_path / "hf/merges.txt").read_bytes() == Path(asset_path("vocab.bpe")).read_bytes()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")

@@ -78,13 +78,11 @@ def initial_finetune_model(cfg: FinetuneConfig, device: torch.device, examples: 
     model = initial_model(cfg, device)
     tokenizer = tokenizer_of(model).with_special_tokens(template_tokens(examples, cfg.finetune.template))
     old_vocab = model.config.vocab_size
-    model = grow_vocabulary(model, max(old_vocab, tokenizer.vocab_size))
-    model.tokenizer = tokenizer
+    model = grow_vocabulary(model, max(old_vocab, tokenizer.vocab_size), tokenizer)
     if cfg.lora.lora_rank:
         lora = cfg.lora
         add_lora(model, lora.lora_rank, lora.lora_alpha, lora.lora_dropout, lora_targets(lora.lora_targets),
-                 new_rows=(old_vocab, model.config.vocab_size))
-        model.lora["base"] = base_identity(cfg.init_from)
+                 new_rows=(old_vocab, model.config.vocab_size), base=base_identity(cfg.init_from))
     return model
 
 

@@ -1,8 +1,8 @@
 """Pretraining: `gptforge train`. Windows over a token stream (gptforge.data.batches) through the
 shared training loop (training.loop), from a preset, from other weights (--init-from), or
-resumed from a run's checkpoint. The model carries its tokenizer (model.tokenizer): the
-checkpoint's or --init-from model's, else --tokenizer, else the prepared corpus's, else GPT-2's;
-a fresh model's vocabulary is that tokenizer's."""
+resumed from a run's checkpoint. The model carries its tokenizer (GPT.tokenizer, given as it is
+built): the checkpoint's or --init-from model's, else --tokenizer, else the prepared corpus's, else
+GPT-2's; a fresh model's vocabulary is that tokenizer's."""
 
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     # Data first: a bad corpus (or one prepared with another tokenizer) fails before the run folder exists.
     task = WindowTask(cfg, model_cfg, d, tokenizer)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = initial if initial is not None else GPT(model_cfg).to(device)
-    model.tokenizer = tokenizer
+    # An --init-from model carries its tokenizer already (_run_tokenizer returns that one).
+    model = initial if initial is not None else GPT(model_cfg, tokenizer).to(device)
     if checkpoint is not None:  # before sharding and the optimizer: loading replaces parameters
         load_weights(model, load_file(checkpoint / WEIGHTS, device=str(device)), source=str(checkpoint))
     trainer = Trainer(cfg, run, model, task, total_steps=task.total_steps, d=d, device=device, resume_from=checkpoint,
