@@ -1,7 +1,8 @@
 """The web chat page in a real headless browser (Debian's chromium driven by playwright): type,
 watch the answer stream, stop it, start over, with no request leaving the server's origin.
 
-GPTFORGE_SCREENSHOT=PATH keeps the screenshot (docs/web-chat.png is made this way)."""
+GPTFORGE_SCREENSHOT=PATH keeps the screenshot of a random model (docs/web-chat.png, a trained one,
+is taken by scripts/web_chat_screenshot.py)."""
 
 from __future__ import annotations
 
