@@ -19,13 +19,13 @@ import torch
 from gptforge.config import GPTConfig
 from gptforge.errors import UserError
 from gptforge.model import GPT
+from gptforge.sampling import Sampling
 from gptforge.tokenizer import CHAT_TOKENS, TOOL_TOKENS, gpt2
 from gptforge.tokenizer.bpe import PATTERN
 from gptforge.tokenizer.chat import CHAT_TEMPLATE_GO, CHAT_TEMPLATE_JINJA
 from gptforge.tokenizer.gpt2_bpe import asset_path
 from gptforge.weights.checkpoint import save_checkpoint
 from gptforge.weights.gguf_export import write_gguf
-from gptforge.weights.ollama import Sampling
 
 from helpers import run_cli
 
@@ -168,7 +168,7 @@ def gpt2_token_texts() -> list[str]:
 def test_metadata_describes_the_model_and_its_tokenizer(tmp_path, tokenizers, family, tok):
     tokenizer = tokenizers[tok]
     model = model_of(family, tokenizer, vocab_size=tokenizer.vocab_size + 3)  # 3 padding ids
-    keys, _ = read(write_gguf(model, tmp_path / "m.gguf", "f32", Sampling(0.7, 50, None)))
+    keys, _ = read(write_gguf(model, tmp_path / "m.gguf", "f32", Sampling(256, temperature=0.7, top_k=50)))
     c, a = model.config, family
     assert keys["general.architecture"] == family
     assert (keys[f"{a}.context_length"], keys[f"{a}.embedding_length"], keys[f"{a}.block_count"],
@@ -251,7 +251,7 @@ def render_go(template: str, messages: list[dict]) -> str:
 def test_modelfile_templates_the_chat_as_ours(tmp_path, tiny_bpe):
     import jinja2
 
-    write_gguf(model_of("qwen3", tiny_bpe), tmp_path / "chat.gguf", "q8_0", Sampling(0.7, 50, None))
+    write_gguf(model_of("qwen3", tiny_bpe), tmp_path / "chat.gguf", "q8_0", Sampling(256, temperature=0.7, top_k=50))
     text = (tmp_path / "Modelfile").read_text()
     template = re.search(r'TEMPLATE """(.*?)"""', text, re.DOTALL).group(1)
     assert template == CHAT_TEMPLATE_GO

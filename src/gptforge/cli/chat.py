@@ -31,15 +31,13 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..chat import ChatSettings, chat_in_terminal
     from ..checks import require_int
-    from ..generate import check_sampling_args
+    from ..sampling import Sampling
 
-    top_k = args.top_k or None
-    check_sampling_args(args.temperature, top_k, args.top_p)
     require_int("--max-new-tokens", args.max_new_tokens)
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_k or None, args.top_p, args.seed)
     from ..tools.registry import builtin_tools, module_tools
 
     tools = builtin_tools(args.tools or "") + (module_tools(args.tools_module) if args.tools_module else [])
     model = model_from_args(args, args.dtype)
-    chat_in_terminal(model, ChatSettings(args.max_new_tokens, args.temperature, top_k, args.top_p, args.seed,
-                                         args.system, tools))
+    chat_in_terminal(model, ChatSettings(sampling, args.system, tools))
     return 0

@@ -40,10 +40,10 @@ def run(args) -> int:
     from ..chat import chat_text
     from ..checks import require_int
     from ..errors import UserError
-    from ..generate import check_sampling_args, generate_text, generate_texts
+    from ..generate import Sampling, generate_text, generate_texts
 
     top_k = args.top_k or None
-    check_sampling_args(args.temperature, top_k, args.top_p, args.max_new_tokens, args.seed)
+    Sampling(args.max_new_tokens, args.temperature, top_k, args.top_p, args.seed)  # checks the flags
     require_int("--num-samples", args.num_samples)
     if args.system is not None and not args.chat:
         raise UserError("--system goes with --chat")

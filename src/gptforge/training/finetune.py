@@ -24,6 +24,7 @@ from ..generate import complete_ids
 from ..model import GPT
 from ..model.lora import add_lora, lora_targets, trainable_count
 from ..model.vocab import grow_vocabulary
+from ..sampling import Sampling
 from ..tokenizer import tokenizer_of
 from ..weights.checkpoint import load_checkpoint, read_checkpoint_config
 from ..weights.load import base_identity, load_lora
@@ -148,7 +149,9 @@ class FinetuneTask:
     def answer(self, model: torch.nn.Module, example: Example, max_new_tokens: int) -> str:
         """The model's greedy answer to an example's last turn, up to its end-of-answer token."""
         ids = prompt_ids(example, self.tokenizer, self.cfg.finetune.template)
-        new = complete_ids(model, ids, max_new_tokens, eos_id=stop_id(self.tokenizer, self.cfg.finetune.template))
+        greedy = Sampling(max_new_tokens, temperature=0.0,
+                          stop_ids=frozenset({stop_id(self.tokenizer, self.cfg.finetune.template)}))
+        new = complete_ids(model, ids, greedy)
         return self.tokenizer.decode(new)
 
     def sample(self, model: torch.nn.Module) -> str:

@@ -22,7 +22,7 @@ from ..data import BatchLoader, corpus_tokenizer, is_corpus, load_splits
 from ..device import pick_device
 from ..errors import UserError
 from ..evaluate import bytes_per_token, mean_loss
-from ..generate import generate_text
+from ..generate import prompt_ids, stream_text
 from ..model import GPT
 from ..tokenizer import Tokenizer, gpt2, load_tokenizer, tokenizer_of
 from ..tokenizer.train import train_on_train_split
@@ -131,9 +131,9 @@ class WindowTask:
         return mean_loss(model, self.train_eval.batches(0), n, device), val
 
     def sample(self, model: torch.nn.Module) -> str:
-        cfg = self.cfg.eval
-        return "".join(generate_text(model, cfg.sample_prompt, cfg.sample_tokens, temperature=cfg.sample_temperature,
-                                     top_k=cfg.sample_top_k or None, seed=self.cfg.seed, include_prompt=True))
+        prompt = self.cfg.eval.sample_prompt
+        return prompt + "".join(stream_text(model, prompt_ids(model, prompt)[0].tolist(),
+                                            self.cfg.eval.sampling(self.cfg.seed)))
 
 
 def _run_tokenizer(cfg: CorpusArgs, checkpoint: Path | None, initial: GPT | None, say) -> Tokenizer:
