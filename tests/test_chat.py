@@ -211,8 +211,8 @@ def tool_model():
 
     from helpers import random_gpt
 
-    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=512), 50263).eval()
-    model.tokenizer = gpt2().with_special_tokens(CHAT_TOKENS + TOOL_TOKENS)
+    tokenizer = gpt2().with_special_tokens(CHAT_TOKENS + TOOL_TOKENS)
+    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=512), 50263, tokenizer).eval()
     return model
 
 

@@ -91,8 +91,7 @@ def test_a_base_tokenizer_has_no_template():
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     """A chat model (GPT-2's vocabulary and the chat tokens) and its Hugging Face export."""
-    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=64, qkv_bias=True), 50259).eval()
-    model.tokenizer = CHAT
+    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=64, qkv_bias=True), 50259, CHAT).eval()
     return model, export_hf(model, tmp_path_factory.mktemp("chat") / "hf")
 
 
@@ -169,8 +168,7 @@ def test_typed_markers_stay_text():
 
 @pytest.fixture(scope="module")
 def tool_export(tmp_path_factory):
-    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=64, qkv_bias=True), 50263).eval()
-    model.tokenizer = TOOLS
+    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=64, qkv_bias=True), 50263, TOOLS).eval()
     return export_hf(model, tmp_path_factory.mktemp("tools") / "hf")
 
 

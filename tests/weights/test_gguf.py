@@ -47,11 +47,10 @@ def model_of(family: str, tokenizer, seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
     config = GPTConfig.from_preset("gpt2-tiny", **{"vocab_size": tokenizer.vocab_size, "context_length": 32,
                                                    **shape, **overrides})
-    model = GPT(config).eval()
+    model = GPT(config, tokenizer).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.5)
-    model.tokenizer = tokenizer
     return model
 
 

@@ -244,8 +244,8 @@ def test_exported_tokenizer_encodes_like_ours(tmp_path):
 @pytest.mark.slow  # CLI processes
 def test_export_of_a_model_with_its_own_tokenizer(tmp_path, tiny_bpe, text):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tiny_bpe.vocab_size, context_length=48, emb_dim=16, n_heads=2, n_layers=1))
-    model.tokenizer = tiny_bpe
+    model = GPT(GPTConfig(vocab_size=tiny_bpe.vocab_size, context_length=48, emb_dim=16, n_heads=2, n_layers=1),
+                tiny_bpe)
     export_hf(model, tmp_path / "hf")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tokenizer.eos_token_id == tiny_bpe.eot_id and len(tokenizer) == tiny_bpe.vocab_size
@@ -268,8 +268,7 @@ def test_export_of_a_model_with_its_own_tokenizer(tmp_path, tiny_bpe, text):
 
 def test_export_of_gpt2_with_chat_tokens_gives_them_the_same_ids(tmp_path):
     chat = gpt2().with_special_tokens(CHAT_TOKENS)
-    model = GPT(GPTConfig(vocab_size=chat.vocab_size, context_length=16, emb_dim=8, n_heads=2, n_layers=1))
-    model.tokenizer = chat
+    model = GPT(GPTConfig(vocab_size=chat.vocab_size, context_length=16, emb_dim=8, n_heads=2, n_layers=1), chat)
     export_hf(model, tmp_path / "hf")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tokenizer.convert_tokens_to_ids(list(CHAT_TOKENS)) == [50257, 50258] and len(tokenizer) == 50259
@@ -437,8 +436,8 @@ def test_gpt2_export_has_what_llama_cpp_s_converter_reads(tmp_path, chat):
     from transformers import AutoConfig
 
     tokenizer = gpt2().with_special_tokens(CHAT_TOKENS if chat else ())
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=48, emb_dim=8, n_heads=2, n_layers=1))
-    model.tokenizer = tokenizer
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=48, emb_dim=8, n_heads=2, n_layers=1),
+                tokenizer)
     export_hf(model, tmp_path / "hf")
     config = AutoConfig.from_pretrained(tmp_path / "hf").to_dict()  # as the converter reads it
     assert (config["n_ctx"], config["n_embd"], config["n_head"], config["n_layer"]) == (48, 8, 2, 1)
