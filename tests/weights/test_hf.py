@@ -366,7 +366,7 @@ def test_hub_id_offline_and_missing_folders_say_what_to_do(tmp_path):
 
 @pytest.mark.slow  # CLI processes
 def test_export_refuses_to_overwrite_and_never_leaves_a_partial_folder(tmp_path, monkeypatch):
-    model = GPT(GPTConfig(vocab_size=101, context_length=8, emb_dim=8, n_heads=2, n_layers=1))
+    model = GPT(GPTConfig(vocab_size=101, context_length=8, emb_dim=8, n_heads=2, n_layers=1), gpt2())
     save_checkpoint(tmp_path / "ckpt", model)
     out = tmp_path / "hf"
     out.mkdir()
