@@ -30,8 +30,9 @@ from gptforge.config import GPTConfig
 from gptforge.generate import model_for_generation
 from gptforge.model import GPT, prepare_for_decoding
 from gptforge.model.vocab import grow_vocabulary
-from gptforge.serve.engine import Engine, Sampling, Sequence
-from gptforge.tokenizer import CHAT_TOKENS, TOOL_TOKENS, tokenizer_of
+from gptforge.sampling import Sampling
+from gptforge.serve.engine import Engine, Sequence
+from gptforge.tokenizer import CHAT_TOKENS, TOOL_TOKENS, gpt2, tokenizer_of
 from gptforge.tokenizer.chat import render
 from gptforge.tools.calls import parse_reply
 from gptforge.tools.structured import Constraint, compile_grammar, grammar_text
@@ -57,13 +58,11 @@ def tool_model(checkpoint: str | None):
     """The model with the chat and tool tokens (rows added at the end when its tokenizer lacks them)."""
     if checkpoint is None:  # context 512: room for the tools' block
         torch.manual_seed(0)
-        model = GPT(GPTConfig.from_preset("gpt2-tiny", context_length=512))
+        model = GPT(GPTConfig.from_preset("gpt2-tiny", context_length=512), gpt2())
     else:
         model = model_for_generation(checkpoint)
     tokenizer = tokenizer_of(model).with_special_tokens(CHAT_TOKENS + TOOL_TOKENS)
-    if tokenizer.vocab_size > model.config.vocab_size:
-        model = grow_vocabulary(model, tokenizer.vocab_size)
-    model.tokenizer = tokenizer
+    model = grow_vocabulary(model, max(tokenizer.vocab_size, model.config.vocab_size), tokenizer)
     return prepare_for_decoding(model.eval())
 
 
@@ -71,7 +70,7 @@ def decode(model, prompts, tokens, constraints, stops=frozenset(), temperature=1
     """Each row's tokens and the CPU seconds the engine took to decode them (the prefill left out)."""
     outs = [[] for _ in prompts]
     engine = Engine(model, max_batch=len(prompts), max_queue=len(prompts))
-    engine.submit([Sequence(p, Sampling(max_tokens=tokens, temperature=temperature, seed=seed + i, stop_ids=stops),
+    engine.submit([Sequence(p, Sampling(max_new_tokens=tokens, temperature=temperature, seed=seed + i, stop_ids=stops),
                             lambda t, r, out=out: t is not None and out.append(t), c)
                    for i, (p, out, c) in enumerate(zip(prompts, outs, constraints))])
     with torch.inference_mode():

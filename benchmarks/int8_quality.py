@@ -18,6 +18,7 @@ import torch
 
 from gptforge.evaluate import evaluate_path
 from gptforge.generate import complete_ids, model_for_generation
+from gptforge.sampling import Sampling
 from gptforge.tokenizer import tokenizer_of
 
 PROMPTS = ["ROMEO.\n", "First Citizen:\nBefore we proceed", "The king is", "O, what a", "Enter HAMLET",
@@ -40,7 +41,8 @@ def main() -> None:
     firsts = []
     for prompt in PROMPTS:
         ids = tokenizer.encode_prompt(prompt)
-        a, b = (complete_ids(m, ids, args.tokens) for m in (fp32, int8))
+        greedy = Sampling(args.tokens, temperature=0.0)
+        a, b = (complete_ids(m, ids, greedy) for m in (fp32, int8))
         firsts.append(next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)))
         context = torch.tensor([ids + a])
         with torch.no_grad():  # the choice each model makes after every prefix of the same text

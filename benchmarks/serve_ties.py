@@ -18,7 +18,8 @@ import time
 import torch
 
 from gptforge.generate import generate, model_for_generation
-from gptforge.serve.engine import Engine, Sampling, Sequence
+from gptforge.sampling import Sampling
+from gptforge.serve.engine import Engine, Sequence
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
 
     batched: list[list[int]] = [[] for _ in prompts]
     engine = Engine(model, max_batch=len(prompts), max_queue=len(prompts))
-    engine.submit([Sequence(pr, Sampling(max_tokens=args.tokens, temperature=0.0),
+    engine.submit([Sequence(pr, Sampling(max_new_tokens=args.tokens, temperature=0.0),
                             lambda t, r, out=out: t is not None and out.append(t)) for pr, out in zip(prompts, batched)])
     start = time.perf_counter()
     while engine.load()["running"] or engine.load()["waiting"]:

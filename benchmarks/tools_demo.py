@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -31,6 +30,7 @@ from pathlib import Path
 from gptforge.chat import ChatSettings, Conversation, CtrlC, answer_with_tools, chat_prompt, stop_ids
 from gptforge.data.instructions import read_file
 from gptforge.generate import stream_text
+from gptforge.sampling import Sampling
 from gptforge.tokenizer import tokenizer_of
 from gptforge.tools.registry import builtin_tools, check_unique
 from gptforge.weights.load import load_any
@@ -67,10 +67,10 @@ def calls_of(turns: list[dict]) -> list[tuple[str, str]]:
 
 def with_tools(model, question: str, tools: dict, settings: ChatSettings) -> tuple[str, list, str]:
     """(final answer, its calls (calls_of), transcript) of one question through the chat's tool loop."""
-    conversation = Conversation(model, None, settings.max_new_tokens, [t.schema for t in tools.values()])
+    conversation = Conversation(model, None, settings.sampling.max_new_tokens, [t.schema for t in tools.values()])
     ids, _ = conversation.prompt(question)
     shown = io.StringIO()
-    answer_with_tools(model, conversation, ids, settings, None, tools, shown, CtrlC())
+    answer_with_tools(model, conversation, ids, settings, settings.sampling, tools, shown, CtrlC())
     last = conversation.turns[-1]
     final = last["content"] if last["role"] == "assistant" and not last.get("tool_calls") else ""
     return final.strip(), calls_of(conversation.turns), f"you> {question}\n{shown.getvalue()}"
@@ -84,7 +84,7 @@ def without_tools(model, question: str, reference: str, results: list[str], sche
     tokenizer = tokenizer_of(model)
     ids = chat_prompt(model, [{"role": "user", "content": question}], schemas) + tokenizer.encode(start)
     budget = min(max_new_tokens, model.config.context_length - len(ids))
-    rest = "".join(stream_text(model, ids, budget, temperature=0.0, stop_ids=stop_ids(model, chat=True)))
+    rest = "".join(stream_text(model, ids, Sampling(budget, temperature=0.0, stop_ids=stop_ids(model, chat=True))))
     return (start + rest).strip()
 
 
@@ -92,7 +92,7 @@ def measure(model, records: list, max_new_tokens: int = 96) -> dict:
     """Per category: records, exact with tools, exact without, calls made; the seconds it took;
     and the transcript of the first record of each category."""
     tools = check_unique(builtin_tools("calculator,clock"))
-    settings = ChatSettings(max_new_tokens=max_new_tokens, temperature=0.0, top_k=None)
+    settings = ChatSettings(Sampling(max_new_tokens, temperature=0.0))
     counts = defaultdict(lambda: {"records": 0, "with_tools": 0, "without_tools": 0, "calls": 0,
                                   "right_tools": 0, "exact_calls": 0})
     transcripts: dict[str, str] = {}

@@ -13,6 +13,7 @@ from gptforge.data import BatchLoader, tokenize
 from gptforge.evaluate import mean_loss
 from gptforge.generate import generate_text
 from gptforge.model import GPT
+from gptforge.tokenizer import gpt2
 
 STEPS, EVAL_EVERY = 150, 50
 torch.manual_seed(123)
@@ -26,8 +27,9 @@ context = 64
 train_batches = BatchLoader(train_tokens, max_length=context, stride=context, batch_size=8, shuffle=True, seed=123)
 val_batches = BatchLoader(val_tokens, max_length=context, stride=context, batch_size=8)
 
-# 3. The model (2 layers, 64 wide: 3.3M parameters, most of them the 50,257-row embedding) and AdamW.
-model = GPT(GPTConfig.from_preset("gpt2-tiny", context_length=context))
+# 3. The model (2 layers, 64 wide: 3.3M parameters, most of them the 50,257-row embedding), carrying
+#    the tokenizer its ids belong to (GPT-2's, which `tokenize` used), and AdamW.
+model = GPT(GPTConfig.from_preset("gpt2-tiny", context_length=context), gpt2())
 optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1)
 
 # 4. The loop: loss, gradients, update; now and then the loss on held-out text.

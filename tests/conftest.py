@@ -14,8 +14,10 @@ def tiny_config() -> GPTConfig:
 
 @pytest.fixture
 def tiny_model(tiny_config) -> GPT:
+    from gptforge.tokenizer import gpt2
+
     torch.manual_seed(0)
-    return GPT(tiny_config).eval()
+    return GPT(tiny_config, gpt2()).eval()  # GPT-2's tokenizer, what its checkpoints record
 
 
 @pytest.fixture(scope="session")
@@ -30,10 +32,12 @@ def text(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A checkpoint of a randomly initialised gpt2-tiny with GPT-2's vocabulary."""
+    from gptforge.tokenizer import gpt2
     from gptforge.weights.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("tiny") / "checkpoint", GPT(GPTConfig.from_preset("gpt2-tiny")))
+    return save_checkpoint(tmp_path_factory.mktemp("tiny") / "checkpoint",
+                           GPT(GPTConfig.from_preset("gpt2-tiny"), gpt2()))
 
 
 @pytest.fixture(scope="session")
@@ -90,9 +94,7 @@ def chat_model():
 
     tokenizer = gpt2().with_special_tokens(CHAT_TOKENS)
     torch.manual_seed(1)
-    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=tokenizer.vocab_size)).eval()
-    model.tokenizer = tokenizer
-    return model
+    return GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=tokenizer.vocab_size), tokenizer).eval()
 
 
 @pytest.fixture(scope="session")

@@ -64,14 +64,15 @@ def assert_user_error(result: subprocess.CompletedProcess, fragment: str, code: 
 
 
 def random_gpt(seed: int = 0, **overrides):
-    """A randomly initialised gpt2-tiny with a 257-id vocabulary and a 16-token context."""
+    """A randomly initialised gpt2-tiny with a 257-id vocabulary and a 16-token context, carrying
+    GPT-2's tokenizer (what its checkpoints record; the tests that need text give it ids < 257)."""
     import torch
 
     from gptforge.config import GPTConfig
     from gptforge.model import GPT
 
     torch.manual_seed(seed)
-    return GPT(GPTConfig.from_preset("gpt2-tiny", **{"vocab_size": 257, "context_length": 16, **overrides}))
+    return GPT(GPTConfig.from_preset("gpt2-tiny", **{"vocab_size": 257, "context_length": 16, **overrides}), gpt2())
 
 
 def position_tokens(n: int) -> np.ndarray:
@@ -308,6 +309,6 @@ def random_tool_model(context_length: int = 512):
     from gptforge.model.vocab import grow_vocabulary
     from gptforge.tokenizer import CHAT_TOKENS, TOOL_TOKENS
 
-    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=context_length), 50263).eval()
-    model.tokenizer = gpt2().with_special_tokens(CHAT_TOKENS + TOOL_TOKENS)
+    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=context_length), 50263,
+                            gpt2().with_special_tokens(CHAT_TOKENS + TOOL_TOKENS)).eval()
     return prepare_for_decoding(model)

@@ -12,7 +12,7 @@ import sys
 import pexpect
 import pytest
 
-from gptforge.generate import generate_text
+from gptforge.generate import Sampling, generate_text
 from gptforge.tokenizer import tokenizer_of
 from gptforge.tokenizer.chat import render
 from gptforge.weights import load_any
@@ -102,7 +102,7 @@ def talk(model, lines, max_new_tokens=8, system=None) -> tuple[list[str], str]:
         except StopIteration:
             raise EOFError from None
 
-    chat_in_terminal(model, ChatSettings(max_new_tokens, 0.0, None, None, None, system), read=read, out=out)
+    chat_in_terminal(model, ChatSettings(Sampling(max_new_tokens, temperature=0.0), system), read=read, out=out)
     return answers(out.getvalue()), out.getvalue()
 
 
@@ -211,8 +211,8 @@ def tool_model():
 
     from helpers import random_gpt
 
-    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=512), 50263).eval()
-    model.tokenizer = gpt2().with_special_tokens(CHAT_TOKENS + TOOL_TOKENS)
+    tokenizer = gpt2().with_special_tokens(CHAT_TOKENS + TOOL_TOKENS)
+    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=512), 50263, tokenizer).eval()
     return model
 
 
@@ -238,7 +238,7 @@ def scripted_chat(monkeypatch, model, replies, tools="calculator", rounds=5):
         except StopIteration:
             raise EOFError from None
 
-    settings = chat.ChatSettings(64, 0.0, None, None, None, None, builtin_tools(tools), rounds)
+    settings = chat.ChatSettings(Sampling(64, temperature=0.0), None, builtin_tools(tools), rounds)
     chat.chat_in_terminal(model, settings, read=read_line, out=out)
     return out.getvalue(), prompts
 

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from gptforge.config import GPTConfig
 from gptforge.errors import UserError
-from gptforge.generate import generate, sample_next, stream, top_k_filter, top_p_filter
+from gptforge.generate import Sampling, generate, sample_next, stream, top_k_filter, top_p_filter
 
 from helpers import assert_user_error, random_gpt, run_cli
 
@@ -109,7 +109,7 @@ def test_eos_stops_each_row_on_its_own():
     eos = 9
     model = Scripted([[1, 2, eos, 3, 3, 3], [4, 5, 6, 7, eos, 3]])
     idx = torch.zeros(2, 1, dtype=torch.long)
-    steps = list(stream(model, idx, max_new_tokens=6, temperature=0, eos_id=eos, use_cache=False))
+    steps = list(stream(model, idx, Sampling(6, temperature=0, stop_ids={eos}), use_cache=False))
     assert len(steps) == 5  # stops once the last row has produced eos
     alive = torch.stack([a for _, a in steps]).T.tolist()
     assert alive == [[True, True, True, False, False], [True, True, True, True, True]]
@@ -117,6 +117,29 @@ def test_eos_stops_each_row_on_its_own():
     assert out.tolist() == [[0, 1, 2, eos, eos, eos], [0, 4, 5, 6, 7, eos]]
     full = generate(model, idx, max_new_tokens=6, temperature=0, use_cache=False)
     assert full.tolist()[0] == [0, 1, 2, eos, 3, 3, 3]  # without eos_id nothing stops
+
+
+def test_any_stop_id_stops_a_row_and_a_stopped_row_repeats_its_own():
+    model = Scripted([[1, 8, 3, 3], [4, 5, 9, 3]])
+    steps = list(stream(model, torch.zeros(2, 1, dtype=torch.long), Sampling(4, temperature=0, stop_ids={8, 9}),
+                        use_cache=False))
+    assert torch.stack([t for t, _ in steps]).T.tolist() == [[1, 8, 8], [4, 5, 9]]
+
+
+def test_sampling_is_checked_when_made_and_stop_strings_end_the_text():
+    from gptforge.generate import stream_text
+    from gptforge.tokenizer import gpt2
+
+    for bad in (dict(temperature=-1.0), dict(top_k=0), dict(top_p=0.0), dict(seed=2**64), dict(max_new_tokens=-1)):
+        with pytest.raises(UserError):
+            Sampling(**{"max_new_tokens": 4, **bad})
+    ids = gpt2().encode("Hello there. STOP and more")
+    model = Scripted([ids], vocab=50257)
+    model.tokenizer, model.anchor = gpt2(), nn.Parameter(torch.zeros(1))  # its decoder, and a device
+    text = "".join(stream_text(model, [0], Sampling(len(ids), temperature=0, stop=("STOP",)), use_cache=False))
+    assert text == "Hello there. "
+    whole = "".join(stream_text(model, [0], Sampling(len(ids), temperature=0), use_cache=False))
+    assert whole == "Hello there. STOP and more"
 
 
 

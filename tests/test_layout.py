@@ -15,7 +15,7 @@ TESTS = Path(__file__).parent
 # The top-level modules and packages in pipeline order: each may import its own stage and the ones
 # before it, never a later one. The README's code map tells the same order.
 STAGES = (
-    ("errors", "checks", "files", "field_docs", "device", "distributed"),  # shared by every stage
+    ("errors", "checks", "files", "field_docs", "device", "distributed", "sampling"),  # shared by every stage
     ("text",),  # what an INPUT names, read as documents; the train/val split
     ("tokenizer",),  # text <-> ids, and training one on text
     ("config",),  # the model's shape (its default vocabulary is GPT-2's) and a run's settings

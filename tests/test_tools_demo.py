@@ -119,8 +119,8 @@ def chat_model():
     from gptforge.model.vocab import grow_vocabulary
     from gptforge.tokenizer import CHAT_TOKENS, TOOL_TOKENS, gpt2
 
-    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=1024, arch="modern"), 50263).eval()
-    model.tokenizer = gpt2().with_special_tokens(CHAT_TOKENS + TOOL_TOKENS)
+    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=1024, arch="modern"), 50263,
+                            gpt2().with_special_tokens(CHAT_TOKENS + TOOL_TOKENS)).eval()
     return model
 
 

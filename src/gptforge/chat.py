@@ -8,6 +8,7 @@ continues plain text, and an answer ends at <|endoftext|>.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import threading
@@ -17,8 +18,9 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from .errors import UserError
-from .generate import generate_text, stream_text
+from .generate import prompt_ids, stream_text
 from .model import GPT
+from .sampling import Sampling
 from .tokenizer import tokenizer_of
 from .tokenizer.chat import end_of_turn, has_chat_template, has_tool_tokens, render
 from .tools.calls import ToolCall, parse_reply
@@ -86,8 +88,8 @@ def chat_text(model: GPT, messages: list[dict], max_new_tokens: int, temperature
     """The model's answer to a conversation ([{"role": "system" | "user" | "assistant",
     "content": ...}, ...], see answer_prompt), yielded as it is produced."""
     ids, stops = answer_prompt(model, messages)
-    yield from stream_text(model, ids, max_new_tokens, temperature, top_k, top_p, seed, stop_ids=stops,
-                           use_cache=use_cache)
+    yield from stream_text(model, ids, Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_ids=stops),
+                           use_cache)
 
 class Conversation:
     """The system prompt, the tools and the turns so far; prompt() renders them with a new user
@@ -158,16 +160,9 @@ class Conversation:
 class ChatSettings:
     """How `gptforge chat` answers."""
 
-    max_new_tokens: int = 256
-    """Longest answer, in tokens."""
-    temperature: float = 0.7
-    """Sampling temperature; 0 is greedy."""
-    top_k: int | None = 50
-    """Sample only from the k most likely tokens (None: all)."""
-    top_p: float | None = None
-    """Sample only from the smallest set of tokens with probability >= top_p."""
-    seed: int | None = None
-    """Seed of the first answer (each later answer uses the next one); None: random."""
+    sampling: Sampling = Sampling(256, temperature=0.7, top_k=50)
+    """Longest answer (max_new_tokens), temperature, top-k, top-p; its seed is the first answer's
+    (each later answer uses the next one; None: random)."""
     system: str | None = None
     """The system prompt."""
     tools: list[Tool] | None = None
@@ -235,7 +230,7 @@ def _read_line(read, ctrl_c: CtrlC) -> str:
 def _converse(model: GPT, settings: ChatSettings, read, out: TextIO, ctrl_c: CtrlC) -> None:
     chat = has_chat(model)
     tools = check_tools_fit(model, settings.tools)
-    conversation = Conversation(model, settings.system, settings.max_new_tokens,
+    conversation = Conversation(model, settings.system, settings.sampling.max_new_tokens,
                                 [t.schema for t in tools.values()], settings.retrieve)
     if chat:
         out.write(f"Chat with the model ({HELP}).\n")
@@ -268,11 +263,13 @@ def _converse(model: GPT, settings: ChatSettings, read, out: TextIO, ctrl_c: Ctr
             continue
         if not line.strip():
             continue
-        seed = None if settings.seed is None else settings.seed + turn
+        first = settings.sampling.seed
+        sampling = dataclasses.replace(settings.sampling, seed=None if first is None else first + turn)
         turn += 1
         if not chat:
-            _show(generate_text(model, line, settings.max_new_tokens, settings.temperature, settings.top_k,
-                                settings.top_p, seed, stop_at_eos=True), out, ctrl_c)
+            eos = frozenset({tokenizer_of(model).eot_id})
+            _show(stream_text(model, prompt_ids(model, line)[0].tolist(), dataclasses.replace(sampling, stop_ids=eos)),
+                  out, ctrl_c)
             continue
         try:
             ids, dropped = conversation.prompt(line)
@@ -283,7 +280,7 @@ def _converse(model: GPT, settings: ChatSettings, read, out: TextIO, ctrl_c: Ctr
             out.write(f"(the conversation no longer fits the model's context of {conversation.context} tokens: "
                       "the oldest turns are dropped from now on)\n")
             told_trimmed = True
-        answer_with_tools(model, conversation, ids, settings, seed, tools, out, ctrl_c)
+        answer_with_tools(model, conversation, ids, settings, sampling, tools, out, ctrl_c)
         out.write("".join(f"{line}\n" for line in sources_lines(conversation.passages)))
 
 
@@ -303,14 +300,14 @@ def check_tools_fit(model: GPT, tools: list[Tool] | None) -> dict[str, Tool]:
 
 
 def answer_with_tools(model: GPT, conversation: Conversation, ids: list[int], settings: ChatSettings,
-                      seed: int | None, tools: dict[str, Tool], out: TextIO, ctrl_c: CtrlC) -> None:
+                      sampling: Sampling, tools: dict[str, Tool], out: TextIO, ctrl_c: CtrlC) -> None:
     """Stream the model's answer; while it calls tools (at most settings.max_tool_rounds rounds),
     show and run each call, feed the results back as tool turns and let it go on. An answer
     stopped by Ctrl-C runs none of its calls."""
     for round_ in range(settings.max_tool_rounds + 1):
-        budget = min(settings.max_new_tokens, conversation.context - len(ids))
-        pieces = stream_text(model, ids, budget, settings.temperature, settings.top_k, settings.top_p, seed,
-                             stop_ids=stop_ids(model, chat=True))
+        budget = min(sampling.max_new_tokens, conversation.context - len(ids))
+        pieces = stream_text(model, ids, dataclasses.replace(sampling, max_new_tokens=budget,
+                                                             stop_ids=stop_ids(model, chat=True)))
         text = _show(pieces, out, ctrl_c)
         reply = parse_reply(text) if tools and not ctrl_c.pressed else None
         if reply is None or not reply.calls:

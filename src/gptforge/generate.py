@@ -14,45 +14,9 @@ from .device import pick_device
 from .errors import UserError
 from .model import GPT, prepare_for_decoding
 from .model.quantize import quantize_model
-from .tokenizer import tokenizer_of
+from .sampling import Sampling, check_seed, check_temperature, check_top_p  # noqa: F401 (re-exported)
+from .tokenizer import gpt2, tokenizer_of
 from .weights import load_any
-
-
-# The one rule for sampling values, shared by the CLI and the server (which names its fields).
-# A temperature below MIN_TEMPERATURE is greedy decoding in all but name, and above it logits / T
-# stays finite in float32 for any logit below 1e32 (at 1e-300 the divisor rounds to 0 and every
-# probability becomes NaN). The most likely token has probability >= 1/vocabulary >= 1e-6 for any
-# vocabulary up to a million ids, so a top-p below MIN_TOP_P keeps that one token anyway, while one
-# that rounds to 0 in float32 would drop it too and leave nothing to sample.
-MIN_TEMPERATURE = 1e-6
-MIN_TOP_P = 1e-6
-SEED_RANGE = (-2**63, 2**64 - 1)  # what torch's generators take; seed s and s + 2**64 are the same
-
-
-def check_temperature(value: float, name: str = "temperature") -> None:
-    if not (value == 0.0 or value >= MIN_TEMPERATURE):  # also catches NaN
-        raise UserError(f"{name} must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {value}")
-
-
-def check_top_p(value: float | None, name: str = "top-p") -> None:
-    if value is not None and not MIN_TOP_P <= value <= 1.0:
-        raise UserError(f"{name} must be in [{MIN_TOP_P:g}, 1], got {value}")
-
-
-def check_seed(value: int | None, name: str = "seed") -> None:
-    if value is not None and not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
-        raise UserError(f"{name} must be an integer from -2**63 to 2**64 - 1, got {value}")
-
-
-def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None,
-                        max_new_tokens: int = 0, seed: int | None = None) -> None:
-    check_temperature(temperature)
-    if top_k is not None and top_k < 1:
-        raise UserError(f"top-k must be a positive integer, got {top_k}")
-    check_top_p(top_p)
-    check_seed(seed)
-    if max_new_tokens < 0:
-        raise UserError(f"max-new-tokens must be >= 0, got {max_new_tokens}")
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -93,19 +57,21 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
 
 
 @torch.no_grad()
-def stream(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-           top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
-           use_cache: bool = True, generator: torch.Generator | None = None,
-           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def stream(model: GPT, idx: torch.Tensor, sampling: Sampling, use_cache: bool = True,
+           generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (tokens, alive) once per step: tokens (B,) is this step's token of each row and alive
     (B,) says which rows were still generating when it was drawn. A row stops once it has produced
-    eos_id (that token included); the loop ends when every row has stopped or after max_new_tokens.
+    one of sampling.stop_ids (that token included; a stopped row repeats it); the loop ends when
+    every row has stopped or after sampling.max_new_tokens. `generator` defaults to one seeded by
+    sampling.seed.
 
     The model only ever sees the last context_length tokens. With the KV cache, the prompt is
     prefilled in one pass and each step feeds one token; once the window is full every step
     recomputes the cropped window, exactly as the recompute path does, so both give the same tokens.
     """
-    check_sampling_args(temperature, top_k, top_p, max_new_tokens)
+    s = sampling
+    generator = generator if generator is not None else _generator(s.seed, idx.device)
+    stops = torch.tensor(sorted(s.stop_ids), dtype=torch.long, device=idx.device) if s.stop_ids else None
     ctx = model.config.context_length
     was_training = model.training
     model.eval()
@@ -114,19 +80,21 @@ def stream(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: floa
         cache = model.new_cache(idx.size(0)) if use_cache else None
         alive = torch.ones(idx.size(0), dtype=torch.bool, device=idx.device)
         next_input = seq[:, -ctx:]
-        for _ in range(max_new_tokens):
+        last = None  # the tokens of the step before: a stopped row keeps its stop token
+        for _ in range(s.max_new_tokens):
             if cache is not None and cache.pos + next_input.size(1) > ctx:
                 cache.reset()
                 next_input = seq[:, -ctx:]
             logits = model(next_input, cache)[:, -1, :]  # (B, V)
-            tokens = sample_next(logits, temperature, top_k, top_p, generator)
-            if eos_id is not None:
-                tokens = torch.where(alive, tokens, torch.full_like(tokens, eos_id))
+            tokens = sample_next(logits, s.temperature, s.top_k, s.top_p, generator)
+            if last is not None:
+                tokens = torch.where(alive, tokens, last)
             yield tokens, alive.clone()
-            if eos_id is not None:
-                alive &= tokens != eos_id
+            if stops is not None:
+                alive &= ~torch.isin(tokens, stops)
                 if not alive.any():
                     break
+                last = tokens
             seq = torch.cat([seq, tokens[:, None]], dim=1)
             next_input = tokens[:, None] if cache is not None else seq[:, -ctx:]
     finally:
@@ -138,20 +106,18 @@ def generate(model: GPT, idx: torch.Tensor, max_new_tokens: int, temperature: fl
              use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
     """Continue each row of idx (B, T); returns (B, T + steps). Rows that stopped at eos_id before
     the others are padded with eos_id."""
-    new = [tokens for tokens, _ in stream(model, idx, max_new_tokens, temperature, top_k, top_p,
-                                          eos_id, use_cache, generator)]
+    sampling = Sampling(max_new_tokens, temperature, top_k, top_p,
+                        stop_ids=frozenset() if eos_id is None else frozenset({eos_id}))
+    new = [tokens for tokens, _ in stream(model, idx, sampling, use_cache, generator)]
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx.clone()
 
 
-def complete_ids(model: GPT, ids: list[int], max_new_tokens: int, eos_id: int | None = None,
-                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                 seed: int | None = None, use_cache: bool = True) -> list[int]:
-    """The new ids of one continuation of `ids` (greedy by default), up to and without eos_id."""
+def complete_ids(model: GPT, ids: list[int], sampling: Sampling, use_cache: bool = True) -> list[int]:
+    """The new ids of one continuation of `ids`, up to and without a token of sampling.stop_ids."""
     idx = prompt_ids(model, ids)
     out = []
-    for tokens, _ in stream(model, idx, max_new_tokens, temperature, top_k, top_p, eos_id=eos_id,
-                            use_cache=use_cache, generator=_generator(seed, idx.device)):
-        if int(tokens[0]) == eos_id:
+    for tokens, _ in stream(model, idx, sampling, use_cache):
+        if int(tokens[0]) in sampling.stop_ids:
             break
         out.append(int(tokens[0]))
     return out
@@ -180,12 +146,12 @@ def _generator(seed: int | None, device) -> torch.Generator | None:
     return None if seed is None else torch.Generator(device=device).manual_seed(seed)
 
 
-def _steps(model: GPT, prompt: str, rows: int, max_new_tokens: int, temperature: float, top_k: int | None,
-           top_p: float | None, seed: int | None, stop_at_eos: bool, use_cache: bool):
-    idx = prompt_ids(model, prompt, rows)
-    return stream(model, idx, max_new_tokens, temperature, top_k, top_p,
-                  eos_id=tokenizer_of(model).eot_id if stop_at_eos else None, use_cache=use_cache,
-                  generator=_generator(seed, idx.device))
+def text_sampling(model: GPT, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None, seed: int | None = None, stop_at_eos: bool = False) -> Sampling:
+    """The Sampling of the plain-text functions' keywords: stop_at_eos stops at the model's
+    <|endoftext|>."""
+    eos = frozenset({tokenizer_of(model).eot_id}) if stop_at_eos else frozenset()
+    return Sampling(max_new_tokens, temperature, top_k, top_p, seed, stop_ids=eos)
 
 
 def token_bytes_of(model: GPT) -> Callable[[int], bytes]:
@@ -258,22 +224,20 @@ def _kmp_fallback(s: str) -> list[int]:
     return fallback
 
 
-def stream_text(model: GPT, ids: list[int], max_new_tokens: int, temperature: float = 1.0,
-                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                stop_ids: Iterable[int] = (), use_cache: bool = True) -> Iterator[str]:
+def stream_text(model: GPT, ids: list[int], sampling: Sampling, use_cache: bool = True) -> Iterator[str]:
     """Continue the token ids `ids`, yielding the new text as it becomes final (see TextPieces);
-    a token in stop_ids ends it and is not part of it."""
-    stops = set(stop_ids)
-    text = TextPieces(token_bytes_of(model))
+    a token of sampling.stop_ids or a string of sampling.stop ends it and is not part of it."""
+    text = TextPieces(token_bytes_of(model), sampling.stop)
     device = next(model.parameters()).device
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    for tokens, _ in stream(model, idx, max_new_tokens, temperature, top_k, top_p, use_cache=use_cache,
-                            generator=_generator(seed, device)):
+    for tokens, _ in stream(model, idx, sampling, use_cache):
         token = int(tokens[0])
-        if token in stops:
+        if token in sampling.stop_ids:
             break
         if piece := text.push(token):
             yield piece
+        if text.stopped:
+            break
     if tail := text.finish():
         yield tail
 
@@ -287,8 +251,8 @@ def generate_text(model: GPT, prompt: str, max_new_tokens: int, temperature: flo
     ids = prompt_ids(model, prompt)[0].tolist()
     if include_prompt:
         yield prompt
-    yield from stream_text(model, ids, max_new_tokens, temperature, top_k, top_p, seed,
-                           stop_ids=[tokenizer_of(model).eot_id] if stop_at_eos else (), use_cache=use_cache)
+    sampling = text_sampling(model, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos)
+    yield from stream_text(model, ids, sampling, use_cache)
 
 
 def generate_texts(model: GPT, prompt: str, num_samples: int, max_new_tokens: int, temperature: float = 1.0,
@@ -296,11 +260,11 @@ def generate_texts(model: GPT, prompt: str, num_samples: int, max_new_tokens: in
                    stop_at_eos: bool = False, use_cache: bool = True) -> list[str]:
     """`num_samples` independent continuations of `prompt` (new text only), drawn as one batch."""
     tokenizer = tokenizer_of(model)
+    sampling = text_sampling(model, max_new_tokens, temperature, top_k, top_p, seed, stop_at_eos)
     rows: list[list[int]] = [[] for _ in range(num_samples)]
-    for tokens, alive in _steps(model, prompt, num_samples, max_new_tokens, temperature, top_k, top_p,
-                                seed, stop_at_eos, use_cache):
+    for tokens, alive in stream(model, prompt_ids(model, prompt, num_samples), sampling, use_cache):
         for i, token in enumerate(tokens.tolist()):
-            if alive[i] and not (stop_at_eos and token == tokenizer.eot_id):
+            if alive[i] and token not in sampling.stop_ids:
                 rows[i].append(token)
     return [tokenizer.decode(row) for row in rows]
 
@@ -324,5 +288,5 @@ def model_for_generation(source: str | None = None, preset: str | None = None, s
         if seed is not None:
             torch.manual_seed(seed)
         with torch.device(dev):
-            model = GPT(GPTConfig.from_preset(preset))
+            model = GPT(GPTConfig.from_preset(preset), gpt2())  # a preset's vocabulary is GPT-2's
     return quantize_model(prepare_for_decoding(model, getattr(torch, dtype)), quantize)

@@ -43,7 +43,7 @@ def test_random_init_greedy_is_reproducible_and_matches_the_library():
 
 def test_generate_from_a_checkpoint_and_a_run_folder(tmp_path):
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_preset("gpt2-tiny"))
+    model = GPT(GPTConfig.from_preset("gpt2-tiny"), gpt2())
     save_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000005", model)
     args = ["--prompt", "Hello", "--max-new-tokens", "6", "--temperature", "0"]
     from_ckpt = run_cli_here("generate", "--checkpoint", str(tmp_path / "run/checkpoints/step-00000005"), *args)

@@ -14,6 +14,7 @@ from gptforge.data import BatchLoader, TokenWindows
 from gptforge.errors import UserError
 from gptforge.evaluate import evaluate_tokens
 from gptforge.model import GPT
+from gptforge.tokenizer import gpt2
 
 from helpers import position_tokens, shard_files
 
@@ -191,7 +192,7 @@ def test_windows_batches_and_evaluation_read_shards_as_one_stream(tmp_path):
         for (x, y), (rx, ry) in zip(ours.batches(1, start=3), ref.batches(1, start=3), strict=True):
             assert torch.equal(x, rx) and torch.equal(y, ry)
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=5000, context_length=64)).eval()
+    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=5000, context_length=64), gpt2()).eval()
     assert evaluate_tokens(model, st, batch_size=4) == evaluate_tokens(model, tokens, batch_size=4)
 
 

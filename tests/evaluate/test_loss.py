@@ -38,7 +38,7 @@ def tokens_of(text: str) -> np.ndarray:
 def model() -> GPT:
     # Full GPT-2 vocabulary (real token ids and byte lengths), a short context for many windows.
     torch.manual_seed(0)
-    return GPT(GPTConfig.from_preset("gpt2-tiny", context_length=16)).eval()
+    return GPT(GPTConfig.from_preset("gpt2-tiny", context_length=16), gpt2()).eval()
 
 
 def reference_nll(model: GPT, ids: list[int]) -> torch.Tensor:
@@ -63,7 +63,7 @@ def test_batch_loss_matches_per_position_log_softmax(model):
 
 def test_mean_loss_first_n_batches_nan_for_empty_and_restores_mode():
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_preset("gpt2-tiny", context_length=16, dropout=0.5))
+    model = GPT(GPTConfig.from_preset("gpt2-tiny", context_length=16, dropout=0.5), gpt2())
     gen = torch.Generator().manual_seed(3)
     batches = [(torch.randint(0, 50257, (2, 8), generator=gen), torch.randint(0, 50257, (2, 8), generator=gen))
                for _ in range(4)]
@@ -128,7 +128,7 @@ def test_endoftext_counts_zero_bytes(model):
 
 def test_out_of_vocabulary_ids_are_a_user_error():
     torch.manual_seed(0)
-    small = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=100, context_length=8))
+    small = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=100, context_length=8), gpt2())
     with pytest.raises(UserError, match="vocabulary"):
         evaluate_tokens(small, np.array([1, 2, 500], dtype=np.uint16))
 

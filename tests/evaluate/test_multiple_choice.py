@@ -151,7 +151,7 @@ def memorised(items):
     """gpt2-tiny trained (a plain loop) on the right ending of every fixture item: a stream of
     <|endoftext|> + context + " " + right ending, 80 full-batch steps (acc reaches 1 at ~60)."""
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_preset("gpt2-tiny", context_length=128))
+    model = GPT(GPTConfig.from_preset("gpt2-tiny", context_length=128), gpt2())
     enc = GPT2.encode
     stream = [t for item in items for t in [EOT_ID] + enc(item.context + " " + item.choices[item.label])]
     rows = len(stream) // 128 + 1

@@ -5,6 +5,7 @@ import torch
 
 from gptforge.config import GPTConfig
 from gptforge.model import GPT
+from gptforge.tokenizer import gpt2
 
 
 def test_output_shape_and_dtype(tiny_model, tiny_config):
@@ -142,7 +143,7 @@ def test_vocab_padding_is_invisible_outside_the_model(tie, arch, tmp_path):
 
     torch.manual_seed(0)
     config = GPTConfig.from_preset("gpt2-tiny", context_length=16, tie_embeddings=tie, arch=arch)
-    model = GPT(config)
+    model = GPT(config, gpt2())
     assert config.vocab_size == 50257 and config.padded_vocab_size == 50304
     assert model.tok_emb.weight.shape == (50304, config.emb_dim) == model.lm_head.weight.shape
     assert model.state_dict()["tok_emb.weight"].shape == (50257, config.emb_dim)

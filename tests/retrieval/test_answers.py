@@ -15,6 +15,7 @@ from gptforge.model import GPT
 from gptforge.retrieval import add_paths, search
 from gptforge.retrieval.ask import question_prompt
 from gptforge.retrieval.passages import retriever
+from gptforge.sampling import Sampling
 from gptforge.tokenizer import CHAT_TOKENS, gpt2, tokenizer_of
 from gptforge.tokenizer.chat import end_of_turn, render
 
@@ -33,8 +34,8 @@ def chat_model_256():
     """A random gpt2-tiny chat model with room for passages: context 256."""
     tokenizer = gpt2().with_special_tokens(CHAT_TOKENS)
     torch.manual_seed(3)
-    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=tokenizer.vocab_size, context_length=256)).eval()
-    model.tokenizer = tokenizer
+    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=tokenizer.vocab_size, context_length=256),
+                tokenizer).eval()
     return model
 
 
@@ -102,7 +103,7 @@ def test_chat_retrieves_each_turn_and_lists_the_sources(chat_model_256, index, m
         except StopIteration:
             raise EOFError from None
 
-    settings = ChatSettings(8, 0.0, None, None, None, retrieve=retriever(index, 1))
+    settings = ChatSettings(Sampling(8, temperature=0.0), retrieve=retriever(index, 1))
     chat_in_terminal(chat_model_256, settings, read=read, out=out)
     transcript = out.getvalue()
     first = expected_passages(index, QUESTION, 1)

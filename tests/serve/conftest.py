@@ -7,6 +7,7 @@ import torch
 
 from gptforge.config import GPTConfig
 from gptforge.model import GPT, prepare_for_decoding
+from gptforge.tokenizer import gpt2
 
 from server_helpers import serving
 
@@ -15,7 +16,7 @@ from server_helpers import serving
 def base_model():
     """A random gpt2-tiny with GPT-2's vocabulary (context 64), ready to decode."""
     torch.manual_seed(0)
-    return prepare_for_decoding(GPT(GPTConfig.from_preset("gpt2-tiny")))
+    return prepare_for_decoding(GPT(GPTConfig.from_preset("gpt2-tiny"), gpt2()))
 
 
 @pytest.fixture(scope="module")

@@ -33,9 +33,9 @@ class Collect:
             self.reason = reason
 
 
-def sequence(prompt, **sampling):
+def sequence(prompt, max_tokens, **sampling):
     out = Collect()
-    return Sequence(prompt, Sampling(**{"temperature": 0.0, **sampling}), out), out
+    return Sequence(prompt, Sampling(max_tokens, **{"temperature": 0.0, **sampling}), out), out
 
 
 def prompts(n, seed=0, lengths=(1, 5, 17, 33, 9, 40, 2, 25)):
@@ -175,7 +175,7 @@ def test_the_thread_serves_many_submitters_and_stops_cleanly(model):
         p = prompts(1, seed=10 + i)[0]
         done = threading.Event()
         out = Collect()
-        engine.submit([Sequence(p, Sampling(max_tokens=8 + i, temperature=0.0),
+        engine.submit([Sequence(p, Sampling(8 + i, temperature=0.0),
                                 lambda t, r: (out(t, r), r and done.set()))])
         assert done.wait(60)
         results[i] = (p, out)
@@ -202,7 +202,9 @@ def test_a_row_whose_sampling_fails_fails_alone(model, broken):
         ps = prompts(3, seed=3)
         seqs = [sequence(p, max_tokens=12) for p in ps]
         bad, bad_out = seqs[1]
-        bad.sampling = Sampling(max_tokens=12, **{"temperature": 1.0, **broken})
+        bad.sampling = Sampling(12, temperature=1.0)
+        for name, value in broken.items():  # past Sampling's own checks
+            object.__setattr__(bad.sampling, name, value)
         engine.submit([s for s, _ in seqs])
         wait = lambda: all(o.reason for _, o in seqs)
         deadline = time.monotonic() + 60
@@ -251,7 +253,7 @@ def test_a_constrained_row_beside_free_rows(model, settings):
     engine = Engine(model, max_batch=4)
     constraint = EvenTokens()
     constrained_out = Collect()
-    constrained = Sequence(prompts(1, seed=6)[0], Sampling(max_tokens=12, **settings), constrained_out, constraint)
+    constrained = Sequence(prompts(1, seed=6)[0], Sampling(max_new_tokens=12, **settings), constrained_out, constraint)
     free = [sequence(p, max_tokens=12, **settings) for p in free_prompts]
     run_until_done(engine, [constrained_out] + [o for _, o in free],
                    arrivals=[(0, [free[0][0]]), (1, [constrained]), (2, [free[1][0]])])

@@ -32,8 +32,8 @@ def served(tmp_path_factory):
     add_paths(root / "index", [root / "docs"], chunk_tokens=32, overlap=0, progress=False)
     tokenizer = gpt2().with_special_tokens(CHAT_TOKENS)
     torch.manual_seed(5)
-    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=tokenizer.vocab_size, context_length=256)).eval()
-    model.tokenizer = tokenizer
+    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=tokenizer.vocab_size, context_length=256),
+                tokenizer).eval()
     model = prepare_for_decoding(model)
     with serving(model, "docs", retrieve=retriever(root / "index", 2)) as (url, _):
         yield url, model, root / "index"

@@ -1,7 +1,8 @@
 """The web chat page in a real headless browser (Debian's chromium driven by playwright): type,
 watch the answer stream, stop it, start over, with no request leaving the server's origin.
 
-GPTFORGE_SCREENSHOT=PATH keeps the screenshot (docs/web-chat.png is made this way)."""
+GPTFORGE_SCREENSHOT=PATH keeps the screenshot of a random model (docs/web-chat.png, a trained one,
+is taken by scripts/web_chat_screenshot.py)."""
 
 from __future__ import annotations
 
@@ -170,8 +171,7 @@ def test_the_sources_of_an_answer_are_listed_under_it(browser, tmp_path):
     add_paths(tmp_path / "index", [tmp_path / "docs"], progress=False)
     tokenizer = gpt2().with_special_tokens(CHAT_TOKENS)
     torch.manual_seed(5)
-    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=tokenizer.vocab_size, context_length=256))
-    model.tokenizer = tokenizer
+    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=tokenizer.vocab_size, context_length=256), tokenizer)
     with opened(browser, prepare_for_decoding(model), retrieve=retriever(tmp_path / "index", 2)) as (page, _, _):
         ask(page, "How do I reset the pump?", max_tokens="4")
         page.wait_for_selector(".msg.assistant[data-done='1']")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gptforge.chat import answer_prompt
-from gptforge.generate import complete_ids
+from gptforge.generate import Sampling, complete_ids
 from gptforge.model.vocab import grow_vocabulary
 from gptforge.tokenizer import CHAT_TOKENS, TOOL_TOKENS, gpt2
 from gptforge.tokenizer.chat import end_of_turn, has_chat_template, has_tool_tokens, render
@@ -91,8 +91,7 @@ def test_a_base_tokenizer_has_no_template():
 @pytest.fixture(scope="module")
 def export(tmp_path_factory):
     """A chat model (GPT-2's vocabulary and the chat tokens) and its Hugging Face export."""
-    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=64, qkv_bias=True), 50259).eval()
-    model.tokenizer = CHAT
+    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=64, qkv_bias=True), 50259, CHAT).eval()
     return model, export_hf(model, tmp_path_factory.mktemp("chat") / "hf")
 
 
@@ -115,7 +114,7 @@ def test_transformers_generate_continues_like_ours(export):
     prompt, stops = answer_prompt(model, CONVERSATIONS[1][:4])
     stop = end_of_turn(CHAT)
     assert stops == {stop, CHAT.eot_id}
-    ours = complete_ids(model, prompt, 12, eos_id=stop)
+    ours = complete_ids(model, prompt, Sampling(12, temperature=0.0, stop_ids={stop}))
     with torch.no_grad():
         out = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False)[0, len(prompt):].tolist()
     assert out[:len(ours)] == ours and (len(ours) == 12 or out[len(ours)] == stop)
@@ -169,8 +168,7 @@ def test_typed_markers_stay_text():
 
 @pytest.fixture(scope="module")
 def tool_export(tmp_path_factory):
-    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=64, qkv_bias=True), 50263).eval()
-    model.tokenizer = TOOLS
+    model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=64, qkv_bias=True), 50263, TOOLS).eval()
     return export_hf(model, tmp_path_factory.mktemp("tools") / "hf")
 
 

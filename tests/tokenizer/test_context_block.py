@@ -67,8 +67,7 @@ def export(tmp_path_factory, tokenizer):
     from helpers import random_gpt
 
     model = grow_vocabulary(random_gpt(0, vocab_size=50257, context_length=64, qkv_bias=True),
-                            tokenizer.vocab_size).eval()
-    model.tokenizer = tokenizer
+                            tokenizer.vocab_size, tokenizer).eval()
     return export_hf(model, tmp_path_factory.mktemp("context") / "hf")
 
 

@@ -6,21 +6,21 @@ import pytest
 import torch
 
 from gptforge.errors import UserError
+from gptforge.model import GPT
 from gptforge.tokenizer import gpt2, ids_to_text, load_tokenizer, text_to_ids, tokenizer_from_record, tokenizer_of
 
 
-def test_load_tokenizer_and_tokenizer_of(tiny_bpe, tiny_bpe_dir, tiny_model):
+def test_load_tokenizer_and_tokenizer_of(tiny_bpe, tiny_bpe_dir, tiny_config):
     assert load_tokenizer("gpt2") is gpt2() and load_tokenizer(tiny_bpe_dir).same_as(tiny_bpe)
-    assert tokenizer_of(tiny_model) is gpt2() and tokenizer_of(None) is gpt2()  # a model from a preset
-    tiny_model.tokenizer = tiny_bpe
-    try:
-        assert tokenizer_of(tiny_model) is tiny_bpe and tokenizer_of(tiny_bpe) is tiny_bpe
-        ids = text_to_ids("To be, or not", tiny_model)
-        assert ids.dtype == torch.long and ids[0].tolist() == tiny_bpe.encode("To be, or not")
-        assert ids_to_text(ids, tiny_model) == "To be, or not" and ids_to_text(ids[0], tiny_bpe) == "To be, or not"
-        assert text_to_ids("", tiny_bpe).tolist() == [[tiny_bpe.eot_id]]
-    finally:
-        del tiny_model.tokenizer
+    with pytest.raises(ValueError, match="this model has no tokenizer"):  # an error, never GPT-2's as a guess
+        tokenizer_of(GPT(tiny_config))
+    model = GPT(tiny_config, tiny_bpe)
+    assert tokenizer_of(model) is tiny_bpe and tokenizer_of(tiny_bpe) is tiny_bpe
+    ids = text_to_ids("To be, or not", model)
+    assert ids.dtype == torch.long and ids[0].tolist() == tiny_bpe.encode("To be, or not")
+    assert ids_to_text(ids, model) == "To be, or not" and ids_to_text(ids[0], tiny_bpe) == "To be, or not"
+    assert text_to_ids("", tiny_bpe).tolist() == [[tiny_bpe.eot_id]]
+    assert text_to_ids("To be").tolist() == [gpt2().encode("To be")]  # no tokenizer asked for: GPT-2's
 
 
 def test_a_record_needs_its_files_and_must_match_them(tiny_bpe, tiny_bpe_dir, tmp_path):

@@ -95,7 +95,7 @@ def test_constrained_calls_parse_and_validate_every_time(model):
     declared tool whose arguments validate, read alike by parse_reply and the Hermes convention."""
     tokenizer, prompt = tokenizer_of(model), chat_ids(model)
     required = grammar(model, tools=TOOLS, choice="required", parallel=False)
-    jobs = [(prompt, {"max_tokens": 60, "temperature": 1.0, "seed": s}, required.constraint(stops(model)))
+    jobs = [(prompt, {"max_new_tokens": 60, "temperature": 1.0, "seed": s}, required.constraint(stops(model)))
             for s in range(40)]
     outs = run(model, jobs, max_batch=8)
     names = set()
@@ -114,18 +114,18 @@ def test_constrained_calls_parse_and_validate_every_time(model):
 def test_the_same_model_unconstrained_calls_nothing_valid(model):
     """The baseline beside it: sampled freely, this random model writes no call at all."""
     tokenizer, prompt = tokenizer_of(model), chat_ids(model)
-    outs = run(model, [(prompt, {"max_tokens": 60, "temperature": 1.0, "seed": s}, None) for s in range(8)])
+    outs = run(model, [(prompt, {"max_new_tokens": 60, "temperature": 1.0, "seed": s}, None) for s in range(8)])
     assert all(not parse_reply(tokenizer.decode(o.tokens)).calls for o in outs)
 
 
 def test_a_constrained_row_leaves_its_neighbours_alone(model):
     prompt = chat_ids(model)
     free = (render(QUESTION, tokenizer_of(model), add_generation_prompt=True)[0],
-            {"max_tokens": 20, "temperature": 1.0, "seed": 3}, None)
+            {"max_new_tokens": 20, "temperature": 1.0, "seed": 3}, None)
     (alone,) = run(model, [free])
     named = grammar(model, tools=TOOLS, name="lookup").constraint(stops(model))
-    _, beside, _ = run(model, [(prompt, {"max_tokens": 40, "temperature": 0.0}, named), free,
-                               (prompt, {"max_tokens": 40, "temperature": 0.0}, None)])
+    _, beside, _ = run(model, [(prompt, {"max_new_tokens": 40, "temperature": 0.0}, named), free,
+                               (prompt, {"max_new_tokens": 40, "temperature": 0.0}, None)])
     assert beside.tokens == alone.tokens and beside.reason == alone.reason
 
 

@@ -29,7 +29,7 @@ def rehash(path, name) -> None:
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return GPT(GPTConfig.from_preset("gpt2-tiny", qkv_bias=True)).eval()
+    return GPT(GPTConfig.from_preset("gpt2-tiny", qkv_bias=True), gpt2()).eval()
 
 
 def test_round_trip_gives_the_same_logits_and_keeps_tying(tmp_path, model):
@@ -78,8 +78,7 @@ def test_not_a_checkpoint(tmp_path):
 
 def test_a_checkpoint_carries_its_tokenizer(tmp_path, tiny_bpe):
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=tiny_bpe.vocab_size))
-    model.tokenizer = tiny_bpe
+    model = GPT(GPTConfig.from_preset("gpt2-tiny", vocab_size=tiny_bpe.vocab_size), tiny_bpe)
     path = save_checkpoint(tmp_path / "ckpt", model)
     meta = json.loads((path / "config.json").read_text())
     assert meta["tokenizer"] == tiny_bpe.describe() and meta["tokenizer"]["sha256"] == tiny_bpe.sha256
@@ -104,8 +103,8 @@ def test_a_gpt2_checkpoint_records_gpt2_and_old_ones_mean_gpt2(tmp_path, model):
     (path / "config.json").write_text(json.dumps(meta))
     assert load_any(path).tokenizer is gpt2()
     chat = gpt2().with_special_tokens(CHAT_TOKENS)
-    model.tokenizer = chat  # the description alone rebuilds GPT-2's with its extra tokens
-    assert load_any(save_checkpoint(tmp_path / "chat", model)).tokenizer.describe() == chat.describe()
+    with_chat = GPT(model.config, chat)  # the description alone rebuilds GPT-2's with its extra tokens
+    assert load_any(save_checkpoint(tmp_path / "chat", with_chat)).tokenizer.describe() == chat.describe()
 
 
 def small_train_state(model) -> dict:

@@ -19,13 +19,13 @@ import torch
 from gptforge.config import GPTConfig
 from gptforge.errors import UserError
 from gptforge.model import GPT
+from gptforge.sampling import Sampling
 from gptforge.tokenizer import CHAT_TOKENS, TOOL_TOKENS, gpt2
 from gptforge.tokenizer.bpe import PATTERN
 from gptforge.tokenizer.chat import CHAT_TEMPLATE_GO, CHAT_TEMPLATE_JINJA
 from gptforge.tokenizer.gpt2_bpe import asset_path
 from gptforge.weights.checkpoint import save_checkpoint
 from gptforge.weights.gguf_export import write_gguf
-from gptforge.weights.ollama import Sampling
 
 from helpers import run_cli
 
@@ -47,11 +47,10 @@ def model_of(family: str, tokenizer, seed: int = 0, **overrides) -> GPT:
     torch.manual_seed(seed)
     config = GPTConfig.from_preset("gpt2-tiny", **{"vocab_size": tokenizer.vocab_size, "context_length": 32,
                                                    **shape, **overrides})
-    model = GPT(config).eval()
+    model = GPT(config, tokenizer).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn_like(p) * 0.5)
-    model.tokenizer = tokenizer
     return model
 
 
@@ -168,7 +167,7 @@ def gpt2_token_texts() -> list[str]:
 def test_metadata_describes_the_model_and_its_tokenizer(tmp_path, tokenizers, family, tok):
     tokenizer = tokenizers[tok]
     model = model_of(family, tokenizer, vocab_size=tokenizer.vocab_size + 3)  # 3 padding ids
-    keys, _ = read(write_gguf(model, tmp_path / "m.gguf", "f32", Sampling(0.7, 50, None)))
+    keys, _ = read(write_gguf(model, tmp_path / "m.gguf", "f32", Sampling(256, temperature=0.7, top_k=50)))
     c, a = model.config, family
     assert keys["general.architecture"] == family
     assert (keys[f"{a}.context_length"], keys[f"{a}.embedding_length"], keys[f"{a}.block_count"],
@@ -251,7 +250,7 @@ def render_go(template: str, messages: list[dict]) -> str:
 def test_modelfile_templates_the_chat_as_ours(tmp_path, tiny_bpe):
     import jinja2
 
-    write_gguf(model_of("qwen3", tiny_bpe), tmp_path / "chat.gguf", "q8_0", Sampling(0.7, 50, None))
+    write_gguf(model_of("qwen3", tiny_bpe), tmp_path / "chat.gguf", "q8_0", Sampling(256, temperature=0.7, top_k=50))
     text = (tmp_path / "Modelfile").read_text()
     template = re.search(r'TEMPLATE """(.*?)"""', text, re.DOTALL).group(1)
     assert template == CHAT_TEMPLATE_GO
@@ -301,12 +300,11 @@ def lora_checkpoint(tmp_path, tokenizer):
 
     base_path = save_checkpoint(tmp_path / "base", model_of("llama", tokenizer))
     model = model_of("llama", tokenizer)
-    add_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=("qkv", "mlp_in"))
+    add_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=("qkv", "mlp_in"), base=base_identity(base_path))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora" in name:
                 p.normal_(0, 0.2)
-    model.lora["base"] = base_identity(base_path)
     path = save_checkpoint(tmp_path / "adapter", model)
     return path, merge_lora(model).eval()
 

@@ -126,7 +126,7 @@ def test_loading_does_not_hold_the_weights_twice(tmp_path, fmt):
     with torch.device("meta"):
         size = sum(p.numel() * 4 for p in GPT(config).parameters())
     torch.manual_seed(0)
-    export_hf(GPT(config), tmp_path / "hf")
+    export_hf(GPT(config, gpt2()), tmp_path / "hf")
     if fmt == "bin":
         torch.save(load_file(tmp_path / "hf/model.safetensors"), tmp_path / "hf/pytorch_model.bin")
         (tmp_path / "hf/model.safetensors").unlink()
@@ -170,7 +170,7 @@ def trained_model(tie_embeddings: bool) -> GPT:
     torch.manual_seed(0)
     config = GPTConfig(vocab_size=50257, context_length=32, emb_dim=32, n_heads=4, n_layers=2,
                        qkv_bias=False, tie_embeddings=tie_embeddings)
-    model = GPT(config)
+    model = GPT(config, gpt2())
     ids = gpt2().encoding.encode("The quick brown fox jumps over the lazy dog. " * 3)[:33]
     batch = torch.tensor([ids])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -226,7 +226,7 @@ def test_greedy_text_from_transformers_equals_gptforge_generate(tmp_path):
 
 def test_exported_tokenizer_encodes_like_ours(tmp_path):
     config = GPTConfig(vocab_size=50257, context_length=48, emb_dim=8, n_heads=2, n_layers=1)
-    export_hf(GPT(config), tmp_path / "hf")
+    export_hf(GPT(config, gpt2()), tmp_path / "hf")
     assert (tmp_path / "hf/vocab.json").read_bytes() == Path(asset_path("encoder.json")).read_bytes()
     assert (tmp_path / "hf/merges.txt").read_bytes() == Path(asset_path("vocab.bpe")).read_bytes()
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
@@ -244,8 +244,8 @@ def test_exported_tokenizer_encodes_like_ours(tmp_path):
 @pytest.mark.slow  # CLI processes
 def test_export_of_a_model_with_its_own_tokenizer(tmp_path, tiny_bpe, text):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=tiny_bpe.vocab_size, context_length=48, emb_dim=16, n_heads=2, n_layers=1))
-    model.tokenizer = tiny_bpe
+    model = GPT(GPTConfig(vocab_size=tiny_bpe.vocab_size, context_length=48, emb_dim=16, n_heads=2, n_layers=1),
+                tiny_bpe)
     export_hf(model, tmp_path / "hf")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tokenizer.eos_token_id == tiny_bpe.eot_id and len(tokenizer) == tiny_bpe.vocab_size
@@ -268,8 +268,7 @@ def test_export_of_a_model_with_its_own_tokenizer(tmp_path, tiny_bpe, text):
 
 def test_export_of_gpt2_with_chat_tokens_gives_them_the_same_ids(tmp_path):
     chat = gpt2().with_special_tokens(CHAT_TOKENS)
-    model = GPT(GPTConfig(vocab_size=chat.vocab_size, context_length=16, emb_dim=8, n_heads=2, n_layers=1))
-    model.tokenizer = chat
+    model = GPT(GPTConfig(vocab_size=chat.vocab_size, context_length=16, emb_dim=8, n_heads=2, n_layers=1), chat)
     export_hf(model, tmp_path / "hf")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tokenizer.convert_tokens_to_ids(list(CHAT_TOKENS)) == [50257, 50258] and len(tokenizer) == 50259
@@ -367,7 +366,7 @@ def test_hub_id_offline_and_missing_folders_say_what_to_do(tmp_path):
 
 @pytest.mark.slow  # CLI processes
 def test_export_refuses_to_overwrite_and_never_leaves_a_partial_folder(tmp_path, monkeypatch):
-    model = GPT(GPTConfig(vocab_size=101, context_length=8, emb_dim=8, n_heads=2, n_layers=1))
+    model = GPT(GPTConfig(vocab_size=101, context_length=8, emb_dim=8, n_heads=2, n_layers=1), gpt2())
     save_checkpoint(tmp_path / "ckpt", model)
     out = tmp_path / "hf"
     out.mkdir()
@@ -437,8 +436,8 @@ def test_gpt2_export_has_what_llama_cpp_s_converter_reads(tmp_path, chat):
     from transformers import AutoConfig
 
     tokenizer = gpt2().with_special_tokens(CHAT_TOKENS if chat else ())
-    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=48, emb_dim=8, n_heads=2, n_layers=1))
-    model.tokenizer = tokenizer
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, context_length=48, emb_dim=8, n_heads=2, n_layers=1),
+                tokenizer)
     export_hf(model, tmp_path / "hf")
     config = AutoConfig.from_pretrained(tmp_path / "hf").to_dict()  # as the converter reads it
     assert (config["n_ctx"], config["n_embd"], config["n_head"], config["n_layer"]) == (48, 8, 2, 1)

@@ -19,6 +19,7 @@ from gptforge.config import GPTConfig
 from gptforge.errors import UserError
 from gptforge.generate import generate
 from gptforge.model import GPT
+from gptforge.tokenizer import gpt2
 from gptforge.weights import load_any
 from gptforge.weights.checkpoint import save_checkpoint
 from gptforge.weights.hf import export_hf
@@ -40,7 +41,7 @@ def ours(seed: int = 0, **switches) -> GPT:
     torch.manual_seed(seed)
     config = GPTConfig.from_preset("gpt2-tiny", vocab_size=300, context_length=24, emb_dim=48, n_heads=4,
                                    n_layers=2, **switches)
-    model = GPT(config).eval()
+    model = GPT(config, gpt2()).eval()  # GPT-2's tokenizer, what the export writes
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from gptforge.model.classifier import as_classifier
-from gptforge.tokenizer import gpt2
 from gptforge.weights import export_hf, load_any
 from gptforge.weights.checkpoint import save_checkpoint
 
@@ -26,7 +25,6 @@ def test_the_export_computes_our_logits(family, tmp_path):
     overrides, hf_class = BLOCKS[family]
     torch.manual_seed(0)
     model = random_gpt(0, vocab_size=50257, context_length=32, **overrides)
-    model.tokenizer = gpt2()
     clf = as_classifier(model, ["neg", "neutral", "pos"], EOT).eval()
     save_checkpoint(tmp_path / "ck", clf)  # through a checkpoint, as `convert --to-hf` goes
     export_hf(load_any(tmp_path / "ck"), tmp_path / "hf")

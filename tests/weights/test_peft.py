@@ -29,13 +29,13 @@ def lora_checkpoint(tmp_path, tied=True, rows=True, targets=("qkv", "attn_out", 
     base = random_gpt(0, tie_embeddings=tied, **shape)
     base_path = save_checkpoint(tmp_path / "base", base)
     model = grow_vocabulary(random_gpt(0, tie_embeddings=tied, **shape), 259) if rows else base
-    add_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=targets, new_rows=(257, 259) if rows else None)
+    add_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=targets, new_rows=(257, 259) if rows else None,
+             base=base_identity(base_path))
     torch.manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.normal_(0, 0.1)
-    model.lora["base"] = base_identity(base_path)
     return base_path, save_checkpoint(tmp_path / "adapter", model), model.eval()
 
 
@@ -50,7 +50,7 @@ def test_a_lora_checkpoint_holds_only_the_adapter_and_loads_merged(tmp_path):
                               for m in ("attn.qkv", "attn.out_proj", "mlp.fc", "mlp.out_proj"))}
     idx = torch.randint(0, 259, (2, 12))
     merged = load_any(path)
-    assert merged.config.vocab_size == 259 and not hasattr(merged, "lora")
+    assert merged.config.vocab_size == 259 and merged.lora is None
     torch.testing.assert_close(merged(idx), model(idx), rtol=0, atol=1e-5)
     # moved together with its base, it still finds it (by the relative path)
     shutil.copytree(tmp_path / "base", tmp_path / "elsewhere" / "base")

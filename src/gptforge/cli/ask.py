@@ -14,6 +14,7 @@ from .common import (
     add_sampling_flags,
     model_from_args,
     retriever_from_args,
+    sampling_from_args,
 )
 
 NAME = "ask"
@@ -37,17 +38,15 @@ def run(args) -> int:
 
     from ..chat import sources_lines
     from ..checks import require_int
-    from ..generate import check_sampling_args
     from ..retrieval.ask import question_prompt, stream_answer
 
-    top_k = args.top_k or None
-    check_sampling_args(args.temperature, top_k, args.top_p, args.max_new_tokens, args.seed)
+    sampling = sampling_from_args(args)
     require_int("-k", args.passages)
     model = model_from_args(args, args.dtype)
     retrieve = retriever_from_args(args, model)
     ids, passages = question_prompt(model, args.question, retrieve, args.system, args.max_new_tokens)
     out = sys.stdout
-    for piece in stream_answer(model, ids, args.max_new_tokens, args.temperature, top_k, args.top_p, args.seed):
+    for piece in stream_answer(model, ids, sampling):
         out.write(piece)
         out.flush()
     out.write("\n\nsources:\n" if passages else "\n\n(no passage matched the question)\n")

@@ -15,6 +15,7 @@ from .common import (
     add_sampling_flags,
     model_from_args,
     retriever_from_args,
+    sampling_from_args,
 )
 
 NAME = "chat"
@@ -41,17 +42,11 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..chat import ChatSettings, chat_in_terminal
-    from ..checks import require_int
-    from ..generate import check_sampling_args
-
-    top_k = args.top_k or None
-    check_sampling_args(args.temperature, top_k, args.top_p)
-    require_int("--max-new-tokens", args.max_new_tokens)
+    sampling = sampling_from_args(args)
     from ..tools.registry import builtin_tools, module_tools
 
     tools = builtin_tools(args.tools or "") + (module_tools(args.tools_module) if args.tools_module else [])
     model = model_from_args(args, args.dtype)
     retrieve = retriever_from_args(args, model)
-    chat_in_terminal(model, ChatSettings(args.max_new_tokens, args.temperature, top_k, args.top_p, args.seed,
-                                         args.system, tools, retrieve=retrieve))
+    chat_in_terminal(model, ChatSettings(sampling, args.system, tools, retrieve=retrieve))
     return 0

@@ -160,6 +160,15 @@ def model_from_args(args: argparse.Namespace, dtype: str = "float32"):
                                 allow_nonfinite=args.allow_nonfinite, quantize=args.quantize)
 
 
+def sampling_from_args(args: argparse.Namespace):
+    """The Sampling add_sampling_flags' flags (and --seed) give, checked: a bad value is one line."""
+    from ..checks import require_int
+    from ..sampling import Sampling
+
+    require_int("--max-new-tokens", args.max_new_tokens)
+    return Sampling(args.max_new_tokens, args.temperature, args.top_k or None, args.top_p, args.seed)
+
+
 def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int, temperature: float, top_k: int) -> None:
     """--max-new-tokens, --temperature, --top-k, --top-p with the command's defaults."""
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",

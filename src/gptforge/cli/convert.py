@@ -73,7 +73,7 @@ def _to_gguf(args) -> int:
     from ..errors import UserError
     from ..weights import load_any
     from ..weights.gguf_export import write_gguf
-    from ..weights.ollama import MODELFILE, Sampling
+    from ..weights.ollama import MODELFILE
 
     out = Path(args.out)
     if out.is_dir():
@@ -84,9 +84,8 @@ def _to_gguf(args) -> int:
     if not out.parent.is_dir():
         raise UserError(f"no such folder: {out.parent}")
     model = load_any(args.to_gguf, base=args.base)
-    chat = ChatSettings()  # `gptforge chat`'s defaults travel with the model
-    write_gguf(model, out, args.type or "f32", Sampling(chat.temperature, chat.top_k, chat.top_p),
-               name=Path(args.to_gguf).name)
+    # `gptforge chat`'s defaults travel with the model
+    write_gguf(model, out, args.type or "f32", ChatSettings().sampling, name=Path(args.to_gguf).name)
     print(f"wrote {out} ({args.type or 'f32'}, {out.stat().st_size / 1e6:,.1f} MB) and {out.parent / MODELFILE}: "
           f"`ollama create NAME -f {out.parent / MODELFILE}` makes an Ollama model of it")
     return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from ..config import DTYPES
-from .common import add_device, add_model_source, add_quantize, add_sampling_flags, model_from_args
+from .common import add_device, add_model_source, add_quantize, add_sampling_flags, model_from_args, sampling_from_args
 
 NAME = "generate"
 HELP = "continue a prompt with a trained or randomly initialised model"
@@ -41,10 +41,10 @@ def run(args) -> int:
     from ..chat import chat_text
     from ..checks import require_int
     from ..errors import UserError
-    from ..generate import check_sampling_args, generate_text, generate_texts
+    from ..generate import generate_text, generate_texts
 
     top_k = args.top_k or None
-    check_sampling_args(args.temperature, top_k, args.top_p, args.max_new_tokens, args.seed)
+    sampling_from_args(args)  # checks the flags
     require_int("--num-samples", args.num_samples)
     if args.system is not None and not args.chat:
         raise UserError("--system goes with --chat")

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import GPTConfig
+from ..tokenizer import Tokenizer
 from .gpt import GPT
 
 
@@ -21,8 +22,8 @@ class Classifier(GPT):
     """forward: (B, T) ids (padded with pad_id on either side), or with an explicit (B, T) mask
     of the real tokens -> (B, n_classes) logits."""
 
-    def __init__(self, config: GPTConfig, classes: list[str], pad_id: int):
-        super().__init__(config)
+    def __init__(self, config: GPTConfig, classes: list[str], pad_id: int, tokenizer: Tokenizer | None = None):
+        super().__init__(config, tokenizer)
         del self.lm_head  # never computed; the state dict has score.weight instead
         self.classes, self.pad_id = list(classes), pad_id
         self.score = nn.Linear(config.emb_dim, len(classes), bias=False, device=self.tok_emb.weight.device)
@@ -55,13 +56,11 @@ def as_classifier(model: GPT, classes: list[str], pad_id: int) -> Classifier:
     torch's generator), on its device, with its tokenizer."""
     weight = model.tok_emb.weight
     with torch.device("meta"):
-        clf = Classifier(model.config, classes, pad_id)
+        clf = Classifier(model.config, classes, pad_id, model.tokenizer)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("lm_head.")}
     state["score.weight"] = torch.empty(len(classes), model.config.emb_dim, device=weight.device,
                                         dtype=weight.dtype).normal_(std=0.02)
     clf.load_state_dict(state, assign=True)
-    if hasattr(model, "tokenizer"):
-        clf.tokenizer = model.tokenizer
     return clf.train(model.training)
 
 

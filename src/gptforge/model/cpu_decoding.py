@@ -101,12 +101,12 @@ def pack_for_batches(model: nn.Module) -> nn.Module:
         return model
     reorder = torch.ops.mkldnn._reorder_linear_weight
     with torch.no_grad():
+        # The LM head (a Linear too) is packed without its padding rows, as forward uses it.
+        head, vocab = getattr(model, "lm_head", None), getattr(getattr(model, "config", None), "vocab_size", None)
         for module in model.modules():
             if isinstance(module, Linear) and module.weight.numel() >= 2**17:
-                module.packed = reorder(module.weight.detach().contiguous(), 8)
-        head, vocab = getattr(model, "lm_head", None), getattr(getattr(model, "config", None), "vocab_size", None)
-        if isinstance(head, nn.Linear) and vocab is not None and head.weight.numel() >= 2**17:
-            head.packed = reorder(head.weight.detach()[:vocab].contiguous(), 8)
+                weight = module.weight.detach()[:vocab] if module is head else module.weight.detach()
+                module.packed = reorder(weight.contiguous(), 8)
     return model
 
 

@@ -9,12 +9,14 @@ projections and soft-capped logits.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import GPTConfig
+from ..tokenizer import Tokenizer
 from .cpu_decoding import Linear, linear
 from .layers import MLP, apply_rotary, make_norm, rotary_angles
 from .quantize import Int8Linear
@@ -153,18 +155,28 @@ class GPT(nn.Module):
     padding rows stay zero, get no logits outside the training loss (where they are masked to
     -inf, so they carry no probability and no gradient), and are left out of state_dict() and
     num_params(): checkpoints, exports and parameter counts are those of vocab_size.
+
+    `tokenizer` is the model's own (its ids are this model's vocabulary): the loaders and training
+    give one; a model built bare has None, and whatever needs text then says so (tokenizer_of).
+    `lora` records the LoRA adapters add_lora gave it (None without them).
     """
 
-    def __init__(self, config: GPTConfig):
+    tokenizer: Tokenizer | None
+    lora: dict[str, Any] | None
+
+    def __init__(self, config: GPTConfig, tokenizer: Tokenizer | None = None):
         super().__init__()
         self.config = config
+        self.tokenizer = tokenizer
+        self.lora = None
         self.tok_emb = nn.Embedding(config.padded_vocab_size, config.emb_dim)
         learned = config.positions == "learned"  # else rotary, computed in attention
         self.pos_emb = nn.Embedding(config.context_length, config.emb_dim) if learned else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.final_norm = make_norm(config, config.emb_dim)
-        self.lm_head = nn.Linear(config.emb_dim, config.padded_vocab_size, bias=False)
+        # cpu_decoding's Linear for its `packed` field (pack_for_batches); forward slices the weight itself.
+        self.lm_head = Linear(config.emb_dim, config.padded_vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight  # weight tying, as in GPT-2
         self.reset_parameters()
@@ -229,7 +241,7 @@ class GPT(nn.Module):
         int8_head = isinstance(self.lm_head, Int8Linear)  # it holds the vocab_size rows alone
         if targets is None or int8_head:  # only the real vocabulary's rows: padded ids never get a logit
             logits = self.lm_head(x) if int8_head else linear(
-                x, self.lm_head.weight[:V], packed=getattr(self.lm_head, "packed", None))
+                x, self.lm_head.weight[:V], packed=self.lm_head.packed)
             logits = cap * torch.tanh(logits / cap) if cap else logits  # (B, T, V)
             return logits if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         # The matmul with aligned shapes, (B, T, padded V); a bias of -inf gives the padded ids

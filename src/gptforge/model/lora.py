@@ -28,6 +28,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import UserError
 from .cpu_decoding import Linear, linear
+from .gpt import GPT
 
 # --lora-targets names -> the projection in each block they adapt.
 TARGETS = {"qkv": "attn.qkv", "attn_out": "attn.out_proj", "mlp_in": "mlp.fc", "mlp_out": "mlp.out_proj"}
@@ -97,11 +98,12 @@ class NewRows(nn.Module):
         return torch.cat([weight[:self.start], getattr(self, ROWS_KEY), weight[self.end:]])
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float, targets: tuple[str, ...],
-             new_rows: tuple[int, int] | None = None) -> nn.Module:
-    """Freeze `model` (a GPT) and give it LoRA adapters on `targets` of every block, in place;
+def add_lora(model: GPT, rank: int, alpha: float, dropout: float, targets: tuple[str, ...],
+             new_rows: tuple[int, int] | None = None, base: dict | None = None) -> GPT:
+    """Freeze `model` and give it LoRA adapters on `targets` of every block, in place;
     `new_rows` (start, end): vocabulary rows that train as well (see NewRows). `model.lora`
-    records these settings (a checkpoint adds its base model's identity under "base")."""
+    records these settings and `base`, the base model's identity a checkpoint of it records
+    (weights.load.base_identity)."""
     for p in model.parameters():
         p.requires_grad_(False)
     for block in model.blocks:
@@ -116,7 +118,8 @@ def add_lora(model: nn.Module, rank: int, alpha: float, dropout: float, targets:
         head_rows = rows if model.config.tie_embeddings else NewRows(model.lm_head.weight, *new_rows)
         parametrize.register_parametrization(model.lm_head, "weight", head_rows, unsafe=True)
     model.lora = {"rank": rank, "alpha": alpha, "dropout": dropout, "targets": list(targets),
-                  "new_rows": list(new_rows) if new_rows and new_rows[1] > new_rows[0] else None}
+                  "new_rows": list(new_rows) if new_rows and new_rows[1] > new_rows[0] else None,
+                  **({"base": base} if base is not None else {})}
     return model
 
 
@@ -188,7 +191,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
         model.lm_head.weight = model.tok_emb.weight
     for p in model.parameters():
         p.requires_grad_(True)
-    model.__dict__.pop("lora", None)
+    model.lora = None
     return model
 
 

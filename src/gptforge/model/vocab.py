@@ -12,17 +12,19 @@ import dataclasses
 
 import torch
 
+from ..tokenizer import Tokenizer
 from .gpt import GPT, VOCAB_ROW_PARAMS
 
 TIED_KEY = "lm_head.weight"
 
 
-def grow_vocabulary(model: GPT, vocab_size: int) -> GPT:
-    """A model like `model` with `vocab_size` ids (>= its own); the new rows are the mean row."""
+def grow_vocabulary(model: GPT, vocab_size: int, tokenizer: Tokenizer | None = None) -> GPT:
+    """A model like `model` with `vocab_size` ids (>= its own), the new rows the mean row, carrying
+    `tokenizer` (one that extends the model's own with special tokens), else the model's own."""
     old = model.config.vocab_size
     if vocab_size < old:
         raise ValueError(f"cannot shrink a vocabulary of {old} ids to {vocab_size}")
-    if vocab_size == old:
+    if vocab_size == old and tokenizer is None:
         return model
     config = dataclasses.replace(model.config, vocab_size=vocab_size)
     state = model.state_dict()  # vocab_size rows (the padding is not a weight)
@@ -35,7 +37,7 @@ def grow_vocabulary(model: GPT, vocab_size: int) -> GPT:
         state.pop(TIED_KEY)
     device = model.tok_emb.weight.device
     with torch.device("meta"):
-        grown = GPT(config)
+        grown = GPT(config, tokenizer if tokenizer is not None else model.tokenizer)
     grown.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=False, assign=True)
     if config.tie_embeddings:
         grown.lm_head.weight = grown.tok_emb.weight

@@ -169,7 +169,7 @@ class Run:
         self.sequences = []
         for p, ids in enumerate(prompts):
             for j in range(n):  # choice j's seed is seed + j, wrapped into torch's range (same generator)
-                sampling = Sampling(max_tokens=max_tokens[p], temperature=_or(fields.temperature, 1.0),
+                sampling = Sampling(max_new_tokens=max_tokens[p], temperature=_or(fields.temperature, 1.0),
                                     top_k=fields.top_k or None, top_p=fields.top_p,
                                     seed=None if fields.seed is None else (fields.seed + j) % 2**64,
                                     stop_ids=stops)

@@ -22,12 +22,11 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import UserError
-from ..generate import check_sampling_args, sample_next
+from ..generate import Sampling, sample_next
 from ..model import GPT, pack_for_batches
 
 Emit = Callable[[int | None, str | None], None]  # (token, None) per token, then (None, finish_reason)
@@ -37,36 +36,16 @@ class QueueFull(Exception):
     """More requests are waiting than the engine was told to hold."""
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How one sequence is decoded."""
-
-    max_tokens: int
-    """New tokens at most (finish reason "length")."""
-    temperature: float = 1.0
-    """0 is greedy."""
-    top_k: int | None = None
-    """Sample only from the k most likely tokens."""
-    top_p: float | None = None
-    """Sample only from the smallest set of tokens with probability >= top_p."""
-    seed: int | None = None
-    """Seed of this sequence's own generator (random when None)."""
-    stop_ids: frozenset[int] = field(default_factory=frozenset)
-    """Tokens that end the sequence (finish reason "stop"); they are not emitted."""
-
-
 class Sequence:
     """One prompt being continued: its progress and where its tokens go. `emit` is called from the
     engine's thread: (token, None) for each new token, then once (None, reason), reason being
     "stop", "length", "cancelled" or "error"."""
 
     def __init__(self, prompt: list[int], sampling: Sampling, emit: Emit, constraint=None):
-        check_sampling_args(sampling.temperature, sampling.top_k, sampling.top_p, sampling.max_tokens,
-                            sampling.seed)
         if not prompt:
             raise UserError("a prompt needs at least one token")
-        if sampling.max_tokens < 1:
-            raise UserError(f"max_tokens must be at least 1, got {sampling.max_tokens}")
+        if sampling.max_new_tokens < 1:
+            raise UserError(f"max_tokens must be at least 1, got {sampling.max_new_tokens}")
         self.prompt, self.sampling, self.emit = list(prompt), sampling, emit
         self.length = 0  # positions filled in its cache row
         self.generated = 0
@@ -114,9 +93,9 @@ class Engine:
         QueueFull if the queue would exceed max_queue."""
         ctx = self.model.config.context_length
         for seq in sequences:
-            if len(seq.prompt) + seq.sampling.max_tokens > ctx:
+            if len(seq.prompt) + seq.sampling.max_new_tokens > ctx:
                 raise UserError(f"the prompt ({len(seq.prompt)} tokens) plus max_tokens "
-                                f"({seq.sampling.max_tokens}) exceeds the model's context of {ctx} tokens")
+                                f"({seq.sampling.max_new_tokens}) exceeds the model's context of {ctx} tokens")
         with self.lock:
             if self.stopping:
                 raise QueueFull("the server is shutting down")
@@ -256,7 +235,7 @@ class Engine:
             return
         seq.last = token
         seq.emit(token, None)
-        if seq.generated >= seq.sampling.max_tokens:
+        if seq.generated >= seq.sampling.max_new_tokens:
             seq.finish("length")
 
     def _free_finished(self) -> None:

@@ -52,13 +52,16 @@ def tokenizer_from_record(description: dict[str, Any] | None, folder: Path, what
     return tokenizer
 
 
-def tokenizer_of(model: Any = None) -> Tokenizer:
-    """A model's own tokenizer (set by load_any and by training), GPT-2's for a model that has none
-    (one built from a preset); a Tokenizer passed in is returned as it is."""
+def tokenizer_of(model: Any) -> Tokenizer:
+    """A model's own tokenizer (GPT.tokenizer, given by load_any and by training); a Tokenizer
+    passed in is returned as it is. A model without one is an error, never a guess."""
     if isinstance(model, Tokenizer):
         return model
-    tokenizer = getattr(model, "tokenizer", None)
-    return tokenizer if tokenizer is not None else gpt2()
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ValueError("this model has no tokenizer: build it with GPT(config, tokenizer) "
+                         "(gptforge.tokenizer.gpt2() for GPT-2's vocabulary) or load it with load_any")
+    return tokenizer
 
 
 def text_to_ids(text: str, tokenizer: Any = None):
@@ -66,7 +69,8 @@ def text_to_ids(text: str, tokenizer: Any = None):
     Tokenizer or a model (its own tokenizer), GPT-2's when None."""
     import torch
 
-    return torch.tensor(tokenizer_of(tokenizer).encode_prompt(text), dtype=torch.long).unsqueeze(0)  # (1, n)
+    ids = tokenizer_of(gpt2() if tokenizer is None else tokenizer).encode_prompt(text)
+    return torch.tensor(ids, dtype=torch.long).unsqueeze(0)  # (1, n)
 
 
 def ids_to_text(ids, tokenizer: Any = None) -> str:
@@ -80,4 +84,4 @@ def ids_to_text(ids, tokenizer: Any = None) -> str:
         if ids.dim() != 1:
             raise ValueError(f"ids_to_text expects shape (n,) or (1, n), got {tuple(ids.shape)}")
         ids = ids.tolist()
-    return tokenizer_of(tokenizer).decode(ids)
+    return tokenizer_of(gpt2() if tokenizer is None else tokenizer).decode(ids)

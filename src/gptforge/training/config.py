@@ -21,6 +21,7 @@ from ..config import Dtype, GPTConfig, check_fields, check_value, rule
 from ..errors import UserError
 from ..field_docs import field_docs
 from ..model.lora import lora_targets
+from ..sampling import Sampling
 from .budget import parse_duration
 
 LogTarget = Literal["tensorboard", "wandb", "csv"]  # where --log sends a run's curves
@@ -127,6 +128,10 @@ class EvalArgs(Group):
     """Temperature of the printed samples (0: greedy, as in the reference recipes)."""
     sample_top_k: int = rule(50, minimum=0, resumable=True)
     """Top-k of the printed samples when the temperature is above 0."""
+
+    def sampling(self, seed: int | None) -> Sampling:
+        """How the printed samples are drawn (`seed`: the run's, so they repeat on a rerun)."""
+        return Sampling(self.sample_tokens, self.sample_temperature, self.sample_top_k or None, seed=seed)
 
 
 @dataclass

@@ -17,12 +17,11 @@ from .. import distributed
 from ..data.example_batches import ExampleBatches
 from ..data.instructions import Example, load_examples, parse_record
 from ..data.preferences import parse_preference
-from ..data.templates import encode_examples, prompt_ids, stop_id, template_tokens
+from ..data.templates import encode_examples, template_tokens
 from ..device import pick_device
 from ..errors import UserError
 from ..evaluate import mean_loss
 from ..files import atomic_write
-from ..generate import complete_ids
 from ..model import GPT
 from ..model.lora import add_lora, lora_targets, trainable_count
 from ..model.vocab import grow_vocabulary
@@ -31,7 +30,7 @@ from ..weights.load import base_identity, resumed_model
 from .classify import train_classifier
 from .config import FinetuneConfig
 from .loop import Trainer, TrainResult
-from .preference import PreferenceTask
+from .preference import PreferenceTask, greedy_answer
 from .pretrain import initial_model
 from .resume import resolve_run
 
@@ -92,13 +91,11 @@ def initial_finetune_model(cfg: FinetuneConfig, device: torch.device, examples: 
     model = initial_model(cfg, device)
     tokenizer = tokenizer_of(model).with_special_tokens(template_tokens(examples, cfg.finetune.template))
     old_vocab = model.config.vocab_size
-    model = grow_vocabulary(model, max(old_vocab, tokenizer.vocab_size))
-    model.tokenizer = tokenizer
+    model = grow_vocabulary(model, max(old_vocab, tokenizer.vocab_size), tokenizer)
     if cfg.lora.lora_rank:
         lora = cfg.lora
         add_lora(model, lora.lora_rank, lora.lora_alpha, lora.lora_dropout, lora_targets(lora.lora_targets),
-                 new_rows=(old_vocab, model.config.vocab_size))
-        model.lora["base"] = base_identity(cfg.init_from)
+                 new_rows=(old_vocab, model.config.vocab_size), base=base_identity(cfg.init_from))
     return model
 
 
@@ -160,9 +157,7 @@ class FinetuneTask:
 
     def answer(self, model: torch.nn.Module, example: Example, max_new_tokens: int) -> str:
         """The model's greedy answer to an example's last turn, up to its end-of-answer token."""
-        ids = prompt_ids(example, self.tokenizer, self.cfg.finetune.template)
-        new = complete_ids(model, ids, max_new_tokens, eos_id=stop_id(self.tokenizer, self.cfg.finetune.template))
-        return self.tokenizer.decode(new)
+        return greedy_answer(model, example, self.cfg.finetune.template, max_new_tokens)
 
     def sample(self, model: torch.nn.Module) -> str:
         return " | ".join(f"{e.messages[-2]['content']!r} -> {self.answer(model, e, self.cfg.eval.sample_tokens)!r}"

@@ -39,9 +39,17 @@ from ..errors import UserError
 from ..evaluate.loss import eval_mode
 from ..files import atomic_write
 from ..generate import complete_ids
+from ..sampling import Sampling
 from ..model.lora import adapter_disabled
 from ..tokenizer import tokenizer_of
 from .config import FinetuneConfig
+
+
+def greedy_answer(model: torch.nn.Module, example, template: str, max_new_tokens: int) -> str:
+    """The model's greedy answer to an example's last turn, up to its end-of-answer token."""
+    tokenizer = tokenizer_of(model)
+    greedy = Sampling(max_new_tokens, temperature=0.0, stop_ids=frozenset({stop_id(tokenizer, template)}))
+    return tokenizer.decode(complete_ids(model, prompt_ids(example, tokenizer, template), greedy))
 
 REFERENCE = "reference_logps.safetensors"  # in the run folder: the cached reference log-probabilities
 SAMPLES = 2  # val prompts answered in each printed sample
@@ -196,9 +204,7 @@ class PreferenceTask:
 
     def answer(self, model: torch.nn.Module, preference: Preference, max_new_tokens: int) -> str:
         """The model's greedy answer to a record's prompt, up to its end-of-answer token."""
-        ids = prompt_ids(preference.example("chosen"), self.tokenizer, self.template)
-        return self.tokenizer.decode(complete_ids(model, ids, max_new_tokens,
-                                                  eos_id=stop_id(self.tokenizer, self.template)))
+        return greedy_answer(model, preference.example("chosen"), self.template, max_new_tokens)
 
     def sample(self, model: torch.nn.Module) -> str:
         return " | ".join(f"{p.prompt[-1]['content']!r} -> {self.answer(model, p, self.cfg.eval.sample_tokens)!r}"

@@ -1,8 +1,8 @@
 """Pretraining: `gptforge train`. Windows over a token stream (gptforge.data.batches) through the
 shared training loop (training.loop), from a preset, from other weights (--init-from), or
-resumed from a run's checkpoint. The model carries its tokenizer (model.tokenizer): the
-checkpoint's or --init-from model's, else --tokenizer, else the prepared corpus's, else GPT-2's;
-a fresh model's vocabulary is that tokenizer's."""
+resumed from a run's checkpoint. The model carries its tokenizer (GPT.tokenizer, given as it is
+built): the checkpoint's or --init-from model's, else --tokenizer, else the prepared corpus's, else
+GPT-2's; a fresh model's vocabulary is that tokenizer's."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from ..data import BatchLoader, corpus_tokenizer, is_corpus, load_splits
 from ..device import pick_device
 from ..errors import UserError
 from ..evaluate import bytes_per_token, mean_loss
-from ..generate import generate_text
+from ..generate import prompt_ids, stream_text
 from ..model import GPT
 from ..tokenizer import Tokenizer, gpt2, load_tokenizer, tokenizer_of
 from ..tokenizer.train import train_on_train_split
@@ -61,8 +61,8 @@ def train(config: TrainConfig | None = None, *, resume: str | Path | None = None
     # Data first: a bad corpus (or one prepared with another tokenizer) fails before the run folder exists.
     task = WindowTask(cfg, model_cfg, d, tokenizer)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = initial if initial is not None else GPT(model_cfg).to(device)
-    model.tokenizer = tokenizer
+    # An --init-from model carries its tokenizer already (_run_tokenizer returns that one).
+    model = initial if initial is not None else GPT(model_cfg, tokenizer).to(device)
     if checkpoint is not None:  # before sharding and the optimizer: loading replaces parameters
         load_weights(model, load_file(checkpoint / WEIGHTS, device=str(device)), source=str(checkpoint))
     trainer = Trainer(cfg, run, model, task, total_steps=task.total_steps, d=d, device=device, resume_from=checkpoint,
@@ -131,9 +131,9 @@ class WindowTask:
         return mean_loss(model, self.train_eval.batches(0), n, device), val
 
     def sample(self, model: torch.nn.Module) -> str:
-        cfg = self.cfg.eval
-        return "".join(generate_text(model, cfg.sample_prompt, cfg.sample_tokens, temperature=cfg.sample_temperature,
-                                     top_k=cfg.sample_top_k or None, seed=self.cfg.seed, include_prompt=True))
+        prompt = self.cfg.eval.sample_prompt
+        return prompt + "".join(stream_text(model, prompt_ids(model, prompt)[0].tolist(),
+                                            self.cfg.eval.sampling(self.cfg.seed)))
 
 
 def _run_tokenizer(cfg: CorpusArgs, checkpoint: Path | None, initial: GPT | None, say) -> Tokenizer:

@@ -78,11 +78,11 @@ def save_checkpoint(path: str | Path, model: GPT, train_config: dict | None = No
     config = model.config
     tokenizer = tokenizer_of(model)
     weights = model.state_dict() if weights is None else weights
-    lora = getattr(model, "lora", None)
+    lora = model.lora
     if lora is not None:
         if "base" not in lora:
-            raise ValueError("a LoRA model is saved with its base model's identity in model.lora['base'] "
-                             "(see weights.load.base_identity)")
+            raise ValueError("a LoRA model is saved with its base model's identity: add_lora(..., "
+                             "base=weights.load.base_identity(BASE))")
         weights = adapter_state(weights, config.tie_embeddings)
         base = lora["base"]
         lora = {**lora, "base": {**base, "relative": os.path.relpath(base["path"], path.resolve())}}
@@ -109,10 +109,11 @@ def classifier_record(model: GPT) -> dict:
     return {"classifier": {"classes": model.classes, "pad_id": model.pad_id}}
 
 
-def model_of(config: GPTConfig, meta: dict) -> GPT:
-    """The empty model a checkpoint's config.json describes: a GPT, or a Classifier."""
+def model_of(config: GPTConfig, meta: dict, tokenizer: Tokenizer) -> GPT:
+    """The empty model a checkpoint's config.json describes, with its tokenizer: a GPT, or a Classifier."""
     record = meta.get("classifier")
-    return GPT(config) if record is None else Classifier(config, record["classes"], record["pad_id"])
+    return GPT(config, tokenizer) if record is None else Classifier(config, record["classes"], record["pad_id"],
+                                                                   tokenizer)
 
 
 def _write_files(folder: Path, weights: dict, train_state: dict | None, tokenizer: Tokenizer, meta: dict) -> None:
@@ -281,7 +282,7 @@ def checkpoint_tokenizer(path: Path) -> Tokenizer:
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> GPT:
     """The model of a checkpoint folder (weights verified against their sha256), in eval mode,
-    with its tokenizer as `model.tokenizer`."""
+    carrying its tokenizer (GPT.tokenizer)."""
     meta = read_checkpoint_config(path)
     config = GPTConfig.from_dict(meta["model"])
     tokenizer = checkpoint_tokenizer(path)
@@ -291,9 +292,8 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> GPT:
     except (SafetensorError, OSError) as e:
         raise UserError(f"cannot read weights {path / WEIGHTS}: {e}") from None
     with torch.device("meta"):
-        model = model_of(config, meta)
+        model = model_of(config, meta, tokenizer)
     load_weights(model, weights, source=str(path / WEIGHTS))
-    model.tokenizer = tokenizer
     return model.eval()
 
 

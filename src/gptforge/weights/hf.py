@@ -30,7 +30,7 @@ from ..model import GPT
 from ..model.classifier import Classifier
 from ..tokenizer import EOT_TOKEN, BPETokenizer, Tokenizer, gpt2, tokenizer_of
 from ..tokenizer.chat import CHAT_TEMPLATE_JINJA, end_of_turn, has_chat_template
-from ..tokenizer.gpt2_bpe import GPT2_VOCAB_SIZE, asset_path
+from ..tokenizer.gpt2_bpe import asset_path
 from .checkpoint import load_weights
 from .hf_archs import classifier_config, hf_config, hf_family, parse_hf_config, tensor_map
 
@@ -157,7 +157,7 @@ def read_tokenizer(folder: Path) -> Tokenizer:
 
 def load_hf_model(name_or_path: str | Path, device: str | torch.device = "cpu") -> GPT:
     """A GPT with the weights of a Hugging Face GPT-2, Llama or Qwen3 folder (or hub id), in
-    float32 and eval mode, with the folder's tokenizer as `model.tokenizer` (see read_tokenizer).
+    float32 and eval mode, carrying the folder's tokenizer (see read_tokenizer).
 
     The model is built on the meta device and each tensor is read, transposed if needed and
     copied to `device` one at a time, so memory holds one copy of the weights plus one tensor.
@@ -165,7 +165,7 @@ def load_hf_model(name_or_path: str | Path, device: str | torch.device = "cpu") 
     folder = resolve_hf_folder(name_or_path)
     config, family = read_hf_config(folder)
     with torch.device("meta"):
-        model = GPT(config)  # shapes only; the tensors loaded below replace its parameters
+        model = GPT(config, read_tokenizer(folder))  # shapes only; the tensors loaded below replace its parameters
     shapes = {name: t.shape for name, t in model.state_dict().items()}
     mapping = tensor_map(config, family)
     names = {hf: ours for ours, (parts, _) in mapping.items() for hf in parts}
@@ -203,7 +203,6 @@ def load_hf_model(name_or_path: str | Path, device: str | torch.device = "cpu") 
             rows.copy_(tensor)
         del tensors
     load_weights(model, weights, source=str(folder))
-    model.tokenizer = read_tokenizer(folder)
     return model.eval()
 
 

@@ -19,7 +19,6 @@ from ..model import GPT
 from ..model.classifier import as_classifier
 from ..model.lora import add_lora, load_adapter, merge_lora
 from ..model.vocab import grow_vocabulary
-from ..tokenizer import tokenizer_of
 from .checkpoint import (
     TIED_KEY,
     WEIGHTS,
@@ -83,9 +82,8 @@ def reshape(source: GPT, context_length: int, dropout: float) -> GPT:
     if "pos_emb.weight" in weights:
         weights["pos_emb.weight"] = weights["pos_emb.weight"][:context_length]
     with torch.device("meta"):
-        model = GPT(config)
+        model = GPT(config, source.tokenizer)
     load_weights(model, weights, source="the initial weights")
-    model.tokenizer = tokenizer_of(source)
     return model
 
 
@@ -153,11 +151,12 @@ def load_lora(checkpoint: Path, device: str | torch.device = "cpu", base: str | 
     meta = read_checkpoint_config(checkpoint)
     config, lora = GPTConfig.from_dict(meta["model"]), meta["lora"]
     model = load_any(find_base(checkpoint, lora, base), device)
-    model = grow_vocabulary(reshape(model, config.context_length, config.dropout), config.vocab_size)
+    model = grow_vocabulary(reshape(model, config.context_length, config.dropout), config.vocab_size,
+                            checkpoint_tokenizer(checkpoint))
     if "classifier" in meta:  # its head is part of the adapter (model.lora.is_adapter_key)
         model = as_classifier(model, meta["classifier"]["classes"], meta["classifier"]["pad_id"])
     add_lora(model, lora["rank"], lora["alpha"], lora["dropout"], tuple(lora["targets"]),
-             tuple(lora["new_rows"]) if lora.get("new_rows") else None)
+             tuple(lora["new_rows"]) if lora.get("new_rows") else None, base=lora["base"])
     verify_checkpoint(checkpoint, (WEIGHTS,))
     try:
         adapter = load_file(checkpoint / WEIGHTS, device=str(device))
@@ -167,8 +166,6 @@ def load_lora(checkpoint: Path, device: str | torch.device = "cpu", base: str | 
         load_adapter(model, adapter, str(checkpoint / WEIGHTS))
     except ValueError as e:
         raise UserError(str(e)) from None
-    model.lora = {**model.lora, "base": lora["base"]}
-    model.tokenizer = checkpoint_tokenizer(checkpoint)
     return model.eval()
 
 

@@ -4,25 +4,16 @@ a base model's is the prompt as it is. Generation stops at the tokens that end o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from ..sampling import Sampling
 from ..tokenizer import EOT_TOKEN, Tokenizer
 from ..tokenizer.chat import CHAT_TEMPLATE_GO, IM_END, has_chat_template
 
 MODELFILE = "Modelfile"
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """Generation defaults exported with a model (GGUF's general.sampling.* and the Modelfile)."""
-
-    temperature: float
-    top_k: int | None
-    top_p: float | None
-
-
 def modelfile(gguf_name: str, tokenizer: Tokenizer, context_length: int, sampling: Sampling | None) -> str:
-    """The Modelfile for the GGUF file `gguf_name` in the same folder."""
+    """The Modelfile for the GGUF file `gguf_name` in the same folder; `sampling`'s temperature,
+    top-k and top-p are the model's generation defaults there."""
     chat = has_chat_template(tokenizer)
     template = CHAT_TEMPLATE_GO if chat else "{{ .Prompt }}"
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template}"""',
