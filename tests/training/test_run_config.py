@@ -67,9 +67,9 @@ def test_a_group_stands_alone():
 
 def test_every_bundled_config_loads_unchanged():
     bundled = sorted(p.stem for p in (Path(train_cli.__file__).parents[1] / "configs").glob("*.toml"))
-    assert len(bundled) == 7
+    assert len(bundled) == 8
     for name in bundled:
-        cls = FinetuneConfig if name.startswith("tasks") else TrainConfig
+        cls = FinetuneConfig if name.startswith(("tasks", "documents")) else TrainConfig
         settings = load_config_file(name, cls)
         cfg = cls.from_dict(settings)
         assert {k: cfg.get(k) for k in settings} == settings  # every key landed where it is read back
