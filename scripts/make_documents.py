@@ -61,21 +61,21 @@ STREET_KINDS = ["Lane", "Street", "Row", "Road", "Walk", "Hill"]
 
 
 class Names:
-    """Made-up words from syllables, never the same one twice."""
+    """Made-up words from syllables; `unique` ones (names of things, surnames) never twice."""
 
     def __init__(self, rng: random.Random):
         self.rng, self.used = rng, set()
 
-    def word(self, syllables: int) -> str:
+    def word(self, syllables: int, unique: bool = True) -> str:
         while True:
             w = "".join(self.rng.choice(ONSETS) + self.rng.choice(VOWELS) for _ in range(syllables))
             w = (w + self.rng.choice(CODAS)).capitalize()
-            if w not in self.used:
+            if not unique or w not in self.used:
                 self.used.add(w)
                 return w
 
     def person(self) -> str:
-        return f"{self.word(1)} {self.word(2)}"
+        return f"{self.word(1, unique=False)} {self.word(2)}"
 
 
 def shop(rng: random.Random, names: Names, streets: list[str]) -> tuple[str, list[str], list[tuple[str, str]]]:
@@ -91,7 +91,7 @@ def shop(rng: random.Random, names: Names, streets: list[str]) -> tuple[str, lis
 def person(rng: random.Random, names: Names, streets: list[str]) -> tuple[str, list[str], list[tuple[str, str]]]:
     name = names.person()
     job, street, year = rng.choice(JOBS), rng.choice(streets), str(rng.randint(1930, 2005))
-    animal, pet = rng.choice(ANIMALS), names.word(1)
+    animal, pet = rng.choice(ANIMALS), names.word(1, unique=False)
     facts = [f"{name} works as a {job}.", f"{name} lives on {street}.", f"{name} was born in {year}.",
              f"{name} keeps a {animal} called {pet}."]
     questions = [(f"What does {name} do for a living?", job), (f"On which street does {name} live?", street),
