@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from gptforge.retrieval import add_paths, search  # noqa: E402
+from gptforge.retrieval import add_paths, search
 
 OUT_DIR = ROOT / "src" / "gptforge" / "corpora" / "documents"
 SEED = 2025
@@ -43,9 +43,10 @@ SPLIT = {"val": 8, "test": 21}  # entities of each kind held out; the rest train
 K = 1  # passages per training record: see the recipe (documents-cpu.toml) for why one
 MISSING = "The documents do not say."
 
-ONSETS = "b br c cl d dr f g gr h k l m n p pr r s st t tr v w z".split()
-VOWELS = "a e i o u ai ea ou".split()
-CODAS = "n l r m s th nd rk ll st ck".split()
+ONSETS = ["b", "br", "c", "cl", "d", "dr", "f", "g", "gr", "h", "k", "l", "m", "n", "p", "pr", "r", "s", "st",
+          "t", "tr", "v", "w", "z"]
+VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou"]
+CODAS = ["n", "l", "r", "m", "s", "th", "nd", "rk", "ll", "st", "ck"]
 SHOP_KINDS = ["Bakery", "Bookshop", "Forge", "Pharmacy", "Tailor", "Cafe", "Grocer", "Toyshop", "Florist",
               "Cobbler", "Ironmonger", "Dairy"]
 GOODS = ["rye bread", "oak chairs", "blue candles", "honey cakes", "copper kettles", "wool scarves", "pear cider",

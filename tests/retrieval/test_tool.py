@@ -49,8 +49,8 @@ def test_a_query_nothing_matches_says_so(index):
 
 
 def test_chat_gives_the_model_the_tool_and_no_passages_in_its_prompts(index, monkeypatch):
-    import gptforge.chat as chat
     import gptforge.cli.chat as chat_cli
+    from gptforge import chat
 
     seen = {}
     monkeypatch.setattr(chat, "chat_in_terminal", lambda model, settings: seen.update(settings=settings))

@@ -48,9 +48,9 @@ def run(args) -> int:
     top_k = args.top_k or None
     check_sampling_args(args.temperature, top_k, args.top_p)
     require_int("--max-new-tokens", args.max_new_tokens)
+    from ..retrieval.tool import NAME as SEARCH
+    from ..retrieval.tool import search_tool
     from ..tools.registry import builtin_tools, module_tools
-
-    from ..retrieval.tool import NAME as SEARCH, search_tool
 
     names = [n.strip() for n in (args.tools or "").split(",")]
     if SEARCH in names and not args.index:
