@@ -24,7 +24,7 @@ COMMAND = re.compile(r"\bgptforge ([A-Za-z]+)((?:[^#|&;`\n]|#(?! ))*)")
 # Flags of other programs that the guides show in passing, outside a gptforge command.
 FOREIGN = {"--index-url", "--logdir", "--local-dir", "--nproc_per_node", "--standalone", "--nnodes",
            "--node_rank", "--rdzv_backend", "--rdzv_endpoint", "--model", "--model_args", "--tasks",
-           "--include_path", "--batch_size", "--jinja"}
+           "--include_path", "--batch_size", "--jinja", "--scale"}
 
 
 def prose(text: str) -> str:

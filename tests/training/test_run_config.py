@@ -66,7 +66,8 @@ def test_a_group_stands_alone():
 
 
 PRETRAINING_RECIPES = {"gutenberg-345m", "shakespeare-cpu", "speedrun-cpu", "speedrun-gpu", "the-verdict"}
-FINETUNING_RECIPES = {"tasks-full", "tasks-lora", "dpo-cpu", "tools-cpu", "classify-cpu"}
+FINETUNING_RECIPES = {"tasks-full", "tasks-lora", "dpo-cpu", "tools-cpu", "classify-cpu",
+                      "documents-cpu"}
 
 
 def test_every_bundled_config_loads_unchanged():

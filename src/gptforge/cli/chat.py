@@ -2,7 +2,8 @@
 through its template, with the conversation so far; a base model continues each line as plain
 text. Commands: /reset, /system TEXT, /exit. Ctrl-C stops an answer. --tools / --tools-module give a
 model fine-tuned on tool use functions to call, run here. --index DIR retrieves each message's best
-passages from an index of your documents into the prompt and lists their sources after the answer."""
+passages from an index of your documents into the prompt and lists their sources after the answer;
+with --tools search_documents the model searches it by a call instead."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def add_arguments(p) -> None:
                         "(default: random)")
     p.add_argument("--system", default=None, metavar="TEXT", help="system prompt (chat models)")
     p.add_argument("--tools", default=None, metavar="NAMES",
-                   help="built-in tools the model may call, comma-separated: calculator, clock (a chat model "
-                        "fine-tuned on tool use; each call is shown, run here, and its result fed back)")
+                   help="built-in tools the model may call, comma-separated: calculator, clock, search_documents "
+                        "(with --index: the index's passages as its result, instead of in every prompt) (a chat "
+                        "model fine-tuned on tool use; each call is shown, run here, and its result fed back)")
     p.add_argument("--tools-module", default=None, metavar="FILE.py",
                    help="your own tools: every public function of this Python file, its schema from its type "
                         "hints and docstring (your code, run on your machine)")
@@ -42,11 +44,20 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..chat import ChatSettings, chat_in_terminal
-    sampling = sampling_from_args(args)
+    from ..errors import UserError
+    from ..retrieval.tool import NAME as SEARCH
+    from ..retrieval.tool import search_tool
     from ..tools.registry import builtin_tools, module_tools
 
-    tools = builtin_tools(args.tools or "") + (module_tools(args.tools_module) if args.tools_module else [])
+    sampling = sampling_from_args(args)  # bad flags fail before the model loads
+    names = [n.strip() for n in (args.tools or "").split(",")]
+    if SEARCH in names and not args.index:
+        raise UserError(f"--tools {SEARCH} searches an index: give it with --index DIR")
+    tools = builtin_tools(",".join(n for n in names if n != SEARCH))
+    tools += module_tools(args.tools_module) if args.tools_module else []
     model = model_from_args(args, args.dtype)
     retrieve = retriever_from_args(args, model)
+    if SEARCH in names:  # the model asks the index when it wants to, rather than every turn
+        tools, retrieve = [search_tool(retrieve), *tools], None
     chat_in_terminal(model, ChatSettings(sampling, args.system, tools, retrieve=retrieve))
     return 0

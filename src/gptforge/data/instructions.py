@@ -33,7 +33,7 @@ from .tool_records import check_tool_answer, check_tool_calls, check_tools, decl
 ROLES = ("system", "user", "assistant", "tool")
 SUFFIXES = (".jsonl", ".json")
 # in gptforge/corpora/; a folder holds train, val (and test) files
-BUILTIN_SETS = {"tasks": "tasks.json", "tasks-chat": "tasks-chat.jsonl", "tools": "tools",
+BUILTIN_SETS = {"tasks": "tasks.json", "tasks-chat": "tasks-chat.jsonl", "tools": "tools", "documents": "documents",
                 "tasks-preferences": "tasks-preferences.jsonl"}  # the last for --method dpo
 
 

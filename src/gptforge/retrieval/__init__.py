@@ -7,6 +7,7 @@
     embed.py     embedders: our model's mean-pooled states, an OpenAI-compatible URL, sentence-transformers
     passages.py  hits as the passages a chat prompt carries, and the retriever ask/chat/serve use
     ask.py       one question answered from an index (`gptforge ask`)
+    tool.py      search_documents, the tool a tool-calling model searches an index with
     evaluation.py  recall@k and MRR of an index; exact match and F1 of answers with and without it
 """
 
