@@ -547,6 +547,24 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+def _announcing_server():
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        """uvicorn's server that calls `announce` once it listens with its signal handlers in place."""
+
+        def __init__(self, config, announce: Callable[[], None]):
+            super().__init__(config)
+            self.announce = announce
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.should_exit:
+                self.announce()
+
+    return AnnouncingServer
+
+
 def serve(model: GPT, name: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           max_batch: int = 8, max_queue: int = 64, retrieve: Callable[[str], list[dict]] | None = None) -> None:
     """Serve `model` until Ctrl-C or SIGTERM (uvicorn's graceful shutdown: running requests get a
@@ -554,9 +572,9 @@ def serve(model: GPT, name: str, host: str = "127.0.0.1", port: int = 8000, api_
     import signal
     import socket
 
-    import uvicorn
-
     from .transport import server_config
+
+    AnnouncingServer = _announcing_server()
 
     service = Service(model, name, api_key, max_batch, max_queue, retrieve)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -569,17 +587,27 @@ def serve(model: GPT, name: str, host: str = "127.0.0.1", port: int = 8000, api_
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    print(f"gptforge serve: '{name}' ({'chat' if service.chat else 'base'} model, context {service.context}) "
-          f"on http://{shown}:{bound}  (web chat at /, API at /v1; Ctrl-C stops)", flush=True)
-    for note in startup_notes(host, api_key):
-        print(f"gptforge serve: {note}", file=sys.stderr if note.startswith("warning:") else sys.stdout, flush=True)
+
+    def announce() -> None:  # once uvicorn listens and handles Ctrl-C: a client that saw this may stop it
+        print(f"gptforge serve: '{name}' ({'chat' if service.chat else 'base'} model, context {service.context}) "
+              f"on http://{shown}:{bound}  (web chat at /, API at /v1; Ctrl-C stops)", flush=True)
+        for note in startup_notes(host, api_key):
+            print(f"gptforge serve: {note}", file=sys.stderr if note.startswith("warning:") else sys.stdout, flush=True)
+
     config = server_config(build_app(service), HEADER_TIMEOUT_S, timeout_graceful_shutdown=3)
     # uvicorn shuts down gracefully on the first SIGINT/SIGTERM, then re-raises that signal to the
-    # handler found at start: make it a no-op, so a requested stop ends with exit code 0.
+    # handler found at start. That handler raises KeyboardInterrupt (SIGTERM's default would end the
+    # process without a word), caught below: a stop requested during startup or after the graceful
+    # shutdown ends with exit code 0 too, and none is ever swallowed.
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
     stops = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, lambda *_: None) for s in stops}
+    previous = {s: signal.signal(s, interrupt) for s in stops}
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        AnnouncingServer(config, announce).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
