@@ -339,7 +339,8 @@ def build_app(service: Service) -> Starlette:
         tokenizer = tokenizer_of(service.model)
         prompts = [tokenizer.encode_prompt(t) for t in texts]
         budgets = [service.budget(len(p), req.max_tokens, DEFAULT_COMPLETION_TOKENS) for p in prompts]
-        return Prepared(req, prompts, budgets, stop_ids(service.model, chat=False), service.grammar(req.response_format))
+        return Prepared(req, prompts, budgets, stop_ids(service.model, chat=False),
+                        service.grammar(req.response_format))
 
     def prepare_chat(body: bytes) -> Prepared:
         req = parse(ChatRequest, body)
@@ -357,7 +358,8 @@ def build_app(service: Service) -> Starlette:
             else:
                 prompt = chat_prompt(service.model, messages, tools)
         except ValueError as e:  # a model not fine-tuned for tools: its tokenizer has no tool tokens
-            raise ApiError(400, f"'{service.name}' cannot take tools: {e}", param="tools" if tools else "messages") from None
+            raise ApiError(400, f"'{service.name}' cannot take tools: {e}",
+                           param="tools" if tools else "messages") from None
         field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         budget = service.budget(len(prompt), getattr(req, field), None, ("messages", field))
         grammar = service.grammar(req.response_format, tools, req.tool_mode(), req.parallel_tool_calls is not False)
