@@ -15,12 +15,11 @@ evaluations at --skip and at the last step (start-up and evaluations left out).
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import tempfile
 from pathlib import Path
 
 import torch
+from alternating import alternate, print_table  # benchmarks/, beside this script
 
 from gptforge import TrainConfig
 from gptforge.training import train
@@ -28,17 +27,9 @@ from gptforge.training.config import FinetuneConfig
 from gptforge.training.finetune import finetune
 
 
-def rate(run: Path, skip: int) -> float:
-    """Tokens per second of training time between the evaluation at step `skip` and the last one."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    first = next(r for r in rows if r["step"] == skip)
-    last = rows[-1]
-    return (last["tokens_seen"] - first["tokens_seen"]) / (last["elapsed_s"] - first["elapsed_s"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", default="/work/shared-runs/speedrun", help="the model every job starts from")
+    parser.add_argument("--base", required=True, help="the model every job starts from (a speedrun-cpu run)")
     parser.add_argument("--batch-size", type=int, default=8, help="pretraining windows per batch")
     parser.add_argument("--classify-batch-size", type=int, default=24, help="passages per classification batch")
     parser.add_argument("--steps", type=int, default=30)
@@ -51,8 +42,9 @@ def main() -> None:
               "save_every": 0, "lr": 1e-4, "device": "cpu", "seed": 0}
 
     def classify(out: Path, **fields):
-        finetune(FinetuneConfig.of(data="builtin:sources", task="classify", out=str(out),
-                                   batch_size=args.classify_batch_size, epochs=1000, **common, **fields), progress=False)
+        cfg = FinetuneConfig.of(data="builtin:sources", task="classify", out=str(out),
+                                batch_size=args.classify_batch_size, epochs=1000, **common, **fields)
+        finetune(cfg, progress=False)
 
     jobs = {
         "pretrain": lambda out: train(TrainConfig.of(data="builtin:shakespeare", out=str(out), val_fraction=0.01,
@@ -62,22 +54,10 @@ def main() -> None:
         "classify (head only)": lambda out: classify(out, trainable="head"),
         "classify (LoRA r=8 + head)": lambda out: classify(out, lora_rank=8),
     }
-    rates: dict[str, list[float]] = {name: [] for name in jobs}
-    for r in range(args.rounds):
-        for i, (name, job) in enumerate(jobs.items()):
-            out = work / f"job{i}-round{r}"
-            job(out)
-            rates[name].append(rate(out, args.skip))
-            print(f"round {r + 1}: {name}: {rates[name][-1]:,.0f} tokens/s", flush=True)
-    pretrain = statistics.median(rates["pretrain"])
+    rates = alternate(jobs, args.rounds, args.skip, work)
     print(f"\n{args.base}, {args.steps} steps per run, rate from step {args.skip}, median of {args.rounds} "
           f"alternating rounds, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| job | " + " | ".join(f"round {r + 1}" for r in range(args.rounds)) + " | median | vs pretraining |")
-    print("|---|" + "---|" * (args.rounds + 2))
-    for name, values in rates.items():
-        median = statistics.median(values)
-        print(f"| {name} | " + " | ".join(f"{v:,.0f}" for v in values) + f" | {median:,.0f} | {median / pretrain:.2f}x |")
-
+    print_table(rates)
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ constrained and free, and how many hold calls that parse (tools/calls.py) and wh
 validate against their tool's schema (the test suite's own checker, tests/helpers.schema_errors).
 
     python benchmarks/constrained.py                                          # random gpt2-tiny, GPT-2's vocabulary
-    python benchmarks/constrained.py --checkpoint /work/shared-runs/speedrun  # a trained base (tool tokens added)
+    python benchmarks/constrained.py --checkpoint runs/mine  # a trained base (a speedrun-cpu run) (tool tokens added)
 """
 
 from __future__ import annotations

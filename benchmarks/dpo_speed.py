@@ -9,13 +9,12 @@ batch from a frozen copy, and with LoRA per batch with the adapter turned off. D
 tokens of both answers' sequences (the reference pass reads the same tokens again and is not
 counted). Each rate is taken between the evaluations at --skip and at the last step.
 
-    python benchmarks/dpo_speed.py --base /work/shared-runs/speedrun --chat runs/tasks-full
+    python benchmarks/dpo_speed.py --base runs/mine --chat runs/tasks
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import tempfile
@@ -24,19 +23,12 @@ from io import StringIO
 from pathlib import Path
 
 import torch
+from alternating import alternate, print_table  # benchmarks/, beside this script
 
 from gptforge import TrainConfig
 from gptforge.training import train
 from gptforge.training.config import FinetuneConfig
 from gptforge.training.finetune import finetune
-
-
-def rate(run: Path, skip: int) -> float:
-    """Tokens per second of training time between the evaluation at step `skip` and the last one."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    first = next(r for r in rows if r["step"] == skip)
-    last = rows[-1]
-    return (last["tokens_seen"] - first["tokens_seen"]) / (last["elapsed_s"] - first["elapsed_s"])
 
 
 def main() -> None:
@@ -65,27 +57,22 @@ def main() -> None:
         "DPO LoRA r=16, reference per batch (adapter off)": lambda out: finetune(FinetuneConfig.of(
             out=str(out), reference="per-batch", lora_rank=16, **dpo), progress=False),
     }
-    rates: dict[str, list[float]] = {name: [] for name in jobs}
     cache_s: list[float] = []
-    for r in range(args.rounds):
-        for i, (name, job) in enumerate(jobs.items()):
-            out = work / f"{i}-{r}"
+
+    def reading_the_cache_time(job):
+        def run(out: Path) -> None:
             said = StringIO()
             with redirect_stdout(said):  # the loop's lines, read for the reference cache's time
                 job(out)
             if found := re.search(r"pairs cached in \S+ \(([\d.]+) s\)", said.getvalue()):
                 cache_s.append(float(found.group(1)))
-            rates[name].append(rate(out, args.skip))
-            print(f"round {r + 1}: {name}: {rates[name][-1]:,.0f} tokens/s", flush=True)
-    pretrain = statistics.median(rates["pretrain"])
+        return run
+
+    rates = alternate({name: reading_the_cache_time(job) for name, job in jobs.items()}, args.rounds, args.skip, work)
     print(f"\n{args.steps} steps per run, rate from step {args.skip}, median of {args.rounds} alternating rounds, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; caching the reference of the 300 "
           f"pairs took {statistics.median(cache_s):.1f} s (median)")
-    print("| job | tokens/s (real) | vs pretraining |\n|---|---|---|")
-    for name, values in rates.items():
-        median = statistics.median(values)
-        print(f"| {name} | {median:,.0f} | {median / pretrain:.2f}x |")
-
+    print_table(rates)
 
 if __name__ == "__main__":
     main()

@@ -15,26 +15,18 @@ steps are left out; evaluations are not training time (the loop does not count t
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import tempfile
 from pathlib import Path
 
 import torch
+from alternating import alternate, print_table  # benchmarks/, beside this script
 
 from gptforge import GPT, GPTConfig, TrainConfig, prepare_corpus
+from gptforge.tokenizer import gpt2
 from gptforge.training import train
 from gptforge.training.config import FinetuneConfig
 from gptforge.training.finetune import finetune
 from gptforge.weights import save_checkpoint
-
-
-def rate(run: Path, skip: int) -> float:
-    """Tokens per second of training time between the evaluation at step `skip` and the last one."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    first = next(r for r in rows if r["step"] == skip)
-    last = rows[-1]
-    return (last["tokens_seen"] - first["tokens_seen"]) / (last["elapsed_s"] - first["elapsed_s"])
 
 
 def main() -> None:
@@ -51,7 +43,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ft-speed-"))
     torch.manual_seed(0)
     config = GPTConfig.from_preset(args.preset, context_length=args.context_length)
-    base = save_checkpoint(work / "base", GPT(config))
+    base = save_checkpoint(work / "base", GPT(config, gpt2()))
     corpus = work / "corpus"
     prepare_corpus(["builtin:shakespeare"], corpus, progress=False)
     common = dict(max_steps=args.steps, eval_every=args.skip, eval_batches=1, save_every=0, lr=1e-4,
@@ -67,22 +59,11 @@ def main() -> None:
             init_from=str(base), data="builtin:tasks", out=str(out), batch_size=args.finetune_batch_size,
             epochs=1000, response_tokens=0, lora_rank=16, **common), progress=False),
     }
-    rates: dict[str, list[float]] = {name: [] for name in jobs}
-    for r in range(args.rounds):
-        for name, job in jobs.items():
-            out = work / f"{name.split()[0]}-{len(rates[name])}-{r}-{name.count('LoRA')}"
-            job(out)
-            rates[name].append(rate(out, args.skip))
-            print(f"round {r + 1}: {name}: {rates[name][-1]:,.0f} tokens/s", flush=True)
-    pretrain = statistics.median(rates["pretrain"])
+    rates = alternate(jobs, args.rounds, args.skip, work)
     print(f"\n{args.preset}, context {args.context_length}, {args.steps} steps per run, rate from step "
           f"{args.skip}, median of {args.rounds} alternating rounds, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print("| job | tokens/s (real) | vs pretraining |\n|---|---|---|")
-    for name, values in rates.items():
-        median = statistics.median(values)
-        print(f"| {name} | {median:,.0f} | {median / pretrain:.2f}x |")
-
+    print_table(rates)
 
 if __name__ == "__main__":
     main()
