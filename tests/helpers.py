@@ -163,13 +163,21 @@ def random_unicode(rng: random.Random, n: int) -> str:
 def greedy_tokens(model, messages: list[dict], max_tokens: int) -> list[int]:
     """A chat model's greedy answer recomputed plainly: the template's prompt (issue 13's render), a
     full forward pass per token (no cache), argmax, up to <|im_end|> or <|endoftext|> (left out)."""
+    from gptforge.tokenizer import tokenizer_of
+    from gptforge.tokenizer.chat import render
+
+    ids, _ = render(messages, tokenizer_of(model), add_generation_prompt=True)
+    return greedy_after(model, list(ids), max_tokens)
+
+
+def greedy_after(model, ids: list[int], max_tokens: int) -> list[int]:
+    """A chat model's greedy continuation of the prompt `ids`, recomputed plainly (see greedy_tokens)."""
     import torch
 
     from gptforge.tokenizer import tokenizer_of
-    from gptforge.tokenizer.chat import end_of_turn, render
+    from gptforge.tokenizer.chat import end_of_turn
 
     tokenizer = tokenizer_of(model)
-    ids, _ = render(messages, tokenizer, add_generation_prompt=True)
     new: list[int] = []
     with torch.no_grad():
         while len(new) < max_tokens and len(ids) + len(new) < model.config.context_length:

@@ -17,9 +17,9 @@ from gptforge.retrieval.ask import question_prompt
 from gptforge.retrieval.passages import retriever
 from gptforge.sampling import Sampling
 from gptforge.tokenizer import CHAT_TOKENS, gpt2, tokenizer_of
-from gptforge.tokenizer.chat import end_of_turn, render
+from gptforge.tokenizer.chat import render
 
-from helpers import assert_user_error, run_cli, run_cli_here, write
+from helpers import assert_user_error, greedy_after, run_cli, run_cli_here, write
 
 DOCS = {
     "pump.md": "# The pump\n\nTo reset the pump, hold the red lever for five seconds.\n\nThe pump hums when it runs.\n",
@@ -54,15 +54,7 @@ def expected_passages(index, question, k):
 
 def greedy(model, ids, max_tokens):
     """A plain greedy loop: a full forward pass per token, up to the end of the turn."""
-    tokenizer = tokenizer_of(model)
-    new = []
-    with torch.no_grad():
-        while len(new) < max_tokens:
-            token = int(model(torch.tensor([ids + new]))[0, -1].argmax())
-            if token in (end_of_turn(tokenizer), tokenizer.eot_id):
-                break
-            new.append(token)
-    return tokenizer.decode(new)
+    return tokenizer_of(model).decode(greedy_after(model, list(ids), max_tokens))
 
 
 def test_the_questions_passages_are_in_the_prompt(chat_model_256, index, monkeypatch, tmp_path):

@@ -16,9 +16,9 @@ from gptforge.model import GPT, prepare_for_decoding
 from gptforge.retrieval import add_paths, search
 from gptforge.retrieval.passages import retriever
 from gptforge.tokenizer import CHAT_TOKENS, gpt2, tokenizer_of
-from gptforge.tokenizer.chat import end_of_turn, render
+from gptforge.tokenizer.chat import render
 
-from helpers import write
+from helpers import greedy_after, write
 from server_helpers import serving
 
 QUESTION = "How do I reset the pump?"
@@ -40,15 +40,8 @@ def served(tmp_path_factory):
 
 
 def greedy(model, ids, max_tokens):
-    tokenizer = tokenizer_of(model)
-    new = []
-    with torch.no_grad():
-        while len(new) < max_tokens:
-            token = int(model(torch.tensor([ids + new]))[0, -1].argmax())
-            if token in (end_of_turn(tokenizer), tokenizer.eot_id):
-                break
-            new.append(token)
-    return tokenizer.decode(new)
+    """A plain greedy loop: a full forward pass per token, up to the end of the turn."""
+    return tokenizer_of(model).decode(greedy_after(model, list(ids), max_tokens))
 
 
 def test_a_chat_request_retrieves_and_returns_its_sources(served):
