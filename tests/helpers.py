@@ -208,11 +208,17 @@ def turn_ends_after(model, token: int):
     from gptforge.tokenizer import tokenizer_of
     from gptforge.tokenizer.chat import end_of_turn
 
-    end = end_of_turn(tokenizer_of(model))
+    with steered(model, {token: end_of_turn(tokenizer_of(model))}):
+        yield
 
-    def boost(module, args, logits):  # logits (B, T, V): where the input was `token`, end the turn
+
+@contextlib.contextmanager
+def steered(model, after: dict[int, int]):
+    """While inside: wherever `model`'s input is a token of `after`, the token it maps to wins by far."""
+    def boost(module, args, logits):  # logits (B, T, V)
         logits = logits.clone()
-        logits[..., end] += (args[0] == token).to(logits.dtype) * 1e4
+        for seen, wanted in after.items():
+            logits[..., wanted] += (args[0] == seen).to(logits.dtype) * 1e4
         return logits
 
     handle = model.register_forward_hook(boost)

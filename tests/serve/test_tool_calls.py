@@ -17,7 +17,7 @@ import torch
 from gptforge.tokenizer import tokenizer_of
 from gptforge.tokenizer.chat import render
 
-from helpers import random_tool_model, schema_errors
+from helpers import random_tool_model, schema_errors, steered
 from server_helpers import serving
 
 pytest.importorskip("llguidance")
@@ -62,18 +62,8 @@ def eager_to_call(model):
     tokenizer = tokenizer_of(model)
     newline, call, call_end, end = (tokenizer.encode("\n")[0], *(tokenizer.special_tokens[t] for t in
                                                                  ("<tool_call>", "</tool_call>", "<|im_end|>")))
-
-    def boost(module, args, logits):  # logits (B, T, V)
-        logits = logits.clone()
-        logits[..., call] += (args[0] == newline).to(logits.dtype) * 1e4
-        logits[..., end] += (args[0] == call_end).to(logits.dtype) * 1e4
-        return logits
-
-    handle = model.register_forward_hook(boost)
-    try:
+    with steered(model, {newline: call, call_end: end}):
         yield
-    finally:
-        handle.remove()
 
 
 def ask(client, messages=QUESTION, **options):
