@@ -38,7 +38,7 @@ from gptforge.retrieval import add_paths, search
 
 OUT_DIR = ROOT / "src" / "gptforge" / "corpora" / "documents"
 SEED = 2025
-COUNTS = {"shops": 110, "people": 110, "products": 100}
+COUNTS = {"shops": 660, "people": 660, "products": 600}
 SPLIT = {"val": 8, "test": 21}  # entities of each kind held out; the rest train
 K = 1  # passages per training record: see the recipe (documents-cpu.toml) for why one
 MISSING = "The documents do not say."
@@ -154,11 +154,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="folder to write (replaced)")
-    parser.add_argument("--scale", type=int, default=1, help="entities of each kind times this (experiments)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="entities of each kind times this (experiments; the held-out ones stay 21 a kind)")
     args = parser.parse_args(argv)
     out = args.out
     for kind in COUNTS:
-        COUNTS[kind] *= args.scale
+        COUNTS[kind] = round(COUNTS[kind] * args.scale)
     rng = random.Random(SEED)
     shutil.rmtree(out / "docs", ignore_errors=True)
     entities = write_docs(out, rng)
@@ -175,11 +176,11 @@ def main(argv: list[str] | None = None) -> None:
                     rows["qrels"].append({"query": question, "relevant": [entity["path"]]})
                     continue
                 context = retrieved(index, docs, question)
-                found = any(p["source"].startswith(f"docs/{entity['path']}:") for p in context)
-                misses += not found
+                cited = [n for n, p in enumerate(context, 1) if p["source"].startswith(f"docs/{entity['path']}:")]
+                misses += not cited
                 rows[entity["split"]].append({"context": context, "messages": [
                     {"role": "user", "content": question},
-                    {"role": "assistant", "content": answer if found else MISSING}]})
+                    {"role": "assistant", "content": f"{answer} [{cited[0]}]" if cited else MISSING}]})
     for split in ("train", "val"):
         rng.shuffle(rows[split])
     for name, file in (("train", "train.jsonl"), ("val", "val.jsonl"), ("qa", "test-qa.jsonl"),

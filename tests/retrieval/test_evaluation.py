@@ -49,6 +49,9 @@ def test_recall_and_mrr_on_known_rankings(index, tmp_path):
     ("red lever on the left", "red lever", 0.0, 2 * (2 / 4) * 1 / (2 / 4 + 1)),
     ("blue", "red", 0.0, 0.0),
     ("", "", 1.0, 1.0),
+    ("Nar Zaisaist [1]", "Nar Zaisaist", 1.0, 1.0),  # a citation says where, it is not the answer
+    ("312 crowns [2][3].", "312 crowns", 1.0, 1.0),
+    ("[1]", "1", 0.0, 0.0),  # a citation alone answers nothing
 ])
 def test_squad_answer_scores(prediction, gold, exact, f1):
     assert float(normalize_answer(prediction) == normalize_answer(gold)) == exact

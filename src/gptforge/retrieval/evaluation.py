@@ -6,7 +6,8 @@
   relevant chunk (0 when none is in the k); both averaged over the queries.
 - qa: a JSONL file of {"question", "answer"} (or "answers": [...]); the model's greedy answer with
   the index's passages and without them, scored by exact match and token F1 against the best of
-  the answers, after SQuAD's normalisation (lower case, no punctuation, no articles, single spaces).
+  the answers, after SQuAD's normalisation (lower case, no punctuation, no articles, single spaces)
+  with citations such as [1] taken out first: they say where an answer came from, not what it is.
 """
 
 from __future__ import annotations
@@ -73,9 +74,13 @@ def evaluate_retrieval(folder, data, k: int = 5) -> dict:
             "mrr": reciprocal / len(records)}
 
 
+CITATION = re.compile(r"\[\d+\]")
+
+
 def normalize_answer(text: str) -> str:
-    """SQuAD's normalisation: lower case, punctuation and the articles a/an/the removed, single spaces."""
-    text = "".join(c for c in text.lower() if c not in string.punctuation)
+    """SQuAD's normalisation (lower case, punctuation and the articles a/an/the removed, single
+    spaces) of the text without its citations."""
+    text = "".join(c for c in CITATION.sub(" ", text.lower()) if c not in string.punctuation)
     return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 
