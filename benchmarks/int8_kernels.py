@@ -1,6 +1,7 @@
 """Which int8 matmul to decode with on a CPU: one 768 x 2304 linear layer (gpt2-124m's qkv) for 1
 and 8 rows, cycling through 48 copies so the weights come from memory and not the L3, for our
-float32 path, torch._int_mm, our Int8Linear around it, fbgemm's dynamic quantization (torch.ao's
+float32 path, torch._int_mm, our Int8Linear (its compiled kernel, and its torch path around
+_int_mm), fbgemm's dynamic quantization (torch.ao's
 quantize_dynamic), and the weight-only kernels: torchao's Int8WeightOnlyConfig (when torchao is
 installed) and aten._weight_int8pack_mm. Prints a markdown table (ms per call, weight GB/s).
 
@@ -64,7 +65,8 @@ def main() -> None:
         contestants = {
             "float32, ours (column-major)": (4, [partial(linear, x, w) for w in column_major]),
             "torch._int_mm alone": (1, [partial(torch._int_mm, xq, q.t()) for q in int8]),
-            "Int8Linear": (1, [partial(m, x) for m in ours]),
+            "Int8Linear, compiled kernel": (1, [partial(m, x) for m in ours]),
+            "Int8Linear, torch path (_int_mm)": (1, [partial(m.forward_torch, x) for m in ours]),
             "fbgemm quantized::linear_dynamic": (1, [partial(linear_dynamic, x, p, True) for p in fbgemm]),
             # 12 copies only (it is that slow): they fit the L3, which flatters it
             "aten._weight_int8pack_mm": (1, [partial(int8pack_mm, x, q, s) for q, s in zip(int8, scales)][:12]),

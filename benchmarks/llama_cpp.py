@@ -33,6 +33,7 @@ from gptforge.config import GPTConfig
 from gptforge.generate import generate
 from gptforge.model import GPT, prepare_for_decoding
 from gptforge.model.quantize import quantize_model
+from gptforge.tokenizer import gpt2
 
 # This file's name is the package's: drop its folder from the path, or `import llama_cpp` imports it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
@@ -108,7 +109,7 @@ def rows_for(arch: str, args, folder: Path) -> list[tuple[str, float | str, floa
     torch.manual_seed(0)
     # The modern block on the preset's shape, without GPT-2's q/k/v biases (as Qwen3, its export)
     overrides = {"arch": arch} if arch == "gpt2" else {"arch": arch, "qkv_bias": False}
-    model = GPT(GPTConfig.from_preset(args.preset, **overrides)).eval()
+    model = GPT(GPTConfig.from_preset(args.preset, **overrides), gpt2()).eval()
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_tokens),
                            generator=torch.Generator().manual_seed(1))
     n = matrix_weights(model)

@@ -1,29 +1,36 @@
 """int8 inference on CPUs (`--quantize int8`): every linear layer's weight stored as int8 with one
 scale per output channel, the LM head included, and each input row quantized to int8 on the fly
-with a scale of its own, so the matmul is int8 x int8 -> int32 (torch._int_mm) and comes back to
-float32 through the two scales.
+with a scale of its own, so the matmul is int8 x int8 -> int32 and comes back to float32 through
+the two scales. Decoding steps (up to NATIVE_ROWS rows) run a compiled kernel (int8_native.py)
+that streams the weights once for all the rows; prompts and machines without a C compiler run the
+same arithmetic in torch ops around torch._int_mm: the same numbers, bit for bit, either way.
 
-Why not weight-only int8 (float activations, int8 weights): on the AVX-512 machine measured
-(benchmarks/int8_kernels.py, one row through a 768 x 2304 weight read from memory), torchao's
-Int8WeightOnlyConfig took 0.29 ms and aten._weight_int8pack_mm 1.45 ms, against 0.23 ms for
-Int8Linear (and 0.45 ms for our float32 path). Why not torch.ao's quantize_dynamic (fbgemm), at
-0.13 ms the fastest: it quantizes a whole batch with one activation scale, so a row's tokens would
-depend on the other rows decoded with it (the server batches strangers together), and it is
-deprecated. With a scale per row, every row's integers and its int32 sums are exact whatever else
-is in the batch: the linear layers give a row in a batch exactly what they give it alone.
+Why not weight-only int8 (float activations, int8 weights): aten._weight_int8pack_mm took 0.73 ms
+for one row through a 768 x 2304 weight read from memory, against 0.06 ms for Int8Linear's kernel
+and 0.31 ms for our float32 path (benchmarks/int8_kernels.py, 2 cores, AVX-512). Why not torch.ao's
+quantize_dynamic (fbgemm), as fast: it quantizes a whole batch with one activation scale, so a
+row's tokens would depend on the other rows decoded with it (the server batches strangers
+together), and it is deprecated. With a scale per row, every row's integers and its int32 sums are
+exact whatever else is in the batch: the linear layers give a row in a batch exactly what they give
+it alone.
 
 Only for inference: the integer weights have no gradients, and a module in training mode refuses.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from .int8_native import kernel
 
 QUANTIZATIONS = ("int8",)
 _INT8_MAX = 127
+NATIVE_ROWS = 16  # up to this many rows (decoding steps) take the compiled kernel; more, _int_mm
 
 
 class Int8Linear(nn.Module):
@@ -35,8 +42,10 @@ class Int8Linear(nn.Module):
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / _INT8_MAX  # (N,)
         # Stored (N, K) row-major and handed to _int_mm transposed: oneDNN reads that layout
         # fastest for a few rows (0.18 vs 0.25 ms at 768 x 2304 for one row, in one measurement).
-        self.register_buffer("qweight", torch.round(weight / scale[:, None]).to(torch.int8))
+        self.register_buffer("qweight", torch.round(weight / scale[:, None]).to(torch.int8).contiguous())
         self.register_buffer("scale", scale)
+        # each row's sum, for the compiled kernel (int8_linear.c), which multiplies unsigned bytes
+        self.register_buffer("row_sums", self.qweight.sum(dim=1, dtype=torch.int32), persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
 
@@ -44,15 +53,48 @@ class Int8Linear(nn.Module):
         if self.training:
             raise RuntimeError("an int8-quantized model is for inference: train the float32 model")
         rows = x.reshape(-1, self.in_features)  # (M, K)
+        native = native_kernel() if rows.shape[0] <= NATIVE_ROWS and x.dtype == torch.float32 else None
+        if native is None:
+            return self.forward_torch(rows).view(*x.shape[:-1], self.out_features)
+        rows = rows.contiguous()
+        y = torch.empty(rows.shape[0], self.out_features)
+        if native(rows.data_ptr(), rows.shape[0], self.in_features, self.qweight.data_ptr(),
+                  self.row_sums.data_ptr(), self.scale.data_ptr(), None if self.bias is None else self.bias.data_ptr(),
+                  self.out_features, y.data_ptr(), torch.get_num_threads()) != 0:
+            raise MemoryError("int8: no memory for the quantized rows")
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def forward_torch(self, rows: torch.Tensor) -> torch.Tensor:
+        """The same product in torch ops, for any number of rows (M, K) -> (M, N)."""
         row_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / _INT8_MAX  # (M, 1)
         q = torch.round(rows / row_scale).to(torch.int8)
         y = torch._int_mm(q, self.qweight.t()) * (row_scale * self.scale)  # (M, N) float32
         if self.bias is not None:
             y += self.bias
-        return y.view(*x.shape[:-1], self.out_features)
+        return y
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+@functools.cache
+def native_kernel():
+    """The compiled kernel when it built and computes what forward_torch does on a small probe
+    (bit for bit), else None: a miscompiling toolchain costs speed, never a token."""
+    function = kernel()
+    if function is None:
+        return None
+    generator = torch.Generator().manual_seed(0)
+    layer = Int8Linear(torch.randn(40, 200, generator=generator), torch.randn(40, generator=generator)).eval()
+    rows = torch.randn(3, 200, generator=generator)
+    y = torch.empty(3, 40)
+    function(rows.data_ptr(), 3, 200, layer.qweight.data_ptr(), layer.row_sums.data_ptr(), layer.scale.data_ptr(),
+             layer.bias.data_ptr(), 40, y.data_ptr(), 1)
+    if not torch.equal(y, layer.forward_torch(rows)):
+        warnings.warn("int8: the compiled kernel disagrees with torch on this machine; using torch._int_mm",
+                      stacklevel=2)
+        return None
+    return function
 
 
 def quantize_model(model: nn.Module, how: str | None) -> nn.Module:
