@@ -12,6 +12,11 @@ talks to 127.0.0.1 only.
 
     python benchmarks/serve_load.py                        # gpt2-124m, 2 rounds (~5 minutes on 2 cores)
     python benchmarks/serve_load.py --preset gpt2-tiny --tokens 16 --rounds 1   # a quick look
+    python benchmarks/serve_load.py --quantize int8        # the server int8; correct = int8 alone
+
+A decoding step for 8 rows reads the weights once, so aggregate tokens/s grows with the clients
+until the matmuls become compute-bound: the table gives the matmul work done per second (2 x the
+matrix weights per token) against this machine's float32 matmul peak, measured here.
 """
 
 from __future__ import annotations
@@ -31,7 +36,11 @@ from datetime import date
 import httpx
 import torch
 
-from gptforge.generate import model_for_generation
+from gptforge.device import matmul_peak_flops
+from gptforge.generate import complete_ids, model_for_generation
+from gptforge.model import prepare_for_decoding
+from gptforge.model.quantize import quantize_model
+from gptforge.sampling import Sampling
 from gptforge.text import read_documents
 from gptforge.tokenizer import gpt2
 from gptforge.weights.hf import hf_config, hf_state_dict
@@ -51,9 +60,10 @@ def make_prompts(n: int, longest: int) -> list[str]:
     return prompts
 
 
-def start_server(preset: str, max_batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(preset: str, max_batch: int, quantize: str | None) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "gptforge", "serve", "--preset", preset, "--random-init",
-                             "--seed", "0", "--port", "0", "--max-batch", str(max_batch), "--model-name", "m"],
+                             "--seed", "0", "--port", "0", "--max-batch", str(max_batch), "--model-name", "m",
+                             *(["--quantize", quantize] if quantize else [])],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     match = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
@@ -146,14 +156,23 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=48, help="max_tokens of every request")
     p.add_argument("--per-client", type=int, default=2, help="requests each client sends in turn")
     p.add_argument("--rounds", type=int, default=2, help="rounds of (server waves, transformers pass)")
+    p.add_argument("--quantize", choices=["int8"], default=None,
+                   help="serve int8; correct then means our int8 model's greedy text for the prompt alone")
     args = p.parse_args()
 
     n = max(CLIENTS) * args.per_client
     model = model_for_generation(None, args.preset, seed=0)  # the server's weights
     prompts = make_prompts(n, min(60, model.config.context_length - args.tokens))
     hf = hf_model(model)
+    matmul_flops = 2 * (model.num_params(include_embeddings=False) + model.config.vocab_size * model.config.emb_dim)
+    int8_texts = None
+    if args.quantize:
+        alone = quantize_model(prepare_for_decoding(model), args.quantize)
+        stop = Sampling(args.tokens, temperature=0.0, stop_ids=frozenset({gpt2().eot_id}))
+        int8_texts = [gpt2().decode(complete_ids(alone, gpt2().encode_prompt(q), stop)) for q in prompts]
     del model
-    proc, url = start_server(args.preset, max(CLIENTS))
+    peak = matmul_peak_flops(torch.device("cpu"), torch.float32, n=2048)
+    proc, url = start_server(args.preset, max(CLIENTS), args.quantize)
     rows: dict[int, list[dict]] = {c: [] for c in CLIENTS}
     hf_runs = []
     try:
@@ -165,15 +184,16 @@ def main() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    expected = hf_runs[0]["texts"]
-    assert all(run["texts"] == expected for run in hf_runs)
+    assert all(run["texts"] == hf_runs[0]["texts"] for run in hf_runs)
+    expected = int8_texts or hf_runs[0]["texts"]
     hf_rate = statistics.mean(r["tokens"] / r["wall"] for r in hf_runs)
     print(f"{date.today()}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; {args.preset} random init, {n} distinct prompts, max_tokens "
-          f"{args.tokens}, greedy, {args.per_client} requests per client, mean of {args.rounds} rounds")
-    print("| clients | requests | correct | tokens/s | vs 1 client | vs transformers | TTFT p50 / p95 (s) "
-          "| per-token p50 / p95 (ms) |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"{args.tokens}, greedy, {args.per_client} requests per client, mean of {args.rounds} rounds; "
+          f"server {args.quantize or 'float32'}; float32 matmul peak {peak / 1e9:.0f} GFLOP/s")
+    print("| clients | requests | correct | tokens/s | vs 1 client | vs transformers | matmul GFLOP/s (of fp32 peak) "
+          "| TTFT p50 / p95 (s) | per-token p50 / p95 (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     base = None
     for c in CLIENTS:
         s = [summarize(w, expected) for w in rows[c]]
@@ -181,9 +201,11 @@ def main() -> None:
         base = base or m["tokens_per_s"]
         print(f"| {c} | {int(m['requests'])} | {sum(x['correct'] for x in s)}/{sum(x['requests'] for x in s)} "
               f"| {m['tokens_per_s']:.1f} | {m['tokens_per_s'] / base:.2f}x | {m['tokens_per_s'] / hf_rate:.2f}x "
+              f"| {m['tokens_per_s'] * matmul_flops / 1e9:.1f} ({100 * m['tokens_per_s'] * matmul_flops / peak:.0f}%) "
               f"| {m['ttft_p50']:.2f} / {m['ttft_p95']:.2f} | {1000 * m['token_p50']:.0f} / "
               f"{1000 * m['token_p95']:.0f} |")
-    print(f"| transformers, one after another | {n} | reference | {hf_rate:.1f} | | 1.00x | | |")
+    print(f"| transformers, one after another | {n} | {'' if int8_texts else 'reference'} | {hf_rate:.1f} | | 1.00x "
+          f"| {hf_rate * matmul_flops / 1e9:.1f} ({100 * hf_rate * matmul_flops / peak:.0f}%) | | |")
 
 
 if __name__ == "__main__":
