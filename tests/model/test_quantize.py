@@ -64,6 +64,30 @@ def test_a_row_gets_the_same_logits_in_a_batch_as_alone():
     assert torch.equal(generate(model, ids, 8, temperature=0.0)[1:2], generate(model, ids[1:2], 8, temperature=0.0))
 
 
+def test_a_decoding_row_beside_rows_of_other_lengths_gets_what_it_gets_alone():
+    """A decoding step for rows at different lengths (the server's batches): each row's int8 logits
+    equal, bit for bit, the step it takes alone. The linear layers are row-invariant by
+    construction; attention must be too (each row over its own keys), or its rounding differs
+    and the next layer's re-quantization can turn that into a different token."""
+    model = quantize_model(prepare_for_decoding(random_gpt(0, n_heads=4, emb_dim=64, context_length=128)), "int8")
+    g = torch.Generator().manual_seed(3)
+    lengths = [5 + 7 * i for i in range(8)]  # not multiples of a vector's width, mostly
+    prompts = [torch.randint(0, 257, (1, n), generator=g) for n in lengths]
+    step = torch.randint(0, 257, (8, 1), generator=g)
+    with torch.no_grad():
+        alone = []
+        for i, prompt in enumerate(prompts):
+            cache = model.new_cache(1)
+            model(prompt, cache)
+            alone.append(model(step[i:i + 1], cache)[0, -1])
+        cache = model.new_cache(8)
+        for i, prompt in enumerate(prompts):
+            model(prompt, cache.rows(i, i + 1, [0]))
+        cache.lengths = list(lengths)
+        together = model(step, cache)[:, -1]
+    assert [i for i in range(8) if not torch.equal(together[i], alone[i])] == []
+
+
 def test_int8_refuses_training_and_other_dtypes():
     model = quantize_model(prepare_for_decoding(random_gpt(0)), "int8")
     with pytest.raises(RuntimeError, match="for inference"):

@@ -124,10 +124,17 @@ class CausalSelfAttention(nn.Module):
                 is_causal = False
                 mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
 
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, nh, T, hs)
+        if cache is not None and T == 1 and mask is not None:
+            # One new query per row, the rows at different lengths: each row attends over its own
+            # keys exactly as it does alone (a mask over the longest row's keys sums the softmax
+            # in another order), so a row's numbers never depend on its neighbours'.
+            y = torch.cat([F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1, :, :n + 1], v[b:b + 1, :, :n + 1])
+                           for b, n in enumerate(cache.lengths)])  # (B, nh, 1, hs)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal,
+                dropout_p=self.dropout if self.training else 0.0,
+            )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.out_proj(y))
 
