@@ -1,5 +1,5 @@
 """The compiled int8 kernel (model/int8_linear.c): the same numbers as Int8Linear's torch path, bit
-for bit, for every row count, width (tails included), bias and thread count; built once into the
+for bit, for every row count, width (tails included), bias and thread count, NaN rows included; built once into the
 cache; and a machine without a compiler falls back to torch with one warning."""
 
 from __future__ import annotations
@@ -29,8 +29,12 @@ def test_the_kernel_computes_what_torch_computes(K, N, bias, column_major):
                 x[0, :7] = 0.0  # exact zeros, and a row of them: the scale's floor
                 if M > 1:
                     x[1] = 0.0
+                if M > 2:
+                    x[2, 5] = float("nan")  # a broken row: NaN everywhere in it, as in torch; the others untouched
                 with torch.no_grad():
-                    assert torch.equal(layer(x), layer.forward_torch(x)), (t, M)
+                    torch.testing.assert_close(layer(x), layer.forward_torch(x), rtol=0, atol=0, equal_nan=True)
+                    if M > 2:
+                        assert layer(x)[2].isnan().all() and not layer(x)[3:].isnan().any()
     finally:
         torch.set_num_threads(threads)
 

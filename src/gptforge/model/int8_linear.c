@@ -32,12 +32,16 @@ static void quantize_rows(const float *x, int M, int K, int8_t *qx, uint8_t *ux,
     for (int m = 0; m < M; m++) {
         const float *row = x + (int64_t)m * K;
         float amax = 0.0f;
-        for (int k = 0; k < K; k++)
-            amax = fmaxf(amax, fabsf(row[k]));
-        float scale = fmaxf(amax, 1e-12f) / 127.0f;
+        for (int k = 0; k < K; k++) { /* a NaN wins and stays, as in torch's amax */
+            float a = fabsf(row[k]);
+            if (isnan(a) || a > amax)
+                amax = isnan(amax) ? amax : a;
+        }
+        float scale = (isnan(amax) ? amax : fmaxf(amax, 1e-12f)) / 127.0f; /* then every output is NaN */
         xs[m] = scale;
         for (int k = 0; k < K; k++) {
-            int8_t q = (int8_t)nearbyintf(row[k] / scale);
+            float r = nearbyintf(row[k] / scale);
+            int8_t q = isnan(r) ? 0 : (int8_t)r; /* |r| <= 127 otherwise */
             qx[(int64_t)m * K + k] = q;
             ux[(int64_t)m * K + k] = (uint8_t)(q + 128); /* VNNI multiplies unsigned by signed bytes */
         }

@@ -54,15 +54,18 @@ class Int8Linear(nn.Module):
             raise RuntimeError("an int8-quantized model is for inference: train the float32 model")
         rows = x.reshape(-1, self.in_features)  # (M, K)
         native = native_kernel() if rows.shape[0] <= NATIVE_ROWS and x.dtype == torch.float32 else None
-        if native is None:
-            return self.forward_torch(rows).view(*x.shape[:-1], self.out_features)
-        rows = rows.contiguous()
-        y = torch.empty(rows.shape[0], self.out_features)
-        if native(rows.data_ptr(), rows.shape[0], self.in_features, self.qweight.data_ptr(),
-                  self.row_sums.data_ptr(), self.scale.data_ptr(), None if self.bias is None else self.bias.data_ptr(),
-                  self.out_features, y.data_ptr(), torch.get_num_threads()) != 0:
-            raise MemoryError("int8: no memory for the quantized rows")
+        y = (self.forward_torch(rows) if native is None
+             else self.forward_native(native, rows.contiguous(), torch.get_num_threads()))
         return y.view(*x.shape[:-1], self.out_features)
+
+    def forward_native(self, function, rows: torch.Tensor, threads: int) -> torch.Tensor:
+        """The product through the compiled kernel `function`: rows (M, K) contiguous -> (M, N)."""
+        y = torch.empty(rows.shape[0], self.out_features)
+        if function(rows.data_ptr(), rows.shape[0], self.in_features, self.qweight.data_ptr(),
+                    self.row_sums.data_ptr(), self.scale.data_ptr(), None if self.bias is None else self.bias.data_ptr(),
+                    self.out_features, y.data_ptr(), threads) != 0:
+            raise MemoryError("int8: no memory for the quantized rows")
+        return y
 
     def forward_torch(self, rows: torch.Tensor) -> torch.Tensor:
         """The same product in torch ops, for any number of rows (M, K) -> (M, N)."""
@@ -87,10 +90,7 @@ def native_kernel():
     generator = torch.Generator().manual_seed(0)
     layer = Int8Linear(torch.randn(40, 200, generator=generator), torch.randn(40, generator=generator)).eval()
     rows = torch.randn(3, 200, generator=generator)
-    y = torch.empty(3, 40)
-    function(rows.data_ptr(), 3, 200, layer.qweight.data_ptr(), layer.row_sums.data_ptr(), layer.scale.data_ptr(),
-             layer.bias.data_ptr(), 40, y.data_ptr(), 1)
-    if not torch.equal(y, layer.forward_torch(rows)):
+    if not torch.equal(layer.forward_native(function, rows, 1), layer.forward_torch(rows)):
         warnings.warn("int8: the compiled kernel disagrees with torch on this machine; using torch._int_mm",
                       stacklevel=2)
         return None
