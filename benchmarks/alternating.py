@@ -6,10 +6,18 @@ are compared with (pretraining)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+
+
+def add_harness_flags(parser: argparse.ArgumentParser, steps: int, skip: int, rounds: int) -> None:
+    """--steps, --skip and --rounds, which every job run by `alternate` takes, with these defaults."""
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--skip", type=int, default=skip, help="steps left out of each rate (a multiple of 5)")
+    parser.add_argument("--rounds", type=int, default=rounds)
 
 
 def rate(run: Path, skip: int) -> float:

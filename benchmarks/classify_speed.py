@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from alternating import alternate, print_table  # benchmarks/, beside this script
+from alternating import add_harness_flags, alternate, print_table  # benchmarks/, beside this script
 
 from gptforge import TrainConfig
 from gptforge.training import train
@@ -32,9 +32,7 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the model every job starts from (a speedrun-cpu run)")
     parser.add_argument("--batch-size", type=int, default=8, help="pretraining windows per batch")
     parser.add_argument("--classify-batch-size", type=int, default=24, help="passages per classification batch")
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--skip", type=int, default=10, help="steps left out of each rate (a multiple of 5)")
-    parser.add_argument("--rounds", type=int, default=2)
+    add_harness_flags(parser, steps=30, skip=10, rounds=2)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="classify-speed-"))

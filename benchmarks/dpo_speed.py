@@ -23,7 +23,7 @@ from io import StringIO
 from pathlib import Path
 
 import torch
-from alternating import alternate, print_table  # benchmarks/, beside this script
+from alternating import add_harness_flags, alternate, print_table  # benchmarks/, beside this script
 
 from gptforge import TrainConfig
 from gptforge.training import train
@@ -37,9 +37,7 @@ def main() -> None:
     parser.add_argument("--chat", required=True, help="the base fine-tuned into a chat model (tasks-full)")
     parser.add_argument("--batch-size", type=int, default=8, help="pretraining windows per batch")
     parser.add_argument("--dpo-batch-size", type=int, default=16, help="DPO pairs per batch (two sequences each)")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--skip", type=int, default=5, help="steps left out of each rate (a multiple of 5)")
-    parser.add_argument("--rounds", type=int, default=2)
+    add_harness_flags(parser, steps=25, skip=5, rounds=2)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="dpo-speed-"))

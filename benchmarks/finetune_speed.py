@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from alternating import alternate, print_table  # benchmarks/, beside this script
+from alternating import add_harness_flags, alternate, print_table  # benchmarks/, beside this script
 
 from gptforge import GPT, GPTConfig, TrainConfig, prepare_corpus
 from gptforge.tokenizer import gpt2
@@ -35,9 +35,7 @@ def main() -> None:
     parser.add_argument("--context-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8, help="pretraining sequences per batch")
     parser.add_argument("--finetune-batch-size", type=int, default=48, help="fine-tuning examples per batch")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--skip", type=int, default=5, help="steps left out of each rate (a multiple of 5)")
-    parser.add_argument("--rounds", type=int, default=3)
+    add_harness_flags(parser, steps=25, skip=5, rounds=3)
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ft-speed-"))
