@@ -128,7 +128,8 @@ def test_kill_9_anywhere_then_resume_reaches_the_uninterrupted_losses(text, tmp_
 
     args = ["--data", str(text), "--preset", "gpt2-tiny", "--context-length", "32", "--batch-size", "2",
             "--dropout", "0.1", "--lr", "1e-3", "--eval-every", "1", "--eval-batches", "1",
-            "--save-every", "2", "--max-steps", "300", "--device", "cpu", "--no-progress"]
+            "--save-every", "2", "--keep-last", "2", "--max-steps", "300", "--device", "cpu",
+            "--no-progress"]  # keep-last: 150 checkpoints of each run would fill ~10 GB of disk
     cli = [sys.executable, "-m", "gptforge", "train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight = tmp_path / "straight"
