@@ -13,6 +13,7 @@ validate against their tool's schema (the test suite's own checker, tests/helper
 
     python benchmarks/constrained.py                                          # random gpt2-tiny, GPT-2's vocabulary
     python benchmarks/constrained.py --checkpoint runs/mine  # a trained base (a speedrun-cpu run) (tool tokens added)
+    python benchmarks/constrained.py --checkpoint runs/tools --builtin-tools   # the tools-cpu demo, its own tools
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from gptforge.serve.engine import Engine, Sequence
 from gptforge.tokenizer import CHAT_TOKENS, TOOL_TOKENS, gpt2, tokenizer_of
 from gptforge.tokenizer.chat import render
 from gptforge.tools.calls import parse_reply
+from gptforge.tools.registry import builtin_tools
 from gptforge.tools.structured import Constraint, compile_grammar, grammar_text
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
@@ -50,6 +52,7 @@ TOOLS = [
                                          "lang": {"enum": ["en", "fr"]}},
         "required": ["word"], "additionalProperties": False}}},
 ]
+TEST_SPLIT = Path(__file__).resolve().parent.parent / "src" / "gptforge" / "corpora" / "tools" / "test.jsonl"
 LONG = [{"type": "function", "function": {"name": "note", "parameters": {
     "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}}]
 
@@ -118,15 +121,17 @@ def cost(model, prompt, rows, tokens):
           f"(+{constrained - free:.0f}); the constraint's own work {own:.0f} us/token")
 
 
-def validity(model, prompt, samples, tokens):
+def validity(model, prompts, tools, samples, tokens):
+    """Of `samples` replies (the prompts in turn), how many hold calls that parse and validate."""
     tokenizer = tokenizer_of(model)
     stops = frozenset({tokenizer.eot_id, tokenizer.special_tokens["<|im_end|>"]})
-    grammar = compile_grammar(tokenizer, grammar_text(tokenizer, TOOLS, "required", parallel=False),
+    grammar = compile_grammar(tokenizer, grammar_text(tokenizer, tools, "required", parallel=False),
                               model.config.vocab_size)
-    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    rows = [prompts[i % len(prompts)] for i in range(samples)]
     for name, constraints in (("constrained", [grammar.constraint(stops) for _ in range(samples)]),
                               ("unconstrained", [None] * samples)):
-        outs, _ = decode(model, [prompt] * samples, tokens, constraints, stops)
+        outs, _ = decode(model, rows, tokens, constraints, stops)
         valid = 0
         for out in outs:
             calls = parse_reply(tokenizer.decode(out)).calls
@@ -135,11 +140,21 @@ def validity(model, prompt, samples, tokens):
         print(f"  {name}: {valid}/{samples} replies hold calls that parse and validate ({100 * valid / samples:.0f}%)")
 
 
+def demo_questions(tokenizer, tools, n):
+    """The prompts of builtin:tools' first n test questions that need a tool, under the chat's tools."""
+    records = [json.loads(line) for line in TEST_SPLIT.read_text().splitlines()]
+    questions = [r["messages"][:1] for r in records if len(r["messages"]) > 2][:n]
+    return [render(q, tokenizer, add_generation_prompt=True, tools=tools)[0] for q in questions]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--tokens", type=int, default=100)
     p.add_argument("--samples", type=int, default=50)
+    p.add_argument("--builtin-tools", action="store_true",
+                   help="validity with the chat's calculator and clock and builtin:tools' test questions "
+                        "(for a model fine-tuned on them: the tools-cpu demo)")
     args = p.parse_args()
     model = tool_model(args.checkpoint)
     tokenizer = tokenizer_of(model)
@@ -155,8 +170,16 @@ def main() -> None:
     print("cost per token (best of 3, alternating):")
     for rows in (1, 8):
         cost(model, prompt, rows, tokens)
-    print(f"valid calls, tool_choice 'required', temperature 1, {args.samples} samples:")
-    validity(model, prompt, args.samples, tokens)
+    if args.builtin_tools:
+        tools = [tool.schema for tool in builtin_tools("calculator,clock")]
+        prompts = demo_questions(tokenizer, tools, args.samples)
+        tokens = min(args.tokens, model.config.context_length - max(map(len, prompts)))
+        print(f"valid calls, the built-in tools, {len(prompts)} test questions of builtin:tools, "
+              f"tool_choice 'required', temperature 1:")
+    else:
+        tools, prompts = TOOLS, [prompt]
+        print(f"valid calls, tool_choice 'required', temperature 1, {args.samples} samples:")
+    validity(model, prompts, tools, args.samples, tokens)
     print(json.dumps({"date": time.strftime("%Y-%m-%d")}))
 
 

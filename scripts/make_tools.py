@@ -2,9 +2,8 @@
 
     python scripts/make_tools.py
 
-Chat records in OpenAI's shape (data/tool_records.py), each declaring the built-in tools exactly as
-`gptforge chat --tools calculator,clock` sends them, drawn with a fixed seed (the output is a pure
-function of this script and gptforge's tools, which compute every result):
+Chat records in OpenAI's shape (data/tool_records.py), drawn with a fixed seed (the output is a
+pure function of this script and gptforge's tools, which compute every result). The questions:
 
 - exact multi-digit arithmetic: one `calculator` call, its result, the answer;
 - date arithmetic: `days_between`, `weekday` or `add_days`;
@@ -12,10 +11,16 @@ function of this script and gptforge's tools, which compute every result):
 - questions that need no tool (small sums, words, facts): the answer directly;
 - two independent calls in one turn (two products, or a span and a weekday), answered together.
 
-src/gptforge/corpora/tools/{train,val,test}.jsonl: 700 / 100 / 150 records (1.9 MB: every record
-carries the tools' schemas). The splits are held
-out from each other: no two records share their numbers or dates, and every kind of question has
-a phrasing that appears only in val and test.
+Val and test records are what the chat sends: one question under the built-in tools declared
+exactly as `gptforge chat --tools calculator,clock` declares them. Train records are sessions of
+1 to 6 questions on one or two topics, under the tools they call and a few others (a fifth declare
+them all): the tool schemas are most of a record's tokens, so this reads several questions for
+each block, and each answer has to come from its own question.
+
+src/gptforge/corpora/tools/{train,val,test}.jsonl: 3,000 (7,890 questions) / 100 / 150 records
+(6.2 MB: every record carries its tools' schemas). The splits are held out from each other: no two
+questions share their numbers or dates, and every kind of question has a phrasing that appears
+only in val and test.
 """
 
 from __future__ import annotations
@@ -29,13 +34,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from gptforge.tokenizer.chat import TOOLS_INTRO, TOOLS_OUTRO, call_text, tools_text
 from gptforge.tools.calculator import calculate
 from gptforge.tools.clock import add_days, days_between, weekday
 from gptforge.tools.registry import builtin_tools
 
 OUT_DIR = ROOT / "src" / "gptforge" / "corpora" / "tools"
 SEED = 2026
-SIZES = {"train": 700, "val": 100, "test": 150}
+SIZES = {"train": 3000, "val": 100, "test": 150}
+MAX_CHARS = 2400  # a train record's text as rendered: fits tools-cpu's context of 1,536 in the speedrun's BPE
 TOOLS = [tool.schema for tool in builtin_tools("calculator,clock")]
 
 # Each kind's phrasings; the last one of each is held out of train.
@@ -153,10 +160,60 @@ def direct(d: Draw) -> list[dict]:
 KINDS = [(arithmetic, 4), (dates, 3), (conversion, 2), (parallel, 2), (direct, 2)]
 
 
+def declarer(d: Draw):
+    """How a record picks the tools it declares, from the calls it makes. Val and test (and a
+    fifth of train) declare all of them, as the chat sends them. The rest of train declares the
+    tools its calls use and each other one with probability 1/8 (at least one): the schemas are
+    most of a record's tokens, so fine-tuning reads several times more questions per second, and
+    the model learns to read which tools it has."""
+    everything = d.held_out or d.rng.random() < 0.2
+    extra = {t["function"]["name"]: d.rng.random() < 0.125 for t in TOOLS}
+    extra[d.rng.choice(list(extra))] = True
+
+    def declared(messages: list[dict]) -> list[dict]:
+        used = {c["function"]["name"] for m in messages for c in m.get("tool_calls") or []}
+        return [t for t in TOOLS if everything or extra[t["function"]["name"]] or t["function"]["name"] in used]
+    return declared
+
+
 def records(split: str, n: int, rng: random.Random, used: set) -> list[dict]:
     draw = Draw(rng, held_out=split != "train", used=used)
     kinds = [k for k, weight in KINDS for _ in range(weight)]
-    return [{"tools": TOOLS, "messages": rng.choice(kinds)(draw)} for _ in range(n)]
+    out = []
+    for _ in range(n):
+        # Train's conversations go on for 1 to 6 questions, as a chat session does: the tool block
+        # is read once for several questions, and each answer must come from its own question.
+        # A session keeps to one or two kinds of question, so it needs few of the tools.
+        topics = [rng.choice(kinds) for _ in range(2)]
+        turns = [rng.choice(topics)(draw) for _ in range(1 if draw.held_out else rng.randint(1, 6))]
+        declared, messages = declarer(draw), turns[0]
+        for turn in turns[1:]:  # as many as fit the recipe's context (at most ~0.57 speedrun tokens a character)
+            longer = messages + turn
+            if rendered_chars(declared(longer), longer) > MAX_CHARS:
+                break
+            messages = longer
+        out.append({"tools": declared(messages), "messages": number_calls(messages)})
+    return out
+
+
+def rendered_chars(tools: list[dict], messages: list[dict]) -> int:
+    """The characters of a record's text in the chat template (its markers aside)."""
+    calls = [c for m in messages for c in m.get("tool_calls") or []]
+    return (len(TOOLS_INTRO + tools_text(tools) + TOOLS_OUTRO) + sum(len(m["content"] or "") for m in messages)
+            + sum(len(call_text(c)) for c in calls))
+
+
+def number_calls(messages: list[dict]) -> list[dict]:
+    """Call ids numbered through the whole conversation (call_0, call_1, ...), unique as the API's are."""
+    ids: dict[str, str] = {}  # this turn's ids as drawn -> as numbered
+    count = 0
+    for message in messages:
+        for c in message.get("tool_calls") or []:
+            ids[c["id"]], c["id"] = f"call_{count}", f"call_{count}"
+            count += 1
+        if message["role"] == "tool":
+            message["tool_call_id"] = ids[message["tool_call_id"]]
+    return messages
 
 
 def main() -> None:

@@ -89,11 +89,25 @@ def test_builtin_tools_is_the_seeded_scripts_output_with_held_out_splits():
         bundled = [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().splitlines()]
         assert bundled == json.loads(json.dumps(make_tools.records(split, n, rng, used)))  # reproducible
         splits[split] = bundled
-    assert sum(len((folder / f"{s}.jsonl").read_bytes()) for s in splits) < 2_000_000
+    assert sum(len((folder / f"{s}.jsonl").read_bytes()) for s in splits) < 7_000_000
     train, val = read_examples("builtin:tools")  # every record passes the checks
-    assert (len(train), len(val)) == (700, 100)
+    assert (len(train), len(val)) == (3000, 100)
+    # val and test are what the chat sends: every tool declared, one question; train's sessions go on
+    # for several questions under fewer tools, within the recipe's context
+    every = make_tools.TOOLS
+    assert all(r["tools"] == every for s in ("val", "test") for r in splits[s])
+    assert all(sum(m["role"] == "user" for m in r["messages"]) == 1 for s in ("val", "test") for r in splits[s])
+    sessions = [sum(m["role"] == "user" for m in r["messages"]) for r in splits["train"]]
+    assert max(sessions) == 6 and sum(n > 1 for n in sessions) > len(sessions) / 2
+    assert 0 < sum(r["tools"] == every for r in splits["train"]) < len(splits["train"]) / 3
+    assert all(make_tools.rendered_chars(r["tools"], r["messages"]) <= make_tools.MAX_CHARS
+               for r, n in zip(splits["train"], sessions) if n > 1)
+    # call ids are unique within a record, as the API's are
+    assert all(len(set(i)) == len(i) for i in ([c["id"] for m in r["messages"] for c in m.get("tool_calls") or []]
+                                              for r in splits["train"]))
     # the questions that need a tool never repeat across splits (those that need none are a small space)
-    questions = {s: {r["messages"][0]["content"] for r in rs if len(r["messages"]) > 2} for s, rs in splits.items()}
+    questions = {s: {q["content"] for r in rs for q, a in zip(r["messages"], r["messages"][1:])
+                     if q["role"] == "user" and a.get("tool_calls")} for s, rs in splits.items()}
     assert not questions["train"] & questions["val"] and not questions["train"] & questions["test"]
     held_out = make_tools.ARITHMETIC[-1].split("{")[0]  # a phrasing train never uses
     assert not any(q.startswith(held_out) for q in questions["train"]) and any(q.startswith(held_out) for q in questions["test"])
