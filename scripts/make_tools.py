@@ -163,7 +163,7 @@ KINDS = [(arithmetic, 4), (dates, 3), (conversion, 2), (parallel, 2), (direct, 2
 def declarer(d: Draw):
     """How a record picks the tools it declares, from the calls it makes. Val and test (and a
     fifth of train) declare all of them, as the chat sends them. The rest of train declares the
-    tools its calls use and each other one with probability 1/8 (at least one): the schemas are
+    tools its calls use, one at random, and each with probability 1/8: the schemas are
     most of a record's tokens, so fine-tuning reads several times more questions per second, and
     the model learns to read which tools it has."""
     everything = d.held_out or d.rng.random() < 0.2
