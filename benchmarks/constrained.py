@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from gptforge.config import GPTConfig
+from gptforge.data.instructions import read_file
 from gptforge.generate import model_for_generation
 from gptforge.model import GPT, prepare_for_decoding
 from gptforge.model.vocab import grow_vocabulary
@@ -40,6 +41,8 @@ from gptforge.tools.registry import builtin_tools
 from gptforge.tools.structured import Constraint, compile_grammar, grammar_text
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from tools_demo import TEST_SPLIT, category  # benchmarks/, beside this script
+
 from helpers import schema_errors
 
 TOOLS = [
@@ -52,7 +55,6 @@ TOOLS = [
                                          "lang": {"enum": ["en", "fr"]}},
         "required": ["word"], "additionalProperties": False}}},
 ]
-TEST_SPLIT = Path(__file__).resolve().parent.parent / "src" / "gptforge" / "corpora" / "tools" / "test.jsonl"
 LONG = [{"type": "function", "function": {"name": "note", "parameters": {
     "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}}}]
 
@@ -142,8 +144,7 @@ def validity(model, prompts, tools, samples, tokens):
 
 def demo_questions(tokenizer, tools, n):
     """The prompts of builtin:tools' first n test questions that need a tool, under the chat's tools."""
-    records = [json.loads(line) for line in TEST_SPLIT.read_text().splitlines()]
-    questions = [r["messages"][:1] for r in records if len(r["messages"]) > 2][:n]
+    questions = [e.messages[:1] for e in read_file(TEST_SPLIT) if category(e.messages) != "no tool"][:n]
     return [render(q, tokenizer, add_generation_prompt=True, tools=tools)[0] for q in questions]
 
 
