@@ -215,10 +215,11 @@ def turn_ends_after(model, token: int):
 @contextlib.contextmanager
 def steered(model, after: dict[int, int]):
     """While inside: wherever `model`'s input is a token of `after`, the token it maps to wins by far."""
-    def boost(module, args, logits):  # logits (B, T, V)
+    def boost(module, args, logits):  # logits (B, T, V), or (B, 1, V) for the last position alone
         logits = logits.clone()
+        ids = args[0][:, -logits.size(1):]
         for seen, wanted in after.items():
-            logits[..., wanted] += (args[0] == seen).to(logits.dtype) * 1e4
+            logits[..., wanted] += (ids == seen).to(logits.dtype) * 1e4
         return logits
 
     handle = model.register_forward_hook(boost)

@@ -77,15 +77,16 @@ def stream(model: GPT, idx: torch.Tensor, sampling: Sampling, use_cache: bool = 
     model.eval()
     try:
         seq = idx
-        cache = model.new_cache(idx.size(0)) if use_cache else None
+        # a short generation allocates only the positions it can fill
+        cache = model.new_cache(idx.size(0), idx.size(1) + s.max_new_tokens) if use_cache else None
         alive = torch.ones(idx.size(0), dtype=torch.bool, device=idx.device)
         next_input = seq[:, -ctx:]
         last = None  # the tokens of the step before: a stopped row keeps its stop token
         for _ in range(s.max_new_tokens):
-            if cache is not None and cache.pos + next_input.size(1) > ctx:
+            if cache is not None and cache.pos + next_input.size(1) > cache.capacity:
                 cache.reset()
                 next_input = seq[:, -ctx:]
-            logits = model(next_input, cache)[:, -1, :]  # (B, V)
+            logits = model(next_input, cache, last=True)[:, -1, :]  # (B, V)
             tokens = sample_next(logits, s.temperature, s.top_k, s.top_p, generator)
             if last is not None:
                 tokens = torch.where(alive, tokens, last)

@@ -13,8 +13,17 @@ from gptforge.weights.checkpoint import save_checkpoint
 from helpers import random_gpt
 
 
+def without_float_kernels(monkeypatch):
+    """Decode as on a machine without a C compiler: torch's split product and SDPA."""
+    from gptforge.model import cpu_decoding, gpt
+
+    for module in (cpu_decoding, gpt):
+        monkeypatch.setattr(module, "float_kernels", lambda: None)
+
+
 def test_decoding_layout_changes_strides_only(tmp_path, monkeypatch):
     # emb_dim 256: the MLP weights (1024 x 256) are big enough for the threads-split product
+    without_float_kernels(monkeypatch)
     model = random_gpt(4, vocab_size=300, emb_dim=256).train()
     prompt = torch.randint(0, 300, (2, 6), generator=torch.Generator().manual_seed(0))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # as on the 2-core CI machine
@@ -41,6 +50,41 @@ def test_decoding_layout_changes_strides_only(tmp_path, monkeypatch):
     assert all(torch.equal(v, state[k]) for k, v in load_any(tmp_path / "ckpt").state_dict().items())
 
 
+def test_with_the_float_kernels_decoding_steps_take_them_on_the_weights_as_trained(monkeypatch):
+    from gptforge.model import cpu_decoding, gpt
+
+    lib = cpu_decoding.float_kernels()
+    if lib is None:
+        pytest.skip("no C compiler here to build the kernels")
+    calls = []
+
+    class Spy:  # the kernels, counting their calls
+        def float_linear(self, *args):
+            calls.append(("linear", args[1], args[2], args[5]))  # M, K, N
+            return lib.float_linear(*args)
+
+        def attend_last(self, *args):
+            calls.append(("attend", args[6]))  # B
+            return lib.attend_last(*args)
+
+    model = random_gpt(4, vocab_size=300, emb_dim=256)
+    prompt = torch.randint(0, 300, (1, 6), generator=torch.Generator().manual_seed(0))
+    reference = generate(model, prompt, 8, temperature=0)  # 6 + 8 tokens: within the 16-token context
+    strides = {name: p.stride() for name, p in model.named_parameters()}
+    prepare_for_decoding(model)
+    assert {name: p.stride() for name, p in model.named_parameters()} == strides  # row-major, as trained
+    for module in (cpu_decoding, gpt):
+        monkeypatch.setattr(module, "float_kernels", lambda: Spy())
+    tokens = generate(model, prompt, 8, temperature=0)
+    assert torch.equal(tokens, reference)
+    # 7 one-token steps after the prompt: each block's qkv and MLP matmuls (the weights of 2^17
+    # elements or more) and its attention; the prompt itself went to torch
+    steps = 7 * model.config.n_layers
+    for shape in ((256, 768), (256, 1024), (1024, 256)):  # K, N
+        assert calls.count(("linear", 1, *shape)) == steps
+    assert calls.count(("attend", 1)) == steps and len(calls) == 4 * steps
+
+
 def test_bfloat16_decoding_stays_close_to_float32():
     model = random_gpt(5)
     prompt = torch.randint(0, 257, (1, 5), generator=torch.Generator().manual_seed(0))
@@ -58,6 +102,7 @@ def test_bfloat16_decoding_stays_close_to_float32():
 def test_decoding_linear_splits_k_and_matches_f_linear(rows, with_bias, monkeypatch):
     from gptforge.model.cpu_decoding import linear
 
+    without_float_kernels(monkeypatch)
     torch.manual_seed(0)
     weight = torch.randn(2048, 64).t().contiguous().t()  # (out, in), stored column-major
     bias = torch.randn(2048) if with_bias else None

@@ -110,15 +110,15 @@ def _score_shared_context(model: GPT, chunk: list[_Encoded]) -> list[list[float]
     rows = sorted(((k, j, cont) for k, e in enumerate(chunk) for j, cont in enumerate(e.choices)),
                   key=lambda row: len(row[2]))
     # Only as many positions as needed: (items, heads, C - 1 + longest choice, head_dim) per layer.
-    shape = dataclasses.replace(model.config, context_length=C - 1 + len(rows[-1][2]))
-    cache = KVCache(shape, len(chunk), device, model.tok_emb.weight.dtype)
+    capacity = C - 1 + len(rows[-1][2])
+    cache = model.new_cache(len(chunk), capacity)
     if C > 1:
         model(torch.tensor([e.context[:-1] for e in chunk], device=device), cache=cache, head=False)  # (k, C-1)
     out = [[math.nan] * len(e.choices) for e in chunk]
     for first in range(0, len(rows), ROWS_PER_PASS):
         part = rows[first:first + ROWS_PER_PASS]
         owner = torch.tensor([k for k, _, _ in part], device=device)
-        copy = KVCache(shape, len(part), device, model.tok_emb.weight.dtype)  # each row its item's context
+        copy = model.new_cache(len(part), capacity)  # each row its item's context
         for mine, theirs in zip(copy.keys + copy.values, cache.keys + cache.values):
             torch.index_select(theirs, 0, owner, out=mine)
         copy.lengths = [cache.pos] * len(part)

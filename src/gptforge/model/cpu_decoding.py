@@ -1,25 +1,34 @@
-"""Fast decoding on CPUs: a linear layer that splits one token's matrix-vector products across
-the CPU threads, and `prepare_for_decoding`, which re-stores the weights column-major for it.
+"""Fast decoding on CPUs: a linear layer whose decoding steps (a few rows) run the compiled
+float32 kernel (native.py) or, without one, split the matrix-vector product across the CPU threads;
+`prepare_for_decoding`, which readies the weights for it; and `pack_for_batches` for larger batches.
 
 Decoding one token multiplies a vector by every weight matrix: memory-bound work that MKL runs
-on a single thread. Training, GPUs and batches of more than a few rows never take this path.
+on a single thread. Training, GPUs and prompts never take these paths.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .native import library
+
+FLOAT_ROWS = 2  # steps of up to this many rows take the compiled float32 kernel (more: oneDNN, faster there)
+
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            packed: torch.Tensor | None = None) -> torch.Tensor:
-    """F.linear, with a faster path for decoding on CPUs.
+    """F.linear, with faster paths for decoding on CPUs.
 
-    For a few rows of x against a column-major weight (see prepare_for_decoding), MKL's
+    Up to FLOAT_ROWS rows of float32 x against a large row-major weight, with gradients off, go to
+    the compiled kernel (float_kernels): each weight row streams from memory once for all the rows,
+    on every thread, at close to the machine's read bandwidth, and each row's numbers are its own.
+    Without the kernel, for a few rows of x against a column-major weight (see prepare_for_decoding), MKL's
     matrix-vector product runs on one thread. Splitting K across the threads as a batched matmul,
     (s, M, K/s) @ (s, K/s, N) summed over s, puts every core on streaming the weight: 1.7x the
     memory bandwidth for a 768 x 3072 weight on 2 cores (benchmarks/README.md). Below 2^17
@@ -32,6 +41,15 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     when gradients are off: a batch of decoding rows, or a prompt being prefilled.
     """
     K, N = weight.shape[1], weight.shape[0]
+    if (0 < x.numel() <= FLOAT_ROWS * K and x.shape[-1] == K and weight.numel() >= 2**17
+            and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu" and weight.is_contiguous()
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling() and (lib := float_kernels()) is not None):
+        rows = x.reshape(-1, K).contiguous()  # (M, K)
+        y = torch.empty(rows.shape[0], N)
+        lib.float_linear(rows.data_ptr(), rows.shape[0], K, weight.data_ptr(),
+                         None if bias is None else bias.data_ptr(), N, y.data_ptr(), torch.get_num_threads())
+        return y.view(*x.shape[:-1], N)
     if packed is not None and not torch.is_grad_enabled() and x.shape[-1] == K and x.numel() > K:
         rows = x.reshape(-1, K).contiguous()
         return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "").view(*x.shape[:-1], N)
@@ -63,7 +81,8 @@ class Linear(nn.Linear):
 
 def prepare_for_decoding(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Ready a model for fast generation, in place, and return it: eval mode, the weights cast to
-    `dtype` if given, and on a CPU every linear weight re-stored column-major.
+    `dtype` if given, and on a CPU without the compiled float32 kernel (which reads the weights as
+    trained, row-major) every linear weight re-stored column-major.
 
     The column-major layout keeps each weight's shape, values and name; only its strides change.
     Decoding one token multiplies a vector by every weight: MKL streams a column-major weight
@@ -76,7 +95,8 @@ def prepare_for_decoding(model: nn.Module, dtype: torch.dtype | None = None) -> 
     model.eval()
     if dtype is not None:
         model.to(dtype)
-    if next(model.parameters()).device.type == "cpu":
+    weight = next(model.parameters())
+    if weight.device.type == "cpu" and (weight.dtype != torch.float32 or float_kernels() is None):
         with torch.no_grad():
             for module in model.modules():
                 if isinstance(module, nn.Linear):  # the tied LM head is the embedding's Parameter
@@ -108,6 +128,35 @@ def pack_for_batches(model: nn.Module) -> nn.Module:
                 weight = module.weight.detach()[:vocab] if module is head else module.weight.detach()
                 module.packed = reorder(weight.contiguous(), 8)
     return model
+
+
+@functools.cache
+def float_kernels():
+    """The compiled kernels (native.library()) for float32 decoding steps, float_linear and
+    attend_last, when they built and agree with torch on a small probe (to float rounding), else
+    None: a miscompiling toolchain costs speed, never a wrong answer."""
+    lib = library()
+    if lib is None:
+        return None
+    g = torch.Generator().manual_seed(0)
+    weight, bias, rows = torch.randn(40, 200, generator=g), torch.randn(40, generator=g), torch.randn(3, 200, generator=g)
+    y = torch.empty(3, 40)
+    lib.float_linear(rows.data_ptr(), 3, 200, weight.data_ptr(), bias.data_ptr(), 40, y.data_ptr(), 2)
+    B, H, D, capacity, lengths = 2, 3, 24, 10, [4, 7]
+    q, k, v = (torch.randn(B, H, 1, D, generator=g) for _ in range(3))
+    keys, values = torch.randn(B, H, capacity, D, generator=g), torch.randn(B, H, capacity, D, generator=g)
+    attended, filled = torch.empty(B, H, 1, D), torch.tensor(lengths)  # (held: the kernel reads its memory)
+    lib.attend_last(q.data_ptr(), k.data_ptr(), v.data_ptr(), keys.data_ptr(), values.data_ptr(),
+                    filled.data_ptr(), B, H, D, capacity, attended.data_ptr(), 2)
+    expected = [F.scaled_dot_product_attention(q[b:b + 1], keys[b:b + 1, :, :n + 1], values[b:b + 1, :, :n + 1])
+                for b, n in enumerate(lengths)]
+    if not (torch.allclose(y, F.linear(rows, weight, bias), atol=1e-4, rtol=1e-4)
+            and torch.allclose(attended, torch.cat(expected), atol=1e-5, rtol=1e-4)
+            and torch.equal(keys[1, :, 7], k[1, :, 0])):
+        warnings.warn("the compiled float32 kernels disagree with torch on this machine; using torch",
+                      stacklevel=2)
+        return None
+    return lib
 
 
 @functools.cache

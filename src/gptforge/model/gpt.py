@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..config import GPTConfig
 from ..tokenizer import Tokenizer
-from .cpu_decoding import Linear, linear
+from .cpu_decoding import Linear, float_kernels, linear
 from .layers import MLP, apply_rotary, make_norm, rotary_angles
 from .quantize import Int8Linear
 
@@ -26,18 +26,22 @@ class KVCache:
     """Pre-allocated keys and values of every layer, for incremental decoding, each row at its own
     length (a batch of independent conversations: see serve/engine.py).
 
-    Buffers are allocated once at (batch, n_heads, context_length, head_dim) per layer, so decoding
+    Buffers are allocated once at (batch, n_heads, capacity, head_dim) per layer, so decoding
     writes into place instead of concatenating a growing tensor at every step. `lengths` says how
     many positions of each row are filled; a row's next tokens go at its own length. Positions past
     a row's length may hold stale keys from an earlier use: attention never looks at them.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
-        shape = (batch_size, config.n_heads, config.context_length, config.head_dim)
+    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32,
+                 capacity: int | None = None):
+        # capacity: the positions each row can hold, the context length unless a caller knows it
+        # needs fewer (a short generation: a smaller buffer is quicker to allocate)
+        capacity = min(capacity or config.context_length, config.context_length)
+        shape = (batch_size, config.n_heads, capacity, config.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
         self.lengths = [0] * batch_size  # positions filled in each row, kept on the host
-        self.capacity = config.context_length
+        self.capacity = capacity
 
     @property
     def pos(self) -> int:
@@ -81,6 +85,21 @@ class KVCache:
             self.values[layer].transpose(1, 2)[rows, positions] = v.transpose(1, 2)
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    def attend_last(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lib) -> torch.Tensor:
+        """One new token per row, through the compiled kernel `lib` (cpu_decoding.float_kernels):
+        store its key and value (B, nh, 1, hs) at the row's length, and return its query's attention
+        over the row's own keys, (B, nh, 1, hs). Each row's sums run in one fixed order over its own
+        keys, so its numbers never depend on the other rows."""
+        B, H, _, D = q.shape
+        q, k, v = (t.contiguous() for t in (q, k, v))
+        keys, values = self.keys[layer], self.values[layer]  # (B, nh, capacity, hs): rows of a contiguous buffer
+        lengths = torch.tensor(self.lengths, dtype=torch.int64)
+        y = torch.empty_like(q)
+        if lib.attend_last(q.data_ptr(), k.data_ptr(), v.data_ptr(), keys.data_ptr(), values.data_ptr(),
+                           lengths.data_ptr(), B, H, D, self.capacity, y.data_ptr(), torch.get_num_threads()) != 0:
+            raise MemoryError("no memory for the attention scores")
+        return y
+
     def advance(self, n: int) -> None:
         self.lengths = [length + n for length in self.lengths]
 
@@ -106,6 +125,12 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, T, nh, hs) -> (B, nh, T, hs)
         if rope is not None:  # keys are cached rotated: a key's angle is fixed by its position
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+
+        if (cache is not None and T == 1 and q.dtype == torch.float32 and q.device.type == "cpu"
+                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+                and (lib := float_kernels()) is not None):
+            y = cache.attend_last(layer, q, k, v, lib)  # (B, nh, 1, hs)
+            return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(B, T, C)))
 
         mask, is_causal = None, True
         if cache is not None:
@@ -156,7 +181,8 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Decoder-only GPT. forward: (B, T) int64 ids -> (B, T, vocab_size) logits, or with
     targets (B, T) the mean cross-entropy; with head=False the last block's output (B, T, emb_dim)
-    (a prefix run only to fill a KV cache skips the LM head, its costliest matmul).
+    (a prefix run only to fill a KV cache skips the LM head, its costliest matmul); with last=True
+    the logits of the last position alone, (B, 1, vocab_size) (a prompt's other positions need none).
 
     The token embedding and LM head have config.padded_vocab_size rows (a multiple of 64). The
     padding rows stay zero, get no logits outside the training loss (where they are masked to
@@ -218,11 +244,13 @@ class GPT(nn.Module):
             self.lm_head.weight[self.config.vocab_size:] = 0.0
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None,
-                targets: torch.Tensor | None = None, head: bool = True) -> torch.Tensor:
+                targets: torch.Tensor | None = None, head: bool = True, last: bool = False) -> torch.Tensor:
         if idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(idx.shape)}")
         B, T = idx.shape
         longest = max(cache.lengths) if cache is not None else 0
+        if cache is not None and cache.capacity < self.config.context_length and longest + T > cache.capacity:
+            raise ValueError(f"{longest + T} positions do not fit this KV cache of {cache.capacity}")
         if longest + T > self.config.context_length:
             raise ValueError(
                 f"sequence of length {longest + T} is longer than the model's context length "
@@ -243,6 +271,10 @@ class GPT(nn.Module):
             cache.advance(T)
         if not head:  # filling a cache whose logits nobody reads: the LM head is skipped, (B, T, C) out
             return x
+        if last:  # generating: only the last position's logits are read, (B, 1, V)
+            if targets is not None:
+                raise ValueError("last=True gives logits for generation; a loss needs every position")
+            x = x[:, -1:]
         x = self.final_norm(x)
         V, cap = self.config.vocab_size, self.config.logit_softcap
         int8_head = isinstance(self.lm_head, Int8Linear)  # it holds the vocab_size rows alone
@@ -292,9 +324,10 @@ class GPT(nn.Module):
             n += c.vocab_size * c.emb_dim
         return 6 * n + 12 * c.n_layers * t * c.emb_dim
 
-    def new_cache(self, batch_size: int) -> KVCache:
+    def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
+        """An empty KV cache for `batch_size` rows of up to `capacity` positions (the context length)."""
         weight = self.tok_emb.weight
-        return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype)
+        return KVCache(self.config, batch_size, device=weight.device, dtype=weight.dtype, capacity=capacity)
 
 
 VOCAB_ROW_PARAMS = ("tok_emb.weight", "lm_head.weight")  # the matrices with padded rows

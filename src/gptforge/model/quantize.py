@@ -1,7 +1,7 @@
 """int8 inference on CPUs (`--quantize int8`): every linear layer's weight stored as int8 with one
 scale per output channel, the LM head included, and each input row quantized to int8 on the fly
 with a scale of its own, so the matmul is int8 x int8 -> int32 and comes back to float32 through
-the two scales. Decoding steps (up to NATIVE_ROWS rows) run a compiled kernel (int8_native.py)
+the two scales. Decoding steps (up to NATIVE_ROWS rows) run a compiled kernel (native.py)
 that streams the weights once for all the rows; prompts and machines without a C compiler run the
 same arithmetic in torch ops around torch._int_mm: the same numbers, bit for bit, either way.
 
@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from .int8_native import kernel
+from .native import library
 
 QUANTIZATIONS = ("int8",)
 _INT8_MAX = 127
@@ -44,7 +44,7 @@ class Int8Linear(nn.Module):
         # fastest for a few rows (0.18 vs 0.25 ms at 768 x 2304 for one row, in one measurement).
         self.register_buffer("qweight", torch.round(weight / scale[:, None]).to(torch.int8).contiguous())
         self.register_buffer("scale", scale)
-        # each row's sum, for the compiled kernel (int8_linear.c), which multiplies unsigned bytes
+        # each row's sum, for the compiled kernel (decode_kernels.c), which multiplies unsigned bytes
         self.register_buffer("row_sums", self.qweight.sum(dim=1, dtype=torch.int32), persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
@@ -84,9 +84,10 @@ class Int8Linear(nn.Module):
 def native_kernel():
     """The compiled kernel when it built and computes what forward_torch does on a small probe
     (bit for bit), else None: a miscompiling toolchain costs speed, never a token."""
-    function = kernel()
-    if function is None:
+    lib = library()
+    if lib is None:
         return None
+    function = lib.int8_linear
     generator = torch.Generator().manual_seed(0)
     layer = Int8Linear(torch.randn(40, 200, generator=generator), torch.randn(40, generator=generator)).eval()
     rows = torch.randn(3, 200, generator=generator)

@@ -191,7 +191,7 @@ class Engine:
             chunk = seq.prompt[seq.length:seq.length + self.prefill_chunk - seq.length % self.prefill_chunk]
             row = len(self.rows)
             idx = torch.tensor([chunk], dtype=torch.long, device=self.device)
-            logits = self.model(idx, self.cache.rows(row, row + 1, [seq.length]))[:, -1]  # (1, V)
+            logits = self.model(idx, self.cache.rows(row, row + 1, [seq.length]), last=True)[:, -1]  # (1, V)
             seq.length += len(chunk)
             budget -= len(chunk)
             if seq.length == len(seq.prompt):

@@ -1,15 +1,17 @@
-"""The compiled int8 kernel behind Int8Linear's decoding steps (int8_linear.c): built once per
-machine by the system's C compiler into the user's cache, loaded with ctypes.
+"""The compiled kernels of decoding steps (decode_kernels.c): built once per machine by the system's
+C compiler into the user's cache, loaded with ctypes.
 
-Why C: a decoding step is a few rows against every weight, so its speed is how fast the int8
-weights stream from memory. torch._int_mm reaches a fraction of that for one row
-(benchmarks/int8_kernels.py); the kernel reads each weight row once for up to 8 rows, on every
-thread, and quantizes the rows itself, in one call per layer instead of a dozen torch ops.
+Why C: a decoding step is a few rows against every weight, so its speed is how fast the weights
+stream from memory, and its cost beside the matmuls is the dozen small torch ops each layer calls.
+The kernels read each weight row once for up to 8 rows, on every thread, in one call.
 
-It computes exactly what the torch path computes (the same integers, the same float operations in
-the same order), so whether a machine has a compiler changes the speed, never a token. Without one
-(or if the build or its check fails) `kernel()` is None, one warning says why, and Int8Linear uses
-torch._int_mm. GPTFORGE_NATIVE=0 turns the kernel off.
+int8_linear computes exactly what Int8Linear's torch path computes, so for int8 a compiler changes
+the speed, never a token. float_linear and attend_last sum in their own fixed order (not MKL's nor
+SDPA's), so a float32 model decodes the same tokens on a machine with or without a compiler up to
+float rounding, exactly as MKL's own kernels differ from one CPU to another; on one machine a row
+gets the same numbers alone and among strangers. Without a compiler (or if the build or a check
+fails) `library()` is None, one warning says why, and torch does the work. GPTFORGE_NATIVE=0 turns
+the kernels off.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("int8_linear.c")
+SOURCE = Path(__file__).with_name("decode_kernels.c")
 # -march=native: the machine's own vector instructions (AVX-512 VNNI where it has them);
-# -ffp-contract=off: no fused multiply-adds, so the float results equal torch's bit for bit.
+# -ffp-contract=off: no fused multiply-adds the source does not ask for, so int8's float results equal torch's
+# bit for bit.
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 _POINTER, _INT = ctypes.c_void_p, ctypes.c_int
 
@@ -51,7 +54,7 @@ def _build(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60, check=False).stdout
     key = hashlib.sha256(b"\0".join(s if isinstance(s, bytes) else s.encode()
                                     for s in (source, " ".join(FLAGS), version, _machine()))).hexdigest()[:16]
-    target = cache_dir() / f"int8_linear-{key}.so"
+    target = cache_dir() / f"decode_kernels-{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # then renamed: never half a file
@@ -65,22 +68,24 @@ def _build(compiler: str) -> Path:
 
 
 @functools.cache
-def kernel():
-    """The compiled `int8_linear` function, or None (with one warning saying why) when it cannot be
-    had. Its arguments: x, M, K, w, wsum, ws, bias (or None), N, y, threads (int8_linear.c)."""
+def library():
+    """The compiled kernels (a ctypes library: int8_linear, float_linear, attend_last, their arguments
+    as in decode_kernels.c), or None, with one warning saying why, when they cannot be had."""
     if os.environ.get("GPTFORGE_NATIVE", "1") == "0":
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
-        warnings.warn("int8: no C compiler (cc) to build the fast kernel; using torch._int_mm (slower, "
-                      "the same tokens)", stacklevel=2)
+        warnings.warn("no C compiler (cc) to build the fast decoding kernels; using torch (slower)", stacklevel=2)
         return None
     try:
-        function = ctypes.CDLL(str(_build(compiler))).int8_linear
+        lib = ctypes.CDLL(str(_build(compiler)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
-        warnings.warn(f"int8: the fast kernel did not build ({error}); using torch._int_mm (slower, "
-                      f"the same tokens)", stacklevel=2)
+        warnings.warn(f"the fast decoding kernels did not build ({error}); using torch (slower)", stacklevel=2)
         return None
-    function.argtypes = [_POINTER, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _INT, _POINTER, _INT]
-    function.restype = _INT
-    return function
+    P, I = _POINTER, _INT
+    for name, argtypes in (("int8_linear", [P, I, I, P, P, P, P, I, P, I]),
+                           ("float_linear", [P, I, I, P, P, I, P, I]),
+                           ("attend_last", [P, P, P, P, P, P, I, I, I, I, P, I])):
+        getattr(lib, name).argtypes = argtypes
+        getattr(lib, name).restype = I
+    return lib

@@ -1,0 +1,124 @@
+"""The compiled decoding kernels (model/decode_kernels.c). int8: the same numbers as Int8Linear's
+torch path, bit for bit, for every row count, width (tails included), bias and thread count, NaN
+rows included. float32 linear and attention: torch's numbers to float rounding, and each row's
+numbers its own (the same bits alone, among other rows, on any number of threads). Built once into
+the cache; a machine without a compiler falls back to torch with one warning."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gptforge.model import native
+from gptforge.model.cpu_decoding import FLOAT_ROWS, float_kernels, linear
+from gptforge.model.quantize import NATIVE_ROWS, Int8Linear, native_kernel
+
+needs_kernel = pytest.mark.skipif(native_kernel() is None, reason="no C compiler here to build the kernels")
+
+
+@needs_kernel
+@pytest.mark.parametrize("K, N", [(768, 2304), (64, 64), (100, 37), (130, 257)])  # 100, 130: not multiples of 64
+@pytest.mark.parametrize("bias, column_major", [(True, False), (False, True)])  # column-major: as decoding stores them
+def test_the_kernel_computes_what_torch_computes(K, N, bias, column_major):
+    g = torch.Generator().manual_seed(K + N)
+    weight = torch.randn(K, N, generator=g).t() if column_major else torch.randn(N, K, generator=g)
+    layer = Int8Linear(weight * 0.02, torch.randn(N, generator=g) if bias else None).eval()
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            for M in (1, 2, 5, 8, 9, NATIVE_ROWS):
+                x = torch.randn(M, K, generator=g) * 3
+                x[0, :7] = 0.0  # exact zeros, and a row of them: the scale's floor
+                if M > 1:
+                    x[1] = 0.0
+                if M > 2:
+                    x[2, 5] = float("nan")  # a broken row: NaN everywhere in it, as in torch; the others untouched
+                with torch.no_grad():
+                    torch.testing.assert_close(layer(x), layer.forward_torch(x), rtol=0, atol=0, equal_nan=True)
+                    if M > 2:
+                        assert layer(x)[2].isnan().all() and not layer(x)[3:].isnan().any()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_build_is_cached_and_a_missing_compiler_falls_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    if native_kernel() is not None:
+        native.library.cache_clear()
+        try:
+            assert native.library() is not None
+            built = list((tmp_path / "gptforge" / "kernels").glob("decode_kernels-*.so"))
+            assert len(built) == 1
+            stamp = built[0].stat().st_mtime_ns
+            native.library.cache_clear()
+            assert native.library() is not None and built[0].stat().st_mtime_ns == stamp  # not rebuilt
+        finally:
+            native.library.cache_clear()
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    native.library.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="did not build"):
+            assert native.library() is None
+        monkeypatch.setenv("GPTFORGE_NATIVE", "0")
+        native.library.cache_clear()
+        assert native.library() is None
+    finally:
+        native.library.cache_clear()
+
+
+def float_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, threads: int) -> torch.Tensor:
+    y = torch.empty(x.shape[0], weight.shape[0])
+    float_kernels().float_linear(x.data_ptr(), x.shape[0], x.shape[1], weight.data_ptr(),
+                                 None if bias is None else bias.data_ptr(), weight.shape[0], y.data_ptr(), threads)
+    return y
+
+
+@needs_kernel
+@pytest.mark.parametrize("K, N", [(768, 300), (64, 64), (100, 37), (130, 257)])  # 100, 130: not multiples of 16
+@pytest.mark.parametrize("bias", [True, False])
+def test_the_float_kernel_is_torch_to_rounding_and_each_row_is_its_own(K, N, bias):
+    g = torch.Generator().manual_seed(K * N)
+    weight, b = torch.randn(N, K, generator=g) * 0.05, torch.randn(N, generator=g) if bias else None
+    x = torch.randn(16, K, generator=g)
+    alone = torch.cat([float_linear(x[m:m + 1], weight, b, 1) for m in range(16)])
+    torch.testing.assert_close(alone, torch.nn.functional.linear(x, weight, b), rtol=1e-5, atol=1e-5)
+    for threads in (1, 2, 3):
+        for M in (1, 2, 5, 8, 9, 16):  # 9 and 16: more rows than one pass holds
+            assert torch.equal(float_linear(x[:M], weight, b, threads), alone[:M])
+
+
+@needs_kernel
+def test_linear_sends_decoding_rows_of_a_large_weight_to_the_float_kernel():
+    g = torch.Generator().manual_seed(1)
+    weight, b = torch.randn(512, 384, generator=g), torch.randn(512, generator=g)  # 2^17 + 2^16 elements
+    x = torch.randn(FLOAT_ROWS, 1, 384, generator=g)
+    with torch.no_grad():
+        got = linear(x, weight, b)
+    assert torch.equal(got.view(FLOAT_ROWS, 512), float_linear(x.view(FLOAT_ROWS, 384), weight, b, 1))
+    with torch.enable_grad():  # training is torch's
+        assert torch.equal(linear(x, weight, b), torch.nn.functional.linear(x, weight, b))
+
+
+@needs_kernel
+@pytest.mark.parametrize("head_dim", [64, 24])  # 24: lanes and a tail
+def test_attend_last_stores_the_new_keys_and_attends_over_each_rows_own(head_dim):
+    from gptforge.config import GPTConfig
+    from gptforge.model.gpt import KVCache
+
+    config = GPTConfig(vocab_size=64, context_length=40, emb_dim=3 * head_dim, n_heads=3, n_layers=1)
+    g = torch.Generator().manual_seed(head_dim)
+    cache = KVCache(config, 4)
+    cache.keys[0].normal_(generator=g), cache.values[0].normal_(generator=g)  # stale numbers past each row's end too
+    lengths = [0, 3, 39, 9]
+    q, k, v = (torch.randn(4, 3, 1, head_dim, generator=g) for _ in range(3))
+    keys_before = cache.keys[0].clone()
+    y = cache.rows(0, 4, lengths).attend_last(0, q, k, v, float_kernels())
+    for b, n in enumerate(lengths):
+        assert torch.equal(cache.keys[0][b, :, n], k[b, :, 0]) and torch.equal(cache.values[0][b, :, n], v[b, :, 0])
+        assert torch.equal(cache.keys[0][b, :, n + 1:], keys_before[b, :, n + 1:])  # nothing else written
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q[b:b + 1], cache.keys[0][b:b + 1, :, :n + 1], cache.values[0][b:b + 1, :, :n + 1])
+        torch.testing.assert_close(y[b:b + 1], expected, rtol=1e-5, atol=1e-5)
+        alone = cache.rows(b, b + 1, [n]).attend_last(0, q[b:b + 1], k[b:b + 1], v[b:b + 1], float_kernels())
+        assert torch.equal(alone, y[b:b + 1])  # the same bits as among the other rows
