@@ -1,6 +1,7 @@
 """Which int8 matmul to decode with on a CPU: one 768 x 2304 linear layer (gpt2-124m's qkv) for 1
 and 8 rows, cycling through 48 copies so the weights come from memory and not the L3, for our
-float32 path, torch._int_mm, our Int8Linear (its compiled kernel, and its torch path around
+float32 paths (the compiled kernel on the weights as trained, row-major, for up to FLOAT_ROWS rows;
+the split product on column-major weights where no compiler is found), torch._int_mm, our Int8Linear (its compiled kernel, and its torch path around
 _int_mm), fbgemm's dynamic quantization (torch.ao's
 quantize_dynamic), and the weight-only kernels: torchao's Int8WeightOnlyConfig (when torchao is
 installed) and aten._weight_int8pack_mm. Prints a markdown table (ms per call, weight GB/s).
@@ -17,7 +18,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from gptforge.model.cpu_decoding import linear
+from gptforge.model.cpu_decoding import FLOAT_ROWS, float_kernels, linear
 from gptforge.model.quantize import Int8Linear
 
 COPIES, K, N = 48, 768, 2304
@@ -63,7 +64,7 @@ def main() -> None:
         xq = torch.round(x / (x.abs().amax(1, keepdim=True) / 127)).to(torch.int8)
         linear_dynamic, int8pack_mm = torch.ops.quantized.linear_dynamic, torch.ops.aten._weight_int8pack_mm
         contestants = {
-            "float32, ours (column-major)": (4, [partial(linear, x, w) for w in column_major]),
+            "float32, ours (column-major: the split product)": (4, [partial(linear, x, w) for w in column_major]),
             "torch._int_mm alone": (1, [partial(torch._int_mm, xq, q.t()) for q in int8]),
             "Int8Linear, compiled kernel": (1, [partial(m, x) for m in ours]),
             "Int8Linear, torch path (_int_mm)": (1, [partial(m.forward_torch, x) for m in ours]),
@@ -71,6 +72,8 @@ def main() -> None:
             # 12 copies only (it is that slow): they fit the L3, which flatters it
             "aten._weight_int8pack_mm": (1, [partial(int8pack_mm, x, q, s) for q, s in zip(int8, scales)][:12]),
         }
+        if float_kernels() is not None and rows <= FLOAT_ROWS:
+            contestants["float32, ours (row-major: the compiled kernel)"] = (4, [partial(linear, x, w) for w in weights])
         if torchao is not None:
             contestants["torchao Int8WeightOnlyConfig"] = (1, [partial(m, x) for m in torchao])
         with torch.no_grad():

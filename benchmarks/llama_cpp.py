@@ -1,4 +1,5 @@
-"""Batch-1 decoding speed against llama.cpp, in one run on one machine: gptforge float32 and int8
+"""Batch-1 decoding speed against llama.cpp, in one run on one machine: gptforge float32 (with the
+compiled kernels, and with torch ops only, as on a machine without a C compiler) and int8
 (`--quantize int8`), llama.cpp on our GGUF exports (f32 and q8_0, through llama-cpp-python) and
 transformers on our HF export, for gpt2-124m and for the modern block on the same shape (random
 weights, seeded: speed does not depend on what the weights say). Every contestant gets the same
@@ -20,18 +21,20 @@ optional: without them their rows say so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import platform
 import sys
 import tempfile
 import time
+import unittest.mock
 from pathlib import Path
 
 import torch
 
 from gptforge.config import GPTConfig
 from gptforge.generate import generate
-from gptforge.model import GPT, prepare_for_decoding
+from gptforge.model import GPT, cpu_decoding, gpt, prepare_for_decoding
 from gptforge.model.quantize import quantize_model
 from gptforge.tokenizer import gpt2
 
@@ -59,10 +62,17 @@ def matrix_weights(model: GPT) -> int:
     return blocks + model.config.vocab_size * model.config.emb_dim
 
 
-def ours(model: GPT, prompt: torch.Tensor, tokens: int, repeats: int, quantize: str | None) -> float:
-    m = quantize_model(prepare_for_decoding(copy.deepcopy(model)), quantize)
-    generate(m, prompt, 2, temperature=0.0)  # warm-up
-    return max(tokens / _timed(lambda: generate(m, prompt, tokens, temperature=0.0)) for _ in range(repeats))
+def ours(model: GPT, prompt: torch.Tensor, tokens: int, repeats: int, quantize: str | None,
+         kernels: bool = True) -> float:
+    """Our tokens/s; kernels=False: float32 as on a machine without a C compiler (torch's split
+    product on column-major weights, SDPA), the compiled float32 kernels hidden while it runs."""
+    with contextlib.ExitStack() as hidden:
+        if not kernels:
+            for module in (cpu_decoding, gpt):
+                hidden.enter_context(unittest.mock.patch.object(module, "float_kernels", lambda: None))
+        m = quantize_model(prepare_for_decoding(copy.deepcopy(model)), quantize)
+        generate(m, prompt, 2, temperature=0.0)  # warm-up
+        return max(tokens / _timed(lambda: generate(m, prompt, tokens, temperature=0.0)) for _ in range(repeats))
 
 
 def llama_cpp(model: GPT, prompt: torch.Tensor, tokens: int, repeats: int, threads: int, type: str,
@@ -118,6 +128,7 @@ def rows_for(arch: str, args, folder: Path) -> list[tuple[str, float | str, floa
     fp32, q8 = 4 * n, n * 34 / 32  # q8_0: 34 bytes per block of 32 weights
     return [
         ("gptforge float32", ours(model, prompt, args.tokens, args.repeats, None), fp32),
+        ("gptforge float32, torch ops only", ours(model, prompt, args.tokens, args.repeats, None, kernels=False), fp32),
         ("gptforge int8", ours(model, prompt, args.tokens, args.repeats, "int8"), int8_bytes),
         ("llama.cpp f32", llama_cpp(model, prompt, args.tokens, args.repeats, args.threads, "f32", folder), fp32),
         ("llama.cpp q8_0", llama_cpp(model, prompt, args.tokens, args.repeats, args.threads, "q8_0", folder), q8),

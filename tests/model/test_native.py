@@ -122,3 +122,10 @@ def test_attend_last_stores_the_new_keys_and_attends_over_each_rows_own(head_dim
         torch.testing.assert_close(y[b:b + 1], expected, rtol=1e-5, atol=1e-5)
         alone = cache.rows(b, b + 1, [n]).attend_last(0, q[b:b + 1], k[b:b + 1], v[b:b + 1], float_kernels())
         assert torch.equal(alone, y[b:b + 1])  # the same bits as among the other rows
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 3):  # and on any number of threads
+            torch.set_num_threads(t)
+            assert torch.equal(cache.rows(0, 4, lengths).attend_last(0, q, k, v, float_kernels()), y)
+    finally:
+        torch.set_num_threads(threads)
