@@ -190,7 +190,7 @@ def test_the_thread_serves_many_submitters_and_stops_cleanly(model):
     waiting = sequence(prompts(1)[0], max_tokens=60 - len(prompts(1)[0]))
     engine.submit([waiting[0]])
     engine.stop()
-    assert waiting[1].reason in ("cancelled", "length") and not engine.thread.is_alive()
+    assert waiting[1].reason in ("cancelled", "length") and not engine.loop_thread.is_alive()
 
 
 @pytest.mark.parametrize("broken", [dict(seed=2**64), dict(temperature=1e-300, seed=1), dict(top_p=1e-300, seed=1)])

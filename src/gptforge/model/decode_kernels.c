@@ -192,7 +192,7 @@ static inline __attribute__((always_inline)) void float_dots(
         }
 #pragma GCC unroll 16
     for (int i = 0; i < R * NW; i++)
-        out[i] = _mm512_reduce_add_ps(acc[i]); /* the same tree as lane_sum */
+        out[i] = _mm512_reduce_add_ps(acc[i]); /* a fixed tree of adds, as lane_sum */
 #else
     float lanes[LANES];
     for (int i = 0; i < R * NW; i++) {

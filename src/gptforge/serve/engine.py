@@ -1,6 +1,7 @@
 """Continuous batching: many requests decoded together, each in its own row of one KV cache.
 
-A background thread runs the loop. Each step it drops what was cancelled, admits waiting
+One thread runs the loop: a thread of its own (start()), or the caller's (run(): `gptforge serve`
+gives it the main thread and serves HTTP from another). Each step it drops what was cancelled, admits waiting
 requests into free rows (prefilling each prompt into its own row, alone, in fixed-size chunks),
 then decodes one token for every live row in a single forward pass, each row at its own position
 (see model.KVCache). A row is freed the moment its sequence stops, and the last row moves into the
@@ -67,7 +68,8 @@ class Sequence:
 
 
 class Engine:
-    """Decodes the sequences submitted to it, up to `max_batch` at a time, in a background thread.
+    """Decodes the sequences submitted to it, up to `max_batch` at a time, in the thread running
+    run() (start() gives it one of its own).
 
     submit() is thread-safe and returns at once; tokens arrive through each sequence's emit.
     `max_queue` bounds the sequences waiting for a row (submit raises QueueFull beyond it);
@@ -85,7 +87,8 @@ class Engine:
         self.waiting: deque[Sequence] = deque()
         self.lock = threading.Condition()
         self.stopping = False
-        self.thread: threading.Thread | None = None
+        self.loop_thread: threading.Thread | None = None  # where run() runs, once it has begun
+        self.stopped = threading.Event()  # run() has ended
 
     # ---- the public side: any thread ------------------------------------------------------------
     def submit(self, sequences: list[Sequence]) -> None:
@@ -117,20 +120,31 @@ class Engine:
                     "max_batch": self.max_batch}
 
     def start(self) -> Engine:
-        self.thread = threading.Thread(target=self._run, name="gptforge-engine", daemon=True)
-        self.thread.start()
+        """Run the decoding loop in a background thread of its own."""
+        self.loop_thread = threading.Thread(target=self.run, name="gptforge-engine", daemon=True)
+        self.loop_thread.start()
         return self
 
     def stop(self) -> None:
-        """Finish every sequence as "cancelled" and end the thread."""
+        """Finish every sequence as "cancelled" and end the decoding loop, waiting for it."""
         with self.lock:
             self.stopping = True
             self.lock.notify()
-        if self.thread is not None:
-            self.thread.join()
+        if self.loop_thread not in (None, threading.current_thread()):
+            self.stopped.wait()
 
     # ---- the engine's thread ----------------------------------------------------------------------
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The decoding loop, in the calling thread, until stop(). `gptforge serve` runs it on the
+        main thread (the HTTP side in another): decoding steps ran 1.2-1.5x slower in a second
+        thread than on the main one, on the 2-core machine measured (benchmarks/README.md)."""
+        self.loop_thread = threading.current_thread()
+        try:
+            self._loop()
+        finally:
+            self.stopped.set()
+
+    def _loop(self) -> None:
         with torch.inference_mode():
             while self._wait_for_work():
                 try:
