@@ -15,10 +15,9 @@ from helpers import random_gpt
 
 def without_float_kernels(monkeypatch):
     """Decode as on a machine without a C compiler: torch's split product and SDPA."""
-    from gptforge.model import cpu_decoding, gpt
+    from gptforge.model import cpu_decoding
 
-    for module in (cpu_decoding, gpt):
-        monkeypatch.setattr(module, "float_kernels", lambda: None)
+    monkeypatch.setattr(cpu_decoding, "float_kernels", lambda: None)
 
 
 def test_decoding_layout_changes_strides_only(tmp_path, monkeypatch):
@@ -51,7 +50,7 @@ def test_decoding_layout_changes_strides_only(tmp_path, monkeypatch):
 
 
 def test_with_the_float_kernels_decoding_steps_take_them_on_the_weights_as_trained(monkeypatch):
-    from gptforge.model import cpu_decoding, gpt
+    from gptforge.model import cpu_decoding
 
     lib = cpu_decoding.float_kernels()
     if lib is None:
@@ -73,16 +72,17 @@ def test_with_the_float_kernels_decoding_steps_take_them_on_the_weights_as_train
     strides = {name: p.stride() for name, p in model.named_parameters()}
     prepare_for_decoding(model)
     assert {name: p.stride() for name, p in model.named_parameters()} == strides  # row-major, as trained
-    for module in (cpu_decoding, gpt):
-        monkeypatch.setattr(module, "float_kernels", lambda: Spy())
+    monkeypatch.setattr(cpu_decoding, "float_kernels", lambda: Spy())
     tokens = generate(model, prompt, 8, temperature=0)
     assert torch.equal(tokens, reference)
-    # 7 one-token steps after the prompt: each block's qkv and MLP matmuls (the weights of 2^17
-    # elements or more) and its attention; the prompt itself went to torch
-    steps = 7 * model.config.n_layers
+    # each block's qkv and MLP matmuls (the weights of 2^17 elements or more) for the 6-token
+    # prompt (6 rows, up to FLOAT_ROWS) and for the 7 one-token steps after it, whose attention
+    # runs in C too (the prompt's is SDPA's, causal over 6 queries)
+    layers = model.config.n_layers
+    steps = 7 * layers
     for shape in ((256, 768), (256, 1024), (1024, 256)):  # K, N
-        assert calls.count(("linear", 1, *shape)) == steps
-    assert calls.count(("attend", 1)) == steps and len(calls) == 4 * steps
+        assert calls.count(("linear", 1, *shape)) == steps and calls.count(("linear", 6, *shape)) == layers
+    assert calls.count(("attend", 1)) == steps and len(calls) == 4 * steps + 3 * layers
 
 
 def test_bfloat16_decoding_stays_close_to_float32():

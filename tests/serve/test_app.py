@@ -345,3 +345,21 @@ def test_a_client_that_disconnects_frees_its_row_at_once(base_model):
         left = time.monotonic()
         wait_until(lambda: service.engine.load()["running"] == 0, timeout=5, what="the row to be freed")
         assert time.monotonic() - left < 1.0
+
+
+def test_serve_fails_loudly_when_its_http_thread_cannot_start(monkeypatch):
+    """serve() decodes on the calling thread and runs uvicorn in another: uvicorn's startup failure
+    (a SystemExit in that thread) must still end serve() with it, the engine's loop stopped."""
+    import uvicorn
+
+    from gptforge.serve.app import serve
+
+    from helpers import random_gpt
+
+    def fail_to_start(self, sockets=None):
+        raise SystemExit(3)  # what uvicorn does when its startup fails
+
+    monkeypatch.setattr(uvicorn.Server, "run", fail_to_start)
+    with pytest.raises(SystemExit) as stopped:
+        serve(random_gpt(0), "tiny", port=0)
+    assert stopped.value.code == 3

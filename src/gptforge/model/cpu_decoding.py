@@ -1,9 +1,10 @@
 """Fast decoding on CPUs: a linear layer whose decoding steps (a few rows) run the compiled
 float32 kernel (native.py) or, without one, split the matrix-vector product across the CPU threads;
-`prepare_for_decoding`, which readies the weights for it; and `pack_for_batches` for larger batches.
+`prepare_for_decoding`, which readies the weights for it; and `pack_for_batches`, oneDNN's blocked
+copies for batches of rows and prompts in the server.
 
 Decoding one token multiplies a vector by every weight matrix: memory-bound work that MKL runs
-on a single thread. Training, GPUs and prompts never take these paths.
+on a single thread. Training and GPUs never take these paths.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import torch.nn.functional as F
 
 from .native import library
 
-FLOAT_ROWS = 2  # steps of up to this many rows take the compiled float32 kernel (more: oneDNN, faster there)
+FLOAT_ROWS = 8  # up to this many rows take the compiled float32 kernel, ...
+PACKED_ROWS = 3  # ... except that from this many on a weight's oneDNN copy (pack_for_batches) is faster
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -28,6 +30,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Up to FLOAT_ROWS rows of float32 x against a large row-major weight, with gradients off, go to
     the compiled kernel (float_kernels): each weight row streams from memory once for all the rows,
     on every thread, at close to the machine's read bandwidth, and each row's numbers are its own.
+    A weight with a packed copy takes that from PACKED_ROWS rows on (oneDNN computes 8 rows in
+    ~0.7x the kernel's time; one or two rows cost the kernel what one does).
     Without the kernel, for a few rows of x against a column-major weight (see prepare_for_decoding), MKL's
     matrix-vector product runs on one thread. Splitting K across the threads as a batched matmul,
     (s, M, K/s) @ (s, K/s, N) summed over s, puts every core on streaming the weight: 1.7x the
@@ -41,12 +45,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     when gradients are off: a batch of decoding rows, or a prompt being prefilled.
     """
     K, N = weight.shape[1], weight.shape[0]
-    if (0 < x.numel() <= FLOAT_ROWS * K and x.shape[-1] == K and weight.numel() >= 2**17
-            and x.dtype == weight.dtype == torch.float32 and x.device.type == "cpu" and weight.is_contiguous()
-            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and (lib := float_kernels()) is not None):
+    if (0 < x.numel() <= (FLOAT_ROWS if packed is None else PACKED_ROWS - 1) * K and x.shape[-1] == K
+            and weight.numel() >= 2**17 and weight.dtype == torch.float32 and weight.device.type == "cpu"
+            and weight.is_contiguous() and not torch.is_autocast_enabled("cpu")
+            and (bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu" and bias.is_contiguous()))
+            and (lib := decoding_kernels(x)) is not None):
         rows = x.reshape(-1, K).contiguous()  # (M, K)
-        y = torch.empty(rows.shape[0], N)
+        y = torch.empty(rows.shape[0], N, dtype=torch.float32)
         lib.float_linear(rows.data_ptr(), rows.shape[0], K, weight.data_ptr(),
                          None if bias is None else bias.data_ptr(), N, y.data_ptr(), torch.get_num_threads())
         return y.view(*x.shape[:-1], N)
@@ -106,9 +111,9 @@ def prepare_for_decoding(model: nn.Module, dtype: torch.dtype | None = None) -> 
 
 def pack_for_batches(model: nn.Module) -> nn.Module:
     """Give every large linear weight of a float32 CPU model (the LM head included) a second copy
-    in oneDNN's blocked layout, which `linear` uses for two rows or more: a batch of sequences
-    decoded together (serve/engine.py), or a prompt being prefilled. One row keeps the split
-    matrix-vector product above.
+    in oneDNN's blocked layout, which `linear` uses for a batch of sequences decoded together
+    (serve/engine.py) or a prompt being prefilled: PACKED_ROWS rows or more where the compiled
+    kernel runs (fewer keep it), two or more where it does not (one keeps the split product).
 
     On the 2-core machine measured, 8 rows through gpt2-124m's weights take 0.12-0.33 ms per
     768 x 2304 or 3072 x 768 matmul instead of 0.4-0.7 ms (MKL's small-M GEMM), and 4.5 ms instead of
@@ -128,6 +133,15 @@ def pack_for_batches(model: nn.Module) -> nn.Module:
                 weight = module.weight.detach()[:vocab] if module is head else module.weight.detach()
                 module.packed = reorder(weight.contiguous(), 8)
     return model
+
+
+def decoding_kernels(x: torch.Tensor):
+    """The compiled float32 kernels (float_kernels) if `x` may take them: float32 on a CPU, with
+    gradients off and outside torch.compile (a ctypes call would break its graph); else None."""
+    if (x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled()
+            or torch.compiler.is_compiling()):
+        return None
+    return float_kernels()
 
 
 @functools.cache

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..config import GPTConfig
 from ..tokenizer import Tokenizer
-from .cpu_decoding import Linear, float_kernels, linear
+from .cpu_decoding import Linear, decoding_kernels, linear
 from .layers import MLP, apply_rotary, make_norm, rotary_angles
 from .quantize import Int8Linear
 
@@ -93,6 +93,10 @@ class KVCache:
         B, H, _, D = q.shape
         q, k, v = (t.contiguous() for t in (q, k, v))
         keys, values = self.keys[layer], self.values[layer]  # (B, nh, capacity, hs): rows of a contiguous buffer
+        if (keys.shape != (B, H, self.capacity, D) or keys.dtype != q.dtype or not keys.is_contiguous()
+                or not values.is_contiguous() or max(self.lengths) >= self.capacity):
+            raise ValueError(f"attend_last: a cache of {tuple(keys.shape)} {keys.dtype} at lengths "
+                             f"{self.lengths} cannot take queries {tuple(q.shape)} {q.dtype}")
         lengths = torch.tensor(self.lengths, dtype=torch.int64)
         y = torch.empty_like(q)
         if lib.attend_last(q.data_ptr(), k.data_ptr(), v.data_ptr(), keys.data_ptr(), values.data_ptr(),
@@ -126,9 +130,7 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:  # keys are cached rotated: a key's angle is fixed by its position
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
 
-        if (cache is not None and T == 1 and q.dtype == torch.float32 and q.device.type == "cpu"
-                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-                and (lib := float_kernels()) is not None):
+        if cache is not None and T == 1 and (lib := decoding_kernels(q)) is not None:
             y = cache.attend_last(layer, q, k, v, lib)  # (B, nh, 1, hs)
             return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(B, T, C)))
 
@@ -247,6 +249,8 @@ class GPT(nn.Module):
                 targets: torch.Tensor | None = None, head: bool = True, last: bool = False) -> torch.Tensor:
         if idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, seq), got {tuple(idx.shape)}")
+        if last and targets is not None:
+            raise ValueError("last=True gives logits for generation; a loss needs every position")
         B, T = idx.shape
         longest = max(cache.lengths) if cache is not None else 0
         if cache is not None and cache.capacity < self.config.context_length and longest + T > cache.capacity:
@@ -272,8 +276,6 @@ class GPT(nn.Module):
         if not head:  # filling a cache whose logits nobody reads: the LM head is skipped, (B, T, C) out
             return x
         if last:  # generating: only the last position's logits are read, (B, 1, V)
-            if targets is not None:
-                raise ValueError("last=True gives logits for generation; a loss needs every position")
             x = x[:, -1:]
         x = self.final_norm(x)
         V, cap = self.config.vocab_size, self.config.logit_softcap

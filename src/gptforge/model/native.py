@@ -5,13 +5,13 @@ Why C: a decoding step is a few rows against every weight, so its speed is how f
 stream from memory, and its cost beside the matmuls is the dozen small torch ops each layer calls.
 The kernels read each weight row once for up to 8 rows, on every thread, in one call.
 
-int8_linear computes exactly what Int8Linear's torch path computes, so for int8 a compiler changes
-the speed, never a token. float_linear and attend_last sum in their own fixed order (not MKL's nor
-SDPA's), so a float32 model decodes the same tokens on a machine with or without a compiler up to
-float rounding, exactly as MKL's own kernels differ from one CPU to another; on one machine a row
-gets the same numbers alone and among strangers. Without a compiler (or if the build or a check
-fails) `library()` is None, one warning says why, and torch does the work. GPTFORGE_NATIVE=0 turns
-the kernels off.
+int8_linear computes exactly what Int8Linear's torch path computes. float_linear and attend_last
+sum in their own fixed order (not MKL's nor SDPA's), so with or without a compiler a model decodes
+the same tokens up to float rounding (a near-tie can go the other way, as between two CPUs; an
+int8 model too, since its attention runs here), and each row's numbers from these kernels are its
+own, whatever rows run beside it. Without a compiler (or if the build or a check fails)
+`library()` is None, one warning says why, and torch does the work. GPTFORGE_NATIVE=0 turns the
+kernels off.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class Int8Linear(nn.Module):
 
     def forward_native(self, function, rows: torch.Tensor, threads: int) -> torch.Tensor:
         """The product through the compiled kernel `function`: rows (M, K) contiguous -> (M, N)."""
-        y = torch.empty(rows.shape[0], self.out_features)
+        y = torch.empty(rows.shape[0], self.out_features, dtype=torch.float32)
         if function(rows.data_ptr(), rows.shape[0], self.in_features, self.qweight.data_ptr(),
                     self.row_sums.data_ptr(), self.scale.data_ptr(), None if self.bias is None else self.bias.data_ptr(),
                     self.out_features, y.data_ptr(), threads) != 0:

@@ -557,7 +557,7 @@ def _announcing_server():
     import uvicorn
 
     class AnnouncingServer(uvicorn.Server):
-        """uvicorn's server that calls `announce` once it listens with its signal handlers in place."""
+        """uvicorn's server that calls `announce` once it listens (serve() handles the signals)."""
 
         def __init__(self, config, announce: Callable[[], None]):
             super().__init__(config)
@@ -607,9 +607,13 @@ def serve(model: GPT, name: str, host: str = "127.0.0.1", port: int = 8000, api_
     config = server_config(build_app(service), HEADER_TIMEOUT_S, timeout_graceful_shutdown=3)
     server = AnnouncingServer(config, announce)
 
+    failures: list[BaseException] = []
+
     def http() -> None:
         try:
             server.run(sockets=[sock])
+        except BaseException as error:  # uvicorn's startup failure is a SystemExit: the main thread re-raises it
+            failures.append(error)
         finally:  # shut down, or never started: the decoding loop ends too
             service.engine.stop()
 
@@ -625,8 +629,11 @@ def serve(model: GPT, name: str, host: str = "127.0.0.1", port: int = 8000, api_
     try:
         thread.start()
         service.engine.run()  # until the HTTP side has shut down
-        thread.join()
     finally:
+        server.should_exit = True  # (already, unless the engine's loop itself failed)
+        thread.join()
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if failures:
+        raise failures[0]
     print("gptforge serve: stopped", flush=True)
