@@ -31,6 +31,19 @@
 
 #define CHUNK 8 /* rows of x per pass over the weights: their accumulators stay in registers */
 
+/* This thread's contiguous block n0..n1 of N weight rows (one sequential stream from memory),
+   inside a parallel region. */
+static void thread_share(int N, int *n0, int *n1)
+{
+#ifdef _OPENMP
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+    int t = 0, T = 1;
+#endif
+    *n0 = (int)((int64_t)N * t / T);
+    *n1 = (int)((int64_t)N * (t + 1) / T);
+}
+
 /* ---- int8 linear layers ----------------------------------------------------------------------
 
    y[m, n] = (sum_k qx[m, k] * w[n, k]) * (xs[m] * ws[n]) + bias[n], where each row of x is
@@ -141,12 +154,8 @@ int int8_linear(const float *x, int M, int K, const int8_t *w, const int32_t *ws
         /* Each thread a contiguous block of weight rows: one sequential stream from memory. */
 #pragma omp parallel num_threads(threads)
         {
-#ifdef _OPENMP
-            int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-            int t = 0, T = 1;
-#endif
-            int n0 = (int)((int64_t)N * t / T), n1 = (int)((int64_t)N * (t + 1) / T);
+            int n0, n1;
+            thread_share(N, &n0, &n1);
             rows_pass(R, K, q, u, xs + m0, w, wsum, ws, bias, N, out, n0, n1);
         }
     }
@@ -242,12 +251,8 @@ int float_linear(const float *x, int M, int K, const float *w, const float *bias
         int R = M - m0 < CHUNK ? M - m0 : CHUNK;
 #pragma omp parallel num_threads(threads)
         {
-#ifdef _OPENMP
-            int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-            int t = 0, T = 1;
-#endif
-            int n0 = (int)((int64_t)N * t / T), n1 = (int)((int64_t)N * (t + 1) / T);
+            int n0, n1;
+            thread_share(N, &n0, &n1);
             float_pass(R, K, x + (int64_t)m0 * K, w, bias, N, y + (int64_t)m0 * N, n0, n1);
         }
     }
