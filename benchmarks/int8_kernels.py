@@ -4,7 +4,9 @@ float32 paths (the compiled kernel on the weights as trained, row-major, for up 
 the split product on column-major weights where no compiler is found), torch._int_mm, our Int8Linear (its compiled kernel, and its torch path around
 _int_mm), fbgemm's dynamic quantization (torch.ao's
 quantize_dynamic), and the weight-only kernels: torchao's Int8WeightOnlyConfig (when torchao is
-installed) and aten._weight_int8pack_mm. Prints a markdown table (ms per call, weight GB/s).
+installed) and aten._weight_int8pack_mm; our compiled kernels also on weights moved into huge pages
+as prepare_for_decoding moves them (hold_in_huge_pages). Prints a markdown table (ms per call,
+weight GB/s).
 
     python benchmarks/int8_kernels.py
 """
@@ -18,7 +20,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from gptforge.model.cpu_decoding import FLOAT_ROWS, float_kernels, linear
+from gptforge.model.cpu_decoding import FLOAT_ROWS, float_kernels, hold_in_huge_pages, linear
 from gptforge.model.quantize import Int8Linear
 
 COPIES, K, N = 48, 768, 2304
@@ -44,6 +46,8 @@ def main() -> None:
     int8 = [torch.round(w / s[:, None]).to(torch.int8) for w, s in zip(weights, scales)]
     column_major = [w.t().contiguous().t() for w in weights]
     ours = [Int8Linear(w).eval() for w in weights]
+    huge = hold_in_huge_pages(nn.ParameterList(w.clone() for w in weights))  # (copies: the others stay put)
+    ours_huge = hold_in_huge_pages(nn.ModuleList(Int8Linear(w).eval() for w in weights))
     zero = torch.zeros(N, dtype=torch.long)
     fbgemm = [torch.ops.quantized.linear_prepack(torch.quantize_per_channel(w, s, zero, 0, torch.qint8), None)
               for w, s in zip(weights, scales)]
@@ -74,6 +78,8 @@ def main() -> None:
         }
         if float_kernels() is not None and rows <= FLOAT_ROWS:
             contestants["float32, ours (row-major: the compiled kernel)"] = (4, [partial(linear, x, w) for w in weights])
+            contestants["float32, ours (the compiled kernel), huge pages"] = (4, [partial(linear, x, w) for w in huge])
+        contestants["Int8Linear, compiled kernel, huge pages"] = (1, [partial(m, x) for m in ours_huge])
         if torchao is not None:
             contestants["torchao Int8WeightOnlyConfig"] = (1, [partial(m, x) for m in torchao])
         with torch.no_grad():

@@ -21,7 +21,6 @@ from .device import matmul_peak_flops, pick_device, synchronize
 from .evaluate import batch_loss
 from .generate import generate
 from .model import GPT, prepare_for_decoding
-from .model.quantize import quantize_model
 from .training.config import OptimArgs
 from .training.optim import make_optimizer
 
@@ -82,7 +81,7 @@ def bench_generate(preset: str = "gpt2-124m", prompt_tokens: int = 8, new_tokens
     """Greedy decoding speed: median over `repeats` runs of new tokens per second (of the
     quantized model with quantize="int8")."""
     dev = pick_device(device)
-    model = quantize_model(prepare_for_decoding(_model(preset, None, dev, arch), getattr(torch, dtype)), quantize)
+    model = prepare_for_decoding(_model(preset, None, dev, arch), getattr(torch, dtype), quantize)
     idx = torch.randint(0, model.config.vocab_size, (batch_size, prompt_tokens), device=dev)
     generate(model, idx, 4, temperature=0.0, use_cache=use_cache)  # warm-up
     times = []

@@ -13,7 +13,6 @@ from .config import GPTConfig
 from .device import pick_device
 from .errors import UserError
 from .model import GPT, prepare_for_decoding
-from .model.quantize import quantize_model
 from .sampling import Sampling, check_seed, check_temperature, check_top_p  # noqa: F401 (re-exported)
 from .tokenizer import gpt2, tokenizer_of
 from .weights import load_any
@@ -290,4 +289,4 @@ def model_for_generation(source: str | None = None, preset: str | None = None, s
             torch.manual_seed(seed)
         with torch.device(dev):
             model = GPT(GPTConfig.from_preset(preset), gpt2())  # a preset's vocabulary is GPT-2's
-    return quantize_model(prepare_for_decoding(model, getattr(torch, dtype)), quantize)
+    return prepare_for_decoding(model, getattr(torch, dtype), quantize)

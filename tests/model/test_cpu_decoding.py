@@ -204,3 +204,46 @@ def test_without_the_private_onednn_ops_decoding_falls_back_to_the_same_tokens(o
 def _forget_the_probe(cpu_decoding):
     """Make the next pack_for_batches probe the ops again (the probe's answer is cached)."""
     getattr(getattr(cpu_decoding, "onednn_linear_works", None), "cache_clear", lambda: None)()
+
+
+def _mapping_flags(address: int) -> list[str] | None:
+    """The VmFlags of this process's memory mapping holding `address` (Linux's /proc/self/smaps)."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):
+            start, end = (int(part, 16) for part in head.split("-"))
+            inside = start <= address < end
+        elif inside and line.startswith("VmFlags:"):
+            return line.split()[1:]
+    return None
+
+
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_prepared_weights_live_in_memory_advised_for_huge_pages(quantize):
+    """hold_in_huge_pages: same values, strides, ties and tokens; the weights' new memory is
+    marked for transparent huge pages ('hg'), which torch's own allocations are not."""
+    from pathlib import Path
+
+    if not Path("/proc/self/smaps").exists():
+        pytest.skip("no /proc/self/smaps: not Linux")
+    model = random_gpt(6, vocab_size=2048, emb_dim=256).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    idx = torch.randint(0, 2048, (2, 5), generator=torch.Generator().manual_seed(0))
+    assert "hg" not in _mapping_flags(model.tok_emb.weight.data_ptr())
+    prepare_for_decoding(model, quantize=quantize)
+    fc = model.blocks[0].mlp.fc
+    weights = [model.tok_emb.weight, fc.qweight if quantize else fc.weight]
+    if quantize is None:
+        assert model.lm_head.weight is model.tok_emb.weight  # still tied
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    for weight in weights:
+        assert "hg" in _mapping_flags(weight.data_ptr()), weight.shape
+    small = model.blocks[0].ln1.weight  # 1 KB: not worth a move
+    assert "hg" not in (_mapping_flags(small.data_ptr()) or [])
+    fresh = random_gpt(6, vocab_size=2048, emb_dim=256).eval()
+    fresh.load_state_dict(state)
+    from gptforge.model.quantize import quantize_model
+
+    expected = generate(quantize_model(fresh, quantize), idx, 8, temperature=0)
+    assert torch.equal(generate(model, idx, 8, temperature=0), expected)
