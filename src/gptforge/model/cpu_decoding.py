@@ -126,10 +126,12 @@ def hold_in_huge_pages(model: nn.Module, smallest: int = 1 << 16) -> nn.Module:
     TLB miss per page; torch's allocator asks for huge pages only when THP_MEM_ALLOC_ENABLE=1 is
     set before it starts, and most systems give them only when asked ("madvise"). Measured on the
     2-core machine: the float32 kernel read gpt2-124m's weights at 38 GB/s from huge pages against
-    30 from torch's own memory (benchmarks/README.md). Where the system offers none (THP "never",
-    other operating systems) the block is ordinary memory and nothing changes but the addresses.
+    30 from torch's own memory (benchmarks/README.md). Where the system offers none (THP "never")
+    the block is ordinary memory and nothing changes but the addresses; off Linux nothing moves.
     The model's memory grows by less than one huge page; the tensors' old memory is freed.
     """
+    if not hasattr(mmap, "MADV_HUGEPAGE"):  # not Linux: nothing to gain
+        return model
     moving: dict[int, torch.Tensor] = {}  # id -> tensor, each tensor once (a tied weight is one Parameter)
     for tensor in [*model.parameters(), *model.buffers()]:
         if (tensor.device.type == "cpu" and tensor.numel() * tensor.element_size() >= smallest
@@ -142,8 +144,7 @@ def hold_in_huge_pages(model: nn.Module, smallest: int = 1 << 16) -> nn.Module:
         offsets[key] = size - HUGE_PAGE
         size += -(-tensor.numel() * tensor.element_size() // 64) * 64  # each on a 64-byte cache line
     block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # (shared memory gets no THP)
-    if hasattr(mmap, "MADV_HUGEPAGE"):  # before the first write: pages are chosen when first touched
-        block.madvise(mmap.MADV_HUGEPAGE)
+    block.madvise(mmap.MADV_HUGEPAGE)  # before the first write: pages are chosen when first touched
     memory = torch.frombuffer(block, dtype=torch.uint8)  # holds the mmap while any tensor uses it
     memory = memory[-memory.data_ptr() % HUGE_PAGE:]
     moved = {}
