@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -63,7 +65,7 @@ def test_with_the_float_kernels_decoding_steps_take_them_on_the_weights_as_train
             return lib.float_linear(*args)
 
         def attend_last(self, *args):
-            calls.append(("attend", args[6]))  # B
+            calls.append(("attend", args[9]))  # B
             return lib.attend_last(*args)
 
     model = random_gpt(4, vocab_size=300, emb_dim=256)
@@ -233,7 +235,7 @@ def test_prepared_weights_live_in_memory_advised_for_huge_pages(quantize):
     assert "hg" not in _mapping_flags(model.tok_emb.weight.data_ptr())
     prepare_for_decoding(model, quantize=quantize)
     fc = model.blocks[0].mlp.fc
-    weights = [model.tok_emb.weight, fc.qweight if quantize else fc.weight]
+    weights = [model.tok_emb.weight, (fc.weight if not quantize else fc.qweight if fc.panels is None else fc.panels)]
     if quantize is None:
         assert model.lm_head.weight is model.tok_emb.weight  # still tied
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
@@ -247,3 +249,18 @@ def test_prepared_weights_live_in_memory_advised_for_huge_pages(quantize):
 
     expected = generate(quantize_model(fresh, quantize), idx, 8, temperature=0)
     assert torch.equal(generate(model, idx, 8, temperature=0), expected)
+
+
+def test_a_cpu_kv_cache_is_zeroed_memory_in_huge_pages():
+    from pathlib import Path
+
+    model = random_gpt(3, vocab_size=300, emb_dim=256)
+    config = model.config
+    cache = model.new_cache(4)
+    shape = (4, config.n_heads, config.context_length, config.head_dim)
+    assert len(cache.keys) == len(cache.values) == config.n_layers
+    assert all(t.shape == shape and t.dtype == torch.float32 and not t.any() for t in cache.keys + cache.values)
+    starts = sorted(t.data_ptr() for t in cache.keys + cache.values)
+    assert all(b - a >= math.prod(shape) * 4 for a, b in zip(starts, starts[1:]))  # no two buffers overlap
+    if Path("/proc/self/smaps").exists():
+        assert "hg" in _mapping_flags(cache.keys[1].data_ptr())

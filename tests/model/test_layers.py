@@ -149,3 +149,32 @@ def test_modern_124m_preset_and_odd_head_sizes():
     with pytest.raises(UserError, match="rotary positions need an even head size"):
         GPTConfig.from_preset("gpt2-tiny", emb_dim=60, n_heads=4, positions="rope")
     assert math.isclose(GPTConfig.from_preset("gpt2-tiny", arch="modern").mlp_width / 64, 3.0)
+
+
+def test_rmsnorm_decoding_steps_run_the_kernel_with_torchs_numbers(monkeypatch):
+    from gptforge.model import layers
+    from gptforge.model.cpu_decoding import float_kernels
+
+    lib = float_kernels()
+    if lib is None:
+        pytest.skip("no C compiler here to build the kernels")
+    calls = []
+
+    class Spy:
+        def rms_norm(self, *args):
+            calls.append(args[3:5])  # M, K
+            return lib.rms_norm(*args)
+
+    monkeypatch.setattr(layers, "decoding_kernels", lambda x: Spy() if not torch.is_grad_enabled() else None)
+    norm = layers.RMSNorm(100, eps=1e-5)
+    norm.weight.data = torch.rand(100, generator=torch.Generator().manual_seed(0)) + 0.5
+    x = torch.randn(3, 2, 100, generator=torch.Generator().manual_seed(1)) * 4
+    with torch.no_grad():
+        got = norm(x)
+        assert calls == [(6, 100)]
+        torch.testing.assert_close(got, torch.nn.functional.rms_norm(x, (100,), norm.weight, 1e-5), rtol=1e-5, atol=1e-6)
+        assert torch.equal(norm(x[1:2, 1:2]), got[1:2, 1:2])  # a row's numbers are its own
+        norm(torch.randn(3, 4, 100))  # 12 rows: more than a decoding step, torch's
+    assert len(calls) == 2
+    torch.testing.assert_close(norm(x), got)  # with gradients: torch's, the same to rounding
+    assert len(calls) == 2

@@ -22,7 +22,10 @@ needs_kernel = pytest.mark.skipif(native_kernel() is None, reason="no C compiler
 def test_the_kernel_computes_what_torch_computes(K, N, bias, column_major):
     g = torch.Generator().manual_seed(K + N)
     weight = torch.randn(K, N, generator=g).t() if column_major else torch.randn(N, K, generator=g)
-    layer = Int8Linear(weight * 0.02, torch.randn(N, generator=g) if bias else None).eval()
+    b = torch.randn(N, generator=g) if bias else None
+    layer = Int8Linear(weight * 0.02, b).eval()
+    plain = Int8Linear(weight * 0.02, b, panels=False).eval()  # as where no kernel built: (N, K) for _int_mm
+    assert layer.panels is not None and layer.qweight is None and torch.equal(layer.int8_weight(), plain.qweight)
     threads = torch.get_num_threads()
     try:
         for t in (1, 2, 3):
@@ -35,7 +38,7 @@ def test_the_kernel_computes_what_torch_computes(K, N, bias, column_major):
                 if M > 2:
                     x[2, 5] = float("nan")  # a broken row: NaN everywhere in it, as in torch; the others untouched
                 with torch.no_grad():
-                    torch.testing.assert_close(layer(x), layer.forward_torch(x), rtol=0, atol=0, equal_nan=True)
+                    torch.testing.assert_close(layer(x), plain(x), rtol=0, atol=0, equal_nan=True)
                     if M > 2:
                         assert layer(x)[2].isnan().all() and not layer(x)[3:].isnan().any()
     finally:
@@ -101,31 +104,47 @@ def test_linear_sends_decoding_rows_of_a_large_weight_to_the_float_kernel():
 
 
 @needs_kernel
-@pytest.mark.parametrize("head_dim", [64, 24])  # 24: lanes and a tail
-def test_attend_last_stores_the_new_keys_and_attends_over_each_rows_own(head_dim):
+@pytest.mark.parametrize("head_dim,modern", [(64, False), (24, False), (24, True)])  # 24: lanes and a tail
+def test_attend_last_stores_the_new_keys_and_attends_over_each_rows_own(head_dim, modern):
+    """From each row's qkv projection: (modern: QK-norm and rotary at the row's position,) the key
+    and value stored at the row's length, attention over the row's own keys as SDPA computes it."""
     from gptforge.config import GPTConfig
     from gptforge.model.gpt import KVCache
+    from gptforge.model.layers import apply_rotary, rotary_angles
 
     config = GPTConfig(vocab_size=64, context_length=40, emb_dim=3 * head_dim, n_heads=3, n_layers=1)
     g = torch.Generator().manual_seed(head_dim)
     cache = KVCache(config, 4)
     cache.keys[0].normal_(generator=g), cache.values[0].normal_(generator=g)  # stale numbers past each row's end too
     lengths = [0, 3, 39, 9]
-    q, k, v = (torch.randn(4, 3, 1, head_dim, generator=g) for _ in range(3))
+    qkv = torch.randn(4, 1, 3 * config.emb_dim, generator=g)
+    q_norm, k_norm = (torch.nn.RMSNorm(head_dim, eps=1e-5) for _ in range(2))
+    for norm in (q_norm, k_norm):
+        norm.weight.data = torch.rand(head_dim, generator=g) + 0.5
+    norms, rope = ((q_norm, k_norm), rotary_angles(torch.tensor(lengths)[:, None], head_dim, 10000.0)) if modern \
+        else ((None, None), None)
+    q, k, v = (t.transpose(1, 2) for t in qkv.view(4, 1, 9, head_dim).split(3, dim=2))  # (B, nh, 1, hs)
+    if modern:
+        q, k = apply_rotary(q_norm(q), *rope), apply_rotary(k_norm(k), *rope)
     keys_before = cache.keys[0].clone()
-    y = cache.rows(0, 4, lengths).attend_last(0, q, k, v, float_kernels())
+    with torch.no_grad():
+        y = cache.rows(0, 4, lengths).attend_last(0, qkv, float_kernels(), *norms, rope)  # (B, 1, C)
     for b, n in enumerate(lengths):
-        assert torch.equal(cache.keys[0][b, :, n], k[b, :, 0]) and torch.equal(cache.values[0][b, :, n], v[b, :, 0])
+        torch.testing.assert_close(cache.keys[0][b, :, n], k[b, :, 0], rtol=1e-5, atol=1e-6)
+        assert torch.equal(cache.values[0][b, :, n], v[b, :, 0])
         assert torch.equal(cache.keys[0][b, :, n + 1:], keys_before[b, :, n + 1:])  # nothing else written
         expected = torch.nn.functional.scaled_dot_product_attention(
-            q[b:b + 1], cache.keys[0][b:b + 1, :, :n + 1], cache.values[0][b:b + 1, :, :n + 1])
-        torch.testing.assert_close(y[b:b + 1], expected, rtol=1e-5, atol=1e-5)
-        alone = cache.rows(b, b + 1, [n]).attend_last(0, q[b:b + 1], k[b:b + 1], v[b:b + 1], float_kernels())
+            q[b:b + 1], cache.keys[0][b:b + 1, :, :n + 1], cache.values[0][b:b + 1, :, :n + 1])  # (1, nh, 1, hs)
+        torch.testing.assert_close(y[b:b + 1], expected.transpose(1, 2).reshape(1, 1, -1), rtol=1e-5, atol=1e-5)
+        row_rope = None if rope is None else tuple(t[b:b + 1] for t in rope)
+        with torch.no_grad():
+            alone = cache.rows(b, b + 1, [n]).attend_last(0, qkv[b:b + 1], float_kernels(), *norms, row_rope)
         assert torch.equal(alone, y[b:b + 1])  # the same bits as among the other rows
     threads = torch.get_num_threads()
     try:
         for t in (1, 3):  # and on any number of threads
             torch.set_num_threads(t)
-            assert torch.equal(cache.rows(0, 4, lengths).attend_last(0, q, k, v, float_kernels()), y)
+            with torch.no_grad():
+                assert torch.equal(cache.rows(0, 4, lengths).attend_last(0, qkv, float_kernels(), *norms, rope), y)
     finally:
         torch.set_num_threads(threads)

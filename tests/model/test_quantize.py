@@ -26,7 +26,7 @@ def test_int8_linear_is_the_product_of_the_rounded_integers():
     expected = ((qx @ qw.T) * sx * sw + bias.double()).reshape(2, 3, 40)
     with torch.no_grad():
         got = layer(x)
-    assert layer.qweight.dtype == torch.int8 and got.shape == (2, 3, 40)
+    assert layer.int8_weight().dtype == torch.int8 and got.shape == (2, 3, 40)
     torch.testing.assert_close(got.double(), expected, atol=1e-5, rtol=1e-5)
     # ... and int8's error against the float product is what 8 bits allow (about 1%, not 10%)
     exact = F.linear(x, weight, bias)

@@ -50,7 +50,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     K, N = weight.shape[1], weight.shape[0]
     if (0 < x.numel() <= (FLOAT_ROWS if packed is None else PACKED_ROWS - 1) * K and x.shape[-1] == K
             and weight.numel() >= 2**17 and weight.dtype == torch.float32 and weight.device.type == "cpu"
-            and weight.is_contiguous() and not torch.is_autocast_enabled("cpu")
+            and weight.is_contiguous()
             and (bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu" and bias.is_contiguous()))
             and (lib := decoding_kernels(x)) is not None):
         rows = x.reshape(-1, K).contiguous()  # (M, K)
@@ -117,6 +117,19 @@ def prepare_for_decoding(model: nn.Module, dtype: torch.dtype | None = None,
     return model
 
 
+def huge_page_memory(nbytes: int) -> torch.Tensor:
+    """`nbytes` of zeroed CPU memory (uint8) starting on a huge-page boundary, advised for
+    transparent huge pages where Linux offers them (see hold_in_huge_pages; elsewhere ordinary
+    memory). Pages are mapped as first touched, so memory never written costs nothing."""
+    private = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
+    block = mmap.mmap(-1, nbytes + HUGE_PAGE, **({"flags": private} if private else {}))  # (shared memory gets no THP)
+    if hasattr(mmap, "MADV_HUGEPAGE"):  # before the first write: pages are chosen when first touched
+        block.madvise(mmap.MADV_HUGEPAGE)
+    memory = torch.frombuffer(block, dtype=torch.uint8)  # holds the mmap while any view of it lives
+    start = -memory.data_ptr() % HUGE_PAGE
+    return memory[start:start + nbytes]
+
+
 def hold_in_huge_pages(model: nn.Module, smallest: int = 1 << 16) -> nn.Module:
     """Move every CPU parameter and buffer of `model` of at least `smallest` bytes (its weights) into
     one block of memory that Linux backs with transparent huge pages (2 MB instead of 4 KB), in
@@ -139,14 +152,11 @@ def hold_in_huge_pages(model: nn.Module, smallest: int = 1 << 16) -> nn.Module:
             moving[id(tensor)] = tensor
     if not moving:
         return model
-    offsets, size = {}, HUGE_PAGE  # room to start on a huge-page boundary
+    offsets, size = {}, 0
     for key, tensor in moving.items():
-        offsets[key] = size - HUGE_PAGE
+        offsets[key] = size
         size += -(-tensor.numel() * tensor.element_size() // 64) * 64  # each on a 64-byte cache line
-    block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # (shared memory gets no THP)
-    block.madvise(mmap.MADV_HUGEPAGE)  # before the first write: pages are chosen when first touched
-    memory = torch.frombuffer(block, dtype=torch.uint8)  # holds the mmap while any tensor uses it
-    memory = memory[-memory.data_ptr() % HUGE_PAGE:]
+    memory = huge_page_memory(size)
     moved = {}
     with torch.no_grad():
         for key, tensor in moving.items():
@@ -191,9 +201,10 @@ def pack_for_batches(model: nn.Module) -> nn.Module:
 
 def decoding_kernels(x: torch.Tensor):
     """The compiled float32 kernels (float_kernels) if `x` may take them: float32 on a CPU, with
-    gradients off and outside torch.compile (a ctypes call would break its graph); else None."""
+    gradients and autocast off and outside torch.compile (a ctypes call would break its graph);
+    else None."""
     if (x.dtype != torch.float32 or x.device.type != "cpu" or torch.is_grad_enabled()
-            or torch.compiler.is_compiling()):
+            or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()):
         return None
     return float_kernels()
 
@@ -211,16 +222,21 @@ def float_kernels():
     y = torch.empty(3, 40)
     lib.float_linear(rows.data_ptr(), 3, 200, weight.data_ptr(), bias.data_ptr(), 40, y.data_ptr(), 2)
     B, H, D, capacity, lengths = 2, 3, 24, 10, [4, 7]
-    q, k, v = (torch.randn(B, H, 1, D, generator=g) for _ in range(3))
+    qkv, gain = torch.randn(B, 1, 3 * H * D, generator=g), torch.rand(D, generator=g) + 0.5
     keys, values = torch.randn(B, H, capacity, D, generator=g), torch.randn(B, H, capacity, D, generator=g)
-    attended, filled = torch.empty(B, H, 1, D), torch.tensor(lengths)  # (held: the kernel reads its memory)
-    lib.attend_last(q.data_ptr(), k.data_ptr(), v.data_ptr(), keys.data_ptr(), values.data_ptr(),
-                    filled.data_ptr(), B, H, D, capacity, attended.data_ptr(), 2)
-    expected = [F.scaled_dot_product_attention(q[b:b + 1], keys[b:b + 1, :, :n + 1], values[b:b + 1, :, :n + 1])
-                for b, n in enumerate(lengths)]
+    attended, filled = torch.empty(B, 1, H * D), torch.tensor(lengths)  # (held: the kernel reads their memory)
+    cos, sin = torch.zeros(B, 1, 1, D), torch.ones(B, 1, 1, D)  # rotary by 90 degrees: (a, b) -> (-b, a)
+    lib.attend_last(qkv.data_ptr(), gain.data_ptr(), gain.data_ptr(), 1e-6, cos.data_ptr(), sin.data_ptr(),
+                    keys.data_ptr(), values.data_ptr(), filled.data_ptr(), B, H, D, capacity, attended.data_ptr(), 2)
+    q, k, v = (t.transpose(1, 2) for t in qkv.view(B, 1, 3 * H, D).split(H, dim=2))  # (B, H, 1, D)
+    normed = [F.rms_norm(t, (D,), gain, 1e-6) for t in (q, k)]
+    q, k = (torch.cat((-t[..., D // 2:], t[..., :D // 2]), -1) for t in normed)  # turned by 90 degrees
+    expected = [F.scaled_dot_product_attention(q[b:b + 1], torch.cat((keys[b:b + 1, :, :n], k[b:b + 1]), 2),
+                                               torch.cat((values[b:b + 1, :, :n], v[b:b + 1]), 2))
+                for b, n in enumerate(lengths)]  # (1, H, 1, D) each
     if not (torch.allclose(y, F.linear(rows, weight, bias), atol=1e-4, rtol=1e-4)
-            and torch.allclose(attended, torch.cat(expected), atol=1e-5, rtol=1e-4)
-            and torch.equal(keys[1, :, 7], k[1, :, 0])):
+            and torch.allclose(attended, torch.cat(expected).transpose(1, 2).reshape(B, 1, H * D), atol=1e-5, rtol=1e-4)
+            and torch.allclose(keys[1, :, 7], k[1, :, 0], atol=1e-5, rtol=1e-4)):
         warnings.warn("the compiled float32 kernels disagree with torch on this machine; using torch",
                       stacklevel=2)
         return None

@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -50,113 +51,165 @@ static void thread_share(int N, int *n0, int *n1)
    quantized here as Int8Linear does it in torch (xs = max|x| / 127, qx = x / xs rounded half to
    even). The integer sums are exact, and every float operation is the one torch does in the same
    order (compiled with -ffp-contract=off: no fused multiply-adds), so the result is the same, bit
-   for bit, as Int8Linear's torch._int_mm path, whatever the number of rows: with AVX-512 VNNI's
-   64-byte integer dot products where the CPU has them, a portable loop elsewhere. */
+   for bit, as Int8Linear's torch._int_mm path, whatever the number of rows.
 
-static void quantize_rows(const float *x, int M, int K, int8_t *qx, uint8_t *ux, float *xs)
+   The weight comes as panels (Int8Linear.panels): panel p holds output rows 16p..16p+15, and for
+   each group of 4 columns k..k+3 their 16 x 4 bytes side by side, w[p][k / 4][n % 16][k % 4] (rows
+   past N and columns past K zero). One AVX-512 VNNI instruction then multiplies 4 columns of a row
+   of x (broadcast) by 16 weight rows at once into 16 separate sums: no horizontal additions, and
+   a row of x costs one instruction per 64 weight bytes, so several rows cost little more than one.
+   Without VNNI a portable loop reads the same layout. */
+
+#define PANEL 16
+
+/* Rows of x quantized; ux (= q + 128: VNNI multiplies unsigned by signed bytes) padded to K4 * 4
+   columns with 128 (q = 0). With AVX-512, 16 columns at a time: the same IEEE division and
+   round-half-to-even as the scalar loop, so the same bytes. */
+static void quantize_rows(const float *x, int M, int K, int K4, int8_t *qx, uint8_t *ux, float *xs)
 {
     for (int m = 0; m < M; m++) {
         const float *row = x + (int64_t)m * K;
+        int8_t *q = qx + (int64_t)m * 4 * K4;
+        uint8_t *u = ux + (int64_t)m * 4 * K4;
         float amax = 0.0f;
-        for (int k = 0; k < K; k++) { /* a NaN wins and stays, as in torch's amax */
-            float a = fabsf(row[k]);
-            if (isnan(a) || a > amax)
-                amax = isnan(amax) ? amax : a;
+        int k = 0, nan = 0;
+#if AVX512
+        __m512 top = _mm512_setzero_ps();
+        for (; k + 16 <= K; k += 16) {
+            __m512 v = _mm512_loadu_ps(row + k);
+            nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0;
+            top = _mm512_max_ps(top, _mm512_abs_ps(v));
         }
-        float scale = (isnan(amax) ? amax : fmaxf(amax, 1e-12f)) / 127.0f; /* then every output is NaN */
+        amax = _mm512_reduce_max_ps(top);
+#endif
+        for (; k < K; k++) {
+            nan |= isnan(row[k]);
+            amax = fmaxf(amax, fabsf(row[k]));
+        }
+        /* a NaN anywhere makes the scale NaN, as torch's amax does, and then every output NaN */
+        float scale = nan ? NAN : fmaxf(amax, 1e-12f) / 127.0f;
         xs[m] = scale;
-        for (int k = 0; k < K; k++) {
-            float r = nearbyintf(row[k] / scale);
-            int8_t q = isnan(r) ? 0 : (int8_t)r; /* |r| <= 127 otherwise */
-            qx[(int64_t)m * K + k] = q;
-            ux[(int64_t)m * K + k] = (uint8_t)(q + 128); /* VNNI multiplies unsigned by signed bytes */
+        k = 0;
+#if AVX512
+        if (!nan) {
+            __m512 s = _mm512_set1_ps(scale);
+            for (; k + 16 <= K; k += 16) {
+                __m512 r = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(row + k), s),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                __m128i b = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(r)); /* |r| <= 127 */
+                _mm_storeu_si128((__m128i *)(q + k), b);
+                _mm_storeu_si128((__m128i *)(u + k), _mm_add_epi8(b, _mm_set1_epi8((char)128)));
+            }
+        }
+#endif
+        for (; k < 4 * K4; k++) {
+            float r = k < K && !nan ? nearbyintf(row[k] / scale) : 0.0f;
+            q[k] = (int8_t)r; /* |r| <= 127 */
+            u[k] = (uint8_t)(q[k] + 128);
         }
     }
 }
 
-/* The exact int32 dot products of R rows of x (R known at compile time in each copy below) with
-   weight row `wr`: sums[r] = sum_k qx[r, k] * wr[k]. */
-static inline __attribute__((always_inline)) void dot_rows(
-    int R, int K, const int8_t *qx, const uint8_t *ux, const int8_t *wr, int32_t wsum, int32_t *sums)
+/* The outputs y[r][n] of R rows of x for P consecutive panels starting at panel p (R, P known at
+   compile time in each copy below), each as torch computes it from its exact int32 sum:
+   (float)sum * (xs[r] * ws[n]) + bias[n]. */
+static inline __attribute__((always_inline)) void panel_outputs(
+    int R, int P, int K4, const int8_t *qx, const uint8_t *ux, const float *xs, const int8_t *panels,
+    const int32_t *wsum, const float *ws, const float *bias, int N, float *y, int p)
 {
-    int k = 0;
+    const int8_t *w = panels + (int64_t)p * K4 * 64;
 #if VNNI
-    __m512i acc[CHUNK];
-    for (int r = 0; r < R; r++)
-        acc[r] = _mm512_setzero_si512();
-    for (; k + 64 <= K; k += 64) {
-        __m512i w = _mm512_loadu_si512((const void *)(wr + k));
-        for (int r = 0; r < R; r++)
-            acc[r] = _mm512_dpbusd_epi32(acc[r], _mm512_loadu_si512((const void *)(ux + (int64_t)r * K + k)), w);
-    }
-    for (int r = 0; r < R; r++) /* (q + 128) . w counted 128 * sum(w) too many */
-        sums[r] = _mm512_reduce_add_epi32(acc[r]) - 128 * (k == K ? wsum : 0);
-    if (k != K) { /* a tail: its columns in plain integers, and the correction for the others */
-        int32_t head = 0;
-        for (int j = 0; j < k; j++)
-            head += (int32_t)wr[j];
-        for (int r = 0; r < R; r++) {
-            sums[r] -= 128 * head;
-            for (int j = k; j < K; j++)
-                sums[r] += (int32_t)qx[(int64_t)r * K + j] * (int32_t)wr[j];
+    __m512i acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < R * P; i++)
+        acc[i] = _mm512_setzero_si512();
+    for (int k = 0; k < K4; k++) {
+#pragma GCC unroll 8
+        for (int j = 0; j < P; j++) {
+            __m512i wv = _mm512_loadu_si512((const void *)(w + ((int64_t)j * K4 + k) * 64));
+#pragma GCC unroll 8
+            for (int r = 0; r < R; r++) {
+                int32_t four;
+                memcpy(&four, ux + (int64_t)r * 4 * K4 + 4 * k, 4);
+                acc[r * P + j] = _mm512_dpbusd_epi32(acc[r * P + j], _mm512_set1_epi32(four), wv);
+            }
         }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < R * P; i++) {
+        int r = i / P, n = (p + i % P) * PANEL;
+        __mmask16 live = N - n >= PANEL ? 0xFFFF : (__mmask16)((1u << (N - n)) - 1);
+        /* (q + 128) . w counted 128 * sum(w) too many */
+        __m512i sum = _mm512_sub_epi32(acc[i], _mm512_slli_epi32(_mm512_loadu_si512((const void *)(wsum + n)), 7));
+        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(_mm512_set1_ps(xs[r]),
+                                                                        _mm512_maskz_loadu_ps(live, ws + n)));
+        if (bias)
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(live, bias + n));
+        _mm512_mask_storeu_ps(y + (int64_t)r * N + n, live, v);
     }
 #else
     (void)ux;
     (void)wsum;
-    for (int r = 0; r < R; r++) {
-        const int8_t *xr = qx + (int64_t)r * K;
-        int32_t s = 0;
-        for (k = 0; k < K; k++)
-            s += (int32_t)xr[k] * (int32_t)wr[k];
-        sums[r] = s;
+    for (int i = 0; i < R * P; i++) {
+        const int8_t *xr = qx + (int64_t)(i / P) * 4 * K4, *panel = w + (int64_t)(i % P) * K4 * 64;
+        for (int j = 0, n = (p + i % P) * PANEL; j < PANEL && n < N; j++, n++) {
+            int32_t sum = 0;
+            for (int k = 0; k < 4 * K4; k++)
+                sum += (int32_t)xr[k] * (int32_t)panel[(k / 4) * 64 + j * 4 + k % 4];
+            float v = (float)sum * (xs[i / P] * ws[n]);
+            y[(int64_t)(i / P) * N + n] = bias ? v + bias[n] : v;
+        }
     }
 #endif
 }
 
-#define ROWS_CASE(R) case R: for (int n = n0; n < n1; n++) { \
-        dot_rows(R, K, qx, ux, w + (int64_t)n * K, wsum[n], sums); \
-        for (int r = 0; r < R; r++) { \
-            float v = (float)sums[r] * (xs[r] * ws[n]); \
-            y[(int64_t)r * N + n] = bias ? v + bias[n] : v; \
+/* P panels at a time while they last, then one. */
+#define PANEL_CASE(R, P) case R: \
+        for (int p = p0, step; p < p1; p += step) { \
+            step = p + P <= p1 ? P : 1; \
+            if (step == P) \
+                panel_outputs(R, P, K4, qx, ux, xs, w, wsum, ws, bias, N, y, p); \
+            else \
+                panel_outputs(R, 1, K4, qx, ux, xs, w, wsum, ws, bias, N, y, p); \
         } \
-    } break;
+        break;
 
-/* One pass of up to CHUNK rows over weight rows n0..n1. */
-static void rows_pass(int R, int K, const int8_t *qx, const uint8_t *ux, const float *xs, const int8_t *w,
-                      const int32_t *wsum, const float *ws, const float *bias, int N, float *y, int n0, int n1)
+/* One pass of up to CHUNK rows over panels p0..p1. */
+static void panels_pass(int R, int K4, const int8_t *qx, const uint8_t *ux, const float *xs, const int8_t *w,
+                        const int32_t *wsum, const float *ws, const float *bias, int N, float *y, int p0, int p1)
 {
-    int32_t sums[CHUNK];
     switch (R) {
-        ROWS_CASE(1) ROWS_CASE(2) ROWS_CASE(3) ROWS_CASE(4)
-        ROWS_CASE(5) ROWS_CASE(6) ROWS_CASE(7) ROWS_CASE(8)
+        PANEL_CASE(1, 4) PANEL_CASE(2, 2) PANEL_CASE(3, 1) PANEL_CASE(4, 1)
+        PANEL_CASE(5, 1) PANEL_CASE(6, 1) PANEL_CASE(7, 1) PANEL_CASE(8, 1)
     }
 }
 
-/* x: (M, K) float32; w: (N, K) int8 row-major; wsum: (N,) the sum of each weight row; ws: (N,)
-   scales; bias: (N,) or NULL; y: (M, N) float32. Returns 0, or -1 when out of memory. */
+/* x: (M, K) float32; w: ceil(N / 16) panels of ceil(K / 4) * 64 bytes; wsum: (16 * panels,) each
+   weight row's sum; ws: (N,) scales; bias: (N,) or NULL; y: (M, N) float32. Returns 0, or -1 when
+   out of memory. */
 int int8_linear(const float *x, int M, int K, const int8_t *w, const int32_t *wsum, const float *ws,
                 const float *bias, int N, float *y, int threads)
 {
-    int8_t *qx = malloc((size_t)M * K);
-    uint8_t *ux = malloc((size_t)M * K);
+    int K4 = (K + 3) / 4, panels = (N + PANEL - 1) / PANEL;
+    int8_t *qx = malloc((size_t)M * 4 * K4);
+    uint8_t *ux = malloc((size_t)M * 4 * K4);
     float *xs = malloc(sizeof(float) * (size_t)M);
     if (!qx || !ux || !xs) {
         free(qx), free(ux), free(xs);
         return -1;
     }
-    quantize_rows(x, M, K, qx, ux, xs);
+    quantize_rows(x, M, K, K4, qx, ux, xs);
     for (int m0 = 0; m0 < M; m0 += CHUNK) {
         int R = M - m0 < CHUNK ? M - m0 : CHUNK;
-        const int8_t *q = qx + (int64_t)m0 * K;
-        const uint8_t *u = ux + (int64_t)m0 * K;
+        const int8_t *q = qx + (int64_t)m0 * 4 * K4;
+        const uint8_t *u = ux + (int64_t)m0 * 4 * K4;
         float *out = y + (int64_t)m0 * N;
-        /* Each thread a contiguous block of weight rows: one sequential stream from memory. */
+        /* Each thread a contiguous block of panels: one sequential stream from memory. */
 #pragma omp parallel num_threads(threads)
         {
-            int n0, n1;
-            thread_share(N, &n0, &n1);
-            rows_pass(R, K, q, u, xs + m0, w, wsum, ws, bias, N, out, n0, n1);
+            int p0, p1;
+            thread_share(panels, &p0, &p1);
+            panels_pass(R, K4, q, u, xs + m0, w, wsum, ws, bias, N, out, p0, p1);
         }
     }
     free(qx), free(ux), free(xs);
@@ -259,24 +312,102 @@ int float_linear(const float *x, int M, int K, const float *w, const float *bias
     return 0;
 }
 
+/* ---- RMSNorm of a few rows ----------------------------------------------------------------
+
+   y[m] = x[m] * (1 / sqrt(mean_k x[m, k]^2 + eps)) * gain, the sum of squares in dot's fixed
+   order: what torch's RMSNorm computes, up to float rounding, in one call instead of six ops.
+   x, y: (M, K); gain: (K,). On one thread: a row is 3 KB. Returns 0. */
+
+/* sum_d a[d] * b[d] in LANES lanes, added as a fixed tree, then the tail: one fixed order. */
+static float dot(const float *a, const float *b, int D)
+{
+    int d = 0;
+#if AVX512
+    __m512 acc = _mm512_setzero_ps();
+    for (; d + LANES <= D; d += LANES)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc);
+    float s = _mm512_reduce_add_ps(acc);
+#else
+    float lanes[LANES] = {0.0f};
+    for (; d + LANES <= D; d += LANES)
+        for (int l = 0; l < LANES; l++)
+            lanes[l] += a[d + l] * b[d + l];
+    float s = lane_sum(lanes);
+#endif
+    for (; d < D; d++)
+        s += a[d] * b[d];
+    return s;
+}
+
+/* out[d] = sum_j p[j] * v[j][d] over j = 0..n-1 in order of j (v: n rows of D). */
+static void weighted_sum(const float *p, const float *v, int64_t n, int D, float *out)
+{
+    int d = 0;
+#if AVX512
+    for (; d + LANES <= D; d += LANES) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t j = 0; j < n; j++)
+            acc = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_loadu_ps(v + j * D + d), acc);
+        _mm512_storeu_ps(out + d, acc);
+    }
+#endif
+    for (; d < D; d++) {
+        float acc = 0.0f;
+        for (int64_t j = 0; j < n; j++)
+            acc += p[j] * v[j * D + d];
+        out[d] = acc;
+    }
+}
+
+int rms_norm(const float *x, const float *gain, float eps, int M, int K, float *y)
+{
+    for (int m = 0; m < M; m++) {
+        const float *row = x + (int64_t)m * K;
+        float r = 1.0f / sqrtf(dot(row, row, K) / (float)K + eps);
+        for (int k = 0; k < K; k++)
+            y[(int64_t)m * K + k] = row[k] * r * gain[k];
+    }
+    return 0;
+}
+
 /* ---- one new query per row, attending over its own row's keys ------------------------------
 
-   For row b and head h: store the new key and value at position lengths[b] of the cache, then
-   y = sum_j p_j v_j / sum_j p_j with p_j = exp(s_j - max s), s_j = (q . k_j) / sqrt(D), over the
-   row's keys j <= lengths[b] and no others, each sum in order of j: a row's numbers never
+   For row b and head h, from the row's qkv projection [q | k | v] (each H * D wide): q and k
+   RMS-normed over the head's D dimensions and scaled by their gains (QK-norm, where gains are
+   given), then rotated by the row's rotary angles (where cos and sin are given: dimension pair
+   (i, i + D/2) turns by its angle); the key and value stored at position lengths[b] of the cache;
+   then y = sum_j p_j v_j / sum_j p_j with p_j = exp(s_j - max s), s_j = (q . k_j) / sqrt(D), over
+   the row's keys j <= lengths[b] and no others, each sum in order of j: a row's numbers never
    depend on how long its neighbours are. Rows and heads are shared among the threads.
 
-   q, k_new, v_new, y: (B, H, D); kc, vc: the cache, (B, H, capacity, D); lengths: (B,). Returns
-   0, or -1 when out of memory. */
-int attend_last(const float *q, const float *k_new, const float *v_new, float *kc, float *vc,
-                const int64_t *lengths, int B, int H, int D, int capacity, float *y, int threads)
+   qkv: (B, 3 * H * D); q_gain, k_gain: (D,) or NULL; cos, sin: (B, D) or NULL; kc, vc: the
+   cache, (B, H, capacity, D); lengths: (B,); y: (B, H * D). Returns 0, or -1 when out of memory. */
+
+/* out = x normed by its RMS and scaled by gain (if gain), then rotated by cos/sin (if given). */
+static void norm_rotate(const float *x, const float *gain, float eps, const float *cos, const float *sin,
+                        int D, float *normed, float *out)
 {
-    int failed = 0;
+    if (gain)
+        (void)rms_norm(x, gain, eps, 1, D, normed);
+    else
+        for (int d = 0; d < D; d++)
+            normed[d] = x[d];
+    int half = D / 2;
+    for (int d = 0; d < D; d++)
+        out[d] = !cos ? normed[d]
+               : d < half ? normed[d] * cos[d] - normed[d + half] * sin[d]
+                          : normed[d] * cos[d] + normed[d - half] * sin[d];
+}
+
+int attend_last(const float *qkv, const float *q_gain, const float *k_gain, float eps, const float *cos,
+                const float *sin, float *kc, float *vc, const int64_t *lengths, int B, int H, int D,
+                int capacity, float *y, int threads)
+{
+    int failed = 0, C = H * D;
     float scale = 1.0f / sqrtf((float)D);
 #pragma omp parallel num_threads(threads)
     {
-        float *p = malloc(sizeof(float) * (size_t)capacity);
-        float lanes[LANES];
+        float *p = malloc(sizeof(float) * ((size_t)capacity + 3 * (size_t)D)); /* scores, q, the normed */
         if (!p) {
 #pragma omp atomic write
             failed = 1;
@@ -285,27 +416,19 @@ int attend_last(const float *q, const float *k_new, const float *v_new, float *k
         for (int bh = 0; bh < B * H; bh++) {
             if (!p)
                 continue;
-            int64_t n = lengths[bh / H] + 1; /* keys, the new one included */
-            const float *qr = q + (int64_t)bh * D;
+            int b = bh / H, h = bh % H;
+            int64_t n = lengths[b] + 1; /* keys, the new one included */
+            const float *row = qkv + (int64_t)b * 3 * C + (int64_t)h * D;
+            const float *c = cos ? cos + (int64_t)b * D : NULL, *s = sin ? sin + (int64_t)b * D : NULL;
             float *keys = kc + (int64_t)bh * capacity * D, *values = vc + (int64_t)bh * capacity * D;
-            float *out = y + (int64_t)bh * D;
-            for (int d = 0; d < D; d++) {
-                keys[(n - 1) * D + d] = k_new[(int64_t)bh * D + d];
-                values[(n - 1) * D + d] = v_new[(int64_t)bh * D + d];
-            }
+            float *q = p + capacity, *normed = q + D, *out = y + (int64_t)b * C + (int64_t)h * D;
+            norm_rotate(row, q_gain, eps, c, s, D, normed, q);
+            norm_rotate(row + C, k_gain, eps, c, s, D, normed, keys + (n - 1) * D);
+            for (int d = 0; d < D; d++)
+                values[(n - 1) * D + d] = row[2 * C + d];
             float top = -INFINITY;
             for (int64_t j = 0; j < n; j++) {
-                const float *kr = keys + j * D;
-                int d = 0;
-                for (int l = 0; l < LANES; l++)
-                    lanes[l] = 0.0f;
-                for (; d + LANES <= D; d += LANES)
-                    for (int l = 0; l < LANES; l++)
-                        lanes[l] += qr[d + l] * kr[d + l];
-                float s = lane_sum(lanes);
-                for (; d < D; d++)
-                    s += qr[d] * kr[d];
-                p[j] = s * scale;
+                p[j] = dot(q, keys + j * D, D) * scale;
                 top = p[j] > top ? p[j] : top;
             }
             float total = 0.0f;
@@ -313,11 +436,7 @@ int attend_last(const float *q, const float *k_new, const float *v_new, float *k
                 p[j] = expf(p[j] - top);
                 total += p[j];
             }
-            for (int d = 0; d < D; d++)
-                out[d] = 0.0f;
-            for (int64_t j = 0; j < n; j++)
-                for (int d = 0; d < D; d++)
-                    out[d] += p[j] * values[j * D + d];
+            weighted_sum(p, values, n, D, out);
             for (int d = 0; d < D; d++)
                 out[d] /= total;
         }

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from ..config import GPTConfig
 from ..tokenizer import Tokenizer
-from .cpu_decoding import Linear, decoding_kernels, linear
-from .layers import MLP, apply_rotary, make_norm, rotary_angles
+from .cpu_decoding import Linear, decoding_kernels, huge_page_memory, linear
+from .layers import MLP, RMSNorm, apply_rotary, make_norm, rotary_angles
 from .quantize import Int8Linear
 
 
@@ -38,8 +38,13 @@ class KVCache:
         # needs fewer (a short generation: a smaller buffer is quicker to allocate)
         capacity = min(capacity or config.context_length, config.context_length)
         shape = (batch_size, config.n_heads, capacity, config.head_dim)
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        if torch.device(device or "cpu").type == "cpu":  # one block in huge pages: a step reads every layer's
+            size = math.prod(shape)
+            memory = huge_page_memory(2 * config.n_layers * size * dtype.itemsize).view(dtype)
+            buffers = [memory[i * size:(i + 1) * size].view(shape) for i in range(2 * config.n_layers)]
+        else:
+            buffers = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(2 * config.n_layers)]
+        self.keys, self.values = buffers[:config.n_layers], buffers[config.n_layers:]
         self.lengths = [0] * batch_size  # positions filled in each row, kept on the host
         self.capacity = capacity
 
@@ -85,21 +90,29 @@ class KVCache:
             self.values[layer].transpose(1, 2)[rows, positions] = v.transpose(1, 2)
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
-    def attend_last(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lib) -> torch.Tensor:
-        """One new token per row, through the compiled kernel `lib` (cpu_decoding.float_kernels):
-        store its key and value (B, nh, 1, hs) at the row's length, and return its query's attention
-        over the row's own keys, (B, nh, 1, hs). Each row's sums run in one fixed order over its own
-        keys, so its numbers never depend on the other rows."""
-        B, H, _, D = q.shape
-        q, k, v = (t.contiguous() for t in (q, k, v))
+    def attend_last(self, layer: int, qkv: torch.Tensor, lib, q_norm: nn.RMSNorm | None = None,
+                    k_norm: nn.RMSNorm | None = None, rope: tuple | None = None) -> torch.Tensor:
+        """One new token per row, through the compiled kernel `lib` (cpu_decoding.float_kernels),
+        from the rows' qkv projections (B, 1, 3C): q and k normed by q_norm and k_norm (QK-norm,
+        where given) and rotated by rope's (cos, sin) (where given), the key and value stored at
+        the row's length, and the query's attention over the row's own keys returned, (B, 1, C),
+        heads side by side. Each row's sums run in one fixed order over its own keys, so its
+        numbers never depend on the other rows."""
+        B, H, D = qkv.shape[0], self.keys[layer].shape[1], self.keys[layer].shape[3]
         keys, values = self.keys[layer], self.values[layer]  # (B, nh, capacity, hs): rows of a contiguous buffer
-        if (keys.shape != (B, H, self.capacity, D) or keys.dtype != q.dtype or not keys.is_contiguous()
-                or not values.is_contiguous() or max(self.lengths) >= self.capacity):
+        qkv = qkv.contiguous()
+        if (keys.shape[0] != B or qkv.shape != (B, 1, 3 * H * D) or keys.dtype != qkv.dtype
+                or not keys.is_contiguous() or not values.is_contiguous() or max(self.lengths) >= self.capacity):
             raise ValueError(f"attend_last: a cache of {tuple(keys.shape)} {keys.dtype} at lengths "
-                             f"{self.lengths} cannot take queries {tuple(q.shape)} {q.dtype}")
+                             f"{self.lengths} cannot take the projections {tuple(qkv.shape)} {qkv.dtype}")
+        gains = [None if norm is None else norm.weight.contiguous() for norm in (q_norm, k_norm)]  # float32, as q
+        eps = next((norm.eps for norm in (q_norm, k_norm) if norm is not None and norm.eps is not None),
+                   torch.finfo(torch.float32).eps)
+        cos, sin = (None, None) if rope is None else (t.float().contiguous() for t in rope)  # (B, 1, 1, hs)
         lengths = torch.tensor(self.lengths, dtype=torch.int64)
-        y = torch.empty_like(q)
-        if lib.attend_last(q.data_ptr(), k.data_ptr(), v.data_ptr(), keys.data_ptr(), values.data_ptr(),
+        y = torch.empty(B, 1, H * D, dtype=torch.float32)
+        q_gain, k_gain, cos, sin = (None if t is None else t.data_ptr() for t in (*gains, cos, sin))
+        if lib.attend_last(qkv.data_ptr(), q_gain, k_gain, eps, cos, sin, keys.data_ptr(), values.data_ptr(),
                            lengths.data_ptr(), B, H, D, self.capacity, y.data_ptr(), torch.get_num_threads()) != 0:
             raise MemoryError("no memory for the attention scores")
         return y
@@ -115,24 +128,24 @@ class CausalSelfAttention(nn.Module):
         self.qkv = Linear(config.emb_dim, 3 * config.emb_dim, bias=config.qkv_bias)
         self.out_proj = Linear(config.emb_dim, config.emb_dim, bias=config.bias)
         # QK-norm: one gain per head dimension, shared by the heads (as Qwen3)
-        self.q_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
-        self.k_norm = nn.RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.q_norm = RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(config.head_dim, eps=config.norm_eps) if config.qk_norm else None
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: tuple | None = None,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
+        if cache is not None and T == 1 and (lib := decoding_kernels(x)) is not None:
+            # a decoding step: norms, rotary, the cache write and attention in one call
+            y = cache.attend_last(layer, self.qkv(x), lib, self.q_norm, self.k_norm, rope)  # (B, 1, C)
+            return self.resid_dropout(self.out_proj(y))
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads) for t in self.qkv(x).split(C, dim=2))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, T, nh, hs) -> (B, nh, T, hs)
         if rope is not None:  # keys are cached rotated: a key's angle is fixed by its position
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-
-        if cache is not None and T == 1 and (lib := decoding_kernels(q)) is not None:
-            y = cache.attend_last(layer, q, k, v, lib)  # (B, nh, 1, hs)
-            return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(B, T, C)))
 
         mask, is_causal = None, True
         if cache is not None:

@@ -3,10 +3,12 @@ C compiler into the user's cache, loaded with ctypes.
 
 Why C: a decoding step is a few rows against every weight, so its speed is how fast the weights
 stream from memory, and its cost beside the matmuls is the dozen small torch ops each layer calls.
-The kernels read each weight row once for up to 8 rows, on every thread, in one call.
+The linear kernels read each weight row once for up to 8 rows, on every thread, in one call;
+attend_last does a layer's QK-norm, rotary, cache write and attention in one call, rms_norm an
+RMSNorm.
 
-int8_linear computes exactly what Int8Linear's torch path computes. float_linear and attend_last
-sum in their own fixed order (not MKL's nor SDPA's), so with or without a compiler a model decodes
+int8_linear computes exactly what Int8Linear's torch path computes. float_linear, attend_last and
+rms_norm sum in their own fixed order (not MKL's nor SDPA's), so with or without a compiler a model decodes
 the same tokens up to float rounding (a near-tie can go the other way, as between two CPUs; an
 int8 model too, since its attention runs here), and each row's numbers from these kernels are its
 own, whatever rows run beside it. Without a compiler (or if the build or a check fails)
@@ -69,7 +71,7 @@ def _build(compiler: str) -> Path:
 
 @functools.cache
 def library():
-    """The compiled kernels (a ctypes library: int8_linear, float_linear, attend_last, their arguments
+    """The compiled kernels (a ctypes library: int8_linear, float_linear, attend_last, rms_norm, their arguments
     as in decode_kernels.c), or None, with one warning saying why, when they cannot be had."""
     if os.environ.get("GPTFORGE_NATIVE", "1") == "0":
         return None
@@ -85,7 +87,8 @@ def library():
     P, I = _POINTER, _INT
     for name, argtypes in (("int8_linear", [P, I, I, P, P, P, P, I, P, I]),
                            ("float_linear", [P, I, I, P, P, I, P, I]),
-                           ("attend_last", [P, P, P, P, P, P, I, I, I, I, P, I])):
+                           ("attend_last", [P, P, P, ctypes.c_float, P, P, P, P, P, I, I, I, I, P, I]),
+                           ("rms_norm", [P, P, ctypes.c_float, I, I, P])):
         getattr(lib, name).argtypes = argtypes
         getattr(lib, name).restype = I
     return lib

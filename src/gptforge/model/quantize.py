@@ -1,8 +1,9 @@
 """int8 inference on CPUs (`--quantize int8`): every linear layer's weight stored as int8 with one
 scale per output channel, the LM head included, and each input row quantized to int8 on the fly
 with a scale of its own, so the matmul is int8 x int8 -> int32 and comes back to float32 through
-the two scales. Decoding steps (up to NATIVE_ROWS rows) run a compiled kernel (native.py)
-that streams the weights once for all the rows; prompts and machines without a C compiler run the
+the two scales. Decoding steps and short prompts (up to NATIVE_ROWS rows) run a compiled kernel
+(native.py) that streams the weights once for every 8 rows, from its own layout of them (to_panels,
+the only copy kept where the kernel runs); long prompts and machines without a C compiler run the
 same arithmetic in torch ops around torch._int_mm: the same numbers, bit for bit, either way.
 
 Why not weight-only int8 (float activations, int8 weights): aten._weight_int8pack_mm took 0.73 ms
@@ -24,36 +25,51 @@ import warnings
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import UserError
 from .native import library
 
 QUANTIZATIONS = ("int8",)
 _INT8_MAX = 127
-NATIVE_ROWS = 16  # up to this many rows (decoding steps) take the compiled kernel; more, _int_mm
+NATIVE_ROWS = 256  # up to this many rows (decoding steps, short prompts) take the compiled kernel; more, _int_mm
+PANEL = 16  # output rows per panel of the compiled kernel's weight layout (to_panels)
 
 
 class Int8Linear(nn.Module):
     """y = x W^T + b with W stored as int8 rows times a float32 scale per row (output channel)."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, panels: bool | None = None):
         super().__init__()
         weight = weight.detach().float()
         scale = weight.abs().amax(dim=1).clamp(min=1e-12) / _INT8_MAX  # (N,)
-        # Stored (N, K) row-major and handed to _int_mm transposed: oneDNN reads that layout
-        # fastest for a few rows (0.18 vs 0.25 ms at 768 x 2304 for one row, in one measurement).
-        self.register_buffer("qweight", torch.round(weight / scale[:, None]).to(torch.int8).contiguous())
+        qweight = torch.round(weight / scale[:, None]).to(torch.int8)  # (N, K)
         self.register_buffer("scale", scale)
-        # each row's sum, for the compiled kernel (decode_kernels.c), which multiplies unsigned bytes
-        self.register_buffer("row_sums", self.qweight.sum(dim=1, dtype=torch.int32), persistent=False)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
         self.in_features, self.out_features = weight.shape[1], weight.shape[0]
+        # One copy of the integers: the compiled kernel's panels where it runs (panels=None: where it
+        # built), else (N, K) row-major, handed to _int_mm transposed (oneDNN reads that layout
+        # fastest for a few rows: 0.18 vs 0.25 ms at 768 x 2304 for one row, in one measurement).
+        panels = native_kernel() is not None if panels is None else panels
+        self.register_buffer("qweight", None if panels else qweight.contiguous())
+        self.register_buffer("panels", to_panels(qweight) if panels else None)
+        # each weight row's sum (the kernel multiplies unsigned bytes), padded to the panels' rows
+        sums = F.pad(qweight.sum(dim=1, dtype=torch.int32), (0, -self.out_features % PANEL)) if panels else None
+        self.register_buffer("panel_sums", sums, persistent=False)
+
+    def int8_weight(self) -> torch.Tensor:
+        """The weight's integers, (N, K) int8 (from the panels: a copy)."""
+        if self.qweight is not None:
+            return self.qweight
+        P, K4 = self.panels.shape[:2]
+        return self.panels.transpose(1, 2).reshape(P * PANEL, K4 * 4)[:self.out_features, :self.in_features].contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             raise RuntimeError("an int8-quantized model is for inference: train the float32 model")
         rows = x.reshape(-1, self.in_features)  # (M, K)
-        native = native_kernel() if rows.shape[0] <= NATIVE_ROWS and x.dtype == torch.float32 else None
+        native = (native_kernel() if self.panels is not None and rows.shape[0] <= NATIVE_ROWS
+                  and x.dtype == torch.float32 else None)
         y = (self.forward_torch(rows) if native is None
              else self.forward_native(native, rows.contiguous(), torch.get_num_threads()))
         return y.view(*x.shape[:-1], self.out_features)
@@ -61,8 +77,8 @@ class Int8Linear(nn.Module):
     def forward_native(self, function, rows: torch.Tensor, threads: int) -> torch.Tensor:
         """The product through the compiled kernel `function`: rows (M, K) contiguous -> (M, N)."""
         y = torch.empty(rows.shape[0], self.out_features, dtype=torch.float32)
-        if function(rows.data_ptr(), rows.shape[0], self.in_features, self.qweight.data_ptr(),
-                    self.row_sums.data_ptr(), self.scale.data_ptr(), None if self.bias is None else self.bias.data_ptr(),
+        if function(rows.data_ptr(), rows.shape[0], self.in_features, self.panels.data_ptr(),
+                    self.panel_sums.data_ptr(), self.scale.data_ptr(), None if self.bias is None else self.bias.data_ptr(),
                     self.out_features, y.data_ptr(), threads) != 0:
             raise MemoryError("int8: no memory for the quantized rows")
         return y
@@ -71,13 +87,21 @@ class Int8Linear(nn.Module):
         """The same product in torch ops, for any number of rows (M, K) -> (M, N)."""
         row_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / _INT8_MAX  # (M, 1)
         q = torch.round(rows / row_scale).to(torch.int8)
-        y = torch._int_mm(q, self.qweight.t()) * (row_scale * self.scale)  # (M, N) float32
+        y = torch._int_mm(q, self.int8_weight().t()) * (row_scale * self.scale)  # (M, N) float32
         if self.bias is not None:
             y += self.bias
         return y
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+def to_panels(qweight: torch.Tensor) -> torch.Tensor:
+    """The (N, K) int8 weight in the compiled kernel's layout: panels of PANEL output rows, each
+    group of 4 columns of those rows side by side, (ceil(N / 16), ceil(K / 4), 16, 4), zero-padded."""
+    N, K = qweight.shape
+    padded = F.pad(qweight, (0, -K % 4, 0, -N % PANEL))  # (16 * panels, 4 * groups)
+    return padded.view(padded.shape[0] // PANEL, PANEL, -1, 4).transpose(1, 2).contiguous()
 
 
 @functools.cache
@@ -89,8 +113,8 @@ def native_kernel():
         return None
     function = lib.int8_linear
     generator = torch.Generator().manual_seed(0)
-    layer = Int8Linear(torch.randn(40, 200, generator=generator), torch.randn(40, generator=generator)).eval()
-    rows = torch.randn(3, 200, generator=generator)
+    layer = Int8Linear(torch.randn(40, 202, generator=generator), torch.randn(40, generator=generator), panels=True).eval()
+    rows = torch.randn(3, 202, generator=generator)
     if not torch.equal(layer.forward_native(function, rows, 1), layer.forward_torch(rows)):
         warnings.warn("int8: the compiled kernel disagrees with torch on this machine; using torch._int_mm",
                       stacklevel=2)
