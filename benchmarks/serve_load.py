@@ -22,6 +22,7 @@ matrix weights per token) against this machine's float32 matmul peak, measured h
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import platform
 import re
@@ -32,8 +33,8 @@ import sys
 import threading
 import time
 from datetime import date
+from urllib.parse import urlsplit
 
-import httpx
 import torch
 
 from gptforge.device import matmul_peak_flops
@@ -74,13 +75,21 @@ def start_server(preset: str, max_batch: int, quantize: str | None) -> tuple[sub
 
 
 def stream_one(url: str, prompt: str, tokens: int) -> dict:
-    """One streamed request: its text, send time, the arrival time of each content chunk."""
+    """One streamed request: its text, send time, the arrival time of each content chunk. Read with
+    the standard library's http.client, line by line: the clients share the server's cores, and
+    httpx's streaming cost ~0.65 ms of CPU per token here (30% of a core at 8 clients)."""
     body = {"model": "m", "prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
     sent, arrivals, text, used = time.perf_counter(), [], "", 0
-    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=300) as response:
-        for line in response.iter_lines():
-            if not line.startswith("data: {"):
+    address = urlsplit(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=300)
+    try:
+        connection.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        if response.status != 200:
+            raise RuntimeError(f"the server answered {response.status}: {response.read()[:200]!r}")
+        for line in response:
+            if not line.startswith(b"data: {"):
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
@@ -88,6 +97,8 @@ def stream_one(url: str, prompt: str, tokens: int) -> dict:
             elif piece := chunk["choices"][0]["text"]:
                 arrivals.append(time.perf_counter())
                 text += piece
+    finally:
+        connection.close()
     return {"text": text, "sent": sent, "arrivals": arrivals, "tokens": used}
 
 

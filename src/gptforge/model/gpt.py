@@ -40,7 +40,8 @@ class KVCache:
         shape = (batch_size, config.n_heads, capacity, config.head_dim)
         if torch.device(device or "cpu").type == "cpu":  # one block in huge pages: a step reads every layer's
             size = math.prod(shape)
-            memory = huge_page_memory(2 * config.n_layers * size * dtype.itemsize).view(dtype)
+            # written now (zeros), so no decoding step pays for mapping its pages later
+            memory = huge_page_memory(2 * config.n_layers * size * dtype.itemsize).zero_().view(dtype)
             buffers = [memory[i * size:(i + 1) * size].view(shape) for i in range(2 * config.n_layers)]
         else:
             buffers = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(2 * config.n_layers)]
