@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,13 +128,55 @@ def test_decoding_linear_splits_k_and_matches_f_linear(rows, with_bias, monkeypa
     assert len(calls) <= 1
 
 
-def test_packed_weights_serve_batches_with_the_same_logits():
-    """pack_for_batches: two rows or more go through oneDNN's blocked copy of each large weight
-    (the LM head included) with the logits of the plain model; one row keeps the split product."""
+def test_packed_panels_serve_every_row_count_with_each_rows_own_numbers(monkeypatch):
+    """pack_for_batches where the kernels built: each large weight (the LM head's real rows
+    included) gets a copy as panels in huge pages, which every row count decoded or prefilled then
+    takes, with the plain model's logits."""
+    from gptforge.model import cpu_decoding, pack_for_batches
+
+    lib = cpu_decoding.float_kernels()
+    if lib is None:
+        pytest.skip("no C compiler here to build the kernels")
+    model = prepare_for_decoding(random_gpt(6, vocab_size=2000, emb_dim=256))
+    idx = torch.randint(0, 2000, (5, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model(idx)
+    pack_for_batches(model)
+    head, fc = model.lm_head.packed, model.blocks[0].mlp.fc.packed
+    assert not head.is_mkldnn and head.shape == (125, 256, 16) and fc.shape == (1024 // 16, 256, 16)
+    assert torch.equal(head[3, :, 5], model.lm_head.weight[3 * 16 + 5])  # row 53, column by column
+    assert model.blocks[0].attn.out_proj.packed is None  # 256 x 256: below 2^17 elements, left alone
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            function = getattr(lib, name)
+            return (lambda *a: calls.append(a[1]) or function(*a)) if name == "float_panel_linear" else function
+
+    monkeypatch.setattr(cpu_decoding, "float_kernels", lambda: Spy())
+    with torch.no_grad():
+        batch = model(idx)
+        assert calls and set(calls) == {5 * 7}  # the whole batch's rows, in every large linear
+        torch.testing.assert_close(batch, plain, atol=1e-4, rtol=1e-4)
+        model(idx[2:3, :1])
+        assert calls[-1] == 1  # one row too (its numbers its own: tests/model/test_native.py)
+    n = len(calls)
+    with torch.enable_grad():  # training never takes it
+        model(idx, targets=idx).backward()
+    assert len(calls) == n
+    if Path("/proc/self/smaps").exists():
+        assert "hg" in _mapping_flags(head.data_ptr())
+
+
+def test_packed_weights_serve_batches_with_the_same_logits(monkeypatch):
+    """pack_for_batches where no kernel built: two rows or more go through oneDNN's blocked copy of
+    each large weight (the LM head included) with the logits of the plain model; one row keeps the
+    split product."""
     from gptforge.model import pack_for_batches
 
     if not torch.backends.mkldnn.is_available():
         pytest.skip("this torch build has no oneDNN")
+    without_float_kernels(monkeypatch)
     model = prepare_for_decoding(random_gpt(6, vocab_size=2048, emb_dim=256))
     idx = torch.randint(0, 2048, (3, 7), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -163,12 +206,17 @@ def _batch_tokens(model, idx):
     return generate(model, idx, 12, temperature=0)
 
 
-def test_packed_and_plain_paths_give_the_same_greedy_tokens():
+@pytest.mark.parametrize("kernels", [True, False], ids=["panels", "onednn"])
+def test_packed_and_plain_paths_give_the_same_greedy_tokens(kernels, monkeypatch):
     from gptforge.model import pack_for_batches
-    from gptforge.model.cpu_decoding import onednn_linear_works
+    from gptforge.model.cpu_decoding import float_kernels, onednn_linear_works
 
-    if not onednn_linear_works():
-        pytest.skip("this torch build has no working oneDNN linear ops")
+    if kernels and float_kernels() is None:
+        pytest.skip("no C compiler here to build the kernels")
+    if not kernels:
+        without_float_kernels(monkeypatch)
+        if not onednn_linear_works():
+            pytest.skip("this torch build has no working oneDNN linear ops")
     model = prepare_for_decoding(random_gpt(7, vocab_size=2048, emb_dim=256))
     idx = torch.randint(0, 2048, (3, 5), generator=torch.Generator().manual_seed(1))
     plain = _batch_tokens(model, idx)
@@ -191,6 +239,7 @@ def test_without_the_private_onednn_ops_decoding_falls_back_to_the_same_tokens(o
     """pack_for_batches must degrade speed, not correctness, when a torch release renames the ops."""
     from gptforge.model import cpu_decoding, pack_for_batches
 
+    without_float_kernels(monkeypatch)  # (with them, pack_for_batches needs no oneDNN)
     model = prepare_for_decoding(random_gpt(7, vocab_size=2048, emb_dim=256))
     idx = torch.randint(0, 2048, (3, 5), generator=torch.Generator().manual_seed(1))
     expected = _batch_tokens(model, idx)

@@ -104,6 +104,30 @@ def test_linear_sends_decoding_rows_of_a_large_weight_to_the_float_kernel():
 
 
 @needs_kernel
+@pytest.mark.parametrize("K, N", [(256, 2000), (100, 37)])  # N: a last panel of 0 and of 5 rows; K: any
+def test_the_float_kernel_on_panels_gives_each_row_its_own_numbers(K, N):
+    """linear() with pack_for_batches' panels: F.linear's numbers to rounding, and a row's bits the
+    same alone, among 1-16 other rows and on 1-3 threads."""
+    from gptforge.model.cpu_decoding import float_panels
+
+    g = torch.Generator().manual_seed(K + N)
+    weight, bias = torch.randn(N, K, generator=g) * 0.05, torch.randn(N, generator=g)
+    panels = float_panels(weight)
+    x = torch.randn(16, K, generator=g)
+    with torch.no_grad():
+        alone = torch.cat([linear(x[m:m + 1], weight, bias, panels) for m in range(16)])
+        torch.testing.assert_close(alone, torch.nn.functional.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+        threads = torch.get_num_threads()
+        try:
+            for t in (1, 3):
+                torch.set_num_threads(t)
+                for M in (2, 5, 8, 9, 16):
+                    assert torch.equal(linear(x[:M], weight, bias, panels), alone[:M])
+        finally:
+            torch.set_num_threads(threads)
+
+
+@needs_kernel
 @pytest.mark.parametrize("head_dim,modern", [(64, False), (24, False), (24, True)])  # 24: lanes and a tail
 def test_attend_last_stores_the_new_keys_and_attends_over_each_rows_own(head_dim, modern):
     """From each row's qkv projection: (modern: QK-norm and rotary at the row's position,) the key

@@ -19,10 +19,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .native import library
-from .quantize import quantize_model
+from .quantize import PANEL, quantize_model
 
-FLOAT_ROWS = 8  # up to this many rows take the compiled float32 kernel, ...
-PACKED_ROWS = 3  # ... except that from this many on a weight's oneDNN copy (pack_for_batches) is faster
+FLOAT_ROWS = 8  # up to this many rows take the compiled float32 kernel on the weights as trained
 HUGE_PAGE = 2 << 20  # the size of a transparent huge page on x86-64 and most arm64 Linux systems
 
 
@@ -33,8 +32,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Up to FLOAT_ROWS rows of float32 x against a large row-major weight, with gradients off, go to
     the compiled kernel (float_kernels): each weight row streams from memory once for all the rows,
     on every thread, at close to the machine's read bandwidth, and each row's numbers are its own.
-    A weight with a packed copy takes that from PACKED_ROWS rows on (oneDNN computes 8 rows in
-    ~0.7x the kernel's time; one or two rows cost the kernel what one does).
     Without the kernel, for a few rows of x against a column-major weight (see prepare_for_decoding), MKL's
     matrix-vector product runs on one thread. Splitting K across the threads as a batched matmul,
     (s, M, K/s) @ (s, K/s, N) summed over s, puts every core on streaming the weight: 1.7x the
@@ -44,11 +41,19 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     else (training, autocast, GPUs, larger batches) is plain F.linear, decided before anything that
     would break a torch.compile graph.
 
-    `packed`, the weight in oneDNN's blocked layout (see pack_for_batches), serves two rows or more
-    when gradients are off: a batch of decoding rows, or a prompt being prefilled.
+    `packed`, the weight's copy for batches (pack_for_batches), serves every row count when
+    gradients are off, a batch of decoding rows or a prompt being prefilled: the compiled kernel on
+    panels (float_panels) where it built, else oneDNN's blocked layout from two rows on.
     """
     K, N = weight.shape[1], weight.shape[0]
-    if (0 < x.numel() <= (FLOAT_ROWS if packed is None else PACKED_ROWS - 1) * K and x.shape[-1] == K
+    if (packed is not None and not packed.is_mkldnn and 0 < x.numel() and x.shape[-1] == K
+            and (bias is None or bias.is_contiguous()) and (lib := decoding_kernels(x)) is not None):
+        rows = x.reshape(-1, K).contiguous()  # (M, K)
+        y = torch.empty(rows.shape[0], N, dtype=torch.float32)
+        lib.float_panel_linear(rows.data_ptr(), rows.shape[0], K, packed.data_ptr(),
+                               None if bias is None else bias.data_ptr(), N, y.data_ptr(), torch.get_num_threads())
+        return y.view(*x.shape[:-1], N)
+    if (packed is None and 0 < x.numel() <= FLOAT_ROWS * K and x.shape[-1] == K
             and weight.numel() >= 2**17 and weight.dtype == torch.float32 and weight.device.type == "cpu"
             and weight.is_contiguous()
             and (bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu" and bias.is_contiguous()))
@@ -58,7 +63,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         lib.float_linear(rows.data_ptr(), rows.shape[0], K, weight.data_ptr(),
                          None if bias is None else bias.data_ptr(), N, y.data_ptr(), torch.get_num_threads())
         return y.view(*x.shape[:-1], N)
-    if packed is not None and not torch.is_grad_enabled() and x.shape[-1] == K and x.numel() > K:
+    if (packed is not None and packed.is_mkldnn and not torch.is_grad_enabled() and x.shape[-1] == K
+            and x.numel() > K):
         rows = x.reshape(-1, K).contiguous()
         return torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "").view(*x.shape[:-1], N)
     if (torch.is_grad_enabled() or weight.stride(0) != 1 or x.device.type != "cpu"
@@ -130,6 +136,19 @@ def huge_page_memory(nbytes: int) -> torch.Tensor:
     return memory[start:start + nbytes]
 
 
+def in_huge_pages(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copies of `tensors` (CPU tensors whose elements are dense, any strides), with the same shapes
+    and strides, side by side in one block of huge_page_memory."""
+    offsets, size = [], 0
+    for tensor in tensors:
+        offsets.append(size)
+        size += -(-tensor.numel() * tensor.element_size() // 64) * 64  # each on a 64-byte cache line
+    memory = huge_page_memory(size)
+    with torch.no_grad():
+        return [memory[start:start + t.numel() * t.element_size()].view(t.dtype).as_strided(t.shape, t.stride()).copy_(t)
+                for start, t in zip(offsets, tensors)]
+
+
 def hold_in_huge_pages(model: nn.Module, smallest: int = 1 << 16) -> nn.Module:
     """Move every CPU parameter and buffer of `model` of at least `smallest` bytes (its weights) into
     one block of memory that Linux backs with transparent huge pages (2 MB instead of 4 KB), in
@@ -152,17 +171,8 @@ def hold_in_huge_pages(model: nn.Module, smallest: int = 1 << 16) -> nn.Module:
             moving[id(tensor)] = tensor
     if not moving:
         return model
-    offsets, size = {}, 0
-    for key, tensor in moving.items():
-        offsets[key] = size
-        size += -(-tensor.numel() * tensor.element_size() // 64) * 64  # each on a 64-byte cache line
-    memory = huge_page_memory(size)
-    moved = {}
+    moved = dict(zip(moving, in_huge_pages(list(moving.values()))))
     with torch.no_grad():
-        for key, tensor in moving.items():
-            start, nbytes = offsets[key], tensor.numel() * tensor.element_size()
-            place = memory[start:start + nbytes].view(tensor.dtype).as_strided(tensor.shape, tensor.stride())
-            moved[key] = place.copy_(tensor)
         for module in model.modules():
             for parameter in module._parameters.values():
                 if parameter is not None and id(parameter) in moved:
@@ -174,29 +184,44 @@ def hold_in_huge_pages(model: nn.Module, smallest: int = 1 << 16) -> nn.Module:
 
 
 def pack_for_batches(model: nn.Module) -> nn.Module:
-    """Give every large linear weight of a float32 CPU model (the LM head included) a second copy
-    in oneDNN's blocked layout, which `linear` uses for a batch of sequences decoded together
-    (serve/engine.py) or a prompt being prefilled: PACKED_ROWS rows or more where the compiled
-    kernel runs (fewer keep it), two or more where it does not (one keeps the split product).
+    """Give every large linear weight of a float32 CPU model (the LM head included) a second copy,
+    `packed`, which `linear` uses for the sequences decoded together in the server (serve/engine.py)
+    and for prompts being prefilled: where the compiled kernels built, the weight as panels
+    (float_panels), in huge pages, for every number of rows; else oneDNN's blocked layout, for two
+    rows or more (one keeps the split product).
 
-    On the 2-core machine measured, 8 rows through gpt2-124m's weights take 0.12-0.33 ms per
-    768 x 2304 or 3072 x 768 matmul instead of 0.4-0.7 ms (MKL's small-M GEMM), and 4.5 ms instead of
-    16 ms for the LM head. It costs one more copy of those weights in memory,
+    On the 2-core machine measured, gpt2-124m's matmuls for 8 rows took 16 ms on panels against
+    23 ms in oneDNN's layout (and 34 ms in the row-major kernel), and one row 15 ms against the
+    row-major kernel's 17 (benchmarks/README.md); every row's numbers are its own, whatever rows
+    run beside it. oneDNN's copy still beats MKL's small-M GEMM where there is no compiler (4.5 ms
+    instead of 16 ms for the LM head at 8 rows). It costs one more copy of those weights in memory,
     and must be redone if the weights change. Weights below 2^17 elements, other dtypes and devices,
-    and builds without oneDNN are left alone.
+    and builds without either are left alone.
     """
     weight = next(model.parameters())
-    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not onednn_linear_works():
+    panels = float_kernels() is not None
+    if weight.device.type != "cpu" or weight.dtype != torch.float32 or not (panels or onednn_linear_works()):
         return model
-    reorder = torch.ops.mkldnn._reorder_linear_weight
     with torch.no_grad():
         # The LM head (a Linear too) is packed without its padding rows, as forward uses it.
         head, vocab = getattr(model, "lm_head", None), getattr(getattr(model, "config", None), "vocab_size", None)
-        for module in model.modules():
-            if isinstance(module, Linear) and module.weight.numel() >= 2**17:
-                weight = module.weight.detach()[:vocab] if module is head else module.weight.detach()
-                module.packed = reorder(weight.contiguous(), 8)
+        modules = [m for m in model.modules() if isinstance(m, Linear) and m.weight.numel() >= 2**17]
+        weights = [m.weight.detach()[:vocab] if m is head else m.weight.detach() for m in modules]
+        if panels:
+            copies = in_huge_pages([float_panels(w) for w in weights])
+        else:
+            copies = [torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 8) for w in weights]
+        for module, copy in zip(modules, copies):
+            module.packed = copy
     return model
+
+
+def float_panels(weight: torch.Tensor) -> torch.Tensor:
+    """The (N, K) weight as the compiled kernel's panels: 16 output rows column by column,
+    (ceil(N / 16), K, 16), the rows past N zero."""
+    N, K = weight.shape
+    padded = F.pad(weight, (0, 0, 0, -N % PANEL))  # (16 * panels, K)
+    return padded.view(-1, PANEL, K).transpose(1, 2).contiguous()
 
 
 def decoding_kernels(x: torch.Tensor):

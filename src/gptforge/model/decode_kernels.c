@@ -119,23 +119,26 @@ static inline __attribute__((always_inline)) void panel_outputs(
 {
     const int8_t *w = panels + (int64_t)p * K4 * 64;
 #if VNNI
-    __m512i acc[8];
-#pragma GCC unroll 8
+    __m512i acc[16];
+#pragma GCC unroll 16
     for (int i = 0; i < R * P; i++)
         acc[i] = _mm512_setzero_si512();
     for (int k = 0; k < K4; k++) {
+        __m512i wv[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < P; j++)
+            wv[j] = _mm512_loadu_si512((const void *)(w + ((int64_t)j * K4 + k) * 64));
 #pragma GCC unroll 8
-        for (int j = 0; j < P; j++) {
-            __m512i wv = _mm512_loadu_si512((const void *)(w + ((int64_t)j * K4 + k) * 64));
-#pragma GCC unroll 8
-            for (int r = 0; r < R; r++) {
-                int32_t four;
-                memcpy(&four, ux + (int64_t)r * 4 * K4 + 4 * k, 4);
-                acc[r * P + j] = _mm512_dpbusd_epi32(acc[r * P + j], _mm512_set1_epi32(four), wv);
-            }
+        for (int r = 0; r < R; r++) {
+            int32_t four;
+            memcpy(&four, ux + (int64_t)r * 4 * K4 + 4 * k, 4);
+            __m512i xv = _mm512_set1_epi32(four);
+#pragma GCC unroll 4
+            for (int j = 0; j < P; j++)
+                acc[r * P + j] = _mm512_dpbusd_epi32(acc[r * P + j], xv, wv[j]);
         }
     }
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int i = 0; i < R * P; i++) {
         int r = i / P, n = (p + i % P) * PANEL;
         __mmask16 live = N - n >= PANEL ? 0xFFFF : (__mmask16)((1u << (N - n)) - 1);
@@ -307,6 +310,93 @@ int float_linear(const float *x, int M, int K, const float *w, const float *bias
             int n0, n1;
             thread_share(N, &n0, &n1);
             float_pass(R, K, x + (int64_t)m0 * K, w, bias, N, y + (int64_t)m0 * N, n0, n1);
+        }
+    }
+    return 0;
+}
+
+/* ---- float32 linear layers on panels ---------------------------------------------------------
+
+   The same product from the weight as panels (cpu_decoding.float_panels): panel p holds output
+   rows 16p..16p+15 column by column, w[p][k][n % 16] (rows past N zero). Each output is one chain
+   of fused multiply-adds over k = 0, 1, ... in order: the same numbers for a row whatever the
+   rows beside it and the threads. A row of x costs one 16-wide multiply-add per 64 weight bytes,
+   no horizontal sums, so 8 rows reading the weights once approach the machine's compute limit
+   where oneDNN's blocked GEMM reached half of it (the server's batches). */
+
+static inline __attribute__((always_inline)) void float_panel_outputs(
+    int R, int P, int K, const float *x, const float *panels, const float *bias, int N, float *y, int p)
+{
+    const float *w = panels + (int64_t)p * K * PANEL;
+#if AVX512
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int i = 0; i < R * P; i++)
+        acc[i] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        __m512 wv[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < P; j++)
+            wv[j] = _mm512_loadu_ps(w + ((int64_t)j * K + k) * PANEL);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; r++) {
+            __m512 xv = _mm512_set1_ps(x[(int64_t)r * K + k]);
+#pragma GCC unroll 4
+            for (int j = 0; j < P; j++)
+                acc[r * P + j] = _mm512_fmadd_ps(xv, wv[j], acc[r * P + j]);
+        }
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < R * P; i++) {
+        int r = i / P, n = (p + i % P) * PANEL;
+        __mmask16 live = N - n >= PANEL ? 0xFFFF : (__mmask16)((1u << (N - n)) - 1);
+        __m512 v = bias ? _mm512_add_ps(acc[i], _mm512_maskz_loadu_ps(live, bias + n)) : acc[i];
+        _mm512_mask_storeu_ps(y + (int64_t)r * N + n, live, v);
+    }
+#else
+    for (int i = 0; i < R * P; i++) {
+        const float *xr = x + (int64_t)(i / P) * K, *panel = w + (int64_t)(i % P) * K * PANEL;
+        for (int j = 0, n = (p + i % P) * PANEL; j < PANEL && n < N; j++, n++) {
+            float acc = 0.0f;
+            for (int k = 0; k < K; k++)
+                acc = fmaf(xr[k], panel[(int64_t)k * PANEL + j], acc);
+            y[(int64_t)(i / P) * N + n] = bias ? acc + bias[n] : acc;
+        }
+    }
+#endif
+}
+
+#define FLOAT_PANEL_CASE(R, P) case R: \
+        for (int p = p0, step; p < p1; p += step) { \
+            step = p + P <= p1 ? P : 1; \
+            if (step == P) \
+                float_panel_outputs(R, P, K, x, w, bias, N, y, p); \
+            else \
+                float_panel_outputs(R, 1, K, x, w, bias, N, y, p); \
+        } \
+        break;
+
+static void float_panels_pass(int R, int K, const float *x, const float *w, const float *bias, int N, float *y,
+                              int p0, int p1)
+{
+    switch (R) {
+        FLOAT_PANEL_CASE(1, 4) FLOAT_PANEL_CASE(2, 4) FLOAT_PANEL_CASE(3, 4) FLOAT_PANEL_CASE(4, 4)
+        FLOAT_PANEL_CASE(5, 2) FLOAT_PANEL_CASE(6, 2) FLOAT_PANEL_CASE(7, 2) FLOAT_PANEL_CASE(8, 2)
+    }
+}
+
+/* x: (M, K); w: ceil(N / 16) panels of K * 16 floats; bias: (N,) or NULL; y: (M, N). Returns 0. */
+int float_panel_linear(const float *x, int M, int K, const float *w, const float *bias, int N, float *y,
+                       int threads)
+{
+    int panels = (N + PANEL - 1) / PANEL;
+    for (int m0 = 0; m0 < M; m0 += CHUNK) {
+        int R = M - m0 < CHUNK ? M - m0 : CHUNK;
+#pragma omp parallel num_threads(threads)
+        {
+            int p0, p1;
+            thread_share(panels, &p0, &p1);
+            float_panels_pass(R, K, x + (int64_t)m0 * K, w, bias, N, y + (int64_t)m0 * N, p0, p1);
         }
     }
     return 0;

@@ -87,6 +87,7 @@ def library():
     P, I = _POINTER, _INT
     for name, argtypes in (("int8_linear", [P, I, I, P, P, P, P, I, P, I]),
                            ("float_linear", [P, I, I, P, P, I, P, I]),
+                           ("float_panel_linear", [P, I, I, P, P, I, P, I]),
                            ("attend_last", [P, P, P, ctypes.c_float, P, P, P, P, P, I, I, I, I, P, I]),
                            ("rms_norm", [P, P, ctypes.c_float, I, I, P])):
         getattr(lib, name).argtypes = argtypes

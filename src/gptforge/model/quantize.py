@@ -33,7 +33,7 @@ from .native import library
 QUANTIZATIONS = ("int8",)
 _INT8_MAX = 127
 NATIVE_ROWS = 256  # up to this many rows (decoding steps, short prompts) take the compiled kernel; more, _int_mm
-PANEL = 16  # output rows per panel of the compiled kernel's weight layout (to_panels)
+PANEL = 16  # output rows per panel of the compiled kernels' weight layouts (to_panels, cpu_decoding.float_panels)
 
 
 class Int8Linear(nn.Module):
