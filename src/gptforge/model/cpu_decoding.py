@@ -248,7 +248,8 @@ def float_kernels():
     lib.float_linear(rows.data_ptr(), 3, 200, weight.data_ptr(), bias.data_ptr(), 40, y.data_ptr(), 2)
     B, H, D, capacity, lengths = 2, 3, 24, 10, [4, 7]
     qkv, gain = torch.randn(B, 1, 3 * H * D, generator=g), torch.rand(D, generator=g) + 0.5
-    keys, values = torch.randn(B, H, capacity, D, generator=g), torch.randn(B, H, capacity, D, generator=g)
+    # (B, H, capacity, D) seen, stored (B, capacity, H, D) as KVCache stores them
+    keys, values = (torch.randn(B, capacity, H, D, generator=g).transpose(1, 2) for _ in range(2))
     attended, filled = torch.empty(B, 1, H * D), torch.tensor(lengths)  # (held: the kernel reads their memory)
     cos, sin = torch.zeros(B, 1, 1, D), torch.ones(B, 1, 1, D)  # rotary by 90 degrees: (a, b) -> (-b, a)
     lib.attend_last(qkv.data_ptr(), gain.data_ptr(), gain.data_ptr(), 1e-6, cos.data_ptr(), sin.data_ptr(),

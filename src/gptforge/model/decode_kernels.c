@@ -429,24 +429,27 @@ static float dot(const float *a, const float *b, int D)
     return s;
 }
 
-/* out[d] = sum_j p[j] * v[j][d] over j = 0..n-1 in order of j (v: n rows of D). */
-static void weighted_sum(const float *p, const float *v, int64_t n, int D, float *out)
+/* For each of G heads h: out[h][d] = sum_j p[h][j] * v[j][h][d] over j = 0..n-1 in order of j,
+   reading v position by position (position j's G heads side by side, positions `stride` floats
+   apart); p[h] starts at p + h * pstride. */
+static void weighted_sums(const float *p, int64_t pstride, const float *v, int64_t stride, int64_t n, int G, int D,
+                          float *out)
 {
-    int d = 0;
+    for (int i = 0; i < G * D; i++)
+        out[i] = 0.0f;
+    for (int64_t j = 0; j < n; j++)
+        for (int h = 0; h < G; h++) {
+            const float *vr = v + j * stride + h * D;
+            float *o = out + h * D, w = p[h * pstride + j];
+            int d = 0;
 #if AVX512
-    for (; d + LANES <= D; d += LANES) {
-        __m512 acc = _mm512_setzero_ps();
-        for (int64_t j = 0; j < n; j++)
-            acc = _mm512_fmadd_ps(_mm512_set1_ps(p[j]), _mm512_loadu_ps(v + j * D + d), acc);
-        _mm512_storeu_ps(out + d, acc);
-    }
+            for (; d + LANES <= D; d += LANES)
+                _mm512_storeu_ps(o + d, _mm512_fmadd_ps(_mm512_set1_ps(w), _mm512_loadu_ps(vr + d),
+                                                        _mm512_loadu_ps(o + d)));
 #endif
-    for (; d < D; d++) {
-        float acc = 0.0f;
-        for (int64_t j = 0; j < n; j++)
-            acc += p[j] * v[j * D + d];
-        out[d] = acc;
-    }
+            for (; d < D; d++)
+                o[d] += w * vr[d];
+        }
 }
 
 int rms_norm(const float *x, const float *gain, float eps, int M, int K, float *y)
@@ -471,7 +474,8 @@ int rms_norm(const float *x, const float *gain, float eps, int M, int K, float *
    depend on how long its neighbours are. Rows and heads are shared among the threads.
 
    qkv: (B, 3 * H * D); q_gain, k_gain: (D,) or NULL; cos, sin: (B, D) or NULL; kc, vc: the
-   cache, (B, H, capacity, D); lengths: (B,); y: (B, H * D). Returns 0, or -1 when out of memory. */
+   cache, (B, capacity, H, D) (KVCache's storage: a position's heads side by side); lengths: (B,);
+   y: (B, H * D). Returns 0, or -1 when out of memory. */
 
 /* out = x normed by its RMS and scaled by gain (if gain), then rotated by cos/sin (if given). */
 static void norm_rotate(const float *x, const float *gain, float eps, const float *cos, const float *sin,
@@ -494,41 +498,52 @@ int attend_last(const float *qkv, const float *q_gain, const float *k_gain, floa
                 int capacity, float *y, int threads)
 {
     int failed = 0, C = H * D;
+    /* A task: one row's heads h0..h0+G-1, its keys read position by position, each position's
+       heads side by side in memory: one sequential stream (a head's keys alone are H * D apart).
+       Rows split in head groups when there are fewer rows than threads. */
+    int groups = B >= threads || H % threads ? 1 : threads, G = H / groups;
     float scale = 1.0f / sqrtf((float)D);
 #pragma omp parallel num_threads(threads)
     {
-        float *p = malloc(sizeof(float) * ((size_t)capacity + 3 * (size_t)D)); /* scores, q, the normed */
+        /* scores (G rows of capacity), the queries (G x D), one normed vector, the G totals */
+        float *p = malloc(sizeof(float) * ((size_t)G * capacity + (size_t)G * D + D + G));
         if (!p) {
 #pragma omp atomic write
             failed = 1;
         }
 #pragma omp for schedule(static)
-        for (int bh = 0; bh < B * H; bh++) {
+        for (int task = 0; task < B * groups; task++) {
             if (!p)
                 continue;
-            int b = bh / H, h = bh % H;
+            int b = task / groups, h0 = task % groups * G;
             int64_t n = lengths[b] + 1; /* keys, the new one included */
-            const float *row = qkv + (int64_t)b * 3 * C + (int64_t)h * D;
+            const float *row = qkv + (int64_t)b * 3 * C;
             const float *c = cos ? cos + (int64_t)b * D : NULL, *s = sin ? sin + (int64_t)b * D : NULL;
-            float *keys = kc + (int64_t)bh * capacity * D, *values = vc + (int64_t)bh * capacity * D;
-            float *q = p + capacity, *normed = q + D, *out = y + (int64_t)b * C + (int64_t)h * D;
-            norm_rotate(row, q_gain, eps, c, s, D, normed, q);
-            norm_rotate(row + C, k_gain, eps, c, s, D, normed, keys + (n - 1) * D);
-            for (int d = 0; d < D; d++)
-                values[(n - 1) * D + d] = row[2 * C + d];
-            float top = -INFINITY;
-            for (int64_t j = 0; j < n; j++) {
-                p[j] = dot(q, keys + j * D, D) * scale;
-                top = p[j] > top ? p[j] : top;
+            float *keys = kc + (int64_t)b * capacity * C, *values = vc + (int64_t)b * capacity * C;
+            float *q = p + (int64_t)G * capacity, *normed = q + (int64_t)G * D, *totals = normed + D;
+            float *out = y + (int64_t)b * C;
+            for (int h = h0; h < h0 + G; h++) {
+                norm_rotate(row + h * D, q_gain, eps, c, s, D, normed, q + (h - h0) * D);
+                norm_rotate(row + C + h * D, k_gain, eps, c, s, D, normed, keys + (n - 1) * C + h * D);
+                memcpy(values + (n - 1) * C + h * D, row + 2 * C + h * D, sizeof(float) * D);
             }
-            float total = 0.0f;
-            for (int64_t j = 0; j < n; j++) {
-                p[j] = expf(p[j] - top);
-                total += p[j];
+            for (int64_t j = 0; j < n; j++)
+                for (int h = 0; h < G; h++)
+                    p[h * capacity + j] = dot(q + h * D, keys + j * C + (h0 + h) * D, D) * scale;
+            for (int h = 0; h < G; h++) {
+                float *ph = p + (int64_t)h * capacity, top = -INFINITY, total = 0.0f;
+                for (int64_t j = 0; j < n; j++)
+                    top = ph[j] > top ? ph[j] : top;
+                for (int64_t j = 0; j < n; j++) {
+                    ph[j] = expf(ph[j] - top);
+                    total += ph[j];
+                }
+                totals[h] = total;
             }
-            weighted_sum(p, values, n, D, out);
-            for (int d = 0; d < D; d++)
-                out[d] /= total;
+            weighted_sums(p, capacity, values + h0 * D, C, n, G, D, out + h0 * D);
+            for (int h = 0; h < G; h++)
+                for (int d = 0; d < D; d++)
+                    out[(h0 + h) * D + d] /= totals[h];
         }
         free(p);
     }

@@ -42,7 +42,10 @@ class KVCache:
             size = math.prod(shape)
             # written now (zeros), so no decoding step pays for mapping its pages later
             memory = huge_page_memory(2 * config.n_layers * size * dtype.itemsize).zero_().view(dtype)
-            buffers = [memory[i * size:(i + 1) * size].view(shape) for i in range(2 * config.n_layers)]
+            # stored (B, capacity, nh, hs): a position's heads side by side, so attend_last reads a
+            # row's keys as one stream; seen (B, nh, capacity, hs) like the other devices' buffers
+            stored = (shape[0], shape[2], shape[1], shape[3])
+            buffers = [memory[i * size:(i + 1) * size].view(stored).transpose(1, 2) for i in range(2 * config.n_layers)]
         else:
             buffers = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(2 * config.n_layers)]
         self.keys, self.values = buffers[:config.n_layers], buffers[config.n_layers:]
@@ -100,10 +103,11 @@ class KVCache:
         heads side by side. Each row's sums run in one fixed order over its own keys, so its
         numbers never depend on the other rows."""
         B, H, D = qkv.shape[0], self.keys[layer].shape[1], self.keys[layer].shape[3]
-        keys, values = self.keys[layer], self.values[layer]  # (B, nh, capacity, hs): rows of a contiguous buffer
+        keys, values = self.keys[layer], self.values[layer]  # (B, nh, capacity, hs), stored (B, capacity, nh, hs)
         qkv = qkv.contiguous()
+        stored = (self.capacity * H * D, D, H * D, 1)
         if (keys.shape[0] != B or qkv.shape != (B, 1, 3 * H * D) or keys.dtype != qkv.dtype
-                or not keys.is_contiguous() or not values.is_contiguous() or max(self.lengths) >= self.capacity):
+                or keys.stride() != stored or values.stride() != stored or max(self.lengths) >= self.capacity):
             raise ValueError(f"attend_last: a cache of {tuple(keys.shape)} {keys.dtype} at lengths "
                              f"{self.lengths} cannot take the projections {tuple(qkv.shape)} {qkv.dtype}")
         gains = [None if norm is None else norm.weight.contiguous() for norm in (q_norm, k_norm)]  # float32, as q
