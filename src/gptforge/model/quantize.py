@@ -1,10 +1,11 @@
 """int8 inference on CPUs (`--quantize int8`): every linear layer's weight stored as int8 with one
 scale per output channel, the LM head included, and each input row quantized to int8 on the fly
 with a scale of its own, so the matmul is int8 x int8 -> int32 and comes back to float32 through
-the two scales. Decoding steps and short prompts (up to NATIVE_ROWS rows) run a compiled kernel
-(native.py) that streams the weights once for every 8 rows, from its own layout of them (to_panels,
-the only copy kept where the kernel runs); long prompts and machines without a C compiler run the
-same arithmetic in torch ops around torch._int_mm: the same numbers, bit for bit, either way.
+the two scales. Where a C compiler is found, every product runs a compiled kernel (native.py) that
+streams the weights once for every 8 rows, from its own layout of them (to_panels, the only copy
+kept); it beat torch._int_mm at every row count measured, 1 to 4096 (benchmarks/README.md).
+Machines without one run the same arithmetic in torch ops around torch._int_mm: the same numbers,
+bit for bit, either way.
 
 Why not weight-only int8 (float activations, int8 weights): aten._weight_int8pack_mm took 0.73 ms
 for one row through a 768 x 2304 weight read from memory, against 0.06 ms for Int8Linear's kernel
@@ -32,7 +33,6 @@ from .native import library
 
 QUANTIZATIONS = ("int8",)
 _INT8_MAX = 127
-NATIVE_ROWS = 256  # up to this many rows (decoding steps, short prompts) take the compiled kernel; more, _int_mm
 PANEL = 16  # output rows per panel of the compiled kernels' weight layouts (to_panels, cpu_decoding.float_panels)
 
 
@@ -68,8 +68,7 @@ class Int8Linear(nn.Module):
         if self.training:
             raise RuntimeError("an int8-quantized model is for inference: train the float32 model")
         rows = x.reshape(-1, self.in_features)  # (M, K)
-        native = (native_kernel() if self.panels is not None and rows.shape[0] <= NATIVE_ROWS
-                  and x.dtype == torch.float32 else None)
+        native = native_kernel() if self.panels is not None and x.dtype == torch.float32 else None
         y = (self.forward_torch(rows) if native is None
              else self.forward_native(native, rows.contiguous(), torch.get_num_threads()))
         return y.view(*x.shape[:-1], self.out_features)
