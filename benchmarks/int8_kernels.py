@@ -20,8 +20,7 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from gptforge.model.cpu_decoding import (FLOAT_ROWS, float_kernels, float_panels, hold_in_huge_pages, in_huge_pages,
-                                         linear)
+from gptforge.model.cpu_decoding import FLOAT_ROWS, float_kernels, float_panels, hold_in_huge_pages, linear
 from gptforge.model.quantize import Int8Linear
 
 COPIES, K, N = 48, 768, 2304
@@ -49,7 +48,7 @@ def main() -> None:
     ours = [Int8Linear(w).eval() for w in weights]  # (the kernel's panels where it built)
     plain = [Int8Linear(w, panels=False).eval() for w in weights]  # (N, K) int8, as without a compiler
     huge = hold_in_huge_pages(nn.ParameterList(w.clone() for w in weights))  # (copies: the others stay put)
-    panels = in_huge_pages([float_panels(w) for w in weights]) if float_kernels() is not None else None
+    panels = [float_panels(w) for w in weights] if float_kernels() is not None else None
     ours_huge = hold_in_huge_pages(nn.ModuleList(Int8Linear(w).eval() for w in weights))
     zero = torch.zeros(N, dtype=torch.long)
     fbgemm = [torch.ops.quantized.linear_prepack(torch.quantize_per_channel(w, s, zero, 0, torch.qint8), None)

@@ -35,7 +35,6 @@ import torch
 from gptforge.config import GPTConfig
 from gptforge.generate import generate
 from gptforge.model import GPT, cpu_decoding, prepare_for_decoding
-from gptforge.model.quantize import quantize_model
 from gptforge.tokenizer import gpt2
 
 # This file's name is the package's: drop its folder from the path, or `import llama_cpp` imports it.
@@ -67,7 +66,7 @@ def ours(model: GPT, prompt: torch.Tensor, tokens: int, repeats: int, quantize: 
     """Our tokens/s; kernels=False: float32 as on a machine without a C compiler (torch's split
     product on column-major weights, SDPA), the compiled float32 kernels hidden while it runs."""
     with unittest.mock.patch.object(cpu_decoding, "float_kernels", lambda: None) if not kernels else contextlib.nullcontext():
-        m = quantize_model(prepare_for_decoding(copy.deepcopy(model)), quantize)
+        m = prepare_for_decoding(copy.deepcopy(model), quantize=quantize)
         generate(m, prompt, 2, temperature=0.0)  # warm-up
         return max(tokens / _timed(lambda: generate(m, prompt, tokens, temperature=0.0)) for _ in range(repeats))
 

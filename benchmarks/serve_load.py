@@ -40,7 +40,6 @@ import torch
 from gptforge.device import matmul_peak_flops
 from gptforge.generate import complete_ids, model_for_generation
 from gptforge.model import prepare_for_decoding
-from gptforge.model.quantize import quantize_model
 from gptforge.sampling import Sampling
 from gptforge.text import read_documents
 from gptforge.tokenizer import gpt2
@@ -178,7 +177,7 @@ def main() -> None:
     matmul_flops = 2 * (model.num_params(include_embeddings=False) + model.config.vocab_size * model.config.emb_dim)
     int8_texts = None
     if args.quantize:
-        alone = quantize_model(prepare_for_decoding(model), args.quantize)
+        alone = prepare_for_decoding(model, quantize=args.quantize)
         stop = Sampling(args.tokens, temperature=0.0, stop_ids=frozenset({gpt2().eot_id}))
         int8_texts = [gpt2().decode(complete_ids(alone, gpt2().encode_prompt(q), stop)) for q in prompts]
     del model

@@ -257,17 +257,24 @@ def _forget_the_probe(cpu_decoding):
     getattr(getattr(cpu_decoding, "onednn_linear_works", None), "cache_clear", lambda: None)()
 
 
-def _mapping_flags(address: int) -> list[str] | None:
-    """The VmFlags of this process's memory mapping holding `address` (Linux's /proc/self/smaps)."""
-    inside = False
+def _mapping(address: int) -> dict[str, list[str]]:
+    """The fields of this process's memory mapping holding `address` (Linux's /proc/self/smaps):
+    {"Rss:": ["2048", "kB"], "VmFlags:": ["rd", "wr", ...], ...}."""
+    fields, inside = {}, False
     for line in open("/proc/self/smaps"):
         head = line.split()[0]
         if "-" in head and not head.endswith(":"):
+            if inside:
+                break
             start, end = (int(part, 16) for part in head.split("-"))
             inside = start <= address < end
-        elif inside and line.startswith("VmFlags:"):
-            return line.split()[1:]
-    return None
+        elif inside:
+            fields[head] = line.split()[1:]
+    return fields
+
+
+def _mapping_flags(address: int) -> list[str] | None:
+    return _mapping(address).get("VmFlags:")
 
 
 @pytest.mark.parametrize("quantize", [None, "int8"])
@@ -314,4 +321,7 @@ def test_a_cpu_kv_cache_is_zeroed_memory_in_huge_pages():
     starts = sorted(t.data_ptr() for t in cache.keys + cache.values)
     assert all(b - a >= math.prod(shape) * 4 for a, b in zip(starts, starts[1:]))  # no two buffers overlap
     if Path("/proc/self/smaps").exists():
-        assert "hg" in _mapping_flags(cache.keys[1].data_ptr())
+        mapping = _mapping(cache.keys[1].data_ptr())
+        assert "hg" in mapping["VmFlags:"]
+        # every page mapped at allocation (a decoding step never waits for one): resident already
+        assert int(mapping["Rss:"][0]) * 1024 >= 2 * config.n_layers * math.prod(shape) * 4

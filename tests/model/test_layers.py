@@ -174,7 +174,8 @@ def test_rmsnorm_decoding_steps_run_the_kernel_with_torchs_numbers(monkeypatch):
         assert calls == [(6, 100)]
         torch.testing.assert_close(got, torch.nn.functional.rms_norm(x, (100,), norm.weight, 1e-5), rtol=1e-5, atol=1e-6)
         assert torch.equal(norm(x[1:2, 1:2]), got[1:2, 1:2])  # a row's numbers are its own
-        norm(torch.randn(3, 4, 100))  # 12 rows: more than a decoding step, torch's
-    assert len(calls) == 2
+        many = torch.randn(40, 3, 100)
+        assert torch.equal(norm(many)[17], norm(many[17:18])[0])  # however many rows
+    assert len(calls) == 4
     torch.testing.assert_close(norm(x), got)  # with gradients: torch's, the same to rounding
-    assert len(calls) == 2
+    assert len(calls) == 4

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gptforge.model import native
 from gptforge.model.cpu_decoding import FLOAT_ROWS, float_kernels, linear
@@ -37,10 +38,12 @@ def test_the_kernel_computes_what_torch_computes(K, N, bias, column_major):
                     x[1] = 0.0
                 if M > 2:
                     x[2, 5] = float("nan")  # a broken row: NaN everywhere in it, as in torch; the others untouched
+                if M > 5:
+                    x[5, K - 1] = float("inf")  # inf / inf in the last column's quantization: NaN, as in torch
                 with torch.no_grad():
                     torch.testing.assert_close(layer(x), plain(x), rtol=0, atol=0, equal_nan=True)
-                    if M > 2:
-                        assert layer(x)[2].isnan().all() and not layer(x)[3:].isnan().any()
+                    broken = [i in (2, 5) for i in range(M)]  # each broken row NaN throughout, the others none
+                    assert layer(x).isnan().all(1).tolist() == broken == layer(x).isnan().any(1).tolist()
     finally:
         torch.set_num_threads(threads)
 
@@ -136,20 +139,23 @@ def test_attend_last_stores_the_new_keys_and_attends_over_each_rows_own(head_dim
     from gptforge.model.gpt import KVCache
     from gptforge.model.layers import apply_rotary, rotary_angles
 
-    config = GPTConfig(vocab_size=64, context_length=40, emb_dim=3 * head_dim, n_heads=3, n_layers=1)
+    from gptforge.model.layers import RMSNorm
+
+    # 4 heads: a row alone on 2 threads has its heads split in two groups, the batch of 4 rows not
+    config = GPTConfig(vocab_size=64, context_length=40, emb_dim=4 * head_dim, n_heads=4, n_layers=1)
     g = torch.Generator().manual_seed(head_dim)
     cache = KVCache(config, 4)
     cache.keys[0].normal_(generator=g), cache.values[0].normal_(generator=g)  # stale numbers past each row's end too
     lengths = [0, 3, 39, 9]
     qkv = torch.randn(4, 1, 3 * config.emb_dim, generator=g)
-    q_norm, k_norm = (torch.nn.RMSNorm(head_dim, eps=1e-5) for _ in range(2))
+    q_norm, k_norm = (RMSNorm(head_dim, eps=1e-5) for _ in range(2))
     for norm in (q_norm, k_norm):
         norm.weight.data = torch.rand(head_dim, generator=g) + 0.5
     norms, rope = ((q_norm, k_norm), rotary_angles(torch.tensor(lengths)[:, None], head_dim, 10000.0)) if modern \
         else ((None, None), None)
-    q, k, v = (t.transpose(1, 2) for t in qkv.view(4, 1, 9, head_dim).split(3, dim=2))  # (B, nh, 1, hs)
-    if modern:
-        q, k = apply_rotary(q_norm(q), *rope), apply_rotary(k_norm(k), *rope)
+    q, k, v = (t.transpose(1, 2) for t in qkv.view(4, 1, 12, head_dim).split(4, dim=2))  # (B, nh, 1, hs)
+    if modern:  # (torch's own RMSNorm as the reference)
+        q, k = (apply_rotary(F.rms_norm(t, (head_dim,), n.weight, 1e-5), *rope) for t, n in ((q, q_norm), (k, k_norm)))
     keys_before = cache.keys[0].clone()
     with torch.no_grad():
         y = cache.rows(0, 4, lengths).attend_last(0, qkv, float_kernels(), *norms, rope)  # (B, 1, C)

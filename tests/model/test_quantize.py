@@ -54,7 +54,7 @@ def test_int8_logits_are_close_to_float32(arch):
 def test_a_row_gets_the_same_logits_in_a_batch_as_alone():
     """Each row is quantized with its own scale and the int32 sums are exact, so a row's logits do
     not depend on its neighbours (a batch-wide activation scale would change them)."""
-    model = quantize_model(prepare_for_decoding(random_gpt(0)), "int8")
+    model = prepare_for_decoding(random_gpt(0), quantize="int8")
     ids = torch.randint(0, 257, (4, 9), generator=torch.Generator().manual_seed(2))
     ids[3] = 5  # a row far from the others
     with torch.no_grad():
@@ -69,7 +69,7 @@ def test_a_decoding_row_beside_rows_of_other_lengths_gets_what_it_gets_alone():
     equal, bit for bit, the step it takes alone. The linear layers are row-invariant by
     construction; attention must be too (each row over its own keys), or its rounding differs
     and the next layer's re-quantization can turn that into a different token."""
-    model = quantize_model(prepare_for_decoding(random_gpt(0, n_heads=4, emb_dim=64, context_length=128)), "int8")
+    model = prepare_for_decoding(random_gpt(0, n_heads=4, emb_dim=64, context_length=128), quantize="int8")
     g = torch.Generator().manual_seed(3)
     lengths = [5 + 7 * i for i in range(8)]  # not multiples of a vector's width, mostly
     prompts = [torch.randint(0, 257, (1, n), generator=g) for n in lengths]
@@ -89,10 +89,10 @@ def test_a_decoding_row_beside_rows_of_other_lengths_gets_what_it_gets_alone():
 
 
 def test_int8_refuses_training_and_other_dtypes():
-    model = quantize_model(prepare_for_decoding(random_gpt(0)), "int8")
+    model = prepare_for_decoding(random_gpt(0), quantize="int8")
     with pytest.raises(RuntimeError, match="for inference"):
         model.train()(torch.zeros(1, 2, dtype=torch.long))
     with pytest.raises(UserError, match="runs on a CPU in float32"):
-        quantize_model(prepare_for_decoding(random_gpt(0), torch.bfloat16), "int8")
+        prepare_for_decoding(random_gpt(0), torch.bfloat16, "int8")
     untouched = random_gpt(0)
     assert quantize_model(untouched, None) is untouched and not isinstance(untouched.lm_head, Int8Linear)

@@ -268,11 +268,10 @@ def test_int8_greedy_tokens_are_the_same_alone_and_beside_others():
     at all is tests/model/test_quantize.py's; greedy tokens of this tiny model would survive a
     batch-wide scale too: this one checks that the engine runs the int8 model, chunked prefill and
     rows at different lengths included.)"""
-    from gptforge.model.quantize import quantize_model
 
     torch.manual_seed(0)
     config = GPTConfig.from_preset("gpt2-tiny", vocab_size=257, context_length=64)
-    int8 = quantize_model(prepare_for_decoding(GPT(config)), "int8")
+    int8 = prepare_for_decoding(GPT(config), quantize="int8")
     engine = Engine(int8, max_batch=4, max_queue=16, prefill_chunk=16)
     budgets = [20, 3, 11, 24, 7, 20, 30, 1]
     seqs, outs = zip(*(sequence(p, max_tokens=m) for p, m in zip(prompts(8), budgets)))

@@ -46,8 +46,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     panels (float_panels) where it built, else oneDNN's blocked layout from two rows on.
     """
     K, N = weight.shape[1], weight.shape[0]
-    if (packed is not None and not packed.is_mkldnn and 0 < x.numel() and x.shape[-1] == K
-            and (bias is None or bias.is_contiguous()) and (lib := decoding_kernels(x)) is not None):
+    if (packed is not None and not packed.is_mkldnn and packed.dtype == torch.float32 and 0 < x.numel()
+            and x.shape[-1] == K and (bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu"
+                                                        and bias.is_contiguous()))
+            and (lib := decoding_kernels(x)) is not None):
         rows = x.reshape(-1, K).contiguous()  # (M, K)
         y = torch.empty(rows.shape[0], N, dtype=torch.float32)
         lib.float_panel_linear(rows.data_ptr(), rows.shape[0], K, packed.data_ptr(),
@@ -130,23 +132,24 @@ def huge_page_memory(nbytes: int) -> torch.Tensor:
     private = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
     block = mmap.mmap(-1, nbytes + HUGE_PAGE, **({"flags": private} if private else {}))  # (shared memory gets no THP)
     if hasattr(mmap, "MADV_HUGEPAGE"):  # before the first write: pages are chosen when first touched
-        block.madvise(mmap.MADV_HUGEPAGE)
+        try:
+            block.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel built without transparent huge pages: ordinary memory
+            pass
     memory = torch.frombuffer(block, dtype=torch.uint8)  # holds the mmap while any view of it lives
     start = -memory.data_ptr() % HUGE_PAGE
     return memory[start:start + nbytes]
 
 
-def in_huge_pages(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Copies of `tensors` (CPU tensors whose elements are dense, any strides), with the same shapes
-    and strides, side by side in one block of huge_page_memory."""
-    offsets, size = [], 0
-    for tensor in tensors:
-        offsets.append(size)
-        size += -(-tensor.numel() * tensor.element_size() // 64) * 64  # each on a 64-byte cache line
-    memory = huge_page_memory(size)
-    with torch.no_grad():
-        return [memory[start:start + t.numel() * t.element_size()].view(t.dtype).as_strided(t.shape, t.stride()).copy_(t)
-                for start, t in zip(offsets, tensors)]
+def huge_page_tensors(specs: list[tuple[tuple[int, ...], tuple[int, ...] | None, torch.dtype]]) -> list[torch.Tensor]:
+    """Zeroed CPU tensors of the given (shape, strides or None for contiguous, dtype), each's elements
+    dense, side by side in one block of huge_page_memory, which lives as long as any of them."""
+    sizes = [math.prod(shape) * dtype.itemsize for shape, _, dtype in specs]
+    starts = [sum(-(-n // 64) * 64 for n in sizes[:i]) for i in range(len(sizes))]  # each on a cache line
+    memory = huge_page_memory(starts[-1] + sizes[-1] if specs else 0)
+    return [memory[start:start + n].view(dtype).as_strided(shape, stride) if stride else
+            memory[start:start + n].view(dtype).view(shape)
+            for start, n, (shape, stride, dtype) in zip(starts, sizes, specs)]
 
 
 def hold_in_huge_pages(model: nn.Module, smallest: int = 1 << 16) -> nn.Module:
@@ -160,26 +163,37 @@ def hold_in_huge_pages(model: nn.Module, smallest: int = 1 << 16) -> nn.Module:
     2-core machine: the float32 kernel read gpt2-124m's weights at 38 GB/s from huge pages against
     30 from torch's own memory (benchmarks/README.md). Where the system offers none (THP "never")
     the block is ordinary memory and nothing changes but the addresses; off Linux nothing moves.
-    The model's memory grows by less than one huge page; the tensors' old memory is freed.
+    The model's memory grows by less than one huge page, the tensors' old memory freed as each
+    moves; the block is freed when none of the moved tensors is left (a weight replaced later, by
+    quantizing, say, stays until then: prepare_for_decoding quantizes first).
     """
     if not hasattr(mmap, "MADV_HUGEPAGE"):  # not Linux: nothing to gain
         return model
-    moving: dict[int, torch.Tensor] = {}  # id -> tensor, each tensor once (a tied weight is one Parameter)
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if (tensor.device.type == "cpu" and tensor.numel() * tensor.element_size() >= smallest
-                and (tensor.is_contiguous() or tensor.dim() == 2 and tensor.t().is_contiguous())):
-            moving[id(tensor)] = tensor
-    if not moving:
+    # Each tensor once (a tied weight is one Parameter), and the module slots that hold it.
+    slots: dict[int, list[tuple[nn.Module, str, bool]]] = {}
+    specs: dict[int, tuple] = {}
+    for module in model.modules():
+        for is_parameter, table in ((True, module._parameters), (False, module._buffers)):
+            for name, tensor in table.items():
+                if (tensor is not None and tensor.device.type == "cpu"
+                        and tensor.numel() * tensor.element_size() >= smallest
+                        and (tensor.is_contiguous() or tensor.dim() == 2 and tensor.t().is_contiguous())):
+                    slots.setdefault(id(tensor), []).append((module, name, is_parameter))
+                    specs[id(tensor)] = (tuple(tensor.shape), tensor.stride(), tensor.dtype)
+    if not slots:
         return model
-    moved = dict(zip(moving, in_huge_pages(list(moving.values()))))
+    places = dict(zip(specs, huge_page_tensors(list(specs.values()))))
     with torch.no_grad():
-        for module in model.modules():
-            for parameter in module._parameters.values():
-                if parameter is not None and id(parameter) in moved:
-                    parameter.data = moved[id(parameter)]  # the same Parameter: ties and optimizers keep it
-            for name, buffer in module._buffers.items():
-                if buffer is not None and id(buffer) in moved:
-                    module._buffers[name] = moved[id(buffer)]
+        for key, where in slots.items():  # one at a time: each old tensor's memory is freed as it moves
+            module, name, is_parameter = where[0]
+            old = (module._parameters if is_parameter else module._buffers)[name]
+            place = places.pop(key).copy_(old)
+            if is_parameter:
+                old.data = place  # the same Parameter wherever it is held: ties and optimizers keep it
+            else:
+                for module, name, _ in where:
+                    module._buffers[name] = place
+            del old
     return model
 
 
@@ -208,7 +222,9 @@ def pack_for_batches(model: nn.Module) -> nn.Module:
         modules = [m for m in model.modules() if isinstance(m, Linear) and m.weight.numel() >= 2**17]
         weights = [m.weight.detach()[:vocab] if m is head else m.weight.detach() for m in modules]
         if panels:
-            copies = in_huge_pages([float_panels(w) for w in weights])
+            copies = huge_page_tensors([((-(-w.shape[0] // PANEL), w.shape[1], PANEL), None, w.dtype) for w in weights])
+            for weight, copy in zip(weights, copies):
+                float_panels(weight, out=copy)
         else:
             copies = [torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), 8) for w in weights]
         for module, copy in zip(modules, copies):
@@ -216,12 +232,12 @@ def pack_for_batches(model: nn.Module) -> nn.Module:
     return model
 
 
-def float_panels(weight: torch.Tensor) -> torch.Tensor:
+def float_panels(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """The (N, K) weight as the compiled kernel's panels: 16 output rows column by column,
-    (ceil(N / 16), K, 16), the rows past N zero."""
+    (ceil(N / 16), K, 16), the rows past N zero (written into `out` if given)."""
     N, K = weight.shape
-    padded = F.pad(weight, (0, 0, 0, -N % PANEL))  # (16 * panels, K)
-    return padded.view(-1, PANEL, K).transpose(1, 2).contiguous()
+    panels = F.pad(weight, (0, 0, 0, -N % PANEL)).view(-1, PANEL, K).transpose(1, 2)  # (panels, K, 16)
+    return panels.contiguous() if out is None else out.copy_(panels)
 
 
 def decoding_kernels(x: torch.Tensor):
@@ -236,24 +252,30 @@ def decoding_kernels(x: torch.Tensor):
 
 @functools.cache
 def float_kernels():
-    """The compiled kernels (native.library()) for float32 decoding steps, float_linear and
-    attend_last, when they built and agree with torch on a small probe (to float rounding), else
+    """The compiled kernels (native.library()) for float32 decoding steps, float_linear,
+    float_panel_linear and attend_last, when they built and agree with torch on a small probe (to
+    float rounding; a row's attention the same bits alone as beside another), else
     None: a miscompiling toolchain costs speed, never a wrong answer."""
     lib = library()
     if lib is None:
         return None
     g = torch.Generator().manual_seed(0)
     weight, bias, rows = torch.randn(40, 200, generator=g), torch.randn(40, generator=g), torch.randn(3, 200, generator=g)
-    y = torch.empty(3, 40)
+    y, on_panels = torch.empty(3, 40), torch.empty(3, 40)  # 40 rows: two panels and a part
+    panels = float_panels(weight)
     lib.float_linear(rows.data_ptr(), 3, 200, weight.data_ptr(), bias.data_ptr(), 40, y.data_ptr(), 2)
-    B, H, D, capacity, lengths = 2, 3, 24, 10, [4, 7]
+    lib.float_panel_linear(rows.data_ptr(), 3, 200, panels.data_ptr(), bias.data_ptr(), 40, on_panels.data_ptr(), 2)
+    B, H, D, capacity, lengths = 2, 4, 24, 10, [4, 7]
     qkv, gain = torch.randn(B, 1, 3 * H * D, generator=g), torch.rand(D, generator=g) + 0.5
     # (B, H, capacity, D) seen, stored (B, capacity, H, D) as KVCache stores them
     keys, values = (torch.randn(B, capacity, H, D, generator=g).transpose(1, 2) for _ in range(2))
-    attended, filled = torch.empty(B, 1, H * D), torch.tensor(lengths)  # (held: the kernel reads their memory)
+    attended, alone = torch.empty(B, 1, H * D), torch.empty(1, 1, H * D)
+    filled = torch.tensor(lengths)  # (held, as every tensor here: the kernel reads their memory)
     cos, sin = torch.zeros(B, 1, 1, D), torch.ones(B, 1, 1, D)  # rotary by 90 degrees: (a, b) -> (-b, a)
-    lib.attend_last(qkv.data_ptr(), gain.data_ptr(), gain.data_ptr(), 1e-6, cos.data_ptr(), sin.data_ptr(),
-                    keys.data_ptr(), values.data_ptr(), filled.data_ptr(), B, H, D, capacity, attended.data_ptr(), 2)
+    for b0, b1, out in ((0, B, attended), (1, 2, alone)):  # the rows together, then row 1 alone (its heads split)
+        lib.attend_last(qkv[b0:].data_ptr(), gain.data_ptr(), gain.data_ptr(), 1e-6, cos.data_ptr(), sin.data_ptr(),
+                        keys[b0:].data_ptr(), values[b0:].data_ptr(), filled[b0:].data_ptr(), b1 - b0, H, D,
+                        capacity, out.data_ptr(), 2)
     q, k, v = (t.transpose(1, 2) for t in qkv.view(B, 1, 3 * H, D).split(H, dim=2))  # (B, H, 1, D)
     normed = [F.rms_norm(t, (D,), gain, 1e-6) for t in (q, k)]
     q, k = (torch.cat((-t[..., D // 2:], t[..., :D // 2]), -1) for t in normed)  # turned by 90 degrees
@@ -261,7 +283,9 @@ def float_kernels():
                                                torch.cat((values[b:b + 1, :, :n], v[b:b + 1]), 2))
                 for b, n in enumerate(lengths)]  # (1, H, 1, D) each
     if not (torch.allclose(y, F.linear(rows, weight, bias), atol=1e-4, rtol=1e-4)
+            and torch.allclose(on_panels, F.linear(rows, weight, bias), atol=1e-4, rtol=1e-4)
             and torch.allclose(attended, torch.cat(expected).transpose(1, 2).reshape(B, 1, H * D), atol=1e-5, rtol=1e-4)
+            and torch.equal(alone, attended[1:])
             and torch.allclose(keys[1, :, 7], k[1, :, 0], atol=1e-5, rtol=1e-4)):
         warnings.warn("the compiled float32 kernels disagree with torch on this machine; using torch",
                       stacklevel=2)

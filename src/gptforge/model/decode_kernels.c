@@ -104,7 +104,7 @@ static void quantize_rows(const float *x, int M, int K, int K4, int8_t *qx, uint
 #endif
         for (; k < 4 * K4; k++) {
             float r = k < K && !nan ? nearbyintf(row[k] / scale) : 0.0f;
-            q[k] = (int8_t)r; /* |r| <= 127 */
+            q[k] = isnan(r) ? 0 : (int8_t)r; /* |r| <= 127, or NaN: an infinite x (inf / inf) */
             u[k] = (uint8_t)(q[k] + 128);
         }
     }
@@ -501,7 +501,11 @@ int attend_last(const float *qkv, const float *q_gain, const float *k_gain, floa
     /* A task: one row's heads h0..h0+G-1, its keys read position by position, each position's
        heads side by side in memory: one sequential stream (a head's keys alone are H * D apart).
        Rows split in head groups when there are fewer rows than threads. */
-    int groups = B >= threads || H % threads ? 1 : threads, G = H / groups;
+    int groups = 1, G;
+    for (int g = 2; B < threads && g <= threads; g++)
+        if (H % g == 0 && threads % g == 0)
+            groups = g; /* the largest common divisor of H and the threads */
+    G = H / groups;
     float scale = 1.0f / sqrtf((float)D);
 #pragma omp parallel num_threads(threads)
     {

@@ -94,8 +94,8 @@ class KVCache:
             self.values[layer].transpose(1, 2)[rows, positions] = v.transpose(1, 2)
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
-    def attend_last(self, layer: int, qkv: torch.Tensor, lib, q_norm: nn.RMSNorm | None = None,
-                    k_norm: nn.RMSNorm | None = None, rope: tuple | None = None) -> torch.Tensor:
+    def attend_last(self, layer: int, qkv: torch.Tensor, lib, q_norm: RMSNorm | None = None,
+                    k_norm: RMSNorm | None = None, rope: tuple | None = None) -> torch.Tensor:
         """One new token per row, through the compiled kernel `lib` (cpu_decoding.float_kernels),
         from the rows' qkv projections (B, 1, 3C): q and k normed by q_norm and k_norm (QK-norm,
         where given) and rotated by rope's (cos, sin) (where given), the key and value stored at
@@ -111,9 +111,8 @@ class KVCache:
             raise ValueError(f"attend_last: a cache of {tuple(keys.shape)} {keys.dtype} at lengths "
                              f"{self.lengths} cannot take the projections {tuple(qkv.shape)} {qkv.dtype}")
         gains = [None if norm is None else norm.weight.contiguous() for norm in (q_norm, k_norm)]  # float32, as q
-        eps = next((norm.eps for norm in (q_norm, k_norm) if norm is not None and norm.eps is not None),
-                   torch.finfo(torch.float32).eps)
-        cos, sin = (None, None) if rope is None else (t.float().contiguous() for t in rope)  # (B, 1, 1, hs)
+        eps = q_norm.epsilon if q_norm is not None else 0.0  # (both norms are built with the config's eps)
+        cos, sin = (None, None) if rope is None else (t.float().expand(B, 1, 1, D).contiguous() for t in rope)
         lengths = torch.tensor(self.lengths, dtype=torch.int64)
         y = torch.empty(B, 1, H * D, dtype=torch.float32)
         q_gain, k_gain, cos, sin = (None if t is None else t.data_ptr() for t in (*gains, cos, sin))

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import GPTConfig
-from .cpu_decoding import FLOAT_ROWS, Linear, decoding_kernels
+from .cpu_decoding import Linear, decoding_kernels
 
 
 def make_norm(config: GPTConfig, dim: int) -> nn.Module:
@@ -22,19 +22,25 @@ def make_norm(config: GPTConfig, dim: int) -> nn.Module:
 
 
 class RMSNorm(nn.RMSNorm):
-    """nn.RMSNorm (the same parameter), whose decoding steps, up to FLOAT_ROWS rows of float32 with
-    gradients off, run the compiled kernel (cpu_decoding.decoding_kernels): one call where torch's
-    CPU RMSNorm takes six ops, ~13 us each time on the machine measured, 49 times per token in a
-    12-layer modern block (QK-norm included). The same formula, summed in the kernel's own order."""
+    """nn.RMSNorm (the same parameter), which runs the compiled kernel (cpu_decoding.decoding_kernels)
+    wherever float32 rows go through it with gradients off: one call where torch's CPU RMSNorm takes
+    six ops, ~13 us each time on the machine measured, 49 times per token in a 12-layer modern block
+    (QK-norm included). The same formula, summed in the kernel's own order, row by row: a row's
+    numbers do not depend on the rows beside it."""
+
+    @property
+    def epsilon(self) -> float:
+        """eps, or float32's machine epsilon where it is None (as torch's RMSNorm)."""
+        return torch.finfo(torch.float32).eps if self.eps is None else self.eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         K = x.shape[-1]
-        if (0 < x.numel() <= FLOAT_ROWS * K and self.weight is not None and self.weight.dtype == torch.float32
-                and (lib := decoding_kernels(x)) is not None):
+        if (0 < x.numel() and self.weight is not None and self.weight.shape == (K,)
+                and self.weight.dtype == torch.float32 and (lib := decoding_kernels(x)) is not None):
             rows = x.reshape(-1, K).contiguous()
             y = torch.empty_like(rows)
-            eps = torch.finfo(torch.float32).eps if self.eps is None else self.eps
-            lib.rms_norm(rows.data_ptr(), self.weight.contiguous().data_ptr(), eps, rows.shape[0], K, y.data_ptr())
+            lib.rms_norm(rows.data_ptr(), self.weight.contiguous().data_ptr(), self.epsilon, rows.shape[0], K,
+                         y.data_ptr())
             return y.view(x.shape)
         return super().forward(x)
 

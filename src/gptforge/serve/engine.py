@@ -78,7 +78,7 @@ class Engine:
     """
 
     def __init__(self, model: GPT, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = 256):
-        self.model = pack_for_batches(model.eval())  # batched rows through oneDNN's blocked weights
+        self.model = pack_for_batches(model.eval())  # batched rows through a copy of the weights laid out for them
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.device = next(model.parameters()).device
         self.cache = model.new_cache(max_batch)
