@@ -119,6 +119,7 @@ static inline __attribute__((always_inline)) void panel_outputs(
 {
     const int8_t *w = panels + (int64_t)p * K4 * 64;
 #if VNNI
+    (void)qx;
     __m512i acc[16];
 #pragma GCC unroll 16
     for (int i = 0; i < R * P; i++)
@@ -166,16 +167,20 @@ static inline __attribute__((always_inline)) void panel_outputs(
 #endif
 }
 
-/* P panels at a time while they last, then one. */
-#define PANEL_CASE(R, P) case R: \
+/* R rows over panels p0..p1, P panels at a time while they last, then one: OUTPUTS(R, P, p) computes
+   panels p..p+P-1 (the int8 and the float32 kernels' panel_outputs). */
+#define PANELS_CASE(R, P, OUTPUTS) case R: \
         for (int p = p0, step; p < p1; p += step) { \
             step = p + P <= p1 ? P : 1; \
             if (step == P) \
-                panel_outputs(R, P, K4, qx, ux, xs, w, wsum, ws, bias, N, y, p); \
+                OUTPUTS(R, P, p); \
             else \
-                panel_outputs(R, 1, K4, qx, ux, xs, w, wsum, ws, bias, N, y, p); \
+                OUTPUTS(R, 1, p); \
         } \
         break;
+
+#define INT8_OUTPUTS(R, P, p) panel_outputs(R, P, K4, qx, ux, xs, w, wsum, ws, bias, N, y, p)
+#define PANEL_CASE(R, P) PANELS_CASE(R, P, INT8_OUTPUTS)
 
 /* One pass of up to CHUNK rows over panels p0..p1. */
 static void panels_pass(int R, int K4, const int8_t *qx, const uint8_t *ux, const float *xs, const int8_t *w,
@@ -300,18 +305,29 @@ static void float_pass(int R, int K, const float *x, const float *w, const float
     }
 }
 
-/* x: (M, K); w: (N, K) row-major; bias: (N,) or NULL; y: (M, N). Returns 0. */
-int float_linear(const float *x, int M, int K, const float *w, const float *bias, int N, float *y, int threads)
+/* Rows of x CHUNK at a time, each thread passing over its block of the weight's `units` (rows, or
+   panels) with `pass`. */
+typedef void (*float_pass_fn)(int R, int K, const float *x, const float *w, const float *bias, int N, float *y,
+                              int u0, int u1);
+
+static void float_rows(float_pass_fn pass, int units, const float *x, int M, int K, const float *w,
+                       const float *bias, int N, float *y, int threads)
 {
     for (int m0 = 0; m0 < M; m0 += CHUNK) {
         int R = M - m0 < CHUNK ? M - m0 : CHUNK;
 #pragma omp parallel num_threads(threads)
         {
-            int n0, n1;
-            thread_share(N, &n0, &n1);
-            float_pass(R, K, x + (int64_t)m0 * K, w, bias, N, y + (int64_t)m0 * N, n0, n1);
+            int u0, u1;
+            thread_share(units, &u0, &u1);
+            pass(R, K, x + (int64_t)m0 * K, w, bias, N, y + (int64_t)m0 * N, u0, u1);
         }
     }
+}
+
+/* x: (M, K); w: (N, K) row-major; bias: (N,) or NULL; y: (M, N). Returns 0. */
+int float_linear(const float *x, int M, int K, const float *w, const float *bias, int N, float *y, int threads)
+{
+    float_rows(float_pass, N, x, M, K, w, bias, N, y, threads);
     return 0;
 }
 
@@ -366,15 +382,8 @@ static inline __attribute__((always_inline)) void float_panel_outputs(
 #endif
 }
 
-#define FLOAT_PANEL_CASE(R, P) case R: \
-        for (int p = p0, step; p < p1; p += step) { \
-            step = p + P <= p1 ? P : 1; \
-            if (step == P) \
-                float_panel_outputs(R, P, K, x, w, bias, N, y, p); \
-            else \
-                float_panel_outputs(R, 1, K, x, w, bias, N, y, p); \
-        } \
-        break;
+#define FLOAT_OUTPUTS(R, P, p) float_panel_outputs(R, P, K, x, w, bias, N, y, p)
+#define FLOAT_PANEL_CASE(R, P) PANELS_CASE(R, P, FLOAT_OUTPUTS)
 
 static void float_panels_pass(int R, int K, const float *x, const float *w, const float *bias, int N, float *y,
                               int p0, int p1)
@@ -389,16 +398,7 @@ static void float_panels_pass(int R, int K, const float *x, const float *w, cons
 int float_panel_linear(const float *x, int M, int K, const float *w, const float *bias, int N, float *y,
                        int threads)
 {
-    int panels = (N + PANEL - 1) / PANEL;
-    for (int m0 = 0; m0 < M; m0 += CHUNK) {
-        int R = M - m0 < CHUNK ? M - m0 : CHUNK;
-#pragma omp parallel num_threads(threads)
-        {
-            int p0, p1;
-            thread_share(panels, &p0, &p1);
-            float_panels_pass(R, K, x + (int64_t)m0 * K, w, bias, N, y + (int64_t)m0 * N, p0, p1);
-        }
-    }
+    float_rows(float_panels_pass, (N + PANEL - 1) / PANEL, x, M, K, w, bias, N, y, threads);
     return 0;
 }
 
