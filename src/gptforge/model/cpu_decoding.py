@@ -46,25 +46,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     panels (float_panels) where it built, else oneDNN's blocked layout from two rows on.
     """
     K, N = weight.shape[1], weight.shape[0]
+    plain_bias = bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu" and bias.is_contiguous())
     if (packed is not None and not packed.is_mkldnn and packed.dtype == torch.float32 and 0 < x.numel()
-            and x.shape[-1] == K and (bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu"
-                                                        and bias.is_contiguous()))
-            and (lib := decoding_kernels(x)) is not None):
-        rows = x.reshape(-1, K).contiguous()  # (M, K)
-        y = torch.empty(rows.shape[0], N, dtype=torch.float32)
-        lib.float_panel_linear(rows.data_ptr(), rows.shape[0], K, packed.data_ptr(),
-                               None if bias is None else bias.data_ptr(), N, y.data_ptr(), torch.get_num_threads())
-        return y.view(*x.shape[:-1], N)
+            and x.shape[-1] == K and plain_bias and (lib := decoding_kernels(x)) is not None):
+        return _compiled(lib.float_panel_linear, x, packed, bias, N)
     if (packed is None and 0 < x.numel() <= FLOAT_ROWS * K and x.shape[-1] == K
             and weight.numel() >= 2**17 and weight.dtype == torch.float32 and weight.device.type == "cpu"
-            and weight.is_contiguous()
-            and (bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu" and bias.is_contiguous()))
-            and (lib := decoding_kernels(x)) is not None):
-        rows = x.reshape(-1, K).contiguous()  # (M, K)
-        y = torch.empty(rows.shape[0], N, dtype=torch.float32)
-        lib.float_linear(rows.data_ptr(), rows.shape[0], K, weight.data_ptr(),
-                         None if bias is None else bias.data_ptr(), N, y.data_ptr(), torch.get_num_threads())
-        return y.view(*x.shape[:-1], N)
+            and weight.is_contiguous() and plain_bias and (lib := decoding_kernels(x)) is not None):
+        return _compiled(lib.float_linear, x, weight, bias, N)
     if (packed is not None and packed.is_mkldnn and not torch.is_grad_enabled() and x.shape[-1] == K
             and x.numel() > K):
         rows = x.reshape(-1, K).contiguous()
@@ -82,6 +71,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     y = parts.sum(0)
     if bias is not None:
         y += bias
+    return y.view(*x.shape[:-1], N)
+
+
+def _compiled(function, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor | None, N: int) -> torch.Tensor:
+    """x (..., K) times `weights` (in the layout `function` reads: float_linear's or
+    float_panel_linear's) plus bias, through the compiled kernel: (..., N) float32."""
+    K = x.shape[-1]
+    rows = x.reshape(-1, K).contiguous()  # (M, K)
+    y = torch.empty(rows.shape[0], N, dtype=torch.float32)
+    function(rows.data_ptr(), rows.shape[0], K, weights.data_ptr(), None if bias is None else bias.data_ptr(), N,
+             y.data_ptr(), torch.get_num_threads())
     return y.view(*x.shape[:-1], N)
 
 
