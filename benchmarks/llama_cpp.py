@@ -3,7 +3,8 @@ compiled kernels, and with torch ops only, as on a machine without a C compiler)
 (`--quantize int8`), llama.cpp on our GGUF exports (f32 and q8_0, through llama-cpp-python) and
 transformers on our HF export, for gpt2-124m and for the modern block on the same shape (random
 weights, seeded: speed does not depend on what the weights say). Every contestant gets the same
-prompt, the same number of greedy new tokens and the same threads; best of --repeats.
+prompt, the same number of greedy new tokens and the same threads; best of --repeats rounds, each
+round running every contestant once in turn (so the machine's slow spells fall on all alike).
 
 Decoding one token reads every weight matrix once (the LM head's 50K rows included), so its speed
 is bounded by memory bandwidth: the table gives each contestant's weight bytes per token, and
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 import unittest.mock
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,18 +63,22 @@ def matrix_weights(model: GPT) -> int:
     return blocks + model.config.vocab_size * model.config.emb_dim
 
 
-def ours(model: GPT, prompt: torch.Tensor, tokens: int, repeats: int, quantize: str | None,
-         kernels: bool = True) -> float:
-    """Our tokens/s; kernels=False: float32 as on a machine without a C compiler (torch's split
-    product on column-major weights, SDPA), the compiled float32 kernels hidden while it runs."""
-    with unittest.mock.patch.object(cpu_decoding, "float_kernels", lambda: None) if not kernels else contextlib.nullcontext():
+def ours(model: GPT, prompt: torch.Tensor, quantize: str | None, kernels: bool = True) -> Callable[[int], None]:
+    """Our greedy decoding of n tokens; kernels=False: float32 as on a machine without a C compiler
+    (torch's split product on column-major weights, SDPA), the compiled kernels hidden while it runs."""
+    def hidden():
+        return unittest.mock.patch.object(cpu_decoding, "float_kernels", lambda: None) if not kernels else contextlib.nullcontext()
+
+    with hidden():
         m = prepare_for_decoding(copy.deepcopy(model), quantize=quantize)
-        generate(m, prompt, 2, temperature=0.0)  # warm-up
-        return max(tokens / _timed(lambda: generate(m, prompt, tokens, temperature=0.0)) for _ in range(repeats))
+
+    def run(n: int) -> None:
+        with hidden():
+            generate(m, prompt, n, temperature=0.0)
+    return run
 
 
-def llama_cpp(model: GPT, prompt: torch.Tensor, tokens: int, repeats: int, threads: int, type: str,
-              folder: Path) -> float | str:
+def llama_cpp(model: GPT, prompt: torch.Tensor, threads: int, type: str, folder: Path) -> Callable[[int], None] | str:
     try:
         import llama_cpp as lc
     except ImportError:
@@ -84,15 +90,14 @@ def llama_cpp(model: GPT, prompt: torch.Tensor, tokens: int, repeats: int, threa
                    n_threads_batch=threads, n_batch=64, verbose=False)
     ids = prompt[0].tolist()
 
-    def run(n):
+    def run(n: int) -> None:
         for i, _ in enumerate(llm.generate(ids, top_k=1, temp=0.0, reset=True), start=1):
             if i == n:  # generate() never stops by itself: it ignores end-of-text
                 break
-    run(2)
-    return max(tokens / _timed(lambda: run(tokens)) for _ in range(repeats))
+    return run
 
 
-def transformers_speed(model: GPT, prompt: torch.Tensor, tokens: int, repeats: int, folder: Path) -> float | str:
+def transformers_run(model: GPT, prompt: torch.Tensor, folder: Path) -> Callable[[int], None] | str:
     try:
         from transformers import AutoModelForCausalLM
         from transformers.utils import logging as hf_logging
@@ -103,12 +108,25 @@ def transformers_speed(model: GPT, prompt: torch.Tensor, tokens: int, repeats: i
 
     hf = AutoModelForCausalLM.from_pretrained(export_hf(model, folder / f"hf-{model.config.arch}")).eval()
 
-    def run(n):
+    def run(n: int) -> None:
         with torch.no_grad():
             hf.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
                         pad_token_id=0, attention_mask=torch.ones_like(prompt))
-    run(2)
-    return max(tokens / _timed(lambda: run(tokens)) for _ in range(repeats))
+    return run
+
+
+def race(runs: dict[str, Callable[[int], None] | str], tokens: int, repeats: int) -> dict[str, float | str]:
+    """Each contestant's best tokens/s over `repeats` rounds, every round running every contestant
+    once in turn: a slow spell of the machine (they come and go over seconds to minutes on shared
+    machines) falls on all of them alike, not on whoever ran at that moment."""
+    ready = {name: run for name, run in runs.items() if not isinstance(run, str)}
+    for run in ready.values():
+        run(2)  # warm-up
+    best = dict.fromkeys(ready, 0.0)
+    for _ in range(repeats):
+        for name, run in ready.items():
+            best[name] = max(best[name], tokens / _timed(lambda: run(tokens)))
+    return {name: best.get(name, run) for name, run in runs.items()}
 
 
 def rows_for(arch: str, args, folder: Path) -> list[tuple[str, float | str, float]]:
@@ -122,14 +140,16 @@ def rows_for(arch: str, args, folder: Path) -> list[tuple[str, float | str, floa
     rows = sum(m.weight.shape[0] for m in model.blocks.modules() if isinstance(m, torch.nn.Linear))
     int8_bytes = n + 4 * (rows + model.config.vocab_size)  # a float32 scale per output row
     fp32, q8 = 4 * n, n * 34 / 32  # q8_0: 34 bytes per block of 32 weights
-    return [
-        ("gptforge float32", ours(model, prompt, args.tokens, args.repeats, None), fp32),
-        ("gptforge float32, torch ops only", ours(model, prompt, args.tokens, args.repeats, None, kernels=False), fp32),
-        ("gptforge int8", ours(model, prompt, args.tokens, args.repeats, "int8"), int8_bytes),
-        ("llama.cpp f32", llama_cpp(model, prompt, args.tokens, args.repeats, args.threads, "f32", folder), fp32),
-        ("llama.cpp q8_0", llama_cpp(model, prompt, args.tokens, args.repeats, args.threads, "q8_0", folder), q8),
-        ("transformers float32", transformers_speed(model, prompt, args.tokens, args.repeats, folder), fp32),
-    ]
+    contestants = {
+        "gptforge float32": (ours(model, prompt, None), fp32),
+        "gptforge float32, torch ops only": (ours(model, prompt, None, kernels=False), fp32),
+        "gptforge int8": (ours(model, prompt, "int8"), int8_bytes),
+        "llama.cpp f32": (llama_cpp(model, prompt, args.threads, "f32", folder), fp32),
+        "llama.cpp q8_0": (llama_cpp(model, prompt, args.threads, "q8_0", folder), q8),
+        "transformers float32": (transformers_run(model, prompt, folder), fp32),
+    }
+    speeds = race({name: run for name, (run, _) in contestants.items()}, args.tokens, args.repeats)
+    return [(name, speeds[name], nbytes) for name, (_, nbytes) in contestants.items()]
 
 
 def main() -> None:
@@ -138,7 +158,7 @@ def main() -> None:
     p.add_argument("--blocks", default="gpt2,modern", help="comma-separated: gpt2, modern (default: both)")
     p.add_argument("--tokens", type=int, default=64, help="greedy new tokens per run (default: 64)")
     p.add_argument("--prompt-tokens", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=3, help="runs per contestant, the best kept (default: 3)")
+    p.add_argument("--repeats", type=int, default=3, help="rounds, each running every contestant once; each one's best kept (default: 3)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(),
                    help="threads for every contestant (default: torch's, here %(default)s)")
     args = p.parse_args()
