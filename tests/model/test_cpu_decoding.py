@@ -11,6 +11,7 @@ import torch
 from gptforge import load_any
 from gptforge.generate import generate
 from gptforge.model import prepare_for_decoding
+from gptforge.model.native import LINEAR_ROWS
 from gptforge.weights.checkpoint import save_checkpoint
 
 from helpers import random_gpt
@@ -65,9 +66,9 @@ def test_with_the_float_kernels_decoding_steps_take_them_on_the_weights_as_train
             calls.append(("linear", args[1], args[2], args[5]))  # M, K, N
             return lib.float_linear(*args)
 
-        def attend_last(self, *args):
-            calls.append(("attend", args[9]))  # B
-            return lib.attend_last(*args)
+        def decode_block(self, weights, *args):
+            calls.append(("block", args[1], tuple((w.kind, w.w) for w in (weights.qkv, weights.out, weights.fc, weights.down))))
+            return lib.decode_block(weights, *args)
 
     model = random_gpt(4, vocab_size=300, emb_dim=256)
     prompt = torch.randint(0, 300, (1, 6), generator=torch.Generator().manual_seed(0))
@@ -78,16 +79,17 @@ def test_with_the_float_kernels_decoding_steps_take_them_on_the_weights_as_train
     monkeypatch.setattr(cpu_decoding, "float_kernels", lambda: Spy())
     tokens = generate(model, prompt, 8, temperature=0)
     assert torch.equal(tokens, reference)
-    # each block's qkv and MLP matmuls (the weights of 2^17 elements or more) for the 6-token
-    # prompt (6 rows, up to FLOAT_ROWS) and for the 7 one-token steps after it, whose attention
-    # runs in C too (the prompt's is SDPA's, causal over 6 queries)
+    # The 6-token prompt: each block's qkv and MLP matmuls (the weights of 2^17 elements or more)
+    # on the kernel, attention in SDPA (causal over 6 queries); then the 7 one-token steps, each
+    # block in one decode_block call reading all four weights where they are, row-major
     layers = model.config.n_layers
-    steps = 7 * layers
     for shape in ((256, 768), (256, 1024), (1024, 256)):  # K, N
-        assert calls.count(("linear", 1, *shape)) == steps and calls.count(("linear", 6, *shape)) == layers
-    assert calls.count(("attend", 1)) == steps and len(calls) == 4 * steps + 3 * layers
-
-
+        assert calls.count(("linear", 6, *shape)) == layers
+    as_trained = [tuple((LINEAR_ROWS, m.weight.data_ptr()) for m in (b.attn.qkv, b.attn.out_proj, b.mlp.fc, b.mlp.out_proj))
+                  for b in model.blocks]
+    blocks = [call for call in calls if call[0] == "block"]
+    assert blocks == [("block", 1, weights) for _ in range(7) for weights in as_trained]
+    assert len(calls) == 10 * layers  # nothing else (the LM head's 300 x 256 is below 2^17: F.linear)
 def test_bfloat16_decoding_stays_close_to_float32():
     model = random_gpt(5)
     prompt = torch.randint(0, 257, (1, 5), generator=torch.Generator().manual_seed(0))

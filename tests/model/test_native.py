@@ -178,3 +178,67 @@ def test_attend_last_stores_the_new_keys_and_attends_over_each_rows_own(head_dim
                 assert torch.equal(cache.rows(0, 4, lengths).attend_last(0, qkv, float_kernels(), *norms, rope), y)
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_kernel
+@pytest.mark.parametrize("overrides", [{"arch": "gpt2"}, {"arch": "modern"},
+                                       {"arch": "modern", "mlp": "relu2", "norm": "layernorm", "bias": True}])
+@pytest.mark.parametrize("layout", ["rows", "panels", "int8"])  # the weights as trained, pack_for_batches', int8
+def test_decode_block_is_the_blocks_step_in_one_call_and_each_row_is_its_own(overrides, layout, monkeypatch):
+    """A block's decoding step in one decode_block call computes what its modules compute (norms,
+    linear layers, attend_last, activation, residual sums) to float rounding, stores the same keys
+    and values, and gives each row the same bits alone, among other rows and on any thread count."""
+    from gptforge.config import GPTConfig
+    from gptforge.model import GPT, pack_for_batches, prepare_for_decoding
+    from gptforge.model.gpt import Block
+    from gptforge.model.layers import rotary_angles
+
+    # head size 24: 16 lanes and a tail; a row alone on 2 threads splits its heads in two groups;
+    # 384 wide: every weight at least 2^17 elements, so pack_for_batches packs them all
+    config = GPTConfig(vocab_size=64, context_length=40, emb_dim=384, n_heads=16, n_layers=1, **overrides)
+    g = torch.Generator().manual_seed(len(str(overrides)) + len(layout))
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # gains near 1, every other weight and bias random
+            p.normal_(1.0 if p.dim() == 1 and "bias" not in name else 0.0, 0.3, generator=g)
+    prepare_for_decoding(model, quantize="int8" if layout == "int8" else None)
+    if layout == "panels":
+        pack_for_batches(model)
+    block, lengths = model.blocks[0], [0, 3, 38, 9]
+    kind = {"rows": native.LINEAR_ROWS, "panels": native.LINEAR_PANELS, "int8": native.LINEAR_INT8}[layout]
+    weights = block.decoding_weights(4)
+    assert [w.kind for w in (weights.qkv, weights.out, weights.fc, weights.down)] == [kind] * 4
+    x = torch.randn(4, 1, 384, generator=g) * 2
+    positions = torch.tensor(lengths)[:, None]
+    rope = rotary_angles(positions, 24, config.rope_theta) if config.positions == "rope" else None
+    stale = [torch.randn(4, 16, 40, 24, generator=g) for _ in range(2)]
+
+    def step(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block's step for these rows, from a cache holding `stale` (output, keys, values)."""
+        cache = model.new_cache(4)
+        cache.keys[0].copy_(stale[0]), cache.values[0].copy_(stale[1])
+        part = cache.rows(rows[0], rows[-1] + 1, [lengths[b] for b in rows])
+        with torch.no_grad():
+            y = block(x[rows], positions[rows], None if rope is None else tuple(t[rows] for t in rope), part, 0)
+        return y, cache.keys[0][rows], cache.values[0][rows]
+
+    fused = step([0, 1, 2, 3])
+    with monkeypatch.context() as m:
+        m.setattr(Block, "decoding_weights", lambda self, rows: None)  # the modules, one call each
+        by_modules = step([0, 1, 2, 3])
+    scale = by_modules[0].abs().max().item()  # (outputs up to ~10: float rounding through two residual sums)
+    torch.testing.assert_close(fused[0], by_modules[0], rtol=1e-5, atol=1e-5 * scale)
+    for got, expected, before in zip(fused[1:], by_modules[1:], stale):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)  # the same keys and values stored,
+        for b, n in enumerate(lengths):  # at each row's length and nowhere else
+            assert not torch.equal(got[b, :, n], before[b, :, n])
+            assert torch.equal(torch.cat((got[b, :, :n], got[b, :, n + 1:]), 1), torch.cat((before[b, :, :n], before[b, :, n + 1:]), 1))
+    for b in range(4):
+        assert torch.equal(step([b])[0], fused[0][b:b + 1])  # a row alone: the same bits
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 3):
+            torch.set_num_threads(t)
+            assert torch.equal(step([0, 1, 2, 3])[0], fused[0])
+    finally:
+        torch.set_num_threads(threads)

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .native import library
-from .quantize import PANEL, quantize_model
+from .native import LINEAR_INT8, LINEAR_PANELS, LINEAR_ROWS, LinearWeights, library
+from .quantize import PANEL, Int8Linear, native_kernel, quantize_model
 
 FLOAT_ROWS = 8  # up to this many rows take the compiled float32 kernel on the weights as trained
 HUGE_PAGE = 2 << 20  # the size of a transparent huge page on x86-64 and most arm64 Linux systems
@@ -46,7 +46,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     panels (float_panels) where it built, else oneDNN's blocked layout from two rows on.
     """
     K, N = weight.shape[1], weight.shape[0]
-    plain_bias = bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu" and bias.is_contiguous())
+    plain_bias = _plain(bias)
     if (packed is not None and not packed.is_mkldnn and packed.dtype == torch.float32 and 0 < x.numel()
             and x.shape[-1] == K and plain_bias and (lib := decoding_kernels(x)) is not None):
         return _compiled(lib.float_panel_linear, x, packed, bias, N)
@@ -83,6 +83,34 @@ def _compiled(function, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tens
     function(rows.data_ptr(), rows.shape[0], K, weights.data_ptr(), None if bias is None else bias.data_ptr(), N,
              y.data_ptr(), torch.get_num_threads())
     return y.view(*x.shape[:-1], N)
+
+
+def _plain(bias: torch.Tensor | None) -> bool:
+    """Whether the kernels can add `bias`: none, or contiguous float32 on a CPU."""
+    return bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu" and bias.is_contiguous())
+
+
+def linear_weights(module: nn.Module, rows: int) -> LinearWeights | None:
+    """`module`'s weights as a kernel of decode_block reads them for `rows` rows of float32 input:
+    an Int8Linear's panels, a Linear's panels (pack_for_batches) or, up to FLOAT_ROWS rows, its
+    row-major weight; None for anything else (a LoRA adapter, another dtype, device or layout)."""
+    if not _plain(module.bias):
+        return None
+    bias = None if module.bias is None else module.bias.data_ptr()
+    if isinstance(module, Int8Linear):
+        if module.panels is None or native_kernel() is None:
+            return None
+        return LinearWeights(LINEAR_INT8, module.out_features, module.in_features, module.panels.data_ptr(),
+                             module.panel_sums.data_ptr(), module.scale.data_ptr(), bias)
+    if type(module) is not Linear:  # (a LoRALinear adds its adapter's product)
+        return None
+    weight, packed = module.weight, module.packed
+    if packed is not None and not packed.is_mkldnn and packed.dtype == torch.float32:
+        return LinearWeights(LINEAR_PANELS, *weight.shape, packed.data_ptr(), None, None, bias)
+    if (packed is None and rows <= FLOAT_ROWS and weight.dtype == torch.float32 and weight.device.type == "cpu"
+            and weight.is_contiguous()):
+        return LinearWeights(LINEAR_ROWS, *weight.shape, weight.data_ptr(), None, None, bias)
+    return None
 
 
 class Linear(nn.Linear):

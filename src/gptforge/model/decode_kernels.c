@@ -553,3 +553,134 @@ int attend_last(const float *qkv, const float *q_gain, const float *k_gain, floa
     }
     return failed ? -1 : 0;
 }
+
+/* ---- a whole block of a decoding step --------------------------------------------------------
+
+   A transformer block's decoding step for B rows (one new token each) in one call, where it took
+   a dozen torch ops and kernel calls whose Python around them cost more than the attention did:
+       h = x + out(attend(qkv(norm1(x))))        y = h + down(act(fc(norm2(h))))
+   norm: LayerNorm (its bias where given) or RMSNorm; act: GELU (tanh approximation), SwiGLU (fc's
+   rows [gate; up]: silu(gate) * up) or squared ReLU; attention as attend_last. Each linear layer
+   runs the kernel of the layout its module keeps. Every step goes row by row in the same order as
+   for a row alone, so a row's numbers still never depend on the other rows. */
+
+enum { LINEAR_ROWS, LINEAR_PANELS, LINEAR_INT8 };
+enum { ACT_GELU, ACT_SWIGLU, ACT_RELU2 };
+
+struct linear {
+    int kind; /* LINEAR_ROWS: float32 (N, K) row-major; LINEAR_PANELS: float32 panels; LINEAR_INT8: int8 panels */
+    int N, K;
+    const void *w;
+    const int32_t *wsum; /* LINEAR_INT8: each panel row's sum */
+    const float *ws;     /* LINEAR_INT8: each row's scale */
+    const float *bias;   /* (N,) or NULL */
+};
+
+struct block {
+    const float *norm1, *norm1_bias, *norm2, *norm2_bias; /* gains (C,); LayerNorm's biases or NULL */
+    int rms;                                              /* 1: RMSNorm, 0: LayerNorm */
+    float eps;
+    struct linear qkv, out, fc, down;
+    const float *q_gain, *k_gain; /* QK-norm's gains (D,), or NULL */
+    float qk_eps;
+    int act; /* ACT_* */
+    int H, D;
+};
+
+static int apply_linear(const struct linear *l, const float *x, int M, float *y, int threads)
+{
+    switch (l->kind) {
+    case LINEAR_ROWS:
+        return float_linear(x, M, l->K, l->w, l->bias, l->N, y, threads);
+    case LINEAR_PANELS:
+        return float_panel_linear(x, M, l->K, l->w, l->bias, l->N, y, threads);
+    default:
+        return int8_linear(x, M, l->K, l->w, l->wsum, l->ws, l->bias, l->N, y, threads);
+    }
+}
+
+/* sum_k a[k] in LANES lanes, added as a fixed tree, then the tail. */
+static float total(const float *a, int K)
+{
+    int k = 0;
+    float lanes[LANES] = {0.0f};
+    for (; k + LANES <= K; k += LANES)
+        for (int l = 0; l < LANES; l++)
+            lanes[l] += a[k + l];
+    float s = lane_sum(lanes);
+    for (; k < K; k++)
+        s += a[k];
+    return s;
+}
+
+/* LayerNorm of M rows: (x - mean) / sqrt(var + eps) * gain + bias (bias if given), the variance
+   biased (over K), as torch's. */
+static void layer_norm(const float *x, const float *gain, const float *bias, float eps, int M, int K, float *y)
+{
+    for (int m = 0; m < M; m++) {
+        const float *row = x + (int64_t)m * K;
+        float *out = y + (int64_t)m * K, mean = total(row, K) / (float)K;
+        for (int k = 0; k < K; k++)
+            out[k] = row[k] - mean;
+        float r = 1.0f / sqrtf(dot(out, out, K) / (float)K + eps);
+        for (int k = 0; k < K; k++)
+            out[k] = bias ? out[k] * r * gain[k] + bias[k] : out[k] * r * gain[k];
+    }
+}
+
+/* The MLP's activation of M rows of fc's F outputs into `a`: (M, F) for GELU and squared ReLU,
+   (M, F / 2) for SwiGLU. */
+static void activate(int act, const float *h, int M, int F, float *a, int threads)
+{
+    int A = act == ACT_SWIGLU ? F / 2 : F;
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+    for (int m = 0; m < M; m++)
+        for (int i = 0; i < A; i++) {
+            const float *row = h + (int64_t)m * F;
+            float v = row[i], *out = a + (int64_t)m * A + i;
+            if (act == ACT_GELU) { /* 0.5 v (1 + tanh u) = v - v / (exp(2u) + 1): one exp, cheaper than tanhf */
+                float u = 0.7978845608f * (v + 0.044715f * v * v * v);
+                *out = v - v / (expf(2.0f * u) + 1.0f);
+            } else if (act == ACT_SWIGLU) {
+                *out = v / (1.0f + expf(-v)) * row[A + i];
+            } else {
+                float r = v > 0.0f ? v : 0.0f;
+                *out = r * r;
+            }
+        }
+}
+
+/* x, y: (B, C) with C = H * D; keys, values, lengths, capacity, cos, sin: this layer's cache and the
+   rows' rotary angles, as attend_last. Returns 0, or -1 when out of memory. */
+int decode_block(const struct block *b, const float *x, int B, float *keys, float *values, const int64_t *lengths,
+                 int capacity, const float *cos, const float *sin, float *y, int threads)
+{
+    int C = b->H * b->D, F = b->fc.N;
+    float *normed = malloc(sizeof(float) * (size_t)B * (6 * (size_t)C + 2 * (size_t)F));
+    if (!normed)
+        return -1;
+    float *qkv = normed + (int64_t)B * C, *attended = qkv + (int64_t)B * 3 * C, *proj = attended + (int64_t)B * C;
+    float *h = proj + (int64_t)B * C, *a = h + (int64_t)B * F;
+    int failed = 0;
+    if (b->rms)
+        rms_norm(x, b->norm1, b->eps, B, C, normed);
+    else
+        layer_norm(x, b->norm1, b->norm1_bias, b->eps, B, C, normed);
+    failed |= apply_linear(&b->qkv, normed, B, qkv, threads);
+    failed |= attend_last(qkv, b->q_gain, b->k_gain, b->qk_eps, cos, sin, keys, values, lengths, B, b->H, b->D,
+                          capacity, attended, threads);
+    failed |= apply_linear(&b->out, attended, B, proj, threads);
+    for (int64_t i = 0; i < (int64_t)B * C; i++)
+        y[i] = x[i] + proj[i];
+    if (b->rms)
+        rms_norm(y, b->norm2, b->eps, B, C, normed);
+    else
+        layer_norm(y, b->norm2, b->norm2_bias, b->eps, B, C, normed);
+    failed |= apply_linear(&b->fc, normed, B, h, threads);
+    activate(b->act, h, B, F, a, threads);
+    failed |= apply_linear(&b->down, a, B, proj, threads);
+    for (int64_t i = 0; i < (int64_t)B * C; i++)
+        y[i] += proj[i];
+    free(normed);
+    return failed ? -1 : 0;
+}

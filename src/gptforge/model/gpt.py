@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 from ..config import GPTConfig
 from ..tokenizer import Tokenizer
-from .cpu_decoding import Linear, decoding_kernels, huge_page_memory, linear
+from .cpu_decoding import FLOAT_ROWS, Linear, decoding_kernels, huge_page_memory, linear, linear_weights
 from .layers import MLP, RMSNorm, apply_rotary, make_norm, rotary_angles
+from .native import ACTIVATIONS, BlockWeights
 from .quantize import Int8Linear
 
 
@@ -51,6 +52,9 @@ class KVCache:
         self.keys, self.values = buffers[:config.n_layers], buffers[config.n_layers:]
         self.lengths = [0] * batch_size  # positions filled in each row, kept on the host
         self.capacity = capacity
+        # Each layer's block and its weights as decode_block reads them, by whether a step's rows
+        # fit the row-major kernel (block_weights): built at the first step, kept for this cache's life
+        self.plans: dict[int, tuple[nn.Module, bool, bool, BlockWeights | None]] = {}
 
     @property
     def pos(self) -> int:
@@ -70,6 +74,7 @@ class KVCache:
         view.values = [v[start:stop] for v in self.values]
         view.lengths = list(lengths)
         view.capacity = self.capacity
+        view.plans = self.plans
         return view
 
     def copy_row(self, src: int, dst: int, length: int) -> None:
@@ -102,27 +107,60 @@ class KVCache:
         the row's length, and the query's attention over the row's own keys returned, (B, 1, C),
         heads side by side. Each row's sums run in one fixed order over its own keys, so its
         numbers never depend on the other rows."""
-        B, H, D = qkv.shape[0], self.keys[layer].shape[1], self.keys[layer].shape[3]
-        keys, values = self.keys[layer], self.values[layer]  # (B, nh, capacity, hs), stored (B, capacity, nh, hs)
         qkv = qkv.contiguous()
-        stored = (self.capacity * H * D, D, H * D, 1)
-        if (keys.shape[0] != B or qkv.shape != (B, 1, 3 * H * D) or keys.dtype != qkv.dtype
-                or keys.stride() != stored or values.stride() != stored or max(self.lengths) >= self.capacity):
-            raise ValueError(f"attend_last: a cache of {tuple(keys.shape)} {keys.dtype} at lengths "
-                             f"{self.lengths} cannot take the projections {tuple(qkv.shape)} {qkv.dtype}")
+        B, C = qkv.shape[0], qkv.shape[2] // 3
+        keys, values, lengths, cos, sin = self._kernel_args(layer, qkv, 3, rope)
         gains = [None if norm is None else norm.weight.contiguous() for norm in (q_norm, k_norm)]  # float32, as q
         eps = q_norm.epsilon if q_norm is not None else 0.0  # (both norms are built with the config's eps)
-        cos, sin = (None, None) if rope is None else (t.float().expand(B, 1, 1, D).contiguous() for t in rope)
-        lengths = torch.tensor(self.lengths, dtype=torch.int64)
-        y = torch.empty(B, 1, H * D, dtype=torch.float32)
-        q_gain, k_gain, cos, sin = (None if t is None else t.data_ptr() for t in (*gains, cos, sin))
-        if lib.attend_last(qkv.data_ptr(), q_gain, k_gain, eps, cos, sin, keys.data_ptr(), values.data_ptr(),
-                           lengths.data_ptr(), B, H, D, self.capacity, y.data_ptr(), torch.get_num_threads()) != 0:
+        y = torch.empty(B, 1, C, dtype=torch.float32)
+        if lib.attend_last(qkv.data_ptr(), *map(_pointer, gains), eps, _pointer(cos), _pointer(sin), keys.data_ptr(),
+                           values.data_ptr(), lengths.data_ptr(), B, keys.shape[1], keys.shape[3], self.capacity,
+                           y.data_ptr(), torch.get_num_threads()) != 0:
             raise MemoryError("no memory for the attention scores")
         return y
 
+    def block_weights(self, layer: int, block: Block, rows: int) -> BlockWeights | None:
+        """block.decoding_weights(rows), built at layer `layer`'s first step and kept: a cache serves
+        one model, whose weights stay where they are while it decodes (the kernel reads them at the
+        addresses kept; a step costs one Python call per block, not ~100 us of checks per block)."""
+        key = (block, block.training, rows <= FLOAT_ROWS)
+        plan = self.plans.get(layer)
+        if plan is None or plan[:3] != key:
+            plan = self.plans[layer] = (*key, block.decoding_weights(rows))
+        return plan[3]
+
+    def decode_block(self, layer: int, x: torch.Tensor, lib, weights: BlockWeights, rope: tuple | None = None) -> torch.Tensor:
+        """A whole block's decoding step for the rows x (B, 1, C) in one call of the compiled
+        kernel `lib.decode_block`, from the block's `weights` (Block.decoding_weights): the work of
+        its modules, attention as attend_last. Returns the block's output, (B, 1, C)."""
+        x = x.contiguous()
+        keys, values, lengths, cos, sin = self._kernel_args(layer, x, 1, rope)
+        y = torch.empty_like(x)
+        if lib.decode_block(weights, x.data_ptr(), x.shape[0], keys.data_ptr(), values.data_ptr(), lengths.data_ptr(),
+                            self.capacity, _pointer(cos), _pointer(sin), y.data_ptr(), torch.get_num_threads()) != 0:
+            raise MemoryError("no memory for a decoding step")
+        return y
+
+    def _kernel_args(self, layer: int, rows: torch.Tensor, widths: int, rope: tuple | None) -> tuple:
+        """Layer `layer`'s keys and values, the rows' lengths (int64) and their rotary cos and sin
+        (B, D) (None without rope), for a kernel given `rows` (B, 1, widths * C) float32 (a block's
+        input: 1; qkv: 3), once it is checked that this cache can take them."""
+        B, H, D = rows.shape[0], self.keys[layer].shape[1], self.keys[layer].shape[3]
+        keys, values = self.keys[layer], self.values[layer]  # (B, nh, capacity, hs), stored (B, capacity, nh, hs)
+        stored = (self.capacity * H * D, D, H * D, 1)
+        if (keys.shape[0] != B or rows.shape != (B, 1, widths * H * D) or keys.dtype != rows.dtype
+                or keys.stride() != stored or values.stride() != stored or max(self.lengths) >= self.capacity):
+            raise ValueError(f"a cache of {tuple(keys.shape)} {keys.dtype} at lengths {self.lengths} cannot take "
+                             f"a step of {tuple(rows.shape)} {rows.dtype}")
+        cos, sin = (None, None) if rope is None else (t.float().expand(B, 1, 1, D).contiguous() for t in rope)
+        return keys, values, torch.tensor(self.lengths, dtype=torch.int64), cos, sin
+
     def advance(self, n: int) -> None:
         self.lengths = [length + n for length in self.lengths]
+
+
+def _pointer(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
 
 
 class CausalSelfAttention(nn.Module):
@@ -193,8 +231,33 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: tuple | None = None,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        if (cache is not None and x.shape[1] == 1 and (lib := decoding_kernels(x)) is not None
+                and (weights := cache.block_weights(layer, self, x.shape[0])) is not None):
+            return cache.decode_block(layer, x, lib, weights, rope)  # a decoding step: the whole block in one call
         x = x + self.attn(self.ln1(x), positions, rope, cache, layer)
         return x + self.mlp(self.ln2(x))
+
+    def decoding_weights(self, rows: int) -> BlockWeights | None:
+        """This block's weights as the compiled decode_block reads them for `rows` rows, or None
+        where a part of it is not one that kernel computes: training (dropout), a LoRA adapter, a
+        weight's dtype or layout (cpu_decoding.linear_weights)."""
+        attn, mlp, norms = self.attn, self.mlp, (self.ln1, self.ln2)
+        linears = [linear_weights(m, rows) for m in (attn.qkv, attn.out_proj, mlp.fc, mlp.out_proj)]
+        rms = isinstance(self.ln1, RMSNorm)
+        eps = [norm.epsilon if rms else norm.eps for norm in norms]
+        tensors = [t for norm in (*norms, attn.q_norm, attn.k_norm) if norm is not None
+                   for t in (norm.weight, getattr(norm, "bias", None)) if t is not None]
+        if (self.training or None in linears or eps[0] != eps[1] or (attn.q_norm is None) != (attn.k_norm is None)
+                or not all(type(norm) is type(self.ln1) for norm in norms) or not isinstance(self.ln1, (RMSNorm, nn.LayerNorm))
+                or any(norm.weight is None for norm in norms) or mlp.kind not in ACTIVATIONS
+                or not all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors)):
+            return None
+        qk = attn.q_norm is not None
+        return BlockWeights(self.ln1.weight.data_ptr(), _pointer(getattr(self.ln1, "bias", None)),
+                            self.ln2.weight.data_ptr(), _pointer(getattr(self.ln2, "bias", None)), rms, eps[0],
+                            *linears, _pointer(attn.q_norm.weight) if qk else None,
+                            _pointer(attn.k_norm.weight) if qk else None, attn.q_norm.epsilon if qk else 0.0,
+                            ACTIVATIONS[mlp.kind], attn.n_heads, attn.qkv.in_features // attn.n_heads)
 
 
 class GPT(nn.Module):

@@ -5,7 +5,8 @@ Why C: a decoding step is a few rows against every weight, so its speed is how f
 stream from memory, and its cost beside the matmuls is the dozen small torch ops each layer calls.
 The linear kernels read each weight row once for up to 8 rows, on every thread, in one call;
 attend_last does a layer's QK-norm, rotary, cache write and attention in one call, rms_norm an
-RMSNorm.
+RMSNorm, and decode_block a whole block's step (norms, the four linear layers, attention, the MLP's
+activation, the residual sums), so a decoding step makes one call per block.
 
 int8_linear computes exactly what Int8Linear's torch path computes. float_linear, attend_last and
 rms_norm sum in their own fixed order (not MKL's nor SDPA's), so with or without a compiler a model decodes
@@ -34,7 +35,25 @@ SOURCE = Path(__file__).with_name("decode_kernels.c")
 # -ffp-contract=off: no fused multiply-adds the source does not ask for, so int8's float results equal torch's
 # bit for bit.
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
-_POINTER, _INT = ctypes.c_void_p, ctypes.c_int
+_POINTER, _INT, _FLOAT = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+LINEAR_ROWS, LINEAR_PANELS, LINEAR_INT8 = range(3)  # LinearWeights.kind
+ACTIVATIONS = {"gelu": 0, "swiglu": 1, "relu2": 2}  # BlockWeights.act, by MLP kind
+
+
+class LinearWeights(ctypes.Structure):
+    """decode_kernels.c's `struct linear`: a linear layer's weights as its kernel reads them."""
+
+    _fields_ = [("kind", _INT), ("N", _INT), ("K", _INT), ("w", _POINTER), ("wsum", _POINTER), ("ws", _POINTER),
+                ("bias", _POINTER)]
+
+
+class BlockWeights(ctypes.Structure):
+    """decode_kernels.c's `struct block`: a transformer block's weights, for decode_block."""
+
+    _fields_ = [("norm1", _POINTER), ("norm1_bias", _POINTER), ("norm2", _POINTER), ("norm2_bias", _POINTER),
+                ("rms", _INT), ("eps", _FLOAT), ("qkv", LinearWeights), ("out", LinearWeights),
+                ("fc", LinearWeights), ("down", LinearWeights), ("q_gain", _POINTER), ("k_gain", _POINTER),
+                ("qk_eps", _FLOAT), ("act", _INT), ("H", _INT), ("D", _INT)]
 
 
 def cache_dir() -> Path:
@@ -84,12 +103,13 @@ def library():
     except (OSError, RuntimeError, subprocess.SubprocessError) as error:
         warnings.warn(f"the fast decoding kernels did not build ({error}); using torch (slower)", stacklevel=2)
         return None
-    P, I = _POINTER, _INT
+    P, I, F = _POINTER, _INT, _FLOAT
     for name, argtypes in (("int8_linear", [P, I, I, P, P, P, P, I, P, I]),
                            ("float_linear", [P, I, I, P, P, I, P, I]),
                            ("float_panel_linear", [P, I, I, P, P, I, P, I]),
-                           ("attend_last", [P, P, P, ctypes.c_float, P, P, P, P, P, I, I, I, I, P, I]),
-                           ("rms_norm", [P, P, ctypes.c_float, I, I, P])):
+                           ("attend_last", [P, P, P, F, P, P, P, P, P, I, I, I, I, P, I]),
+                           ("rms_norm", [P, P, F, I, I, P]),
+                           ("decode_block", [ctypes.POINTER(BlockWeights), P, I, P, P, P, I, P, P, P, I])):
         getattr(lib, name).argtypes = argtypes
         getattr(lib, name).restype = I
     return lib
