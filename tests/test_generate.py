@@ -41,6 +41,15 @@ def test_temperature_zero_is_argmax_and_top_k_1_is_argmax():
     logits = torch.randn(16, 50)
     assert sample_next(logits, temperature=0.0).tolist() == logits.argmax(-1).tolist()
     assert sample_next(logits, temperature=1.5, top_k=1).tolist() == logits.argmax(-1).tolist()
+    # the edge cases torch's argmax settles (greedy CPU rows take numpy's): the first of tied
+    # maxima, a NaN's index, a row of -inf, a strided view, and the result's dtype
+    logits[1, 7] = logits[1, 9] = 100.0
+    logits[2, 30], logits[2, 4] = float("nan"), float("nan")
+    logits[3] = float("-inf")
+    for view in (logits, logits[:, ::3], logits.double()):
+        greedy = sample_next(view, temperature=0.0)
+        assert greedy.dtype == torch.int64 and greedy.tolist() == view.argmax(-1).tolist()
+    assert sample_next(logits, temperature=0.0)[1:3].tolist() == [7, 4]
 
 
 def test_sampling_follows_the_distribution_and_the_seed():
