@@ -45,6 +45,27 @@ static void thread_share(int N, int *n0, int *n1)
     *n1 = (int)((int64_t)N * (t + 1) / T);
 }
 
+/* A linear layer's passes over its weight: each thread its contiguous share of the `units` (weight
+   rows or panels, `unit_bytes` each: one sequential stream from memory), a block of them at a time
+   (~256 KB, a multiple of 16), and every chunk of up to CHUNK rows of x through a block while it
+   is in the caches, so the weights stream from memory once however many rows there are (a prompt).
+   pass(ctx, m0, R, u0, u1) computes rows m0..m0+R-1 of the output for units u0..u1-1. */
+typedef void (*pass_fn)(const void *ctx, int m0, int R, int u0, int u1);
+
+static void linear_passes(pass_fn pass, const void *ctx, int M, int units, int64_t unit_bytes, int threads)
+{
+    int block = (int)((256 << 10) / unit_bytes) / 16 * 16;
+    block = block < 16 ? 16 : block;
+#pragma omp parallel num_threads(threads)
+    {
+        int u0, u1;
+        thread_share(units, &u0, &u1);
+        for (int b0 = u0; b0 < u1; b0 += block)
+            for (int m0 = 0; m0 < M; m0 += CHUNK)
+                pass(ctx, m0, M - m0 < CHUNK ? M - m0 : CHUNK, b0, b0 + block < u1 ? b0 + block : u1);
+    }
+}
+
 /* ---- int8 linear layers ----------------------------------------------------------------------
 
    y[m, n] = (sum_k qx[m, k] * w[n, k]) * (xs[m] * ws[n]) + bias[n], where each row of x is
@@ -110,6 +131,30 @@ static void quantize_rows(const float *x, int M, int K, int K4, int8_t *qx, uint
     }
 }
 
+#if VNNI
+/* The outputs of R rows x P panels from their int32 sums (R * P vectors of 16): (float)(sum - 128
+   * wsum) * (xs[r] * ws[n]) + bias[n]. Out of line on purpose: inlined into panel_outputs, its
+   registers made GCC 12 copy every accumulator twice per step of the loop there (two more
+   instructions per dpbusd; 8 rows from the caches ran 1.2x slower). */
+static __attribute__((noinline)) void panel_scale(int R, int P, const int32_t *sums, const float *xs,
+                                                 const int32_t *wsum, const float *ws, const float *bias, int N,
+                                                 float *y, int p)
+{
+    for (int i = 0; i < R * P; i++) {
+        int r = i / P, n = (p + i % P) * PANEL;
+        __mmask16 live = N - n >= PANEL ? 0xFFFF : (__mmask16)((1u << (N - n)) - 1);
+        /* (q + 128) . w counted 128 * sum(w) too many */
+        __m512i sum = _mm512_sub_epi32(_mm512_loadu_si512((const void *)(sums + PANEL * i)),
+                                       _mm512_slli_epi32(_mm512_loadu_si512((const void *)(wsum + n)), 7));
+        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(_mm512_set1_ps(xs[r]),
+                                                                        _mm512_maskz_loadu_ps(live, ws + n)));
+        if (bias)
+            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(live, bias + n));
+        _mm512_mask_storeu_ps(y + (int64_t)r * N + n, live, v);
+    }
+}
+#endif
+
 /* The outputs y[r][n] of R rows of x for P consecutive panels starting at panel p (R, P known at
    compile time in each copy below), each as torch computes it from its exact int32 sum:
    (float)sum * (xs[r] * ws[n]) + bias[n]. */
@@ -139,18 +184,11 @@ static inline __attribute__((always_inline)) void panel_outputs(
                 acc[r * P + j] = _mm512_dpbusd_epi32(acc[r * P + j], xv, wv[j]);
         }
     }
+    int32_t sums[16 * PANEL];
 #pragma GCC unroll 16
-    for (int i = 0; i < R * P; i++) {
-        int r = i / P, n = (p + i % P) * PANEL;
-        __mmask16 live = N - n >= PANEL ? 0xFFFF : (__mmask16)((1u << (N - n)) - 1);
-        /* (q + 128) . w counted 128 * sum(w) too many */
-        __m512i sum = _mm512_sub_epi32(acc[i], _mm512_slli_epi32(_mm512_loadu_si512((const void *)(wsum + n)), 7));
-        __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(_mm512_set1_ps(xs[r]),
-                                                                        _mm512_maskz_loadu_ps(live, ws + n)));
-        if (bias)
-            v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(live, bias + n));
-        _mm512_mask_storeu_ps(y + (int64_t)r * N + n, live, v);
-    }
+    for (int i = 0; i < R * P; i++)
+        _mm512_storeu_si512((void *)(sums + PANEL * i), acc[i]);
+    panel_scale(R, P, sums, xs, wsum, ws, bias, N, y, p);
 #else
     (void)ux;
     (void)wsum;
@@ -192,6 +230,25 @@ static void panels_pass(int R, int K4, const int8_t *qx, const uint8_t *ux, cons
     }
 }
 
+struct int8_pass {
+    int K4;
+    const int8_t *qx;
+    const uint8_t *ux;
+    const float *xs;
+    const int8_t *w;
+    const int32_t *wsum;
+    const float *ws, *bias;
+    int N;
+    float *y;
+};
+
+static void int8_rows(const void *ctx, int m0, int R, int p0, int p1)
+{
+    const struct int8_pass *c = ctx;
+    panels_pass(R, c->K4, c->qx + (int64_t)m0 * 4 * c->K4, c->ux + (int64_t)m0 * 4 * c->K4, c->xs + m0, c->w,
+                c->wsum, c->ws, c->bias, c->N, c->y + (int64_t)m0 * c->N, p0, p1);
+}
+
 /* x: (M, K) float32; w: ceil(N / 16) panels of ceil(K / 4) * 64 bytes; wsum: (16 * panels,) each
    weight row's sum; ws: (N,) scales; bias: (N,) or NULL; y: (M, N) float32. Returns 0, or -1 when
    out of memory. */
@@ -207,19 +264,8 @@ int int8_linear(const float *x, int M, int K, const int8_t *w, const int32_t *ws
         return -1;
     }
     quantize_rows(x, M, K, K4, qx, ux, xs);
-    for (int m0 = 0; m0 < M; m0 += CHUNK) {
-        int R = M - m0 < CHUNK ? M - m0 : CHUNK;
-        const int8_t *q = qx + (int64_t)m0 * 4 * K4;
-        const uint8_t *u = ux + (int64_t)m0 * 4 * K4;
-        float *out = y + (int64_t)m0 * N;
-        /* Each thread a contiguous block of panels: one sequential stream from memory. */
-#pragma omp parallel num_threads(threads)
-        {
-            int p0, p1;
-            thread_share(panels, &p0, &p1);
-            panels_pass(R, K4, q, u, xs + m0, w, wsum, ws, bias, N, out, p0, p1);
-        }
-    }
+    struct int8_pass ctx = {K4, qx, ux, xs, w, wsum, ws, bias, N, y};
+    linear_passes(int8_rows, &ctx, M, panels, (int64_t)K4 * 64, threads);
     free(qx), free(ux), free(xs);
     return 0;
 }
@@ -308,29 +354,36 @@ static void float_pass(int R, int K, const float *x, const float *w, const float
     }
 }
 
-/* Rows of x CHUNK at a time, each thread passing over its block of the weight's `units` (rows, or
-   panels) with `pass`. */
+/* The float32 kernels' passes (float_pass, float_panels_pass) over `units` of the weight
+   (rows or panels) through linear_passes. */
 typedef void (*float_pass_fn)(int R, int K, const float *x, const float *w, const float *bias, int N, float *y,
                               int u0, int u1);
 
-static void float_rows(float_pass_fn pass, int units, const float *x, int M, int K, const float *w,
-                       const float *bias, int N, float *y, int threads)
+struct float_pass_args {
+    float_pass_fn pass;
+    int K;
+    const float *x, *w, *bias;
+    int N;
+    float *y;
+};
+
+static void float_chunk(const void *ctx, int m0, int R, int u0, int u1)
 {
-    for (int m0 = 0; m0 < M; m0 += CHUNK) {
-        int R = M - m0 < CHUNK ? M - m0 : CHUNK;
-#pragma omp parallel num_threads(threads)
-        {
-            int u0, u1;
-            thread_share(units, &u0, &u1);
-            pass(R, K, x + (int64_t)m0 * K, w, bias, N, y + (int64_t)m0 * N, u0, u1);
-        }
-    }
+    const struct float_pass_args *c = ctx;
+    c->pass(R, c->K, c->x + (int64_t)m0 * c->K, c->w, c->bias, c->N, c->y + (int64_t)m0 * c->N, u0, u1);
+}
+
+static void float_rows(float_pass_fn pass, int units, int64_t unit_bytes, const float *x, int M, int K,
+                       const float *w, const float *bias, int N, float *y, int threads)
+{
+    struct float_pass_args ctx = {pass, K, x, w, bias, N, y};
+    linear_passes(float_chunk, &ctx, M, units, unit_bytes, threads);
 }
 
 /* x: (M, K); w: (N, K) row-major; bias: (N,) or NULL; y: (M, N). Returns 0. */
 int float_linear(const float *x, int M, int K, const float *w, const float *bias, int N, float *y, int threads)
 {
-    float_rows(float_pass, N, x, M, K, w, bias, N, y, threads);
+    float_rows(float_pass, N, (int64_t)K * 4, x, M, K, w, bias, N, y, threads);
     return 0;
 }
 
@@ -401,7 +454,7 @@ static void float_panels_pass(int R, int K, const float *x, const float *w, cons
 int float_panel_linear(const float *x, int M, int K, const float *w, const float *bias, int N, float *y,
                        int threads)
 {
-    float_rows(float_panels_pass, (N + PANEL - 1) / PANEL, x, M, K, w, bias, N, y, threads);
+    float_rows(float_panels_pass, (N + PANEL - 1) / PANEL, (int64_t)K * 4 * PANEL, x, M, K, w, bias, N, y, threads);
     return 0;
 }
 
