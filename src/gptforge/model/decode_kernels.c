@@ -724,10 +724,11 @@ static void layer_norm(const float *x, const float *gain, const float *bias, flo
     }
 }
 
-/* The MLP's activation of M rows of fc's F outputs into `a`: (M, F) for GELU and squared ReLU,
-   (M, F / 2) for SwiGLU. GELU: 0.5 v (1 + tanh u) = v - v / (exp(2u) + 1), one exp. Each element is
-   computed the same way wherever it falls (16 at a time, the last 16 masked). */
-static void activate(int act, const float *h, int M, int F, float *a, int threads)
+/* The MLP's activation (ACT_*) of M rows of fc's F outputs h into `a`: (M, F) for GELU and
+   squared ReLU, (M, F / 2) for SwiGLU. GELU: 0.5 v (1 + tanh u) = v - v / (exp(2u) + 1), one exp.
+   Each element is computed the same way wherever it falls (16 at a time, the last 16 masked).
+   Returns 0. */
+int activate(int act, const float *h, int M, int F, float *a, int threads)
 {
     int A = act == ACT_SWIGLU ? F / 2 : F;
 #pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
@@ -747,7 +748,7 @@ static void activate(int act, const float *h, int M, int F, float *a, int thread
                 __m512 silu = _mm512_div_ps(x, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
                 y = _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(live, up));
             } else {
-                __m512 r = _mm512_max_ps(x, _mm512_setzero_ps());
+                __m512 r = _mm512_max_ps(_mm512_setzero_ps(), x); /* (a NaN x: NaN, as torch's relu) */
                 y = _mm512_mul_ps(r, r);
             }
             _mm512_mask_storeu_ps(out, live, y);
@@ -760,12 +761,13 @@ static void activate(int act, const float *h, int M, int F, float *a, int thread
                 } else if (act == ACT_SWIGLU) {
                     out[j] = x / (1.0f + expf(-x)) * up[j];
                 } else {
-                    float r = x > 0.0f ? x : 0.0f;
+                    float r = x < 0.0f ? 0.0f : x;
                     out[j] = r * r;
                 }
             }
 #endif
         }
+    return 0;
 }
 
 /* x, y: (B, C) with C = H * D; keys, values, lengths, capacity, cos, sin: this layer's cache and the

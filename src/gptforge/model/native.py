@@ -5,7 +5,7 @@ Why C: a decoding step is a few rows against every weight, so its speed is how f
 stream from memory, and its cost beside the matmuls is the dozen small torch ops each layer calls.
 The linear kernels read each weight row once for up to 8 rows, on every thread, in one call;
 attend_last does a layer's QK-norm, rotary, cache write and attention in one call, rms_norm an
-RMSNorm, and decode_block a whole block's step (norms, the four linear layers, attention, the MLP's
+RMSNorm, activate an MLP's activation (vectorized exponentials), and decode_block a whole block's step (norms, the four linear layers, attention, the MLP's
 activation, the residual sums), so a decoding step makes one call per block.
 
 int8_linear computes exactly what Int8Linear's torch path computes. float_linear, attend_last and
@@ -109,6 +109,7 @@ def library():
                            ("float_panel_linear", [P, I, I, P, P, I, P, I]),
                            ("attend_last", [P, P, P, F, P, P, P, P, P, I, I, I, I, P, I]),
                            ("rms_norm", [P, P, F, I, I, P]),
+                           ("activate", [I, P, I, I, P, I]),
                            ("decode_block", [ctypes.POINTER(BlockWeights), P, I, P, P, P, I, P, P, P, I])):
         getattr(lib, name).argtypes = argtypes
         getattr(lib, name).restype = I
