@@ -66,10 +66,6 @@ def test_with_the_float_kernels_decoding_steps_take_them_on_the_weights_as_train
             calls.append(("linear", args[1], args[2], args[5]))  # M, K, N
             return lib.float_linear(*args)
 
-        def activate(self, *args):
-            calls.append(("activate", args[2]))  # M
-            return lib.activate(*args)
-
         def decode_block(self, weights, *args):
             calls.append(("block", args[1], tuple((w.kind, w.w) for w in (weights.qkv, weights.out, weights.fc, weights.down))))
             return lib.decode_block(weights, *args)
@@ -84,18 +80,16 @@ def test_with_the_float_kernels_decoding_steps_take_them_on_the_weights_as_train
     tokens = generate(model, prompt, 8, temperature=0)
     assert torch.equal(tokens, reference)
     # The 6-token prompt: each block's qkv and MLP matmuls (the weights of 2^17 elements or more)
-    # and its activation on the kernels, attention in SDPA (causal over 6 queries); then the 7
-    # one-token steps, each block in one decode_block call reading all four weights where they
-    # are, row-major
+    # on the kernel, attention in SDPA (causal over 6 queries); then the 7 one-token steps, each
+    # block in one decode_block call reading all four weights where they are, row-major
     layers = model.config.n_layers
     for shape in ((256, 768), (256, 1024), (1024, 256)):  # K, N
         assert calls.count(("linear", 6, *shape)) == layers
-    assert calls.count(("activate", 6)) == layers
     as_trained = [tuple((LINEAR_ROWS, m.weight.data_ptr()) for m in (b.attn.qkv, b.attn.out_proj, b.mlp.fc, b.mlp.out_proj))
                   for b in model.blocks]
     blocks = [call for call in calls if call[0] == "block"]
     assert blocks == [("block", 1, weights) for _ in range(7) for weights in as_trained]
-    assert len(calls) == 11 * layers  # nothing else (the LM head's 300 x 256 is below 2^17: F.linear)
+    assert len(calls) == 10 * layers  # nothing else (the LM head's 300 x 256 is below 2^17: F.linear)
 def test_bfloat16_decoding_stays_close_to_float32():
     model = random_gpt(5)
     prompt = torch.randint(0, 257, (1, 5), generator=torch.Generator().manual_seed(0))

@@ -242,3 +242,20 @@ def test_decode_block_is_the_blocks_step_in_one_call_and_each_row_is_its_own(ove
             assert torch.equal(step([0, 1, 2, 3])[0], fused[0])
     finally:
         torch.set_num_threads(threads)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["gelu", "swiglu", "relu2"])
+def test_the_activation_kernel_is_torchs_formula_to_rounding(kind):
+    """decode_block's MLP activation (`activate`, called alone) against torch's formula: 16
+    elements at a time with a masked tail (70 columns; SwiGLU's 35), exponentials far out in both
+    tails, and a NaN that stays a NaN."""
+    h = torch.randn(5, 70, generator=torch.Generator().manual_seed(0)) * 4
+    h[0, :6] = torch.tensor([0.0, -0.0, 30.0, -30.0, 95.0, -95.0])
+    h[1, 3] = float("nan")
+    gate, up = h.chunk(2, dim=-1)
+    expected = {"gelu": F.gelu(h, approximate="tanh"), "swiglu": F.silu(gate) * up, "relu2": F.relu(h).square()}[kind]
+    got = torch.empty_like(expected)
+    assert float_kernels().activate(native.ACTIVATIONS[kind], h.data_ptr(), 5, 70, got.data_ptr(), 2) == 0
+    torch.testing.assert_close(got, expected, rtol=2e-6, atol=1e-6, equal_nan=True)
+    assert got[1].isnan().tolist() == [i == 3 for i in range(got.shape[1])]  # that column alone

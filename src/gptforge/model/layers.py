@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from ..config import GPTConfig
 from .cpu_decoding import Linear, decoding_kernels
-from .native import ACTIVATIONS
 
 
 def make_norm(config: GPTConfig, dim: int) -> nn.Module:
@@ -60,8 +59,6 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc(x)
-        if 0 < h.numel() and (lib := decoding_kernels(h)) is not None:  # the compiled activation (a prompt's rows)
-            return self.dropout(self.out_proj(activation(lib, self.kind, h)))
         if self.kind == "swiglu":
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
@@ -70,17 +67,6 @@ class MLP(nn.Module):
         else:
             h = F.gelu(h, approximate="tanh")  # GPT-2's GELU is the tanh approximation
         return self.dropout(self.out_proj(h))
-
-
-def activation(lib, kind: str, h: torch.Tensor) -> torch.Tensor:
-    """MLP.kind's activation of fc's outputs h (..., F) float32 on a CPU through the compiled
-    kernel `lib` (decode_block's own: one exp per element, 16 elements at a time, where torch's
-    tanh GELU took 141 us for a 42-token prompt's 129K elements on 2 threads). (..., F or F / 2)."""
-    rows = h.reshape(-1, h.shape[-1]).contiguous()  # (M, F)
-    width = rows.shape[1] // 2 if kind == "swiglu" else rows.shape[1]
-    out = torch.empty(rows.shape[0], width, dtype=torch.float32)
-    lib.activate(ACTIVATIONS[kind], rows.data_ptr(), rows.shape[0], rows.shape[1], out.data_ptr(), torch.get_num_threads())
-    return out.view(*h.shape[:-1], width)
 
 
 def rotary_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,8 +5,9 @@ Why C: a decoding step is a few rows against every weight, so its speed is how f
 stream from memory, and its cost beside the matmuls is the dozen small torch ops each layer calls.
 The linear kernels read each weight row once for up to 8 rows, on every thread, in one call;
 attend_last does a layer's QK-norm, rotary, cache write and attention in one call, rms_norm an
-RMSNorm, activate an MLP's activation (vectorized exponentials), and decode_block a whole block's step (norms, the four linear layers, attention, the MLP's
-activation, the residual sums), so a decoding step makes one call per block.
+RMSNorm, and decode_block a whole block's step (norms, the four linear layers, attention, the MLP's
+activation, the residual sums), so a decoding step makes one call per block (its activation,
+`activate`, is callable alone for its tests).
 
 int8_linear computes exactly what Int8Linear's torch path computes. float_linear, attend_last and
 rms_norm sum in their own fixed order (not MKL's nor SDPA's), so with or without a compiler a model decodes
