@@ -90,6 +90,8 @@ def test_with_the_float_kernels_decoding_steps_take_them_on_the_weights_as_train
     blocks = [call for call in calls if call[0] == "block"]
     assert blocks == [("block", 1, weights) for _ in range(7) for weights in as_trained]
     assert len(calls) == 10 * layers  # nothing else (the LM head's 300 x 256 is below 2^17: F.linear)
+
+
 def test_bfloat16_decoding_stays_close_to_float32():
     model = random_gpt(5)
     prompt = torch.randint(0, 257, (1, 5), generator=torch.Generator().manual_seed(0))

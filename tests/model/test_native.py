@@ -204,28 +204,31 @@ def test_decode_block_is_the_blocks_step_in_one_call_and_each_row_is_its_own(ove
     prepare_for_decoding(model, quantize="int8" if layout == "int8" else None)
     if layout == "panels":
         pack_for_batches(model)
-    block, lengths = model.blocks[0], [0, 3, 38, 9]
+    # 10 rows: more than one chunk of 8 (the row-major kernel takes any number of them too)
+    block, lengths = model.blocks[0], [0, 3, 38, 9, 1, 20, 7, 30, 12, 5]
+    B, every = len(lengths), list(range(len(lengths)))
     kind = {"rows": native.LINEAR_ROWS, "panels": native.LINEAR_PANELS, "int8": native.LINEAR_INT8}[layout]
-    weights = block.decoding_weights(4)
+    weights = block.decoding_weights()
     assert [w.kind for w in (weights.qkv, weights.out, weights.fc, weights.down)] == [kind] * 4
-    x = torch.randn(4, 1, 384, generator=g) * 2
+    x = torch.randn(B, 1, 384, generator=g) * 2
     positions = torch.tensor(lengths)[:, None]
     rope = rotary_angles(positions, 24, config.rope_theta) if config.positions == "rope" else None
-    stale = [torch.randn(4, 16, 40, 24, generator=g) for _ in range(2)]
+    stale = [torch.randn(B, 16, 40, 24, generator=g) for _ in range(2)]
 
-    def step(rows: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(rows: list[int], fused: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The block's step for these rows, from a cache holding `stale` (output, keys, values)."""
-        cache = model.new_cache(4)
+        cache = model.new_cache(B)
         cache.keys[0].copy_(stale[0]), cache.values[0].copy_(stale[1])
         part = cache.rows(rows[0], rows[-1] + 1, [lengths[b] for b in rows])
         with torch.no_grad():
             y = block(x[rows], positions[rows], None if rope is None else tuple(t[rows] for t in rope), part, 0)
+        assert (cache.plans[0][-1] is not None) == fused  # (the step took decode_block, or the modules)
         return y, cache.keys[0][rows], cache.values[0][rows]
 
-    fused = step([0, 1, 2, 3])
+    fused = step(every)
     with monkeypatch.context() as m:
-        m.setattr(Block, "decoding_weights", lambda self, rows: None)  # the modules, one call each
-        by_modules = step([0, 1, 2, 3])
+        m.setattr(Block, "decoding_weights", lambda self: None)  # the modules, one call each
+        by_modules = step(every, fused=False)
     scale = by_modules[0].abs().max().item()  # (outputs up to ~10: float rounding through two residual sums)
     torch.testing.assert_close(fused[0], by_modules[0], rtol=1e-5, atol=1e-5 * scale)
     for got, expected, before in zip(fused[1:], by_modules[1:], stale):
@@ -233,13 +236,13 @@ def test_decode_block_is_the_blocks_step_in_one_call_and_each_row_is_its_own(ove
         for b, n in enumerate(lengths):  # at each row's length and nowhere else
             assert not torch.equal(got[b, :, n], before[b, :, n])
             assert torch.equal(torch.cat((got[b, :, :n], got[b, :, n + 1:]), 1), torch.cat((before[b, :, :n], before[b, :, n + 1:]), 1))
-    for b in range(4):
+    for b in every:
         assert torch.equal(step([b])[0], fused[0][b:b + 1])  # a row alone: the same bits
     threads = torch.get_num_threads()
     try:
         for t in (1, 3):
             torch.set_num_threads(t)
-            assert torch.equal(step([0, 1, 2, 3])[0], fused[0])
+            assert torch.equal(step(every)[0], fused[0])
     finally:
         torch.set_num_threads(threads)
 
@@ -249,13 +252,14 @@ def test_decode_block_is_the_blocks_step_in_one_call_and_each_row_is_its_own(ove
 def test_the_activation_kernel_is_torchs_formula_to_rounding(kind):
     """decode_block's MLP activation (`activate`, called alone) against torch's formula: 16
     elements at a time with a masked tail (70 columns; SwiGLU's 35), exponentials far out in both
-    tails, and a NaN that stays a NaN."""
+    tails, infinities, and a NaN that stays a NaN."""
     h = torch.randn(5, 70, generator=torch.Generator().manual_seed(0)) * 4
     h[0, :6] = torch.tensor([0.0, -0.0, 30.0, -30.0, 95.0, -95.0])
+    h[2, :4] = torch.tensor([1e38, -1e38, float("inf"), float("-inf")])
     h[1, 3] = float("nan")
     gate, up = h.chunk(2, dim=-1)
     expected = {"gelu": F.gelu(h, approximate="tanh"), "swiglu": F.silu(gate) * up, "relu2": F.relu(h).square()}[kind]
     got = torch.empty_like(expected)
     assert float_kernels().activate(native.ACTIVATIONS[kind], h.data_ptr(), 5, 70, got.data_ptr(), 2) == 0
-    torch.testing.assert_close(got, expected, rtol=2e-6, atol=1e-6, equal_nan=True)
+    torch.testing.assert_close(got, expected, rtol=2e-6, atol=1e-6, equal_nan=True)  # inf and NaN where torch's are
     assert got[1].isnan().tolist() == [i == 3 for i in range(got.shape[1])]  # that column alone

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .native import LINEAR_INT8, LINEAR_PANELS, LINEAR_ROWS, LinearWeights, library
+from .native import ACTIVATIONS, LINEAR_INT8, LINEAR_PANELS, LINEAR_ROWS, BlockWeights, LinearWeights, library
 from .quantize import PANEL, Int8Linear, native_kernel, quantize_model
 
 FLOAT_ROWS = 8  # up to this many rows take the compiled float32 kernel on the weights as trained
@@ -90,26 +90,28 @@ def _plain(bias: torch.Tensor | None) -> bool:
     return bias is None or (bias.dtype == torch.float32 and bias.device.type == "cpu" and bias.is_contiguous())
 
 
-def linear_weights(module: nn.Module, rows: int) -> LinearWeights | None:
-    """`module`'s weights as a kernel of decode_block reads them for `rows` rows of float32 input:
-    an Int8Linear's panels, a Linear's panels (pack_for_batches) or, up to FLOAT_ROWS rows, its
-    row-major weight; None for anything else (a LoRA adapter, another dtype, device or layout)."""
-    if not _plain(module.bias):
+def linear_weights(module: nn.Module) -> tuple[LinearWeights, tuple[torch.Tensor, ...]] | None:
+    """`module`'s weights as decode_block's kernels read them, for any number of rows of float32
+    input: an Int8Linear's panels, a Linear's panels (pack_for_batches) or else its row-major
+    weight; with the tensors they point into (keep them while the kernel may read them). None for
+    anything else (a LoRA adapter, another dtype, device or layout)."""
+    if not isinstance(module, (Int8Linear, Linear)) or not _plain(module.bias):
         return None
-    bias = None if module.bias is None else module.bias.data_ptr()
+    bias = () if module.bias is None else (module.bias,)
+    address = None if module.bias is None else module.bias.data_ptr()
     if isinstance(module, Int8Linear):
         if module.panels is None or native_kernel() is None:
             return None
+        tensors = (module.panels, module.panel_sums, module.scale, *bias)
         return LinearWeights(LINEAR_INT8, module.out_features, module.in_features, module.panels.data_ptr(),
-                             module.panel_sums.data_ptr(), module.scale.data_ptr(), bias)
+                             module.panel_sums.data_ptr(), module.scale.data_ptr(), address), tensors
     if type(module) is not Linear:  # (a LoRALinear adds its adapter's product)
         return None
     weight, packed = module.weight, module.packed
     if packed is not None and not packed.is_mkldnn and packed.dtype == torch.float32:
-        return LinearWeights(LINEAR_PANELS, *weight.shape, packed.data_ptr(), None, None, bias)
-    if (packed is None and rows <= FLOAT_ROWS and weight.dtype == torch.float32 and weight.device.type == "cpu"
-            and weight.is_contiguous()):
-        return LinearWeights(LINEAR_ROWS, *weight.shape, weight.data_ptr(), None, None, bias)
+        return LinearWeights(LINEAR_PANELS, *weight.shape, packed.data_ptr(), None, None, address), (packed, *bias)
+    if packed is None and weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.is_contiguous():
+        return LinearWeights(LINEAR_ROWS, *weight.shape, weight.data_ptr(), None, None, address), (weight, *bias)
     return None
 
 
@@ -281,8 +283,8 @@ def decoding_kernels(x: torch.Tensor):
 @functools.cache
 def float_kernels():
     """The compiled kernels (native.library()) for float32 decoding steps, float_linear,
-    float_panel_linear and attend_last, when they built and agree with torch on a small probe (to
-    float rounding; a row's attention the same bits alone as beside another), else
+    float_panel_linear, attend_last and decode_block, when they built and agree with torch on a
+    small probe (to float rounding; a row's attention the same bits alone as beside another), else
     None: a miscompiling toolchain costs speed, never a wrong answer."""
     lib = library()
     if lib is None:
@@ -312,6 +314,7 @@ def float_kernels():
                 for b, n in enumerate(lengths)]  # (1, H, 1, D) each
     if not (torch.allclose(y, F.linear(rows, weight, bias), atol=1e-4, rtol=1e-4)
             and torch.allclose(on_panels, F.linear(rows, weight, bias), atol=1e-4, rtol=1e-4)
+            and _block_agrees(lib, g)
             and torch.allclose(attended, torch.cat(expected).transpose(1, 2).reshape(B, 1, H * D), atol=1e-5, rtol=1e-4)
             and torch.equal(alone, attended[1:])
             and torch.allclose(keys[1, :, 7], k[1, :, 0], atol=1e-5, rtol=1e-4)):
@@ -319,6 +322,29 @@ def float_kernels():
                       stacklevel=2)
         return None
     return lib
+
+
+def _block_agrees(lib, g: torch.Generator) -> bool:
+    """Whether decode_block computes a GPT-2 block's step (LayerNorm, one row of x through each
+    row-major weight, GELU) as torch does, for a row's first token (whose attention is its own
+    value), to float rounding."""
+    C, H, width = 32, 2, 64
+    ln = [(torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g)) for _ in range(2)]
+    shapes = ((3 * C, C), (C, C), (width, C), (C, width))
+    linears = [(torch.randn(shape, generator=g) / shape[1] ** 0.5, torch.randn(shape[0], generator=g)) for shape in shapes]
+    x, y = torch.randn(1, C, generator=g), torch.empty(1, C)
+    keys, values = torch.zeros(2, 4, C), torch.zeros(2, 4, C)  # two rows of 4 positions, (position, head, dim)
+    filled = torch.zeros(1, dtype=torch.int64)
+    weights = BlockWeights(ln[0][0].data_ptr(), ln[0][1].data_ptr(), ln[1][0].data_ptr(), ln[1][1].data_ptr(), 0, 1e-5,
+                           *(LinearWeights(LINEAR_ROWS, *w.shape, w.data_ptr(), None, None, b.data_ptr()) for w, b in linears),
+                           None, None, 0.0, ACTIVATIONS["gelu"], H, C // H)
+    if lib.decode_block(weights, x.data_ptr(), 1, keys.data_ptr(), values.data_ptr(), filled.data_ptr(), 4, None, None,
+                        y.data_ptr(), 2) != 0:
+        return False
+    (qkv, out, fc, down), norm = linears, lambda t, i: F.layer_norm(t, (C,), *ln[i], 1e-5)
+    h = x + F.linear(F.linear(norm(x, 0), *qkv)[:, 2 * C:], *out)  # one key: attention gives its value
+    expected = h + F.linear(F.gelu(F.linear(norm(h, 1), *fc), approximate="tanh"), *down)
+    return torch.allclose(y, expected, atol=1e-4, rtol=1e-4)
 
 
 @functools.cache

@@ -523,14 +523,14 @@ int rms_norm(const float *x, const float *gain, float eps, int M, int K, float *
 
 #if AVX512
 /* e^x in 16 lanes, as Cephes' expf computes it: x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 in two
-   parts, so r is exact), e^r = 1 + r + r^2 P(r) with Cephes' degree-5 P, times 2^n (scalef). Within
-   1.4 ulp of e^x where it is a normal float (measured on a grid of 4 million x); x is clamped to
-   +-88.376 (e^x then 2.4e38 or 4e-39 where expf gives inf or 0: all the same to the activations
-   below). A NaN stays NaN. */
+   parts, so r is exact), e^r = 1 + r + r^2 P(r) with Cephes' degree-5 P, times 2^n (scalef, which
+   gives inf past float's range and 0 below it, as expf). Within 1.4 ulp of e^x where it is a
+   normal float (measured on a grid of 4 million x). A NaN stays NaN. */
 static inline __m512 exp16(__m512 x)
 {
-    /* (max and min return their second operand where either is NaN: a NaN x goes through) */
-    x = _mm512_min_ps(_mm512_set1_ps(88.3762626647949f), _mm512_max_ps(_mm512_set1_ps(-88.3762626647949f), x));
+    /* x within [-104, 89], where e^x is already 0 and inf (max and min return their second operand
+       where either is NaN: a NaN x goes through) */
+    x = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
@@ -690,8 +690,10 @@ static int apply_linear(const struct linear *l, const float *x, int M, float *y,
         return float_linear(x, M, l->K, l->w, l->bias, l->N, y, threads);
     case LINEAR_PANELS:
         return float_panel_linear(x, M, l->K, l->w, l->bias, l->N, y, threads);
-    default:
+    case LINEAR_INT8:
         return int8_linear(x, M, l->K, l->w, l->wsum, l->ws, l->bias, l->N, y, threads);
+    default:
+        return -1;
     }
 }
 
@@ -743,7 +745,7 @@ int activate(int act, const float *h, int M, int F, float *a, int threads)
                 __m512 u = _mm512_mul_ps(_mm512_set1_ps(0.7978845608f),
                                          _mm512_add_ps(x, _mm512_mul_ps(_mm512_set1_ps(0.044715f),
                                                                         _mm512_mul_ps(x, _mm512_mul_ps(x, x)))));
-                y = _mm512_sub_ps(x, _mm512_div_ps(x, _mm512_add_ps(exp16(_mm512_add_ps(u, u)), one)));
+                y = _mm512_mul_ps(x, _mm512_sub_ps(one, _mm512_div_ps(one, _mm512_add_ps(exp16(_mm512_add_ps(u, u)), one))));
             } else if (act == ACT_SWIGLU) {
                 __m512 silu = _mm512_div_ps(x, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
                 y = _mm512_mul_ps(silu, _mm512_maskz_loadu_ps(live, up));
@@ -757,7 +759,7 @@ int activate(int act, const float *h, int M, int F, float *a, int threads)
                 float x = v[j];
                 if (act == ACT_GELU) {
                     float u = 0.7978845608f * (x + 0.044715f * x * x * x);
-                    out[j] = x - x / (expf(2.0f * u) + 1.0f);
+                    out[j] = x * (1.0f - 1.0f / (expf(2.0f * u) + 1.0f));
                 } else if (act == ACT_SWIGLU) {
                     out[j] = x / (1.0f + expf(-x)) * up[j];
                 } else {
@@ -771,7 +773,9 @@ int activate(int act, const float *h, int M, int F, float *a, int threads)
 }
 
 /* x, y: (B, C) with C = H * D; keys, values, lengths, capacity, cos, sin: this layer's cache and the
-   rows' rotary angles, as attend_last. Returns 0, or -1 when out of memory. */
+   rows' rotary angles, as attend_last. The weights' shapes (K -> N): qkv C -> 3C, out C -> C, fc
+   C -> F, down F (SwiGLU: F / 2) -> C (Block.decoding_weights checks them). Returns 0, or -1 when
+   out of memory (or a linear layer of unknown kind). */
 int decode_block(const struct block *b, const float *x, int B, float *keys, float *values, const int64_t *lengths,
                  int capacity, const float *cos, const float *sin, float *y, int threads)
 {
@@ -781,26 +785,28 @@ int decode_block(const struct block *b, const float *x, int B, float *keys, floa
         return -1;
     float *qkv = normed + (int64_t)B * C, *attended = qkv + (int64_t)B * 3 * C, *proj = attended + (int64_t)B * C;
     float *h = proj + (int64_t)B * C, *a = h + (int64_t)B * F;
-    int failed = 0;
     if (b->rms)
         rms_norm(x, b->norm1, b->eps, B, C, normed);
     else
         layer_norm(x, b->norm1, b->norm1_bias, b->eps, B, C, normed);
-    failed |= apply_linear(&b->qkv, normed, B, qkv, threads);
-    failed |= attend_last(qkv, b->q_gain, b->k_gain, b->qk_eps, cos, sin, keys, values, lengths, B, b->H, b->D,
-                          capacity, attended, threads);
-    failed |= apply_linear(&b->out, attended, B, proj, threads);
-    for (int64_t i = 0; i < (int64_t)B * C; i++)
-        y[i] = x[i] + proj[i];
-    if (b->rms)
-        rms_norm(y, b->norm2, b->eps, B, C, normed);
-    else
-        layer_norm(y, b->norm2, b->norm2_bias, b->eps, B, C, normed);
-    failed |= apply_linear(&b->fc, normed, B, h, threads);
-    activate(b->act, h, B, F, a, threads);
-    failed |= apply_linear(&b->down, a, B, proj, threads);
-    for (int64_t i = 0; i < (int64_t)B * C; i++)
-        y[i] += proj[i];
+    /* each step only if the ones before it succeeded (out of memory: nothing more is written) */
+    int failed = apply_linear(&b->qkv, normed, B, qkv, threads)
+              || attend_last(qkv, b->q_gain, b->k_gain, b->qk_eps, cos, sin, keys, values, lengths, B, b->H, b->D,
+                             capacity, attended, threads)
+              || apply_linear(&b->out, attended, B, proj, threads);
+    if (!failed) {
+        for (int64_t i = 0; i < (int64_t)B * C; i++)
+            y[i] = x[i] + proj[i];
+        if (b->rms)
+            rms_norm(y, b->norm2, b->eps, B, C, normed);
+        else
+            layer_norm(y, b->norm2, b->norm2_bias, b->eps, B, C, normed);
+        failed = apply_linear(&b->fc, normed, B, h, threads) || activate(b->act, h, B, F, a, threads)
+              || apply_linear(&b->down, a, B, proj, threads);
+    }
+    if (!failed)
+        for (int64_t i = 0; i < (int64_t)B * C; i++)
+            y[i] += proj[i];
     free(normed);
     return failed ? -1 : 0;
 }

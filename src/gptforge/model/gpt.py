@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..config import GPTConfig
 from ..tokenizer import Tokenizer
-from .cpu_decoding import FLOAT_ROWS, Linear, decoding_kernels, huge_page_memory, linear, linear_weights
+from .cpu_decoding import Linear, decoding_kernels, huge_page_memory, linear, linear_weights
 from .layers import MLP, RMSNorm, apply_rotary, make_norm, rotary_angles
 from .native import ACTIVATIONS, BlockWeights
 from .quantize import Int8Linear
@@ -52,9 +52,9 @@ class KVCache:
         self.keys, self.values = buffers[:config.n_layers], buffers[config.n_layers:]
         self.lengths = [0] * batch_size  # positions filled in each row, kept on the host
         self.capacity = capacity
-        # Each layer's block and its weights as decode_block reads them, by whether a step's rows
-        # fit the row-major kernel (block_weights): built at the first step, kept for this cache's life
-        self.plans: dict[int, tuple[nn.Module, bool, bool, BlockWeights | None]] = {}
+        # Each layer's block and its weights as decode_block reads them (block_weights): built at
+        # the first step, kept for this cache's life
+        self.plans: dict[int, tuple[nn.Module, bool, BlockWeights | None]] = {}
 
     @property
     def pos(self) -> int:
@@ -119,15 +119,16 @@ class KVCache:
             raise MemoryError("no memory for the attention scores")
         return y
 
-    def block_weights(self, layer: int, block: Block, rows: int) -> BlockWeights | None:
-        """block.decoding_weights(rows), built at layer `layer`'s first step and kept: a cache serves
-        one model, whose weights stay where they are while it decodes (the kernel reads them at the
-        addresses kept; a step costs one Python call per block, not ~100 us of checks per block)."""
-        key = (block, block.training, rows <= FLOAT_ROWS)
+    def block_weights(self, layer: int, block: Block) -> BlockWeights | None:
+        """block.decoding_weights(), built at layer `layer`'s first step and kept: a step then costs
+        one Python call per block, not ~100 us of checks per block. A cache serves one model whose
+        weights are not moved or replaced while it decodes (prepare_for_decoding, quantize_model,
+        pack_for_batches, add_lora come first): the kernel reads the tensors it was given, which
+        the struct keeps alive."""
         plan = self.plans.get(layer)
-        if plan is None or plan[:3] != key:
-            plan = self.plans[layer] = (*key, block.decoding_weights(rows))
-        return plan[3]
+        if plan is None or plan[0] is not block or plan[1] != block.training:
+            plan = self.plans[layer] = (block, block.training, block.decoding_weights())
+        return plan[2]
 
     def decode_block(self, layer: int, x: torch.Tensor, lib, weights: BlockWeights, rope: tuple | None = None) -> torch.Tensor:
         """A whole block's decoding step for the rows x (B, 1, C) in one call of the compiled
@@ -232,32 +233,42 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, rope: tuple | None = None,
                 cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         if (cache is not None and x.shape[1] == 1 and (lib := decoding_kernels(x)) is not None
-                and (weights := cache.block_weights(layer, self, x.shape[0])) is not None):
+                and (weights := cache.block_weights(layer, self)) is not None):
             return cache.decode_block(layer, x, lib, weights, rope)  # a decoding step: the whole block in one call
         x = x + self.attn(self.ln1(x), positions, rope, cache, layer)
         return x + self.mlp(self.ln2(x))
 
-    def decoding_weights(self, rows: int) -> BlockWeights | None:
-        """This block's weights as the compiled decode_block reads them for `rows` rows, or None
-        where a part of it is not one that kernel computes: training (dropout), a LoRA adapter, a
-        weight's dtype or layout (cpu_decoding.linear_weights)."""
+    def decoding_weights(self) -> BlockWeights | None:
+        """This block's weights as the compiled decode_block reads them, or None where a part of it
+        is not one that kernel computes: training (dropout), a LoRA adapter, another kind of norm or
+        MLP, a weight's dtype or layout (cpu_decoding.linear_weights)."""
         attn, mlp, norms = self.attn, self.mlp, (self.ln1, self.ln2)
-        linears = [linear_weights(m, rows) for m in (attn.qkv, attn.out_proj, mlp.fc, mlp.out_proj)]
+        kinds = (RMSNorm, nn.LayerNorm)
+        if (self.training or not isinstance(self.ln1, kinds) or type(self.ln2) is not type(self.ln1)
+                or not all(n is None or isinstance(n, RMSNorm) for n in (attn.q_norm, attn.k_norm))
+                or (attn.q_norm is None) != (attn.k_norm is None) or mlp.kind not in ACTIVATIONS):
+            return None
+        linears = [linear_weights(m) for m in (attn.qkv, attn.out_proj, mlp.fc, mlp.out_proj)]
         rms = isinstance(self.ln1, RMSNorm)
         eps = [norm.epsilon if rms else norm.eps for norm in norms]
-        tensors = [t for norm in (*norms, attn.q_norm, attn.k_norm) if norm is not None
-                   for t in (norm.weight, getattr(norm, "bias", None)) if t is not None]
-        if (self.training or None in linears or eps[0] != eps[1] or (attn.q_norm is None) != (attn.k_norm is None)
-                or not all(type(norm) is type(self.ln1) for norm in norms) or not isinstance(self.ln1, (RMSNorm, nn.LayerNorm))
-                or any(norm.weight is None for norm in norms) or mlp.kind not in ACTIVATIONS
-                or not all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in tensors)):
+        gains = [t for norm in (*norms, attn.q_norm, attn.k_norm) if norm is not None
+                 for t in (norm.weight, getattr(norm, "bias", None)) if t is not None]
+        if (None in linears or eps[0] != eps[1] or any(norm.weight is None for norm in norms)
+                or not all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous() for t in gains)):
             return None
+        (qkv, out, fc, down), C, H = [w for w, _ in linears], self.ln1.weight.shape[0], attn.n_heads
+        width = fc.N // 2 if mlp.kind == "swiglu" else fc.N
+        if (C % H or (qkv.K, qkv.N, out.K, out.N, fc.K, down.K, down.N) != (C, 3 * C, C, C, C, width, C)
+                or attn.q_norm is not None and attn.q_norm.weight.shape != (C // H,)):
+            return None  # (the shapes decode_block's buffers are sized for)
         qk = attn.q_norm is not None
-        return BlockWeights(self.ln1.weight.data_ptr(), _pointer(getattr(self.ln1, "bias", None)),
-                            self.ln2.weight.data_ptr(), _pointer(getattr(self.ln2, "bias", None)), rms, eps[0],
-                            *linears, _pointer(attn.q_norm.weight) if qk else None,
-                            _pointer(attn.k_norm.weight) if qk else None, attn.q_norm.epsilon if qk else 0.0,
-                            ACTIVATIONS[mlp.kind], attn.n_heads, attn.qkv.in_features // attn.n_heads)
+        weights = BlockWeights(self.ln1.weight.data_ptr(), _pointer(getattr(self.ln1, "bias", None)),
+                               self.ln2.weight.data_ptr(), _pointer(getattr(self.ln2, "bias", None)), rms, eps[0],
+                               qkv, out, fc, down, _pointer(attn.q_norm.weight) if qk else None,
+                               _pointer(attn.k_norm.weight) if qk else None, attn.q_norm.epsilon if qk else 0.0,
+                               ACTIVATIONS[mlp.kind], H, C // H)
+        weights.tensors = (*gains, *(t for _, tensors in linears for t in tensors))
+        return weights
 
 
 class GPT(nn.Module):

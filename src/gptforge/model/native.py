@@ -9,11 +9,11 @@ RMSNorm, and decode_block a whole block's step (norms, the four linear layers, a
 activation, the residual sums), so a decoding step makes one call per block (its activation,
 `activate`, is callable alone for its tests).
 
-int8_linear computes exactly what Int8Linear's torch path computes. float_linear, attend_last and
-rms_norm sum in their own fixed order (not MKL's nor SDPA's), so with or without a compiler a model decodes
-the same tokens up to float rounding (a near-tie can go the other way, as between two CPUs; an
-int8 model too, since its attention runs here), and each row's numbers from these kernels are its
-own, whatever rows run beside it. Without a compiler (or if the build or a check fails)
+int8_linear computes exactly what Int8Linear's torch path computes. The float32 kernels sum in
+their own fixed order (not MKL's nor SDPA's), so with or without a compiler a model decodes the
+same tokens up to float rounding (a near-tie can go the other way, as between two CPUs; an int8
+model too, since its attention, norms and activations run here), and each row's numbers from
+these kernels are its own, whatever rows run beside it. Without a compiler (or if the build or a check fails)
 `library()` is None, one warning says why, and torch does the work. GPTFORGE_NATIVE=0 turns the
 kernels off.
 """
@@ -49,7 +49,10 @@ class LinearWeights(ctypes.Structure):
 
 
 class BlockWeights(ctypes.Structure):
-    """decode_kernels.c's `struct block`: a transformer block's weights, for decode_block."""
+    """decode_kernels.c's `struct block`: a transformer block's weights, for decode_block; `tensors`
+    holds the tensors its addresses point into, so none is freed while it lives."""
+
+    tensors: tuple = ()
 
     _fields_ = [("norm1", _POINTER), ("norm1_bias", _POINTER), ("norm2", _POINTER), ("norm2_bias", _POINTER),
                 ("rms", _INT), ("eps", _FLOAT), ("qkv", LinearWeights), ("out", LinearWeights),
