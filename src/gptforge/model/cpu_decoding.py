@@ -80,9 +80,14 @@ def _compiled(function, x: torch.Tensor, weights: torch.Tensor, bias: torch.Tens
     K = x.shape[-1]
     rows = x.reshape(-1, K).contiguous()  # (M, K)
     y = torch.empty(rows.shape[0], N, dtype=torch.float32)
-    function(rows.data_ptr(), rows.shape[0], K, weights.data_ptr(), None if bias is None else bias.data_ptr(), N,
-             y.data_ptr(), torch.get_num_threads())
+    function(rows.data_ptr(), rows.shape[0], K, weights.data_ptr(), pointer(bias), N, y.data_ptr(),
+             torch.get_num_threads())
     return y.view(*x.shape[:-1], N)
+
+
+def pointer(t: torch.Tensor | None) -> int | None:
+    """t's address for a kernel, None for no tensor."""
+    return None if t is None else t.data_ptr()
 
 
 def _plain(bias: torch.Tensor | None) -> bool:
@@ -97,8 +102,7 @@ def linear_weights(module: nn.Module) -> tuple[LinearWeights, tuple[torch.Tensor
     anything else (a LoRA adapter, another dtype, device or layout)."""
     if not isinstance(module, (Int8Linear, Linear)) or not _plain(module.bias):
         return None
-    bias = () if module.bias is None else (module.bias,)
-    address = None if module.bias is None else module.bias.data_ptr()
+    bias, address = () if module.bias is None else (module.bias,), pointer(module.bias)
     if isinstance(module, Int8Linear):
         if module.panels is None or native_kernel() is None:
             return None
@@ -333,7 +337,7 @@ def _block_agrees(lib, g: torch.Generator) -> bool:
     shapes = ((3 * C, C), (C, C), (width, C), (C, width))
     linears = [(torch.randn(shape, generator=g) / shape[1] ** 0.5, torch.randn(shape[0], generator=g)) for shape in shapes]
     x, y = torch.randn(1, C, generator=g), torch.empty(1, C)
-    keys, values = torch.zeros(2, 4, C), torch.zeros(2, 4, C)  # two rows of 4 positions, (position, head, dim)
+    keys, values = torch.zeros(4, C), torch.zeros(4, C)  # one row of 4 positions, (position, head, dim)
     filled = torch.zeros(1, dtype=torch.int64)
     weights = BlockWeights(ln[0][0].data_ptr(), ln[0][1].data_ptr(), ln[1][0].data_ptr(), ln[1][1].data_ptr(), 0, 1e-5,
                            *(LinearWeights(LINEAR_ROWS, *w.shape, w.data_ptr(), None, None, b.data_ptr()) for w, b in linears),

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..config import GPTConfig
 from ..tokenizer import Tokenizer
-from .cpu_decoding import Linear, decoding_kernels, huge_page_memory, linear, linear_weights
+from .cpu_decoding import Linear, decoding_kernels, huge_page_memory, linear, linear_weights, pointer
 from .layers import MLP, RMSNorm, apply_rotary, make_norm, rotary_angles
 from .native import ACTIVATIONS, BlockWeights
 from .quantize import Int8Linear
@@ -113,7 +113,7 @@ class KVCache:
         gains = [None if norm is None else norm.weight.contiguous() for norm in (q_norm, k_norm)]  # float32, as q
         eps = q_norm.epsilon if q_norm is not None else 0.0  # (both norms are built with the config's eps)
         y = torch.empty(B, 1, C, dtype=torch.float32)
-        if lib.attend_last(qkv.data_ptr(), *map(_pointer, gains), eps, _pointer(cos), _pointer(sin), keys.data_ptr(),
+        if lib.attend_last(qkv.data_ptr(), *map(pointer, gains), eps, pointer(cos), pointer(sin), keys.data_ptr(),
                            values.data_ptr(), lengths.data_ptr(), B, keys.shape[1], keys.shape[3], self.capacity,
                            y.data_ptr(), torch.get_num_threads()) != 0:
             raise MemoryError("no memory for the attention scores")
@@ -138,7 +138,7 @@ class KVCache:
         keys, values, lengths, cos, sin = self._kernel_args(layer, x, 1, rope)
         y = torch.empty_like(x)
         if lib.decode_block(weights, x.data_ptr(), x.shape[0], keys.data_ptr(), values.data_ptr(), lengths.data_ptr(),
-                            self.capacity, _pointer(cos), _pointer(sin), y.data_ptr(), torch.get_num_threads()) != 0:
+                            self.capacity, pointer(cos), pointer(sin), y.data_ptr(), torch.get_num_threads()) != 0:
             raise MemoryError("no memory for a decoding step")
         return y
 
@@ -158,10 +158,6 @@ class KVCache:
 
     def advance(self, n: int) -> None:
         self.lengths = [length + n for length in self.lengths]
-
-
-def _pointer(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
 
 
 class CausalSelfAttention(nn.Module):
@@ -262,10 +258,10 @@ class Block(nn.Module):
                 or attn.q_norm is not None and attn.q_norm.weight.shape != (C // H,)):
             return None  # (the shapes decode_block's buffers are sized for)
         qk = attn.q_norm is not None
-        weights = BlockWeights(self.ln1.weight.data_ptr(), _pointer(getattr(self.ln1, "bias", None)),
-                               self.ln2.weight.data_ptr(), _pointer(getattr(self.ln2, "bias", None)), rms, eps[0],
-                               qkv, out, fc, down, _pointer(attn.q_norm.weight) if qk else None,
-                               _pointer(attn.k_norm.weight) if qk else None, attn.q_norm.epsilon if qk else 0.0,
+        weights = BlockWeights(self.ln1.weight.data_ptr(), pointer(getattr(self.ln1, "bias", None)),
+                               self.ln2.weight.data_ptr(), pointer(getattr(self.ln2, "bias", None)), rms, eps[0],
+                               qkv, out, fc, down, pointer(attn.q_norm.weight) if qk else None,
+                               pointer(attn.k_norm.weight) if qk else None, attn.q_norm.epsilon if qk else 0.0,
                                ACTIVATIONS[mlp.kind], H, C // H)
         weights.tensors = (*gains, *(t for _, tensors in linears for t in tensors))
         return weights
